@@ -1,0 +1,174 @@
+"""Transport URLs: parsing, password redaction and typed query options."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ._errors import InvalidOption, InvalidURL
+
+__all__ = ["TransportOptions", "TransportURL", "parse_options"]
+
+_REDACTED = "***"
+
+OptionsT = TypeVar("OptionsT", bound="TransportOptions")
+
+
+@dataclass(frozen=True, slots=True)
+class TransportURL:
+    """A parsed transport URL such as ``amqp://user:pw@host:5672/vhost?heartbeat=30``.
+
+    Immutable and thread-safe. ``str()`` and ``repr()`` never show the password; use
+    :attr:`password` to read it. Several hosts are allowed (``kafka://h1:9092,h2:9092``).
+    """
+
+    scheme: str
+    hosts: tuple[tuple[str, int | None], ...] = ()
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    path: str = ""
+    query: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, url: str) -> TransportURL:
+        """Parse ``url``. Raises :class:`InvalidURL` saying what is wrong (password redacted)."""
+        if not isinstance(url, str) or not url.strip():
+            raise InvalidURL(f"transport URL must be a non-empty string such as 'memory://', got {url!r}")
+        if "://" not in url:
+            raise InvalidURL(
+                f"transport URL {_redact_raw(url)!r} has no scheme; expected SCHEME://..., "
+                "for example memory://, amqp://guest:guest@localhost:5672/, kafka://localhost:9092"
+            )
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:
+            raise InvalidURL(f"cannot parse transport URL {_redact_raw(url)!r}: {exc}") from None
+        scheme = parts.scheme.lower()
+        if not scheme.isascii() or not scheme.replace("+", "").replace("-", "").isalnum():
+            raise InvalidURL(f"transport URL {_redact_raw(url)!r} has an invalid scheme {scheme!r}")
+        netloc = parts.netloc
+        username = password = None
+        if "@" in netloc:
+            userinfo, netloc = netloc.rsplit("@", 1)
+            user, sep, pw = userinfo.partition(":")
+            username = unquote(user) or None
+            password = unquote(pw) if sep else None
+        hosts = tuple(_parse_host(h, url) for h in netloc.split(",") if h) if netloc else ()
+        query: dict[str, str] = {}
+        try:
+            pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+        except ValueError:
+            raise InvalidURL(
+                f"transport URL {_redact_raw(url)!r} has a malformed query string; expected key=value&key=value"
+            ) from None
+        for key, value in pairs:
+            if key in query:
+                raise InvalidURL(f"transport URL {_redact_raw(url)!r} repeats the query option {key!r}")
+            query[key] = value
+        return cls(scheme, hosts, username, password, unquote(parts.path), query)
+
+    @property
+    def host(self) -> str | None:
+        """The first host, or ``None`` when the URL names none."""
+        return self.hosts[0][0] if self.hosts else None
+
+    @property
+    def port(self) -> int | None:
+        """The first host's port, or ``None``."""
+        return self.hosts[0][1] if self.hosts else None
+
+    def with_hosts(self, hosts: tuple[tuple[str, int | None], ...]) -> TransportURL:
+        """A copy pointing at other hosts (used to route a transport through a proxy)."""
+        return TransportURL(self.scheme, hosts, self.username, self.password, self.path, dict(self.query))
+
+    def render(self, *, redact: bool = True) -> str:
+        """The URL as a string; the password is replaced by ``***`` unless ``redact=False``."""
+        auth = ""
+        if self.username is not None or self.password is not None:
+            auth = quote(self.username or "", safe="")
+            if self.password is not None:
+                auth += ":" + (_REDACTED if redact else quote(self.password, safe=""))
+            auth += "@"
+        netloc = ",".join(h if p is None else f"{_bracket(h)}:{p}" for h, p in self.hosts)
+        query = "&".join(f"{quote(k, safe='')}={quote(v, safe='/:')}" for k, v in self.query.items())
+        return f"{self.scheme}://{auth}{netloc}{quote(self.path, safe='/')}" + (f"?{query}" if query else "")
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def __repr__(self) -> str:
+        return f"TransportURL({self.render()!r})"
+
+
+class TransportOptions(BaseModel):
+    """Base class for a transport's URL query options.
+
+    Subclass it with typed fields and defaults; :func:`parse_options` fills it from a URL and
+    rejects unknown names and ill-typed values with the list of valid options.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+def parse_options(url: TransportURL, model: type[OptionsT], **overrides: Any) -> OptionsT:
+    """Validate ``url.query`` (plus ``overrides``) into ``model``.
+
+    Raises :class:`InvalidOption` naming the bad option, what was given and what is allowed.
+    """
+    data: dict[str, Any] = {**url.query, **overrides}
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        valid = ", ".join(sorted(model.model_fields)) or "(none)"
+        problems = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "?"
+            if err["type"] == "extra_forbidden":
+                problems.append(f"unknown option {name!r}")
+            else:
+                given = data.get(name, err.get("input"))
+                problems.append(f"option {name!r}={given!r}: {err['msg']}")
+        raise InvalidOption(
+            f"{'; '.join(problems)} in {url.render()!r}. Valid options for {url.scheme}://: {valid}"
+        ) from None
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _parse_host(item: str, url: str) -> tuple[str, int | None]:
+    host, port_text = item, ""
+    if item.startswith("["):
+        end = item.find("]")
+        if end < 0:
+            raise InvalidURL(f"transport URL {_redact_raw(url)!r} has an unclosed IPv6 bracket")
+        host, rest = item[1:end], item[end + 1 :]
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif ":" in item:
+        host, _, port_text = item.rpartition(":")
+    if not port_text:
+        return unquote(host), None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise InvalidURL(
+            f"transport URL {_redact_raw(url)!r} has an invalid port {port_text!r}; expected 1-65535"
+        )
+    return unquote(host), int(port_text)
+
+
+def _redact_raw(url: str) -> str:
+    """Redact the password of a URL that may not parse."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url.split("@", 1)[-1] if "@" in url else url
+    netloc, slash, tail = rest.partition("/")
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":" + _REDACTED
+        netloc = f"{userinfo}@{host}"
+    return f"{scheme}{sep}{netloc}{slash}{tail}"

@@ -1,0 +1,195 @@
+"""WorkerPool: runs a delivery handler with bounded concurrency and per-key order.
+
+Every transport needs the same thing between "the broker handed us a message" and "the
+handler runs": at most N handler calls in flight, messages with one key handled one after
+another in arrival order, back-pressure when full, and a graceful stop that reports what was
+never handled. Transports share this one implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from ._transport import Delivery, DeliveryHandler
+
+__all__ = ["WorkerPool"]
+
+logger = logging.getLogger("messagebus")
+
+
+class WorkerPool:
+    """Calls ``handler`` for submitted deliveries with at most ``concurrency`` in flight.
+
+    Deliveries with the same key run one at a time in submission order (when ``ordered``);
+    keyless ones go to whichever worker is free. Not thread-safe: use it from the event loop
+    it was started on. ``handler`` should not raise (the bus settles every outcome); an
+    exception that escapes is logged and the worker goes on.
+    """
+
+    __slots__ = (
+        "_closing",
+        "_count",
+        "_handler",
+        "_idle",
+        "_lanes",
+        "_loop",
+        "_n",
+        "_name",
+        "_ordered",
+        "_running",
+        "_shared",
+        "_space",
+        "_tasks",
+        "_waiters",
+    )
+
+    def __init__(self, handler: DeliveryHandler, concurrency: int, *, ordered: bool = True, name: str = "") -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self._handler = handler
+        self._n = concurrency
+        self._ordered = ordered
+        self._name = name
+        self._lanes: list[deque[Delivery]] = [deque() for _ in range(concurrency)]
+        self._shared: deque[Delivery] = deque()
+        self._running: list[Delivery | None] = [None] * concurrency
+        self._waiters: list[asyncio.Future[None] | None] = [None] * concurrency
+        self._idle: deque[int] = deque()
+        self._space: deque[asyncio.Future[None]] = deque()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._count = 0
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def concurrency(self) -> int:
+        """The most handler calls in flight (and deliveries held) at once."""
+        return self._n
+
+    @property
+    def free(self) -> int:
+        """How many more deliveries can be submitted without waiting."""
+        return self._n - self._count
+
+    @property
+    def held(self) -> int:
+        """Deliveries submitted and not yet finished (queued plus running)."""
+        return self._count
+
+    def start(self) -> None:
+        """Start the workers on the running loop. Idempotent."""
+        if self._tasks:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._tasks = [
+            self._loop.create_task(self._work(i), name=f"messagebus-worker-{self._name}-{i}") for i in range(self._n)
+        ]
+
+    def submit_nowait(self, delivery: Delivery) -> None:
+        """Queue ``delivery``; the caller must have checked :attr:`free` (or it overfills)."""
+        self._count += 1
+        key = delivery.key
+        if self._ordered and key is not None and self._n > 1:
+            i = hash(key) % self._n
+            self._lanes[i].append(delivery)
+            waiter = self._waiters[i]
+            if waiter is not None:
+                self._waiters[i] = None
+                self._idle.remove(i)
+                if not waiter.done():
+                    waiter.set_result(None)
+            return
+        if self._n == 1:
+            self._lanes[0].append(delivery)
+        else:
+            self._shared.append(delivery)
+        while self._idle:
+            i = self._idle.popleft()
+            waiter = self._waiters[i]
+            self._waiters[i] = None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+                break
+
+    async def submit(self, delivery: Delivery) -> None:
+        """Queue ``delivery``, waiting while the pool is full."""
+        await self.wait_for_space()
+        self.submit_nowait(delivery)
+
+    async def wait_for_space(self) -> None:
+        """Return once at least one more delivery can be submitted."""
+        while self._count >= self._n:
+            assert self._loop is not None
+            fut = self._loop.create_future()
+            self._space.append(fut)
+            await fut
+
+    async def stop(self, grace: float) -> list[Delivery]:
+        """Stop taking work; let running calls finish for up to ``grace`` seconds; cancel the
+        rest. Returns the deliveries that were never finished (queued, or cancelled mid-call),
+        so the transport can hand them back to the broker. Idempotent."""
+        self._closing = True
+        unhandled: list[Delivery] = list(self._shared)
+        self._shared.clear()
+        for lane in self._lanes:
+            unhandled.extend(lane)
+            lane.clear()
+        for i, waiter in enumerate(self._waiters):
+            self._waiters[i] = None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        self._idle.clear()
+        tasks = [t for t in self._tasks if not t.done()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=max(grace, 0.0))
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        unhandled.extend(d for d in self._running if d is not None)
+        self._running = [None] * self._n
+        self._count = 0
+        for fut in self._space:
+            if not fut.done():
+                fut.set_result(None)
+        return unhandled
+
+    def _next(self, i: int) -> Delivery | None:
+        lane = self._lanes[i]
+        if lane:
+            return lane.popleft()
+        if self._shared:
+            return self._shared.popleft()
+        return None
+
+    async def _work(self, i: int) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        handler = self._handler
+        while True:
+            delivery = self._next(i)
+            if delivery is None:
+                if self._closing:
+                    return
+                fut: asyncio.Future[None] = loop.create_future()
+                self._waiters[i] = fut
+                self._idle.append(i)
+                await fut
+                continue
+            self._running[i] = delivery
+            try:
+                await handler(delivery)
+            except Exception:
+                logger.exception("messagebus: delivery handler failed unexpectedly")
+            self._running[i] = None
+            self._count -= 1
+            space = self._space
+            while space:
+                fut2 = space.popleft()
+                if not fut2.done():
+                    fut2.set_result(None)
+                    break
+            if self._closing:
+                return

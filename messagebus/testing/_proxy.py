@@ -1,0 +1,167 @@
+"""TcpProxy: a loopback TCP proxy that tests use to cut, stall or break broker connections."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from typing import Self
+
+__all__ = ["TcpProxy"]
+
+
+class TcpProxy:
+    """Forwards ``127.0.0.1:<port>`` to ``upstream``, on a thread of its own.
+
+    Fault controls (all thread-safe, usable from sync or async tests):
+
+    - :meth:`cut`: close every open connection at once (a dropped network).
+    - :meth:`stall` / :meth:`resume`: stop forwarding bytes without closing.
+    - :meth:`cut_after`: let ``n`` more bytes through each way, then cut.
+    - :meth:`refuse` / :meth:`accept`: refuse new connections (broker unreachable).
+
+    Use as a context manager (``with TcpProxy(("127.0.0.1", 5672)) as proxy:``).
+    """
+
+    def __init__(self, upstream: tuple[str, int], *, port: int = 0) -> None:
+        self.upstream = upstream
+        self.host = "127.0.0.1"
+        self.port = port
+        self.connections_total = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="messagebus-tcp-proxy", daemon=True)
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._refusing = False
+        self._budget: int | None = None
+
+    def start(self) -> Self:
+        """Start listening; :attr:`port` holds the bound port afterwards."""
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def close(self) -> None:
+        """Stop the proxy and close every connection. Idempotent."""
+        if not self._thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` clients should connect to."""
+        return self.host, self.port
+
+    def cut(self) -> None:
+        """Close every open connection now (new connections are still accepted)."""
+        self._call(self._cut_all)
+
+    def stall(self) -> None:
+        """Hold every byte in both directions until :meth:`resume`."""
+        self._call(self._flowing.clear)
+
+    def resume(self) -> None:
+        """Forward bytes again after :meth:`stall`."""
+        self._call(self._flowing.set)
+
+    def cut_after(self, nbytes: int) -> None:
+        """Forward ``nbytes`` more bytes (both directions together), then cut everything."""
+        def arm() -> None:
+            self._budget = nbytes
+        self._call(arm)
+
+    def refuse(self) -> None:
+        """Refuse new connections and cut open ones (the broker looks down)."""
+        def arm() -> None:
+            self._refusing = True
+            self._cut_all()
+        self._call(arm)
+
+    def accept(self) -> None:
+        """Accept new connections again after :meth:`refuse`."""
+        def arm() -> None:
+            self._refusing = False
+        self._call(arm)
+
+    @property
+    def open_connections(self) -> int:
+        """How many client connections are open right now."""
+        return len(self._writers) // 2
+
+    def _call(self, fn: object) -> None:
+        assert callable(fn)
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                fn()
+            finally:
+                done.set()
+
+        self._loop.call_soon_threadsafe(run)
+        done.wait(10)
+
+    async def _start(self) -> None:
+        self._flowing.set()
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self._cut_all()
+
+    def _cut_all(self) -> None:
+        for writer in list(self._writers):
+            with contextlib.suppress(Exception):
+                writer.transport.abort()
+        self._writers.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._refusing:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.connections_total += 1
+        self._writers.update((writer, up_writer))
+        pair = (writer, up_writer)
+        await asyncio.gather(self._pipe(reader, up_writer, pair), self._pipe(up_reader, writer, pair))
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pair: tuple[asyncio.StreamWriter, ...]
+    ) -> None:
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                await self._flowing.wait()
+                if self._budget is not None:
+                    if len(data) >= self._budget:
+                        writer.write(data[: self._budget])
+                        self._budget = None
+                        self._cut_all()
+                        return
+                    self._budget -= len(data)
+                writer.write(data)
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            for w in pair:
+                self._writers.discard(w)
+                with contextlib.suppress(Exception):
+                    w.transport.abort()
