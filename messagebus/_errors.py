@@ -126,3 +126,9 @@ class EncodeError(SerializationError, TypeError):
 
 class DecodeError(SerializationError):
     """The message body cannot be decoded into the handler's declared type."""
+
+
+# Errors are documented and caught as messagebus.X; show them so in tracebacks and headers.
+for _name in __all__:
+    globals()[_name].__module__ = "messagebus"
+del _name

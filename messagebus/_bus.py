@@ -1,0 +1,377 @@
+"""Bus: the one object a service uses to publish, send, subscribe and consume."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from . import _headers as h
+from ._config import TransportURL
+from ._destination import Destination, DestinationKind, validate_name
+from ._discovery import load_transport
+from ._errors import ConfigurationError, LifecycleError, MessageBusError, PublishError
+from ._handler import UserHandler, bind_handler
+from ._message import OutgoingMessage
+from ._middleware import Middleware, PublishFn, PublishMiddleware, compose
+from ._serialization import encode, type_name
+from ._settle import Settler
+from ._transport import Consumer, Transport
+from .middleware.retry import Retry
+
+__all__ = ["Bus", "BusState"]
+
+H = TypeVar("H", bound=UserHandler)
+
+_SPECVERSION = "1.0"
+
+
+class BusState(str, Enum):
+    """Lifecycle of a :class:`Bus`: new -> starting -> running -> stopping -> stopped."""
+
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass(slots=True)
+class _Registration:
+    source: Destination
+    handler: UserHandler
+    concurrency: int
+    retry: Retry | None
+    middleware: tuple[Middleware, ...]
+
+
+class Bus:
+    """Publish, send, subscribe and consume on one transport, chosen by URL.
+
+    Register handlers with :meth:`subscribe` / :meth:`consume` before :meth:`start`; publish
+    while running (also while stopping, so in-flight handlers can still emit events). A bus
+    is used from one event loop and is not thread-safe. It starts once: a stopped bus cannot
+    be restarted (make a new one).
+
+    ``retry`` is the default policy of every handler; ``middleware`` wraps every handler
+    (first listed runs outermost); ``publish_middleware`` wraps every publish call.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        service: str = "app",
+        retry: Retry | None = None,
+        middleware: Iterable[Middleware] = (),
+        publish_middleware: Iterable[PublishMiddleware] = (),
+        url: TransportURL | None = None,
+    ) -> None:
+        self.service = validate_name(service, "service")
+        self.transport = transport
+        self.retry = retry if retry is not None else Retry()
+        self._middleware = tuple(middleware)
+        self._publish_middleware = tuple(publish_middleware)
+        self._url = url
+        self._state = BusState.NEW
+        self._registrations: list[_Registration] = []
+        self._sources: set[Destination] = set()
+        self._consumers: list[Consumer] = []
+        self._stopping: asyncio.Task[None] | None = None
+        self._names: set[str] = set()
+        self._types: dict[type, str] = {}
+        self._publish: PublishFn = compose(self._publish_to_transport, self._publish_middleware)
+
+    # -- construction ------------------------------------------------------------------
+
+    @classmethod
+    def from_url(cls, url: str, *, service: str = "app", **kwargs: Any) -> Bus:
+        """Build a bus on the transport that handles ``url``'s scheme.
+
+        Raises :class:`InvalidURL`, :class:`InvalidOption` or :class:`TransportNotFound` (with
+        the package to install) before any I/O.
+        """
+        parsed = TransportURL.parse(url)
+        return cls(load_transport(parsed), service=service, url=parsed, **kwargs)
+
+    @classmethod
+    def from_env(cls, *, service: str | None = None, **kwargs: Any) -> Bus:
+        """Build from ``MESSAGEBUS_URL`` (default ``memory://``) and ``MESSAGEBUS_SERVICE``
+        (default ``app``); an explicit ``service`` wins over the environment."""
+        url = os.environ.get("MESSAGEBUS_URL") or "memory://"
+        name = service or os.environ.get("MESSAGEBUS_SERVICE") or "app"
+        return cls.from_url(url, service=name, **kwargs)
+
+    @property
+    def state(self) -> BusState:
+        """Where the bus is in its lifecycle."""
+        return self._state
+
+    @property
+    def url(self) -> TransportURL | None:
+        """The transport URL the bus was built from (``str()`` redacts the password)."""
+        return self._url
+
+    def __repr__(self) -> str:
+        where = f", url={str(self._url)!r}" if self._url else ""
+        return f"Bus(service={self.service!r}{where}, state={self._state.value})"
+
+    # -- registration --------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        topic: str,
+        *,
+        group: str | None = None,
+        concurrency: int = 1,
+        retry: Retry | None = None,
+        middleware: Iterable[Middleware] = (),
+    ) -> Callable[[H], H]:
+        """Decorator: handle every message published to ``topic``, as subscription ``group``
+        (default: the service name). Instances of one group compete; each group gets every
+        message. Raises :class:`LifecycleError` after start, :class:`InvalidDestination`,
+        :class:`InvalidHandler`, or :class:`ConfigurationError` for a duplicate."""
+        source = Destination(
+            DestinationKind.TOPIC,
+            validate_name(topic, "topic"),
+            validate_name(group if group is not None else self.service, "group"),
+        )
+        return self._register(source, concurrency, retry, middleware)
+
+    def consume(
+        self,
+        queue: str,
+        *,
+        concurrency: int = 1,
+        retry: Retry | None = None,
+        middleware: Iterable[Middleware] = (),
+    ) -> Callable[[H], H]:
+        """Decorator: take messages from work queue ``queue`` (each handled by one consumer;
+        messages sent before any consumer existed wait). Raises like :meth:`subscribe`."""
+        source = Destination(DestinationKind.QUEUE, validate_name(queue, "queue"))
+        return self._register(source, concurrency, retry, middleware)
+
+    def _register(
+        self, source: Destination, concurrency: int, retry: Retry | None, middleware: Iterable[Middleware]
+    ) -> Callable[[H], H]:
+        if self._state is not BusState.NEW:
+            raise LifecycleError(
+                f"cannot register a handler for {source} on a {self._state.value} bus; "
+                "register every handler before start()"
+            )
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(f"concurrency for {source} must be an int >= 1, got {concurrency!r}")
+        if retry is not None and not isinstance(retry, Retry):
+            raise ConfigurationError(f"retry for {source} must be a messagebus.Retry, got {type(retry).__name__}")
+        if source in self._sources:
+            raise ConfigurationError(
+                f"{source} already has a handler on this bus; one handler per topic and group "
+                "(use another group to get a second copy of each message)"
+            )
+        chain = tuple(middleware)
+
+        def decorator(fn: H) -> H:
+            bind_handler(fn, str(source))  # validate now, not at start
+            self._sources.add(source)
+            self._registrations.append(_Registration(source, fn, concurrency, retry, chain))
+            return fn
+
+        return decorator
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, declare every subscription and queue, and start the consumers.
+
+        Raises :class:`LifecycleError` unless the bus is new; transport errors propagate
+        (:class:`ConnectError`, :class:`TopologyError`) and leave the bus new again.
+        """
+        if self._state is not BusState.NEW:
+            raise LifecycleError(f"start() needs a new bus; this one is {self._state.value} (create a new Bus)")
+        self._state = BusState.STARTING
+        try:
+            await self.transport.connect()
+            for reg in self._registrations:
+                chain = compose(bind_handler(reg.handler, str(reg.source)), self._middleware + reg.middleware)
+                settler = Settler(
+                    reg.source, chain, reg.retry or self.retry, self._publish_to_transport, self.transport.messaging_system
+                )
+                consumer = await self.transport.subscribe(reg.source, settler.handle, concurrency=reg.concurrency)
+                self._consumers.append(consumer)
+        except BaseException:
+            await self._shutdown(0.0)
+            self._state = BusState.NEW
+            raise
+        self._state = BusState.RUNNING
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop fetching, let in-flight handlers finish and settle for up to ``grace``
+        seconds, cancel the rest (they are never acked, so they are redelivered), close.
+        Idempotent; a bus that never started stays unstarted."""
+        if self._state in (BusState.NEW, BusState.STOPPED):
+            return
+        if self._stopping is None:
+            self._state = BusState.STOPPING
+            self._stopping = asyncio.ensure_future(self._shutdown(grace))
+        await asyncio.shield(self._stopping)
+        self._state = BusState.STOPPED
+
+    async def _shutdown(self, grace: float) -> None:
+        consumers, self._consumers = self._consumers, []
+        try:
+            if consumers:
+                await asyncio.gather(*(c.stop(grace) for c in consumers))
+        finally:
+            await self.transport.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def run(self, *, grace: float = 30.0) -> None:
+        """Start, run until SIGINT or SIGTERM (or cancellation), then stop gracefully."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stopped = asyncio.Event()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stopped.set)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
+                pass
+        try:
+            await stopped.wait()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self.stop(grace)
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def publish(
+        self, topic: str, payload: object, *, key: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        """Publish ``payload`` to every subscription group of ``topic``; return once the
+        broker confirmed it. Raises :class:`LifecycleError`, :class:`EncodeError`,
+        :class:`InvalidHeaders`, :class:`InvalidDestination`, :class:`MessageTooLarge` or
+        :class:`PublishError`."""
+        self._check_running("publish")
+        destination = Destination(DestinationKind.TOPIC, self._name(topic, "topic"))
+        await self._send([self._message(destination, payload, key, headers)])
+
+    async def send(
+        self, queue: str, payload: object, *, key: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        """Send ``payload`` to work queue ``queue`` (kept until a consumer takes it); return
+        once confirmed. Raises like :meth:`publish`."""
+        self._check_running("send")
+        destination = Destination(DestinationKind.QUEUE, self._name(queue, "queue"))
+        await self._send([self._message(destination, payload, key, headers)])
+
+    async def publish_many(
+        self,
+        topic: str,
+        payloads: Iterable[object],
+        *,
+        key: str | Callable[[Any], str | None] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Publish many payloads in batches, with confirms pipelined; return once all are
+        confirmed. ``key`` may be a function of the payload. Raises like :meth:`publish`;
+        on error some messages may have been published (each at most once)."""
+        self._check_running("publish_many")
+        destination = Destination(DestinationKind.TOPIC, self._name(topic, "topic"))
+        await self._send(self._messages(destination, payloads, key, headers))
+
+    async def send_many(
+        self,
+        queue: str,
+        payloads: Iterable[object],
+        *,
+        key: str | Callable[[Any], str | None] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Send many payloads to ``queue``, batched; like :meth:`publish_many`."""
+        self._check_running("send_many")
+        destination = Destination(DestinationKind.QUEUE, self._name(queue, "queue"))
+        await self._send(self._messages(destination, payloads, key, headers))
+
+    def _messages(
+        self,
+        destination: Destination,
+        payloads: Iterable[object],
+        key: str | Callable[[Any], str | None] | None,
+        headers: dict[str, str] | None,
+    ) -> list[OutgoingMessage]:
+        extra = h.validate_headers(headers) if headers else None
+        if callable(key):
+            return [self._message(destination, p, key(p), extra, checked=True) for p in payloads]
+        return [self._message(destination, p, key, extra, checked=True) for p in payloads]
+
+    def _check_running(self, what: str) -> None:
+        if self._state is not BusState.RUNNING and self._state is not BusState.STOPPING:
+            hint = (
+                "call 'await bus.start()' or use 'async with bus:' first"
+                if self._state in (BusState.NEW, BusState.STARTING)
+                else "the bus was stopped; create a new Bus"
+            )
+            raise LifecycleError(f"cannot {what} on a {self._state.value} bus: {hint}")
+
+    def _name(self, name: str, what: str) -> str:
+        if name not in self._names:
+            validate_name(name, what)
+            self._names.add(name)
+        return name
+
+    def _message(
+        self,
+        destination: Destination,
+        payload: object,
+        key: str | None,
+        headers: dict[str, str] | None,
+        *,
+        checked: bool = False,
+    ) -> OutgoingMessage:
+        if key is not None and not isinstance(key, str):
+            raise ConfigurationError(f"message key must be a str or None, got {type(key).__name__}")
+        body, content_type = encode(payload)
+        cls = type(payload)
+        kind = self._types.get(cls)
+        if kind is None:
+            kind = self._types[cls] = type_name(payload)
+        wire = {
+            h.CE_ID: os.urandom(16).hex(),
+            h.CE_SOURCE: self.service,
+            h.CE_TYPE: kind,
+            h.CE_SPECVERSION: _SPECVERSION,
+            h.CE_TIME: datetime.now(UTC).isoformat(),
+            h.CE_CONTENT_TYPE: content_type,
+        }
+        if headers:
+            wire.update(headers if checked else h.validate_headers(headers))
+        return OutgoingMessage(destination, body, wire, key)
+
+    async def _send(self, messages: Sequence[OutgoingMessage]) -> None:
+        if messages:
+            await self._publish(messages)
+
+    async def _publish_to_transport(self, messages: Sequence[OutgoingMessage]) -> None:
+        try:
+            await self.transport.publish(messages)
+        except MessageBusError:
+            raise
+        except Exception as exc:  # a transport bug must not leak a bare client error
+            raise PublishError(f"publishing to {messages[0].destination.name!r} failed: {exc!r}") from exc
+

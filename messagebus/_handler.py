@@ -1,0 +1,83 @@
+"""Handler introspection: from a user's ``async def`` to a middleware-level handler."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, get_type_hints
+
+from ._errors import InvalidHandler
+from ._message import Envelope
+from ._middleware import Handler
+from ._serialization import decoder_for
+
+__all__ = ["UserHandler", "bind_handler"]
+
+UserHandler = Callable[..., Any]
+
+
+def _is_async(fn: object) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - an async __call__ counts
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def bind_handler(fn: UserHandler, where: str) -> Handler:
+    """Turn ``fn`` into ``Handler(envelope)``: decode the body by its first parameter's
+    annotation, pass an ``Envelope`` parameter if it has one. Raises :class:`InvalidHandler`."""
+    name = getattr(fn, "__qualname__", repr(fn))
+    if not _is_async(fn):
+        raise InvalidHandler(
+            f"handler {name} for {where} must be an 'async def' function (got {type(fn).__name__}); "
+            "messagebus awaits handlers on the event loop"
+        )
+    try:
+        signature = inspect.signature(fn)
+        hints = get_type_hints(fn)
+    except (TypeError, ValueError, NameError) as exc:
+        raise InvalidHandler(f"cannot read the signature of handler {name} for {where}: {exc}") from exc
+    params = [
+        p for p in signature.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    required_kw = [
+        p.name for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY and p.default is p.empty
+    ]
+    if required_kw:
+        raise InvalidHandler(f"handler {name} for {where} has required keyword-only parameters {required_kw}")
+
+    def is_envelope(p: inspect.Parameter) -> bool:
+        return hints.get(p.name) is Envelope or (p.name == "envelope" and p.name not in hints)
+
+    if not params:
+        raise InvalidHandler(
+            f"handler {name} for {where} takes no parameters; it needs the message, e.g. "
+            "'async def handle(order: OrderCreated)' or '(order: OrderCreated, envelope: Envelope)'"
+        )
+    extra = [p.name for p in params[2:] if p.default is p.empty]
+    if extra:
+        raise InvalidHandler(
+            f"handler {name} for {where} has extra required parameters {extra}; "
+            "it may take the message and optionally an Envelope"
+        )
+    first = params[0]
+    if is_envelope(first):
+        envelope_only: Handler = fn
+        return envelope_only
+    decode = decoder_for(hints.get(first.name, Any))
+    with_envelope = len(params) > 1 and is_envelope(params[1])
+
+    if with_envelope:
+
+        async def call_with_envelope(envelope: Envelope) -> None:
+            await fn(decode(envelope.body, envelope.content_type), envelope)
+
+        return call_with_envelope
+
+    async def call(envelope: Envelope) -> None:
+        await fn(decode(envelope.body, envelope.content_type))
+
+    return call

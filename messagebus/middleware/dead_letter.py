@@ -1,0 +1,46 @@
+"""Dead-letter headers: what failed, how often, and when."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+from .. import _headers as h
+
+__all__ = ["dead_letter_headers", "error_type_name", "utc_now"]
+
+_MAX_ERROR_MESSAGE = 1024
+
+
+def utc_now() -> str:
+    """Now as ISO 8601 UTC."""
+    return datetime.now(UTC).isoformat()
+
+
+def error_type_name(error: BaseException) -> str:
+    """The qualified class name of ``error`` (``builtins.ValueError``, ``app.errors.Boom``)."""
+    cls = type(error)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def dead_letter_headers(
+    headers: Mapping[str, str], *, destination: str, group: str | None, error: BaseException, attempts: int
+) -> dict[str, str]:
+    """The headers of a dead-lettered copy: the original ones (without retry bookkeeping)
+    plus ``dlq-destination``, ``dlq-group``, ``dlq-error-type``, ``dlq-error-message``,
+    ``dlq-attempts``, ``dlq-first-failure`` and ``dlq-last-failure``."""
+    now = utc_now()
+    first = headers.get(h.FIRST_FAILURE) or now
+    out = {k: v for k, v in headers.items() if k not in (h.ATTEMPT, h.FIRST_FAILURE) and not k.startswith("dlq-")}
+    out.update(
+        {
+            h.DLQ_DESTINATION: destination,
+            h.DLQ_GROUP: group or "",
+            h.DLQ_ERROR_TYPE: error_type_name(error),
+            h.DLQ_ERROR_MESSAGE: str(error)[:_MAX_ERROR_MESSAGE],
+            h.DLQ_ATTEMPTS: str(attempts),
+            h.DLQ_FIRST_FAILURE: first,
+            h.DLQ_LAST_FAILURE: now,
+        }
+    )
+    return out

@@ -1,0 +1,429 @@
+"""MemoryTransport (``memory://`` and ``memory://NAME``): a real in-process broker.
+
+Every bus built from the same ``memory://NAME`` URL in one process shares one
+:class:`MemoryBroker`, which outlives the buses like a real broker outlives its clients and
+is not tied to an event loop. It shows the semantics of DESIGN section 3: fan-out per
+group, competing consumers, queues that keep messages until consumed, at-least-once with
+redelivery of anything not acked, delayed redelivery on the broker's clock, per-key order
+and a maximum message size. The conformance kit holds it to the same tests as the brokers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .._clock import Clock, SystemClock
+from .._config import TransportOptions, TransportURL, parse_options
+from .._destination import Destination, DestinationKind
+from .._dispatch import WorkerPool
+from .._errors import ConnectError, LifecycleError, MessageTooLarge
+from .._message import AttributeValue, OutgoingMessage
+from .._transport import Capabilities, DeliveryHandler
+
+__all__ = ["MemoryBroker", "MemoryOptions", "MemoryTransport"]
+
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+
+
+class MemoryOptions(TransportOptions):
+    """Query options of ``memory://NAME?...``.
+
+    - ``max_message_size``: largest body in bytes (default 1 MiB, like a modest broker).
+    """
+
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+
+
+@dataclass(slots=True)
+class _Stored:
+    body: bytes
+    headers: Mapping[str, str]
+    key: str | None
+    attempt: int = 1
+
+
+@dataclass(eq=False, slots=True)
+class _MemDelivery:
+    """A delivery from the memory broker; ``raw`` is the broker's stored message."""
+
+    stored: _Stored
+    consumer: _MemConsumer
+    settled: bool = False
+
+    @property
+    def body(self) -> bytes:
+        return self.stored.body
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self.stored.headers
+
+    @property
+    def key(self) -> str | None:
+        return self.stored.key
+
+    @property
+    def attempt(self) -> int:
+        return self.stored.attempt
+
+    @property
+    def raw(self) -> Any:
+        return self.stored
+
+    @property
+    def messaging_attributes(self) -> Mapping[str, AttributeValue]:
+        return {}
+
+    async def ack(self) -> None:
+        """Forget the message. Idempotent."""
+        if not self.settled:
+            self.settled = True
+            self.consumer.settled(self)
+
+    async def retry(self, delay: float, headers: Mapping[str, str]) -> None:
+        """Redeliver to the same queue after ``delay`` on the broker clock, attempt + 1."""
+        if self.settled:
+            return
+        self.settled = True
+        old = self.stored
+        again = _Stored(old.body, {**old.headers, **headers} if headers else old.headers, old.key, old.attempt + 1)
+        queue = self.consumer.queue
+        queue.broker.schedule(queue, again, delay)
+        self.consumer.settled(self)
+
+
+class _MemQueue:
+    """A queue: a work queue, or one subscription group's queue of a topic."""
+
+    __slots__ = ("broker", "consumers", "delayed", "name", "ready", "rr", "unacked")
+
+    def __init__(self, broker: MemoryBroker, name: str) -> None:
+        self.broker = broker
+        self.name = name
+        self.ready: deque[_Stored] = deque()
+        self.delayed: list[tuple[float, int, _Stored]] = []
+        self.consumers: list[_MemConsumer] = []
+        self.unacked = 0
+        self.rr = 0
+
+    def put(self, stored: _Stored) -> None:
+        # Called with the broker lock held.
+        if not self.ready and self.consumers and self._offer(stored):
+            return
+        self.ready.append(stored)
+
+    def _offer(self, stored: _Stored) -> bool:
+        consumers = self.consumers
+        n = len(consumers)
+        for i in range(n):
+            consumer = consumers[(self.rr + i) % n]
+            if consumer.credit > 0:
+                self.rr = (self.rr + i + 1) % n
+                consumer.dispatch(stored)
+                return True
+        return False
+
+    def pump(self) -> None:
+        """Hand ready messages to consumers with credit. Broker lock held."""
+        ready = self.ready
+        while ready and self._offer(ready[0]):
+            ready.popleft()
+
+
+class _MemConsumer:
+    """One subscriber of a queue, with ``credit`` = how many more messages it may hold."""
+
+    def __init__(self, queue: _MemQueue, handler: DeliveryHandler, concurrency: int, ordered: bool) -> None:
+        self.queue = queue
+        self.credit = concurrency
+        self.pool = WorkerPool(handler, concurrency, ordered=ordered, name=queue.name)
+        self.loop = asyncio.get_running_loop()
+        self.stopped = False
+
+    def dispatch(self, stored: _Stored) -> None:
+        # Broker lock held: account now, hand over on the consumer's own loop.
+        self.credit -= 1
+        self.queue.unacked += 1
+        delivery = _MemDelivery(stored, self)
+        if _running_loop() is self.loop:
+            self.pool.submit_nowait(delivery)
+        else:
+            self.loop.call_soon_threadsafe(self.pool.submit_nowait, delivery)
+
+    def settled(self, delivery: _MemDelivery) -> None:
+        broker = self.queue.broker
+        with broker.lock:
+            self.credit += 1
+            self.queue.unacked -= 1
+            self.queue.pump()
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking messages; wait up to ``grace`` for running handlers; requeue the rest."""
+        broker = self.queue.broker
+        with broker.lock:
+            if self.stopped:
+                return
+            self.stopped = True
+            if self in self.queue.consumers:
+                self.queue.consumers.remove(self)
+        unhandled = await self.pool.stop(grace)
+        with broker.lock:
+            back = [d for d in unhandled if isinstance(d, _MemDelivery) and not d.settled]
+            for d in back:
+                d.settled = True
+                self.queue.unacked -= 1
+            # Unsettled messages return to the head of the queue, in order, as redeliveries.
+            for d in reversed(back):
+                s = d.stored
+                self.queue.ready.appendleft(_Stored(s.body, s.headers, s.key, s.attempt + 1))
+            self.queue.pump()
+
+
+class MemoryBroker:
+    """An in-process broker. Thread-safe; shared by name across buses, loops and threads.
+
+    ``MemoryBroker.named("x")`` returns the broker behind ``memory://x`` (``""`` is the
+    default broker of ``memory://``). Use :meth:`reset` between tests and :meth:`wait_idle`
+    to wait until every message has been handled.
+    """
+
+    _registry: ClassVar[dict[str, MemoryBroker]] = {}
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, name: str = "", *, clock: Clock | None = None) -> None:
+        self.name = name
+        self.clock: Clock = clock or SystemClock()
+        self.lock = threading.RLock()
+        self._topics: dict[str, dict[str, _MemQueue]] = {}
+        self._queues: dict[str, _MemQueue] = {}
+        self._delayed: list[tuple[float, int, _MemQueue, _Stored]] = []
+        self._seq = itertools.count()
+
+    @classmethod
+    def named(cls, name: str = "", *, clock: Clock | None = None) -> MemoryBroker:
+        """The process-wide broker called ``name``, created on first use.
+
+        ``clock`` applies when the broker is created, or replaces the clock of an idle one.
+        """
+        with cls._registry_lock:
+            broker = cls._registry.get(name)
+            if broker is None:
+                broker = cls._registry[name] = cls(name, clock=clock)
+            elif clock is not None:
+                broker.clock = clock
+            return broker
+
+    # -- producing -------------------------------------------------------------------------
+
+    def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Store messages: a topic copies each to every group; a queue keeps it until taken."""
+        with self.lock:
+            self._release_due()
+            for message in messages:
+                stored = _Stored(message.body, message.headers, message.key)
+                dest = message.destination
+                if dest.kind is DestinationKind.TOPIC:
+                    groups = self._topics.get(dest.name)
+                    if groups:
+                        for queue in groups.values():
+                            queue.put(stored)
+                else:
+                    self._queue(dest.name).put(stored)
+
+    def schedule(self, queue: _MemQueue, stored: _Stored, delay: float) -> None:
+        """Put ``stored`` back on ``queue`` after ``delay`` seconds of the broker clock."""
+        with self.lock:
+            if delay <= 0:
+                queue.put(stored)
+                return
+            heapq.heappush(self._delayed, (self.clock.now() + delay, next(self._seq), queue, stored))
+        self.clock.call_later(delay, self.release_due)
+
+    def release_due(self) -> None:
+        """Move every delayed message that is due back to its queue. Thread-safe."""
+        with self.lock:
+            self._release_due()
+
+    def _release_due(self) -> None:
+        delayed = self._delayed
+        if not delayed:
+            return
+        now = self.clock.now()
+        while delayed and delayed[0][0] <= now:
+            _, _, queue, stored = heapq.heappop(delayed)
+            queue.put(stored)
+
+    # -- topology --------------------------------------------------------------------------
+
+    def _queue(self, name: str) -> _MemQueue:
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = self._queues[name] = _MemQueue(self, name)
+        return queue
+
+    def declare(self, source: Destination) -> _MemQueue:
+        """The queue behind ``source``, created if needed (a group starts empty)."""
+        with self.lock:
+            if source.kind is DestinationKind.QUEUE:
+                return self._queue(source.name)
+            groups = self._topics.setdefault(source.name, {})
+            group = source.group or ""
+            queue = groups.get(group)
+            if queue is None:
+                queue = groups[group] = _MemQueue(self, f"{source.name}.{group}")
+            return queue
+
+    def attach(self, queue: _MemQueue, consumer: _MemConsumer) -> None:
+        """Add a consumer and hand it what is waiting."""
+        with self.lock:
+            self._release_due()
+            queue.consumers.append(consumer)
+            queue.pump()
+
+    # -- inspection for tests ----------------------------------------------------------------
+
+    def pending(self, queue: str, group: str | None = None) -> int:
+        """Messages waiting (ready or delayed, not in flight) in a queue or a topic's group."""
+        with self.lock:
+            q = self._topics.get(queue, {}).get(group or "") if group is not None else self._queues.get(queue)
+            if q is None:
+                return 0
+            return len(q.ready) + sum(1 for d in self._delayed if d[2] is q)
+
+    def is_idle(self, *, include_delayed: bool = True) -> bool:
+        """True when no message is in flight, none waits for a live consumer and (with
+        ``include_delayed`` and a real clock) no redelivery is scheduled."""
+        with self.lock:
+            self._release_due()
+            for queue in self._all_queues():
+                if queue.unacked or (queue.ready and queue.consumers):
+                    return False
+            if include_delayed and isinstance(self.clock, SystemClock):
+                return not any(q.consumers for _, _, q, _ in self._delayed)
+            return True
+
+    async def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until :meth:`is_idle` holds (checked every millisecond), or raise
+        :class:`TimeoutError` after ``timeout`` seconds saying what is still busy."""
+        deadline = time.monotonic() + timeout
+        while not self.is_idle():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"memory broker {self.name!r} still busy after {timeout}s: {self._busy()}")
+            await asyncio.sleep(0.001)
+
+    def _busy(self) -> str:
+        with self.lock:
+            parts = [
+                f"{q.name}: {q.unacked} in flight, {len(q.ready)} ready"
+                for q in self._all_queues()
+                if q.unacked or (q.ready and q.consumers)
+            ]
+            if self._delayed:
+                parts.append(f"{len(self._delayed)} delayed")
+            return "; ".join(parts) or "idle"
+
+    def _all_queues(self) -> list[_MemQueue]:
+        out = list(self._queues.values())
+        for groups in self._topics.values():
+            out.extend(groups.values())
+        return out
+
+    def reset(self) -> None:
+        """Drop every topic, queue and message (for tests). Live consumers keep running but
+        are detached from the dropped queues."""
+        with self.lock:
+            self._topics.clear()
+            self._queues.clear()
+            self._delayed.clear()
+
+
+class _MemoryConsumerHandle:
+    def __init__(self, consumer: _MemConsumer) -> None:
+        self._consumer = consumer
+
+    async def stop(self, grace: float) -> None:
+        """Stop the subscription; unsettled deliveries go back to the queue. Idempotent."""
+        await self._consumer.stop(grace)
+
+
+class MemoryTransport:
+    """The transport for ``memory://NAME``: a client of the shared :class:`MemoryBroker`.
+
+    Behaves like a networked transport: it must be connected before use, publishes are
+    "confirmed" when stored, and closing it hands every unsettled delivery back.
+    """
+
+    messaging_system = "memory"
+
+    def __init__(self, broker: MemoryBroker | None = None, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        self.broker = broker or MemoryBroker.named("")
+        self.capabilities = Capabilities(
+            ordering=True,
+            native_delay=True,
+            persistence=False,
+            consumer_groups=True,
+            max_message_size=max_message_size,
+            network=False,
+        )
+        self._max = max_message_size
+        self._connected = False
+        self._consumers: list[_MemConsumer] = []
+
+    @classmethod
+    def from_url(cls, url: TransportURL) -> MemoryTransport:
+        """Build from ``memory://NAME?max_message_size=N``. Raises :class:`InvalidOption`."""
+        options = parse_options(url, MemoryOptions)
+        name = url.host or url.path.strip("/")
+        return cls(MemoryBroker.named(name), max_message_size=options.max_message_size)
+
+    async def connect(self) -> None:
+        """Mark connected. Idempotent."""
+        self._connected = True
+
+    async def close(self) -> None:
+        """Stop every consumer at once (unsettled deliveries are requeued). Idempotent."""
+        self._connected = False
+        consumers, self._consumers = self._consumers, []
+        for consumer in consumers:
+            await consumer.stop(0)
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Store the messages. Raises :class:`MessageTooLarge` before storing any if one is
+        too big, :class:`ConnectError` when the transport is not connected."""
+        if not self._connected:
+            raise ConnectError("memory transport is not connected")
+        limit = self._max
+        for message in messages:
+            if len(message.body) > limit:
+                raise MessageTooLarge(
+                    f"message to {message.destination.name!r} is {len(message.body)} bytes; "
+                    f"memory:// allows at most {limit} (set ?max_message_size=N)"
+                )
+        self.broker.publish(messages)
+
+    async def subscribe(self, source: Destination, handler: DeliveryHandler, *, concurrency: int) -> _MemoryConsumerHandle:
+        """Attach a consumer with ``concurrency`` workers to the source's queue."""
+        if not self._connected:
+            raise LifecycleError("memory transport is not connected")
+        queue = self.broker.declare(source)
+        consumer = _MemConsumer(queue, handler, concurrency, ordered=True)
+        consumer.pool.start()
+        self._consumers.append(consumer)
+        self.broker.attach(queue, consumer)
+        return _MemoryConsumerHandle(consumer)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
