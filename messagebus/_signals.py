@@ -25,3 +25,5 @@ class Reject(Exception):  # noqa: N818 - a signal, not an error
     def __init__(self, reason: str = "rejected by handler") -> None:
         super().__init__(reason)
         self.reason = reason
+
+Nack.__module__ = Reject.__module__ = "messagebus"  # documented and reported as messagebus.X

@@ -1,0 +1,156 @@
+"""Wire format: message bodies and headers as SQS/SNS message bodies and attributes.
+
+SQS and SNS carry text bodies only (a restricted XML character set) and at most 10 message
+attributes per message, each with a non-empty value and a restricted name. So:
+
+- a body that is valid text for SQS goes as is; any other body (binary, control
+  characters, empty) goes base64-encoded with the ``messagebus-body-encoding`` attribute;
+- headers become ``String`` attributes (CloudEvents under ``ce-`` names first, then trace
+  context, then the rest); a header that does not fit in the 10 slots, or whose name or
+  value SQS refuses, is packed into the one JSON attribute ``messagebus-headers`` and
+  unpacked on receive, so nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from messagebus import DecodeError
+from messagebus.transports import headers as h
+
+__all__ = [
+    "BODY_ENCODING",
+    "MAX_ATTRIBUTES",
+    "MAX_WIRE_SIZE",
+    "PACKED",
+    "WireMessage",
+    "decode_message",
+    "encode_message",
+]
+
+#: SQS and SNS limit: body plus every attribute name, type and value (256 KiB).
+MAX_WIRE_SIZE = 262_144
+#: SQS and SNS allow this many message attributes.
+MAX_ATTRIBUTES = 10
+PACKED = "messagebus-headers"
+BODY_ENCODING = "messagebus-body-encoding"
+
+_STRING = "String"
+# Characters SQS accepts in bodies and attribute values (XML 1.0 character ranges).
+_INVALID_TEXT = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_ATTR_NAME = re.compile(r"[A-Za-z0-9_-](?:[A-Za-z0-9_.-]{0,254}[A-Za-z0-9_-])?")
+_PRIORITY = (h.CE_ID, h.CE_SOURCE, h.CE_TYPE, h.CE_SPECVERSION, h.CE_TIME, h.CE_CONTENT_TYPE)
+_TRACE = ("traceparent", "tracestate")
+
+
+@dataclass(frozen=True, slots=True)
+class WireMessage:
+    """An encoded message: SQS/SNS body text, attributes, and its size as SQS counts it."""
+
+    body: str
+    attributes: dict[str, dict[str, str]]
+    size: int
+
+
+def _valid_name(name: str) -> bool:
+    if _ATTR_NAME.fullmatch(name) is None or ".." in name:
+        return False
+    lowered = name.lower()
+    return not (lowered.startswith("aws.") or lowered.startswith("amazon."))
+
+
+def _valid_value(value: str) -> bool:
+    return bool(value) and _INVALID_TEXT.search(value) is None
+
+
+def _attr_size(name: str, value: str) -> int:
+    return len(name.encode()) + len(_STRING) + len(value.encode())
+
+
+def encode_message(body: bytes, headers: Mapping[str, str], key: str | None) -> WireMessage:
+    """Encode one message. Pure, thread-safe; never drops a header."""
+    internal: dict[str, str] = {}
+    text: str | None
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or not text or _INVALID_TEXT.search(text) is not None:
+        # Empty bodies are refused by SQS/SNS, so they are base64 too, with a placeholder.
+        text = base64.b64encode(body).decode("ascii") or "="
+        internal[BODY_ENCODING] = "base64"
+    all_headers = dict(headers)
+    if key is not None:
+        all_headers[h.KEY] = key
+    ordered = [n for n in _PRIORITY if n in all_headers]
+    ordered += [n for n in _TRACE if n in all_headers]
+    seen = set(ordered)
+    ordered += [n for n in all_headers if n not in seen]
+    eligible = [n for n in ordered if _valid_name(n) and _valid_value(all_headers[n])]
+    slots = MAX_ATTRIBUTES - len(internal)
+    if len(eligible) < len(ordered) or len(eligible) > slots:
+        slots -= 1  # one slot holds the packed rest
+    native = eligible[:slots]
+    packed = {n: all_headers[n] for n in ordered if n not in set(native)}
+    attributes = {n: {"DataType": _STRING, "StringValue": all_headers[n]} for n in native}
+    for name, value in internal.items():
+        attributes[name] = {"DataType": _STRING, "StringValue": value}
+    if packed:
+        attributes[PACKED] = {"DataType": _STRING, "StringValue": json.dumps(packed, separators=(",", ":"))}
+    size = len(text.encode()) + sum(_attr_size(n, a["StringValue"]) for n, a in attributes.items())
+    return WireMessage(text, attributes, size)
+
+
+def _attribute_text(attr: Mapping[str, Any]) -> str | None:
+    if "StringValue" in attr:
+        return str(attr["StringValue"])
+    if "BinaryValue" in attr:
+        value = attr["BinaryValue"]
+        if isinstance(value, bytes | bytearray):
+            return base64.b64encode(bytes(value)).decode("ascii")
+    return None
+
+
+def decode_message(message: Mapping[str, Any]) -> tuple[bytes, dict[str, str], str | None]:
+    """Decode an SQS message dict into ``(body, headers, key)``.
+
+    Foreign messages (no messagebus attributes) decode to their body text and their String
+    attributes. Raises :class:`DecodeError` only if our own packing is corrupt.
+    """
+    raw_attrs: Mapping[str, Mapping[str, Any]] = message.get("MessageAttributes") or {}
+    headers: dict[str, str] = {}
+    encoding: str | None = None
+    packed_text: str | None = None
+    for name, attr in raw_attrs.items():
+        value = _attribute_text(attr)
+        if value is None:
+            continue
+        if name == BODY_ENCODING:
+            encoding = value
+        elif name == PACKED:
+            packed_text = value
+        else:
+            headers[name] = value
+    if packed_text is not None:
+        try:
+            packed = json.loads(packed_text)
+        except ValueError as exc:
+            raise DecodeError(f"attribute {PACKED!r} is not valid JSON") from exc
+        if isinstance(packed, dict):
+            headers.update({str(k): v for k, v in packed.items() if isinstance(v, str)})
+    text = str(message.get("Body", ""))
+    if encoding == "base64":
+        try:
+            body = base64.b64decode(text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise DecodeError(f"body marked {BODY_ENCODING}=base64 is not base64") from exc
+    else:
+        body = text.encode("utf-8")
+    key = headers.pop(h.KEY, None)
+    return body, headers, key

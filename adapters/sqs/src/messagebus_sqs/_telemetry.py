@@ -1,0 +1,41 @@
+"""OpenTelemetry attribute values of the SQS/SNS transport (semantic conventions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from messagebus.transports import AttributeValue, Destination, DestinationKind
+
+__all__ = ["SNS_SYSTEM", "SQS_SYSTEM", "consume_attributes", "publish_attributes", "system_for"]
+
+SQS_SYSTEM = "aws_sqs"
+SNS_SYSTEM = "aws.sns"
+
+
+def system_for(destination: Destination) -> str:
+    """``messaging.system`` for publishing to ``destination``: SNS for topics, SQS for queues."""
+    return SNS_SYSTEM if destination.kind is DestinationKind.TOPIC and destination.group is None else SQS_SYSTEM
+
+
+def publish_attributes(destination: Destination, *, queue_url: str | None, topic_arn: str | None) -> dict[str, AttributeValue]:
+    """Attributes of a publish span for ``destination``."""
+    attrs: dict[str, AttributeValue] = {"messaging.system": system_for(destination)}
+    if topic_arn:
+        attrs["aws.sns.topic.arn"] = topic_arn
+    if queue_url:
+        attrs["aws.sqs.queue.url"] = queue_url
+    return attrs
+
+
+def consume_attributes(queue_url: str, message: dict[str, Any], topic_arn: str | None) -> dict[str, AttributeValue]:
+    """Attributes of a process span for one received SQS message."""
+    attrs: dict[str, AttributeValue] = {"aws.sqs.queue.url": queue_url}
+    if topic_arn:
+        attrs["aws.sns.topic.arn"] = topic_arn
+    native_id = message.get("MessageId")
+    if native_id:
+        attrs["aws.sqs.message.id"] = str(native_id)
+    group = (message.get("Attributes") or {}).get("MessageGroupId")
+    if group:
+        attrs["aws.sqs.message.group_id"] = str(group)
+    return attrs
