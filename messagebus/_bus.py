@@ -20,6 +20,7 @@ from ._errors import ConfigurationError, LifecycleError, MessageBusError, Publis
 from ._handler import UserHandler, bind_handler
 from ._message import OutgoingMessage
 from ._middleware import Middleware, PublishFn, PublishMiddleware, compose
+from ._observability import default_consume_middleware, default_publish_middleware
 from ._serialization import encode, type_name
 from ._settle import Settler
 from ._transport import Consumer, Transport
@@ -76,9 +77,9 @@ class Bus:
         self.service = validate_name(service, "service")
         self.transport = transport
         self.retry = retry if retry is not None else Retry()
-        self._middleware = tuple(middleware)
-        self._publish_middleware = tuple(publish_middleware)
         self._url = url
+        self._middleware = (*default_consume_middleware(self), *middleware)
+        self._publish_middleware = (*default_publish_middleware(self), *publish_middleware)
         self._state = BusState.NEW
         self._registrations: list[_Registration] = []
         self._sources: set[Destination] = set()

@@ -5,7 +5,7 @@ from __future__ import annotations
 __all__ = ["Nack", "Reject"]
 
 
-class Nack(Exception):  # noqa: N818 - a signal, not an error
+class Nack(Exception):
     """Raise from a handler to ask for a redelivery after ``delay`` seconds.
 
     A ``Nack`` is not a failure: it does not count against ``Retry.max_attempts`` and never
@@ -19,7 +19,7 @@ class Nack(Exception):  # noqa: N818 - a signal, not an error
         self.delay = delay
 
 
-class Reject(Exception):  # noqa: N818 - a signal, not an error
+class Reject(Exception):
     """Raise from a handler to dead-letter the message at once, with ``reason``; no retries."""
 
     def __init__(self, reason: str = "rejected by handler") -> None:

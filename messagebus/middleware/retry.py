@@ -50,7 +50,7 @@ class Retry:
         """Seconds to wait before the delivery after failed ``attempt`` (1-based)."""
         base = min(self.initial_delay * self.multiplier ** (attempt - 1), self.max_delay)
         if self.jitter:
-            base *= 1 + random.uniform(-self.jitter, self.jitter)  # noqa: S311 - not crypto
+            base *= 1 + random.uniform(-self.jitter, self.jitter)
         return max(base, 0.0)
 
     def should_retry(self, error: BaseException, attempt: int) -> bool:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from .._middleware import Handler, Middleware
 from .._message import Envelope
+from .._middleware import Handler, Middleware
 
 __all__ = ["HandlerTimeout", "timeout"]
 

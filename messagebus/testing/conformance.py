@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from typing_extensions import TypedDict
-
 import pytest
+from typing_extensions import TypedDict
 
 from .. import Bus, Envelope, MessageTooLarge, Nack, Reject, Retry
 from .._bus import BusState
