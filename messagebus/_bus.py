@@ -8,7 +8,7 @@ import signal
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import Enum
+from enum import StrEnum
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -33,7 +33,7 @@ H = TypeVar("H", bound=UserHandler)
 _SPECVERSION = "1.0"
 
 
-class BusState(str, Enum):
+class BusState(StrEnum):
     """Lifecycle of a :class:`Bus`: new -> starting -> running -> stopping -> stopped."""
 
     NEW = "new"
@@ -87,7 +87,8 @@ class Bus:
         self._stopping: asyncio.Task[None] | None = None
         self._names: set[str] = set()
         self._types: dict[type, str] = {}
-        self._publish: PublishFn = compose(self._publish_to_transport, self._publish_middleware)
+        base: PublishFn = self._publish_to_transport
+        self._publish: PublishFn = compose(base, self._publish_middleware)
 
     # -- construction ------------------------------------------------------------------
 
@@ -201,7 +202,11 @@ class Bus:
             for reg in self._registrations:
                 chain = compose(bind_handler(reg.handler, str(reg.source)), self._middleware + reg.middleware)
                 settler = Settler(
-                    reg.source, chain, reg.retry or self.retry, self._publish_to_transport, self.transport.messaging_system
+                    reg.source,
+                    chain,
+                    reg.retry or self.retry,
+                    self._publish_to_transport,
+                    self.transport.messaging_system,
                 )
                 consumer = await self.transport.subscribe(reg.source, settler.handle, concurrency=reg.concurrency)
                 self._consumers.append(consumer)
@@ -375,4 +380,3 @@ class Bus:
             raise
         except Exception as exc:  # a transport bug must not leak a bare client error
             raise PublishError(f"publishing to {messages[0].destination.name!r} failed: {exc!r}") from exc
-

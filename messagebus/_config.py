@@ -154,9 +154,7 @@ def _parse_host(item: str, url: str) -> tuple[str, int | None]:
     if not port_text:
         return unquote(host), None
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise InvalidURL(
-            f"transport URL {_redact_raw(url)!r} has an invalid port {port_text!r}; expected 1-65535"
-        )
+        raise InvalidURL(f"transport URL {_redact_raw(url)!r} has an invalid port {port_text!r}; expected 1-65535")
     return unquote(host), int(port_text)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from ._errors import InvalidDestination
 
@@ -15,7 +15,7 @@ _NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,198}[A-Za-z0-9_])?")
 MAX_NAME_LENGTH = 200
 
 
-class DestinationKind(str, Enum):
+class DestinationKind(StrEnum):
     """Whether a destination is a fan-out topic or a point-to-point queue."""
 
     TOPIC = "topic"

@@ -40,12 +40,8 @@ def bind_handler(fn: UserHandler, where: str) -> Handler:
         hints = get_type_hints(fn)
     except (TypeError, ValueError, NameError) as exc:
         raise InvalidHandler(f"cannot read the signature of handler {name} for {where}: {exc}") from exc
-    params = [
-        p for p in signature.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    required_kw = [
-        p.name for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY and p.default is p.empty
-    ]
+    params = [p for p in signature.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required_kw = [p.name for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
     if required_kw:
         raise InvalidHandler(f"handler {name} for {where} has required keyword-only parameters {required_kw}")
 

@@ -80,7 +80,9 @@ class Settler:
         try:
             await delivery.ack()
         except MessageBusError:
-            logger.warning("messagebus: ack failed; the broker will redeliver", exc_info=True, extra=log_fields(envelope))
+            logger.warning(
+                "messagebus: ack failed; the broker will redeliver", exc_info=True, extra=log_fields(envelope)
+            )
 
     async def _failed(self, delivery: Delivery, envelope: Envelope, error: Exception) -> None:
         fields = log_fields(envelope)
@@ -113,7 +115,9 @@ class Settler:
     async def _dead_letter(
         self, delivery: Delivery, envelope: Envelope, error: Exception, fields: dict[str, Any]
     ) -> None:
-        reason = "rejected" if isinstance(error, Reject) else "undecodable" if isinstance(error, DecodeError) else "failed"
+        reason = (
+            "rejected" if isinstance(error, Reject) else "undecodable" if isinstance(error, DecodeError) else "failed"
+        )
         logger.error(
             "messagebus: message %s after %d attempt(s) (%s: %s); dead-lettered to %s",
             reason,

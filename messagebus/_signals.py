@@ -26,4 +26,5 @@ class Reject(Exception):
         super().__init__(reason)
         self.reason = reason
 
+
 Nack.__module__ = Reject.__module__ = "messagebus"  # documented and reported as messagebus.X

@@ -144,9 +144,7 @@ class Transport(Protocol):
         """
         ...
 
-    async def subscribe(
-        self, source: Destination, handler: DeliveryHandler, *, concurrency: int
-    ) -> Consumer:
+    async def subscribe(self, source: Destination, handler: DeliveryHandler, *, concurrency: int) -> Consumer:
         """Declare ``source`` (the group's queue/subscription, or the queue) and start
         delivering to ``handler`` with at most ``concurrency`` calls in flight, keeping
         per-key order when ``capabilities.ordering``. Messages are settled by the handler.

@@ -75,21 +75,27 @@ class TcpProxy:
 
     def cut_after(self, nbytes: int) -> None:
         """Forward ``nbytes`` more bytes (both directions together), then cut everything."""
+
         def arm() -> None:
             self._budget = nbytes
+
         self._call(arm)
 
     def refuse(self) -> None:
         """Refuse new connections and cut open ones (the broker looks down)."""
+
         def arm() -> None:
             self._refusing = True
             self._cut_all()
+
         self._call(arm)
 
     def accept(self) -> None:
         """Accept new connections again after :meth:`refuse`."""
+
         def arm() -> None:
             self._refusing = False
+
         self._call(arm)
 
     @property

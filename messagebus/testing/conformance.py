@@ -110,7 +110,9 @@ class TransportConformance:
 
     # -- round trip ---------------------------------------------------------------------------
 
-    async def test_publish_subscribe_round_trip_with_headers(self, target: ConformanceTarget, buses: BusFactory) -> None:
+    async def test_publish_subscribe_round_trip_with_headers(
+        self, target: ConformanceTarget, buses: BusFactory
+    ) -> None:
         topic = _names("roundtrip")
         got: Collector[tuple[Item, Envelope]] = Collector(target.timeout)
         consumer = buses("billing")
@@ -257,9 +259,7 @@ class TransportConformance:
             consumer.subscribe(topic)(handler())
         producer = buses("orders")
         async with consumer, producer:
-            await asyncio.gather(
-                *(producer.publish_many(t, [Item(n=i, run="m") for i in range(n)]) for t in topics)
-            )
+            await asyncio.gather(*(producer.publish_many(t, [Item(n=i, run="m") for i in range(n)]) for t in topics))
             await got.wait_for(n * len(topics))
         assert sorted(got.items) == sorted((t, i) for t in topics for i in range(n))
 

@@ -409,7 +409,9 @@ class MemoryTransport:
                 )
         self.broker.publish(messages)
 
-    async def subscribe(self, source: Destination, handler: DeliveryHandler, *, concurrency: int) -> _MemoryConsumerHandle:
+    async def subscribe(
+        self, source: Destination, handler: DeliveryHandler, *, concurrency: int
+    ) -> _MemoryConsumerHandle:
         """Attach a consumer with ``concurrency`` workers to the source's queue."""
         if not self._connected:
             raise LifecycleError("memory transport is not connected")
@@ -426,4 +428,3 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-

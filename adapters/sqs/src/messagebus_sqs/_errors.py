@@ -11,8 +11,9 @@ from botocore.exceptions import (
     NoCredentialsError,
     NoRegionError,
     PartialCredentialsError,
+    ProfileNotFound,
 )
-from messagebus import ConfigurationError, ConnectError, MessageBusError, TransportError
+from messagebus import ConfigurationError, InvalidOption, MessageBusError, TransportError
 
 __all__ = ["AUTH_CODES", "error_code", "is_connection_error", "map_error"]
 
@@ -64,23 +65,25 @@ def _describe(exc: BaseException) -> str:
 def map_error(exc: BaseException, during: type[TransportError], what: str) -> MessageBusError:
     """Translate a botocore error raised while doing ``what``.
 
-    Connection problems and credential problems become :class:`ConnectError` (whatever the
-    operation), a missing region :class:`ConfigurationError`, the rest ``during`` (the
-    operation's own class: PublishError, ConsumeError, TopologyError ...). The caller chains
-    it: ``raise map_error(exc, ...) from exc``. Messages never contain secrets (botocore's do
-    not, and the endpoint URL cannot carry credentials).
+    Everything becomes ``during`` (the operation's class: ConnectError, PublishError,
+    ConsumeError, TopologyError ...) with a message saying what was wrong, except a missing
+    region (:class:`ConfigurationError`) and an unknown profile (:class:`InvalidOption`). The
+    caller chains it: ``raise map_error(exc, ...) from exc``. Messages never contain secrets
+    (botocore's do not, and the endpoint URL cannot carry credentials).
     """
     if isinstance(exc, MessageBusError):
         return exc
     if isinstance(exc, NoRegionError):
         return ConfigurationError(f"{what}: no AWS region configured; add ?region=NAME to the sqs:// URL")
+    if isinstance(exc, ProfileNotFound):
+        return InvalidOption(f"{what}: {exc}; check ?profile= / AWS_PROFILE")
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-        return ConnectError(f"{what}: {_NO_CREDENTIALS}")
+        return during(f"{what}: {_NO_CREDENTIALS}")
     if is_connection_error(exc):
-        return ConnectError(f"{what}: cannot reach the AWS endpoint: {exc}")
+        return during(f"{what}: cannot reach the AWS endpoint: {exc}")
     code = error_code(exc)
     if code in AUTH_CODES:
-        return ConnectError(f"{what}: AWS rejected the credentials ({_describe(exc)})")
+        return during(f"{what}: AWS rejected the credentials ({_describe(exc)})")
     if isinstance(exc, ClientError | BotoCoreError):
         return during(f"{what}: {_describe(exc)}")
     return during(f"{what}: {type(exc).__name__}: {exc}")
