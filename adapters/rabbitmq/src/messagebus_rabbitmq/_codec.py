@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aiormq.spec import Basic
+from pamqp.commands import Basic
 
-from messagebus.transports import from_wire, headers as h, to_wire
+from messagebus.transports import headers as h
+from messagebus.transports import to_wire
 
-__all__ = ["CE_AMQP_PREFIX", "decode_headers", "encode_properties"]
+__all__ = ["CE_AMQP_PREFIX", "attempt_of", "decode_headers", "encode_properties"]
 
 #: CloudEvents AMQP binding: attributes travel as application properties named ``cloudEvents:<attr>``.
 CE_AMQP_PREFIX = "cloudEvents:"
@@ -77,8 +78,3 @@ def attempt_of(headers: Mapping[str, str], redelivered: bool) -> int:
         except ValueError:
             attempt = 1
     return attempt + 1 if redelivered else attempt
-
-
-# Re-exported for symmetry with encode: the binding's prefix rename in both directions.
-wire_headers = to_wire
-logical_headers = from_wire

@@ -35,10 +35,6 @@ def is_transient_connect_error(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT)
 
 
-def _vhost(url: TransportURL, vhost: str) -> str:
-    return f"virtual host {vhost!r}"
-
-
 def connect_error(exc: BaseException, url: TransportURL, vhost: str, attempts: int) -> ConnectError:
     """A :class:`ConnectError` saying what went wrong and what to check. ``url`` is rendered
     redacted; the native error is chained by the caller."""
@@ -53,12 +49,14 @@ def connect_error(exc: BaseException, url: TransportURL, vhost: str, attempts: i
         isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(exc)
     ):
         return ConnectError(
-            f"RabbitMQ at {where} refused to open {_vhost(url, vhost)} for user {user!r} (NOT_ALLOWED): "
+            f"RabbitMQ at {where} refused to open virtual host {vhost!r} for user {user!r} (NOT_ALLOWED): "
             "the virtual host does not exist or the user has no permission on it "
             "(rabbitmqctl list_vhosts / list_user_permissions); the vhost is the URL path, '/' is written %2F"
         )
     if isinstance(exc, ssl.SSLError):
-        return ConnectError(f"TLS handshake with RabbitMQ at {where} failed: {exc}; check cafile/certfile/keyfile/verify")
+        return ConnectError(
+            f"TLS handshake with RabbitMQ at {where} failed: {exc}; check cafile/certfile/keyfile/verify"
+        )
     if isinstance(exc, aiormq.exceptions.IncompatibleProtocolError | aiormq.exceptions.InvalidFrameError):
         return ConnectError(f"the server at {where} does not speak AMQP 0-9-1 as expected: {exc}")
     reason = str(exc) or type(exc).__name__

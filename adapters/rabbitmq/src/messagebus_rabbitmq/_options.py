@@ -60,15 +60,12 @@ def parse_url(url: TransportURL) -> tuple[RabbitMQOptions, str]:
     if url.scheme not in ("amqp", "amqps"):
         raise InvalidURL(f"the RabbitMQ transport handles amqp:// and amqps:// URLs, got {url.render()!r}")
     if not url.hosts:
-        raise InvalidURL(
-            f"transport URL {url.render()!r} names no host; expected amqp://user:password@host:5672/vhost"
-        )
+        raise InvalidURL(f"transport URL {url.render()!r} names no host; expected amqp://user:password@host:5672/vhost")
     if url.scheme == "amqp":
         given = [name for name in _TLS_OPTIONS if name in url.query]
         if given:
             raise InvalidOption(
-                f"option(s) {', '.join(given)} in {url.render()!r} only apply to TLS connections; "
-                "use an amqps:// URL"
+                f"option(s) {', '.join(given)} in {url.render()!r} only apply to TLS connections; use an amqps:// URL"
             )
     options = parse_options(url, RabbitMQOptions)
     if options.keyfile is not None and options.certfile is None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
 
 from messagebus.transports import AttributeValue
 
@@ -15,14 +18,14 @@ MESSAGING_SYSTEM = "rabbitmq"
 def delivery_attributes(message: DeliveredMessage, queue: str) -> dict[str, AttributeValue]:
     """Attributes of one received message: routing key, delivery tag, exchange, queue, size,
     message id and redelivery flag (``messaging.rabbitmq.*`` and generic ``messaging.*``)."""
-    delivery = message.delivery
+    delivery = cast(Basic.Deliver, message.delivery)
     attrs: dict[str, AttributeValue] = {
         "messaging.rabbitmq.destination.routing_key": delivery.routing_key or "",
         "messaging.rabbitmq.message.delivery_tag": int(delivery.delivery_tag or 0),
         "messaging.destination.name": delivery.exchange or "",
         "messaging.rabbitmq.queue.name": queue,
         "messaging.message.body.size": len(message.body),
-        "messaging.rabbitmq.message.redelivered": bool(getattr(delivery, "redelivered", False)),
+        "messaging.rabbitmq.message.redelivered": bool(delivery.redelivered),
     }
     props = message.header.properties
     if props.message_id:

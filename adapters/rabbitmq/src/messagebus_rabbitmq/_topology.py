@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import hashlib
 from typing import Any
 
 import aiormq
 import aiormq.exceptions
+from pamqp.common import FieldValue
 
 from messagebus import TopologyError
 from messagebus.transports import Destination, DestinationKind, sanitize_name
@@ -207,7 +209,7 @@ class Topology:
         async with self._lock:
             if bucket_ms in self.buckets:
                 return name
-            args = {"x-message-ttl": bucket_ms, "x-dead-letter-exchange": ""}
+            args: dict[str, FieldValue] = {"x-message-ttl": bucket_ms, "x-dead-letter-exchange": ""}
 
             async def declare(ch: aiormq.abc.AbstractChannel) -> None:
                 await ch.exchange_declare(exchange=name, exchange_type="fanout", durable=True)
@@ -222,7 +224,5 @@ class Topology:
         """Close the declaring channel, if open."""
         ch, self._channel = self._channel, None
         if ch is not None and not ch.is_closed:
-            try:
+            with contextlib.suppress(Exception):  # a channel on a dying connection: nothing to save
                 await ch.close()
-            except Exception:  # closing a channel on a dying connection: nothing to save
-                pass

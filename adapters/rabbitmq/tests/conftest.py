@@ -1,0 +1,105 @@
+"""Fixtures: the RabbitMQ broker the tests run against, and helpers to inspect its topology.
+
+``MESSAGEBUS_TEST_RABBITMQ_URL`` points the tests at another broker; otherwise they use the
+server on 127.0.0.1:5672 (guest/guest), starting it with ``rabbitmq-server -detached`` when
+it is installed but stopped. Without a broker the tests skip (or fail when CI is set).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+
+import aiormq
+import pytest
+
+from messagebus.testing import missing_broker, wait_for_port
+from messagebus.transports import TransportURL
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    """URL of a running RabbitMQ broker (skips/fails the test when there is none)."""
+    url = os.environ.get("MESSAGEBUS_TEST_RABBITMQ_URL", DEFAULT_URL)
+    parsed = TransportURL.parse(url)
+    host, port = parsed.host or "127.0.0.1", parsed.port or 5672
+    if wait_for_port(host, port, timeout=1.0):
+        return url
+    if url == DEFAULT_URL and shutil.which("rabbitmq-server"):
+        subprocess.run(["rabbitmq-server", "-detached"], check=False, capture_output=True)
+        if wait_for_port(host, port, timeout=60.0):
+            return url
+    missing_broker("RabbitMQ", f"nothing listens on {host}:{port} (set MESSAGEBUS_TEST_RABBITMQ_URL)")
+
+
+@pytest.fixture
+def name() -> str:
+    """A unique logical name prefix for one test (the broker is shared)."""
+    return f"t.rmq.{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def admin(rabbitmq_url: str) -> AsyncIterator[Admin]:
+    """A plain aiormq connection to inspect and clean up broker objects; every queue and
+    exchange registered with :meth:`Admin.cleanup_later` is deleted after the test."""
+    conn = await aiormq.connect(rabbitmq_url)
+    admin = Admin(conn)
+    try:
+        yield admin
+    finally:
+        await admin.cleanup()
+        await conn.close()
+
+
+class Admin:
+    """Passive inspection of queues/exchanges through a separate connection."""
+
+    def __init__(self, conn: aiormq.abc.AbstractConnection) -> None:
+        self.conn = conn
+        self.queues: set[str] = set()
+        self.exchanges: set[str] = set()
+
+    def cleanup_later(self, *, queues: tuple[str, ...] = (), exchanges: tuple[str, ...] = ()) -> None:
+        """Delete these objects after the test."""
+        self.queues.update(queues)
+        self.exchanges.update(exchanges)
+
+    async def queue_exists(self, queue: str) -> bool:
+        """True when ``queue`` exists (passive declare)."""
+        ch = await self.conn.channel()
+        try:
+            await ch.queue_declare(queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return False
+        await ch.close()
+        return True
+
+    async def queue_info(self, queue: str) -> tuple[int, int]:
+        """``(message_count, consumer_count)`` of an existing queue."""
+        ch = await self.conn.channel()
+        ok = await ch.queue_declare(queue, passive=True)
+        await ch.close()
+        return ok.message_count or 0, ok.consumer_count or 0
+
+    async def exchange_exists(self, exchange: str) -> bool:
+        """True when ``exchange`` exists (passive declare)."""
+        ch = await self.conn.channel()
+        try:
+            await ch.exchange_declare(exchange, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return False
+        await ch.close()
+        return True
+
+    async def cleanup(self) -> None:
+        ch = await self.conn.channel()
+        for q in self.queues:
+            await ch.queue_delete(q)
+        for e in self.exchanges:
+            await ch.exchange_delete(e)
+        await ch.close()
