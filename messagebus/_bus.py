@@ -321,10 +321,21 @@ class Bus:
         key: str | Callable[[Any], str | None] | None,
         headers: dict[str, str] | None,
     ) -> list[OutgoingMessage]:
+        items = payloads if isinstance(payloads, list | tuple) else list(payloads)
         extra = h.validate_headers(headers) if headers else None
+        # One timestamp and one read of the random source for the whole batch.
+        now = datetime.now(UTC).isoformat()
+        ids = os.urandom(16 * len(items)).hex()
+        make = self._message
         if callable(key):
-            return [self._message(destination, p, key(p), extra, checked=True) for p in payloads]
-        return [self._message(destination, p, key, extra, checked=True) for p in payloads]
+            return [
+                make(destination, p, key(p), extra, checked=True, now=now, id=ids[32 * i : 32 * i + 32])
+                for i, p in enumerate(items)
+            ]
+        return [
+            make(destination, p, key, extra, checked=True, now=now, id=ids[32 * i : 32 * i + 32])
+            for i, p in enumerate(items)
+        ]
 
     def _check_running(self, what: str) -> None:
         if self._state is not BusState.RUNNING and self._state is not BusState.STOPPING:
@@ -349,6 +360,8 @@ class Bus:
         headers: dict[str, str] | None,
         *,
         checked: bool = False,
+        now: str | None = None,
+        id: str | None = None,
     ) -> OutgoingMessage:
         if key is not None and not isinstance(key, str):
             raise ConfigurationError(f"message key must be a str or None, got {type(key).__name__}")
@@ -358,11 +371,11 @@ class Bus:
         if kind is None:
             kind = self._types[cls] = type_name(payload)
         wire = {
-            h.CE_ID: os.urandom(16).hex(),
+            h.CE_ID: id or os.urandom(16).hex(),
             h.CE_SOURCE: self.service,
             h.CE_TYPE: kind,
             h.CE_SPECVERSION: _SPECVERSION,
-            h.CE_TIME: datetime.now(UTC).isoformat(),
+            h.CE_TIME: now or datetime.now(UTC).isoformat(),
             h.CE_CONTENT_TYPE: content_type,
         }
         if headers:

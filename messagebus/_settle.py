@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from . import _headers as h
@@ -17,11 +20,66 @@ from ._transport import Delivery, DeliveryHandler
 from .middleware.dead_letter import dead_letter_headers, error_type_name, utc_now
 from .middleware.retry import Retry
 
-__all__ = ["Settler", "log_fields"]
+__all__ = ["Outcome", "SettleCallback", "Settlement", "Settler", "log_fields", "on_settled"]
 
 logger = logging.getLogger("messagebus")
 
 Publish = Callable[[Sequence[OutgoingMessage]], Awaitable[None]]
+
+
+class Outcome(StrEnum):
+    """How a delivery was settled."""
+
+    ACK = "ack"  #: handled; acked
+    RETRY = "retry"  #: redelivery scheduled (backoff after a failure, or a ``Nack``)
+    DEAD_LETTER = "dead_letter"  #: copied to the dead-letter queue, then acked
+    UNSETTLED = "unsettled"  #: not settled (cancelled, or settling failed): the broker redelivers
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """The fate of one delivery, given to :func:`on_settled` callbacks.
+
+    ``attempt`` is the delivery attempt that was settled (1-based); ``delay`` the seconds
+    until the redelivery (``RETRY``); ``dead_letter_queue`` the queue it went to
+    (``DEAD_LETTER``); ``error`` what the handler chain raised (a ``Nack`` for a requested
+    redelivery), ``None`` when it returned.
+    """
+
+    outcome: Outcome
+    attempt: int
+    delay: float | None = None
+    dead_letter_queue: str | None = None
+    error: BaseException | None = None
+
+
+SettleCallback = Callable[[Settlement], None]
+
+_watchers: ContextVar[list[SettleCallback] | None] = ContextVar("messagebus_settle_watchers", default=None)
+
+
+def on_settled(callback: SettleCallback) -> bool:
+    """From inside a handler chain, ask for ``callback(settlement)`` once the delivery being
+    handled is settled (after the ack, the scheduled retry or the dead-letter publish), or
+    found unsettled. Called once, on the delivery's event loop; it must not raise or block.
+
+    Returns ``False`` (and never calls ``callback``) when no delivery is being settled in
+    this context, e.g. a handler chain called directly in a test.
+    """
+    watchers = _watchers.get()
+    if watchers is None:
+        return False
+    watchers.append(callback)
+    return True
+
+
+def _notify(watchers: list[SettleCallback], settlement: Settlement) -> None:
+    for callback in watchers:
+        try:
+            callback(settlement)
+        except Exception:
+            logger.exception("messagebus: a settle callback failed")
+    watchers.clear()
 
 
 def log_fields(envelope: Envelope) -> dict[str, Any]:
@@ -61,6 +119,7 @@ class Settler:
         return self.handle
 
     async def handle(self, delivery: Delivery) -> None:
+        """Run the chain for ``delivery`` and settle it (the transport's ``DeliveryHandler``)."""
         envelope = Envelope(
             delivery.body,
             delivery.headers,
@@ -72,45 +131,61 @@ class Settler:
             self._system,
             delivery.messaging_attributes,
         )
+        watchers: list[SettleCallback] = []
+        token = _watchers.set(watchers)
+        settlement: Settlement | None = None
         try:
-            await self._chain(envelope)
-        except Exception as error:  # every outcome is settled; CancelledError passes through
-            await self._failed(delivery, envelope, error)
-            return
+            try:
+                await self._chain(envelope)
+            except Exception as error:  # every outcome is settled; CancelledError passes through
+                settlement = await self._failed(delivery, envelope, error)
+            else:
+                settlement = await self._ack(delivery, envelope)
+        finally:
+            _watchers.reset(token)
+            if watchers:  # settlement is None when cancelled: never acked, so redelivered
+                _notify(watchers, settlement or Settlement(Outcome.UNSETTLED, envelope.attempt))
+
+    async def _ack(self, delivery: Delivery, envelope: Envelope) -> Settlement:
         try:
             await delivery.ack()
         except MessageBusError:
             logger.warning(
                 "messagebus: ack failed; the broker will redeliver", exc_info=True, extra=log_fields(envelope)
             )
+            return Settlement(Outcome.UNSETTLED, envelope.attempt)
+        return Settlement(Outcome.ACK, envelope.attempt)
 
-    async def _failed(self, delivery: Delivery, envelope: Envelope, error: Exception) -> None:
+    async def _failed(self, delivery: Delivery, envelope: Envelope, error: Exception) -> Settlement:
         fields = log_fields(envelope)
+        attempt = envelope.attempt
         try:
             if isinstance(error, Nack):
                 await delivery.retry(error.delay, {})
-                return
-            if self._retry.should_retry(error, envelope.attempt):
-                delay = self._retry.delay(envelope.attempt)
+                return Settlement(Outcome.RETRY, attempt, delay=error.delay, error=error)
+            if self._retry.should_retry(error, attempt):
+                delay = self._retry.delay(attempt)
                 logger.warning(
                     "messagebus: handler failed (%s: %s); retry %d of %d in %.3fs",
                     error_type_name(error),
                     error,
-                    envelope.attempt,
+                    attempt,
                     self._retry.max_attempts - 1,
                     delay,
                     extra=fields,
                 )
                 first = delivery.headers.get(h.FIRST_FAILURE) or utc_now()
                 await delivery.retry(delay, {h.FIRST_FAILURE: first})
-                return
+                return Settlement(Outcome.RETRY, attempt, delay=delay, error=error)
             await self._dead_letter(delivery, envelope, error, fields)
+            return Settlement(Outcome.DEAD_LETTER, attempt, dead_letter_queue=self._dlq.name, error=error)
         except MessageBusError:
             logger.error(
                 "messagebus: settling a failed message failed; the broker will redeliver it",
                 exc_info=True,
                 extra=fields,
             )
+            return Settlement(Outcome.UNSETTLED, attempt, error=error)
 
     async def _dead_letter(
         self, delivery: Delivery, envelope: Envelope, error: Exception, fields: dict[str, Any]

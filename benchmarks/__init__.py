@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks: messagebus against the raw clients and peers (DESIGN section 8)."""

