@@ -1,10 +1,15 @@
 """Default observability wiring: which middleware every bus gets (tracing, metrics).
 
-Owned by the observability work (issue 3); the Bus calls these once at construction.
+Every bus traces and measures by default, through ``opentelemetry-api`` only: nothing is
+recorded, and almost nothing is spent, until the application installs an OpenTelemetry SDK
+(``opentelemetry.trace.set_tracer_provider`` / ``opentelemetry.metrics.set_meter_provider``).
+Set the environment variable ``MESSAGEBUS_TELEMETRY=off`` (or ``0``, ``false``, ``no``)
+before a bus is built to leave the middleware out altogether. See docs/observability.md.
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from ._middleware import Middleware, PublishMiddleware
@@ -12,14 +17,41 @@ from ._middleware import Middleware, PublishMiddleware
 if TYPE_CHECKING:
     from ._bus import Bus
 
-__all__ = ["default_consume_middleware", "default_publish_middleware"]
+__all__ = ["TELEMETRY_ENV", "default_consume_middleware", "default_publish_middleware", "telemetry_enabled"]
+
+#: Environment variable that turns the default tracing and metrics middleware off.
+TELEMETRY_ENV = "MESSAGEBUS_TELEMETRY"
+
+_OFF = frozenset({"0", "false", "off", "no", "disabled"})
+
+
+def telemetry_enabled() -> bool:
+    """Whether new buses get tracing and metrics: ``False`` when ``MESSAGEBUS_TELEMETRY`` is
+    ``off``, ``0``, ``false``, ``no`` or ``disabled`` (any case); ``True`` otherwise."""
+    return os.environ.get(TELEMETRY_ENV, "").strip().lower() not in _OFF
 
 
 def default_consume_middleware(bus: Bus) -> tuple[Middleware, ...]:
-    """Consume middleware every handler of ``bus`` gets, outermost first."""
-    return ()
+    """Consume middleware every handler of ``bus`` gets, outermost first: tracing (the
+    ``process`` span), then metrics (so the span covers what the metrics time). Empty when
+    :func:`telemetry_enabled` is false."""
+    if not telemetry_enabled():
+        return ()
+    from .middleware.metrics import metrics_middleware
+    from .middleware.tracing import tracing_middleware
+
+    system = bus.transport.messaging_system
+    return (tracing_middleware(system), metrics_middleware(system))
 
 
 def default_publish_middleware(bus: Bus) -> tuple[PublishMiddleware, ...]:
-    """Publish middleware every publish of ``bus`` goes through, outermost first."""
-    return ()
+    """Publish middleware every publish of ``bus`` goes through, outermost first: tracing
+    (the ``send`` span and context injection), then metrics. Empty when
+    :func:`telemetry_enabled` is false."""
+    if not telemetry_enabled():
+        return ()
+    from .middleware.metrics import metrics_publish_middleware
+    from .middleware.tracing import tracing_publish_middleware
+
+    system = bus.transport.messaging_system
+    return (tracing_publish_middleware(system), metrics_publish_middleware(system))

@@ -1,8 +1,8 @@
 """Run the shop: all four services in one process (default), or one service.
 
-    python -m samples.shop                       # all four on memory://, prints the flow
-    python -m samples.shop --orders 20           # more orders
-    MESSAGEBUS_URL=amqp://guest:guest@localhost/ python -m samples.shop --service payments
+python -m samples.shop                       # all four on memory://, prints the flow
+python -m samples.shop --orders 20           # more orders
+MESSAGEBUS_URL=amqp://guest:guest@localhost/ python -m samples.shop --service payments
 """
 
 from __future__ import annotations
@@ -72,7 +72,9 @@ async def run_all(url: str, n: int, timeout: float) -> int:
         await bus.stop()
     took = time.perf_counter() - started
     shipped = sum(1 for o in done.values() if o == "shipped")
-    print(f"\n{n} orders in {took:.2f}s on {orders_bus.url}: {shipped} shipped, {n - shipped} payment failed (dead-lettered)")
+    print(
+        f"\n{n} orders in {took:.2f}s on {orders_bus.url}: {shipped} shipped, {n - shipped} payment failed (dead-lettered)"
+    )
     return 0
 
 

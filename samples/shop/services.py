@@ -67,11 +67,10 @@ def build_shipping(url: str, log: Log) -> Bus:
     async def ship(payment: PaymentCompleted) -> None:
         carrier = "DHL" if payment.amount > 50 else "Post"
         log("shipping", f"shipped {payment.order_id} with {carrier}")
-        await bus.publish(
-            ORDERS_SHIPPED, OrderShipped(order_id=payment.order_id, carrier=carrier, email=payment.email)
-        )
+        await bus.publish(ORDERS_SHIPPED, OrderShipped(order_id=payment.order_id, carrier=carrier, email=payment.email))
         await bus.send(
-            EMAILS, SendEmail(to=payment.email, subject=f"Order {payment.order_id} is on its way", order_id=payment.order_id)
+            EMAILS,
+            SendEmail(to=payment.email, subject=f"Order {payment.order_id} is on its way", order_id=payment.order_id),
         )
 
     return bus

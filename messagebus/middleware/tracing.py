@@ -1,0 +1,288 @@
+"""OpenTelemetry tracing for publish and consume, on ``opentelemetry-api`` only.
+
+Every bus gets these by default (see :mod:`messagebus._observability`); they cost one global
+read per call until an OpenTelemetry SDK tracer provider is installed, and nothing else.
+
+- :func:`tracing_publish_middleware`: one ``send <destination>`` PRODUCER span per publish
+  call. A single message carries the ``send`` span's context; a batch (``publish_many``)
+  gets one ``create <destination>`` PRODUCER span per message, whose context that message
+  carries, and the ``send`` span links to every ``create`` span. The context is injected
+  as W3C ``traceparent``/``tracestate`` (whatever the global propagator writes) into the
+  message headers; a ``traceparent`` the caller put in ``headers`` is kept unchanged.
+- :func:`tracing_middleware`: one ``process <destination>`` CONSUMER span per handled
+  message, the child of the context extracted from the message headers (so retries and the
+  dead-letter copy, which keep the headers, stay in the producer's trace). A handler error
+  sets ``error.type`` and the ERROR status; the settle outcome is a span event (``ack``,
+  ``retry`` with delay and next attempt, ``dead_letter`` with the queue), and the span ends
+  once the message is settled.
+
+Attributes follow the OpenTelemetry messaging semantic conventions (v1.27+):
+``messaging.system``, ``messaging.destination.name``, ``messaging.operation.type``,
+``messaging.operation.name``, ``messaging.consumer.group.name``, ``messaging.message.id``,
+``messaging.message.body.size``, ``messaging.batch.message_count``,
+``messaging.kafka.message.key`` (Kafka), plus each transport's own
+(:attr:`Envelope.messaging_attributes`) and ``messagebus.delivery.attempt``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import opentelemetry.trace as _trace_api
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
+
+from .._message import AttributeValue, Envelope, OutgoingMessage
+from .._middleware import Handler, Middleware, PublishFn, PublishMiddleware
+from .._settle import Outcome, Settlement, on_settled
+from .._signals import Nack
+from .dead_letter import error_type_name
+
+__all__ = [
+    "TRACER_NAME",
+    "TracerGate",
+    "process_attributes",
+    "tracing_middleware",
+    "tracing_publish_middleware",
+]
+
+#: The instrumentation scope name of messagebus spans and metrics.
+TRACER_NAME = "messagebus"
+
+_VERSION = "0.1.0"
+_TRACEPARENT = "traceparent"
+
+# Attribute names (OpenTelemetry messaging semantic conventions).
+SYSTEM = "messaging.system"
+DESTINATION = "messaging.destination.name"
+OPERATION_TYPE = "messaging.operation.type"
+OPERATION_NAME = "messaging.operation.name"
+CONSUMER_GROUP = "messaging.consumer.group.name"
+MESSAGE_ID = "messaging.message.id"
+BODY_SIZE = "messaging.message.body.size"
+BATCH_COUNT = "messaging.batch.message_count"
+KAFKA_KEY = "messaging.kafka.message.key"
+ERROR_TYPE = "error.type"
+ATTEMPT = "messagebus.delivery.attempt"
+RETRY_DELAY = "messagebus.retry.delay"
+RETRY_ATTEMPT = "messagebus.retry.attempt"
+DEAD_LETTER_QUEUE = "messagebus.dead_letter.queue"
+
+_HAS_GLOBAL = hasattr(_trace_api, "_TRACER_PROVIDER")
+
+
+class TracerGate:
+    """Hands out the messagebus tracer when a real tracer provider is installed, else ``None``.
+
+    :meth:`tracer` is called once per publish and per delivery: with only the API (no SDK
+    provider set) it costs one module-global read. A provider that cannot record (the API's
+    ``NoOpTracerProvider``, an SDK disabled by ``OTEL_SDK_DISABLED``) also yields ``None``.
+    The global provider can be set only once per process, so the tracer is cached.
+    """
+
+    __slots__ = ("_provider", "_tracer")
+
+    def __init__(self) -> None:
+        # Resolves OTEL_PYTHON_TRACER_PROVIDER once, so the fast path can read the global.
+        _trace_api.get_tracer_provider()
+        self._provider: object = None
+        self._tracer: Tracer | None = None
+
+    def tracer(self) -> Tracer | None:
+        """The tracer to use for this call, or ``None`` to skip tracing entirely."""
+        provider: object = _trace_api._TRACER_PROVIDER if _HAS_GLOBAL else _slow_provider()
+        if provider is None:
+            return None
+        if provider is not self._provider:
+            self._provider = provider
+            self._tracer = _real_tracer(provider)
+        return self._tracer
+
+
+def _slow_provider() -> object:
+    provider = _trace_api.get_tracer_provider()
+    return None if isinstance(provider, _trace_api.ProxyTracerProvider) else provider
+
+
+def _real_tracer(provider: object) -> Tracer | None:
+    if not isinstance(provider, _trace_api.TracerProvider) or isinstance(provider, _trace_api.NoOpTracerProvider):
+        return None
+    tracer = provider.get_tracer(TRACER_NAME, _VERSION)
+    if isinstance(tracer, _trace_api.NoOpTracer):
+        return None
+    return tracer
+
+
+def _error(span: Span, error: BaseException) -> None:
+    kind = error_type_name(error)
+    span.set_attribute(ERROR_TYPE, kind)
+    span.record_exception(error)
+    span.set_status(Status(StatusCode.ERROR, f"{kind}: {error}"[:256]))
+
+
+def _inject(message: OutgoingMessage) -> None:
+    # A traceparent the caller set explicitly wins: they are propagating a context on purpose.
+    if _TRACEPARENT not in message.headers:
+        propagate.inject(message.headers)
+
+
+def tracing_publish_middleware(messaging_system: str, gate: TracerGate | None = None) -> PublishMiddleware:
+    """Publish middleware: a ``send`` PRODUCER span per publish call (plus a ``create`` span
+    per message of a batch, linked from the ``send`` span) and the trace context injected
+    into each message's headers. ``messaging_system`` is the transport's
+    ``messaging.system`` value. Errors of the inner publish are recorded and re-raised."""
+    gate = gate or TracerGate()
+    kafka = messaging_system == "kafka"
+
+    def middleware(inner: PublishFn) -> PublishFn:
+        async def publish(messages: Sequence[OutgoingMessage]) -> None:
+            tracer = gate.tracer()
+            if tracer is None or not messages:
+                await inner(messages)
+                return
+            first = messages[0]
+            name = first.destination.name
+            attributes: dict[str, AttributeValue] = {
+                SYSTEM: messaging_system,
+                DESTINATION: name,
+                OPERATION_TYPE: "send",
+                OPERATION_NAME: "send",
+            }
+            links: list[Link] = []
+            if len(messages) == 1:
+                if first.id:
+                    attributes[MESSAGE_ID] = first.id
+                attributes[BODY_SIZE] = len(first.body)
+                if kafka and first.key is not None:
+                    attributes[KAFKA_KEY] = first.key
+            else:
+                attributes[BATCH_COUNT] = len(messages)
+                for message in messages:
+                    create: dict[str, AttributeValue] = {
+                        SYSTEM: messaging_system,
+                        DESTINATION: name,
+                        OPERATION_TYPE: "create",
+                        OPERATION_NAME: "create",
+                        BODY_SIZE: len(message.body),
+                    }
+                    if message.id:
+                        create[MESSAGE_ID] = message.id
+                    if kafka and message.key is not None:
+                        create[KAFKA_KEY] = message.key
+                    span = tracer.start_span(f"create {name}", kind=SpanKind.PRODUCER, attributes=create)
+                    if _TRACEPARENT not in message.headers:
+                        propagate.inject(message.headers, context=_trace_api.set_span_in_context(span))
+                    span.end()
+                    links.append(Link(span.get_span_context()))
+            send = tracer.start_span(f"send {name}", kind=SpanKind.PRODUCER, attributes=attributes, links=links)
+            token = otel_context.attach(_trace_api.set_span_in_context(send))
+            try:
+                if len(messages) == 1:
+                    _inject(first)
+                await inner(messages)
+            except BaseException as error:
+                _error(send, error)
+                raise
+            finally:
+                otel_context.detach(token)
+                send.end()
+
+        return publish
+
+    return middleware
+
+
+def _settled(span: Span, settlement: Settlement) -> None:
+    outcome = settlement.outcome
+    if outcome is Outcome.ACK:
+        span.add_event("ack")
+    elif outcome is Outcome.RETRY:
+        retry: dict[str, AttributeValue] = {RETRY_ATTEMPT: settlement.attempt + 1}
+        if settlement.delay is not None:
+            retry[RETRY_DELAY] = settlement.delay
+        if settlement.error is not None:
+            retry[ERROR_TYPE] = error_type_name(settlement.error)
+        span.add_event("retry", retry)
+    elif outcome is Outcome.DEAD_LETTER:
+        dead: dict[str, AttributeValue] = {DEAD_LETTER_QUEUE: settlement.dead_letter_queue or ""}
+        if settlement.error is not None:
+            dead[ERROR_TYPE] = error_type_name(settlement.error)
+        span.add_event("dead_letter", dead)
+    else:
+        span.add_event("unsettled")
+    span.end()
+
+
+def process_attributes(envelope: Envelope, messaging_system: str | None = None) -> dict[str, AttributeValue]:
+    """The semantic-convention attributes of the ``process`` span (and consume metrics) of
+    ``envelope``: system, destination, operation, group, message id, body size, Kafka key,
+    the delivery attempt and the transport's :attr:`Envelope.messaging_attributes`."""
+    system = messaging_system or envelope.messaging_system
+    attributes: dict[str, AttributeValue] = {
+        SYSTEM: system,
+        DESTINATION: envelope.destination,
+        OPERATION_TYPE: "process",
+        OPERATION_NAME: "process",
+        BODY_SIZE: len(envelope.body),
+        ATTEMPT: envelope.attempt,
+    }
+    if envelope.group:
+        attributes[CONSUMER_GROUP] = envelope.group
+    message_id = envelope.id
+    if message_id:
+        attributes[MESSAGE_ID] = message_id
+    if system == "kafka" and envelope.key is not None:
+        attributes[KAFKA_KEY] = envelope.key
+    extra: Mapping[str, AttributeValue] = envelope.messaging_attributes
+    if extra:
+        attributes.update(extra)
+    return attributes
+
+
+def tracing_middleware(messaging_system: str | None = None, gate: TracerGate | None = None) -> Middleware:
+    """Consume middleware: a ``process <destination>`` CONSUMER span per delivery, the child
+    of the trace context in the message headers and current while the rest of the chain and
+    the handler run (so what the handler publishes joins the trace). Handler errors set
+    ``error.type`` and the ERROR status (a :class:`~messagebus.Nack` is not an error) and are
+    re-raised; the settle outcome is added as an event and the span ends after settling.
+    ``messaging_system`` defaults to :attr:`Envelope.messaging_system`."""
+    gate = gate or TracerGate()
+
+    def middleware(handler: Handler) -> Handler:
+        async def traced(envelope: Envelope) -> None:
+            tracer = gate.tracer()
+            if tracer is None:
+                await handler(envelope)
+                return
+            parent = propagate.extract(envelope.wire_headers)
+            span = tracer.start_span(
+                f"process {envelope.destination}",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                attributes=process_attributes(envelope, messaging_system),
+            )
+            token = otel_context.attach(_trace_api.set_span_in_context(span, parent))
+            deferred = False
+            try:
+                await handler(envelope)
+            except Nack:
+                deferred = on_settled(lambda settlement: _settled(span, settlement))
+                raise
+            except Exception as error:
+                _error(span, error)
+                deferred = on_settled(lambda settlement: _settled(span, settlement))
+                raise
+            except BaseException as error:  # cancelled: never settled, so redelivered
+                _error(span, error)
+                raise
+            else:
+                deferred = on_settled(lambda settlement: _settled(span, settlement))
+            finally:
+                otel_context.detach(token)
+                if not deferred:
+                    span.end()
+
+        return traced
+
+    return middleware

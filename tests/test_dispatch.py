@@ -1,0 +1,90 @@
+"""WorkerPool: bounded concurrency, per-key order, graceful stop."""
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from messagebus.transports import Delivery, WorkerPool
+
+
+@dataclass(eq=False)
+class FakeDelivery:
+    """A delivery with no broker behind it: the pool never settles, so nothing is faked."""
+
+    n: int
+    key: str | None = None
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    attempt: int = 1
+    raw: Any = None
+    messaging_attributes: Mapping[str, Any] = field(default_factory=dict)
+
+    async def ack(self) -> None: ...
+
+    async def retry(self, delay: float, headers: Mapping[str, str]) -> None: ...
+
+
+async def test_per_key_order_with_concurrency() -> None:
+    seen: list[tuple[str | None, int]] = []
+    running = 0
+    peak = 0
+    all_done = asyncio.Event()
+
+    async def handler(d: Delivery) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        seen.append((d.key, d.raw))
+        running -= 1
+        if len(seen) == 200:
+            all_done.set()
+
+    pool = WorkerPool(handler, 4)
+    pool.start()
+    for i in range(200):
+        await pool.submit(FakeDelivery(i, key=f"k{i % 5}", raw=i))
+    await asyncio.wait_for(all_done.wait(), 5)
+    assert await pool.stop(grace=5) == []
+    assert len(seen) == 200
+    for k in range(5):
+        got = [n for key, n in seen if key == f"k{k}"]
+        assert got == sorted(got)
+    assert 1 < peak <= 4
+
+
+async def test_stop_returns_queued_and_cancelled_deliveries() -> None:
+    started = asyncio.Event()
+
+    async def handler(d: Delivery) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    pool = WorkerPool(handler, 2)
+    pool.start()
+    items = [FakeDelivery(i) for i in range(2)]
+    for d in items:
+        pool.submit_nowait(d)
+    await started.wait()
+    assert pool.free == 0
+    unhandled = await pool.stop(grace=0.01)
+    assert sorted(d.n for d in unhandled) == [0, 1]  # type: ignore[attr-defined]
+
+
+async def test_submit_waits_for_space() -> None:
+    release = asyncio.Event()
+
+    async def handler(d: Delivery) -> None:
+        await release.wait()
+
+    pool = WorkerPool(handler, 1)
+    pool.start()
+    await pool.submit(FakeDelivery(0))
+    waiting = asyncio.create_task(pool.submit(FakeDelivery(1)))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    release.set()
+    await asyncio.wait_for(waiting, 5)
+    await pool.stop(grace=5)
