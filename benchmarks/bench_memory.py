@@ -36,11 +36,22 @@ class Counter:
         self.target = target
         self.first = 0.0
         self.done = asyncio.Event()
+        self.mark = 0
+        self.reached = asyncio.Event()
+
+    async def wait_past(self, mark: int) -> None:
+        """Return once more than ``mark`` messages were handled."""
+        self.mark = mark
+        self.reached.clear()
+        if self.n <= mark:
+            await self.reached.wait()
 
     def hit(self) -> None:
         if self.n == 0:
             self.first = time.perf_counter()
         self.n += 1
+        if self.n > self.mark:
+            self.reached.set()
         if self.n >= self.target:
             self.done.set()
 
@@ -95,8 +106,7 @@ async def messagebus_soak(n: int, chunk: int = 10_000) -> tuple[Row, list[tuple[
         start = time.perf_counter()
         for i in range(0, n, chunk):
             await bus.publish_many("ticks", ticks(min(chunk, n - i), i))
-            while counter.n < i:  # the consumer keeps up: at most one chunk outstanding
-                await asyncio.sleep(0)
+            await counter.wait_past(i)  # the consumer keeps up: at most one chunk outstanding
             if (i // chunk) % 10 == 0:
                 samples.append((i, current_rss_mib()))
         await counter.done.wait()

@@ -19,13 +19,12 @@ async def test_sigterm_stops_gracefully(memory_url: str, memory_broker: MemoryBr
         await asyncio.sleep(0.05)  # simulated work that the shutdown must wait for
         finished.append(n)
 
-    runner = asyncio.create_task(bus.run(grace=10))
-    while bus.state is not BusState.RUNNING:
-        await asyncio.sleep(0)
     producer = Bus.from_url(memory_url, service="p")
     async with producer:
-        await producer.send("jobs", 1)
+        await producer.send("jobs", 1)  # waits in the queue until run() starts the consumer
+    runner = asyncio.create_task(bus.run(grace=10))
     await asyncio.wait_for(started.wait(), 5)
+    assert bus.state is BusState.RUNNING
     os.kill(os.getpid(), signal.SIGTERM)
     await asyncio.wait_for(runner, 10)
     assert finished == [1]

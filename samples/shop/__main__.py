@@ -73,7 +73,8 @@ async def run_all(url: str, n: int, timeout: float) -> int:
     took = time.perf_counter() - started
     shipped = sum(1 for o in done.values() if o == "shipped")
     print(
-        f"\n{n} orders in {took:.2f}s on {orders_bus.url}: {shipped} shipped, {n - shipped} payment failed (dead-lettered)"
+        f"\n{n} orders in {took:.2f}s on {orders_bus.url}: "
+        f"{shipped} shipped, {n - shipped} payment failed (dead-lettered)"
     )
     return 0
 
