@@ -577,6 +577,13 @@ class RabbitMQDelivery:
         :class:`ConsumeError` (the original is then redelivered by RabbitMQ)."""
         if self.settled:
             return
+        if self.channel.is_closed:
+            # RabbitMQ already put it back (channel gone); a copy now would be a duplicate.
+            self.settled = True
+            raise ConsumeError(
+                f"cannot retry a message from queue {self._consumer.queue!r}: its channel closed; "
+                "RabbitMQ redelivers it"
+            )
         try:
             await self._consumer.transport._republish(self._consumer, self, delay, headers)
         except (TimeoutError, PublishError, TopologyError, LifecycleError) as exc:
