@@ -1,0 +1,135 @@
+"""Logical destinations -> Kafka topics and consumer groups; topic creation on demand.
+
+Mapping (all names pass :func:`kafka_name`):
+
+- topic ``T`` and queue ``Q``: Kafka topic ``T`` / ``Q``
+- subscription of group ``G`` to ``T``: consumer group ``T.G``; retries go to ``T.G.retry``
+- queue ``Q``: the fixed consumer group ``messagebus.queue.Q``; retries go to ``Q.retry``
+- dead letters: the queues ``T.G.dlq`` / ``Q.dlq`` (named by the core), i.e. Kafka topics
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from aiokafka import errors as kerr
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from messagebus.transports import Destination, DestinationKind, sanitize_name
+
+from ._errors import topology_error
+
+__all__ = ["MAX_TOPIC_LENGTH", "SubscriptionNames", "TopicAdmin", "kafka_name", "subscription_names"]
+
+logger = logging.getLogger("messagebus.kafka")
+
+#: Kafka's limit on topic names.
+MAX_TOPIC_LENGTH = 249
+_ALLOWED = r"A-Za-z0-9._-"
+QUEUE_GROUP_PREFIX = "messagebus.queue."
+
+
+def kafka_name(logical: str) -> str:
+    """A legal Kafka topic / group name for ``logical`` (249 chars of ``[a-zA-Z0-9._-]``).
+
+    Names that had to change or be cut get a hash suffix, so distinct logical names stay
+    distinct. ``.`` and ``..`` (illegal in Kafka) are mapped too. Pure.
+    """
+    if logical in (".", ".."):
+        return sanitize_name(logical + "_", max_length=MAX_TOPIC_LENGTH, allowed=_ALLOWED, replacement="_")
+    return sanitize_name(logical, max_length=MAX_TOPIC_LENGTH, allowed=_ALLOWED, replacement="_")
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionNames:
+    """Physical names used by one subscription."""
+
+    topic: str
+    group_id: str
+    retry_topic: str
+
+
+def subscription_names(source: Destination) -> SubscriptionNames:
+    """The Kafka topic, consumer group and retry topic of a subscription or queue."""
+    if source.kind is DestinationKind.QUEUE or not source.group:
+        base = source.name
+        return SubscriptionNames(kafka_name(base), kafka_name(QUEUE_GROUP_PREFIX + base), kafka_name(base + ".retry"))
+    base = f"{source.name}.{source.group}"
+    return SubscriptionNames(kafka_name(source.name), kafka_name(base), kafka_name(base + ".retry"))
+
+
+class TopicAdmin:
+    """Creates topics on demand, once per process and transport.
+
+    Not thread-safe (one event loop). ``ensure`` is idempotent and cheap once a topic is
+    known; concurrent calls for one topic share one creation request.
+    """
+
+    def __init__(self, admin: AIOKafkaAdminClient, *, partitions: int, replication_factor: int) -> None:
+        self._admin = admin
+        self._partitions = partitions
+        self._replication = replication_factor
+        self._known: set[str] = set()
+        self._creating: dict[str, asyncio.Future[None]] = {}
+
+    @property
+    def known(self) -> set[str]:
+        """Topics known to exist (read-only view for the fast path)."""
+        return self._known
+
+    async def ensure(self, topics: set[str]) -> None:
+        """Make sure every topic in ``topics`` exists. Raises :class:`TopologyError`."""
+        missing = [t for t in topics if t not in self._known]
+        if not missing:
+            return
+        waits: list[asyncio.Future[None]] = []
+        create: list[str] = []
+        for topic in missing:
+            fut = self._creating.get(topic)
+            if fut is None:
+                fut = asyncio.get_running_loop().create_future()
+                self._creating[topic] = fut
+                create.append(topic)
+            waits.append(fut)
+        if create:
+            try:
+                await self._create(create)
+            except BaseException as exc:
+                for topic in create:
+                    fut = self._creating.pop(topic)
+                    if not fut.done():
+                        fut.set_exception(exc if isinstance(exc, Exception) else topology_error(exc, topic))
+                        # Every waiter gets the error; mark it retrieved for the ones that left.
+                        fut.exception()
+                raise
+            for topic in create:
+                self._known.add(topic)
+                fut = self._creating.pop(topic)
+                if not fut.done():
+                    fut.set_result(None)
+        for fut in waits:
+            await fut
+
+    async def _create(self, topics: list[str]) -> None:
+        new = [NewTopic(t, self._partitions, self._replication) for t in topics]
+        try:
+            response = await self._admin.create_topics(new)
+        except kerr.KafkaError as exc:
+            raise topology_error(exc, ", ".join(topics)) from exc
+        for topic, code, message in _topic_errors(response):
+            if code in (0, kerr.TopicAlreadyExistsError.errno):
+                continue
+            error_type = kerr.for_code(code)
+            raise topology_error(error_type(message or ""), topic) from error_type(message or "")
+        logger.debug("kafka topics ensured: %s", topics)
+
+
+def _topic_errors(response: object) -> list[tuple[str, int, str | None]]:
+    out: list[tuple[str, int, str | None]] = []
+    for item in getattr(response, "topic_errors", []):
+        topic, code = item[0], item[1]
+        message = item[2] if len(item) > 2 else None
+        out.append((topic, code, message))
+    return out

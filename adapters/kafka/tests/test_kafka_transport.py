@@ -1,0 +1,153 @@
+"""The Kafka transport through the Transport contract, against a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from messagebus.transports import Delivery, Destination, DestinationKind, OutgoingMessage
+from messagebus_kafka import KafkaTransport
+
+TIMEOUT = 30.0
+
+
+def topic(name: str, group: str | None = None) -> Destination:
+    return Destination(DestinationKind.TOPIC, name, group)
+
+
+def queue(name: str) -> Destination:
+    return Destination(DestinationKind.QUEUE, name)
+
+
+def msg(dest: Destination, body: bytes, key: str | None = None, **headers: str) -> OutgoingMessage:
+    return OutgoingMessage(Destination(dest.kind, dest.name), body, {"ce-id": body.decode(), **headers}, key)
+
+
+class Collector:
+    """A handler that records deliveries and settles them with a policy."""
+
+    def __init__(self, policy: Callable[[Delivery], Awaitable[None]] | None = None) -> None:
+        self.items: list[Delivery] = []
+        self.changed = asyncio.Event()
+        self._policy = policy
+
+    async def __call__(self, delivery: Delivery) -> None:
+        self.items.append(delivery)
+        self.changed.set()
+        if self._policy is not None:
+            await self._policy(delivery)
+        else:
+            await delivery.ack()
+
+    @property
+    def bodies(self) -> list[bytes]:
+        return [d.body for d in self.items]
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+        async def loop() -> None:
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(loop(), timeout)
+
+
+@pytest.fixture
+async def transport(kafka_url: str) -> AsyncIterator[KafkaTransport]:
+    t = KafkaTransport.from_url(kafka_url)
+    await t.connect()
+    try:
+        yield t
+    finally:
+        await t.close()
+
+
+async def test_topic_round_trip_with_headers_key_and_attributes(transport: KafkaTransport, unique: str) -> None:
+    dest = topic(unique, "g1")
+    got = Collector()
+    consumer = await transport.subscribe(dest, got, concurrency=1)
+    user_headers = {f"h{i}": f"v{i}" for i in range(40)}
+    await transport.publish([msg(dest, b"one", key="k1", **user_headers)])
+    await got.wait_for(lambda: len(got.items) == 1)
+    d = got.items[0]
+    assert d.body == b"one"
+    assert d.key == "k1"
+    assert d.attempt == 1
+    assert d.headers["ce-id"] == "one"
+    assert all(d.headers[k] == v for k, v in user_headers.items())
+    assert ("ce_id", b"one") in d.raw.headers  # CloudEvents Kafka binding on the wire
+    attrs = d.messaging_attributes
+    assert attrs["messaging.kafka.message.key"] == "k1"
+    assert attrs["messaging.consumer.group.name"] == f"{unique}.g1"
+    assert attrs["messaging.kafka.offset"] == d.raw.offset
+    await consumer.stop(5)
+
+
+async def test_queue_keeps_messages_sent_before_consumer(transport: KafkaTransport, unique: str) -> None:
+    q = queue(unique)
+    await transport.publish([msg(q, f"m{i}".encode()) for i in range(20)])
+    got = Collector()
+    consumer = await transport.subscribe(q, got, concurrency=4)
+    await got.wait_for(lambda: len(got.items) >= 20)
+    assert sorted(got.bodies) == sorted(f"m{i}".encode() for i in range(20))
+    await consumer.stop(5)
+
+
+async def test_new_group_starts_at_subscribe_time_then_resumes(transport: KafkaTransport, unique: str) -> None:
+    dest = topic(unique, "g")
+    await transport.publish([msg(dest, b"before")])  # no group yet: nobody gets it
+    got = Collector()
+    consumer = await transport.subscribe(dest, got, concurrency=1)
+    await transport.publish([msg(dest, b"after1")])
+    await got.wait_for(lambda: len(got.items) == 1)
+    await consumer.stop(5)
+    await transport.publish([msg(dest, b"while-down")])
+    got2 = Collector()
+    consumer = await transport.subscribe(dest, got2, concurrency=1)
+    await got2.wait_for(lambda: len(got2.items) == 1)
+    assert got.bodies + got2.bodies == [b"after1", b"while-down"]
+    await consumer.stop(5)
+
+
+async def test_retry_redelivers_with_attempt_and_headers(transport: KafkaTransport, unique: str) -> None:
+    dest = topic(unique, "g")
+
+    async def policy(d: Delivery) -> None:
+        if d.body == b"r1" and d.attempt < 3:
+            await d.retry(0.2, {"messagebus-first-failure": "x"})
+        else:
+            await d.ack()
+
+    got = Collector(policy)
+    consumer = await transport.subscribe(dest, got, concurrency=2)
+    await transport.publish([msg(dest, b"r1", key="a"), msg(dest, b"ok", key="b")])
+    await got.wait_for(lambda: [d.attempt for d in got.items if d.body == b"r1"] == [1, 2, 3])
+    retried = [d for d in got.items if d.body == b"r1"]
+    assert retried[-1].headers["messagebus-first-failure"] == "x"
+    assert retried[-1].headers["ce-id"] == "r1"
+    assert [d.body for d in got.items].count(b"ok") == 1
+    await consumer.stop(5)
+
+
+async def test_unsettled_message_is_redelivered_after_stop(transport: KafkaTransport, unique: str) -> None:
+    q = queue(unique)
+    await transport.publish([msg(q, f"m{i}".encode(), key="k") for i in range(3)])
+    started = asyncio.Event()
+
+    async def hang_on_m1(d: Delivery) -> None:
+        if d.body == b"m1":
+            started.set()
+            await asyncio.Event().wait()  # until cancelled by stop
+        await d.ack()
+
+    first = Collector(hang_on_m1)
+    consumer = await transport.subscribe(q, first, concurrency=1)
+    await asyncio.wait_for(started.wait(), TIMEOUT)
+    await consumer.stop(0.1)
+    second = Collector()
+    consumer = await transport.subscribe(q, second, concurrency=1)
+    await second.wait_for(lambda: len(second.items) >= 2)
+    assert second.bodies == [b"m1", b"m2"]
+    await consumer.stop(5)
