@@ -246,8 +246,10 @@ class Bus:
         await self.stop()
 
     async def run(self, *, grace: float = 30.0) -> None:
-        """Start, run until SIGINT or SIGTERM (or cancellation), then stop gracefully."""
-        await self.start()
+        """Start (unless already running), run until SIGINT or SIGTERM (or cancellation), then
+        stop gracefully with ``grace``. Raises :class:`LifecycleError` on a stopped bus."""
+        if self._state is not BusState.RUNNING:
+            await self.start()
         loop = asyncio.get_running_loop()
         stopped = asyncio.Event()
         installed = []

@@ -84,7 +84,10 @@ async def run_one(url: str, service: str, n: int) -> int:
         async with build_orders(url, log) as bus:
             await place_orders(bus, sample_orders(n), log)
         return 0
-    await BUILDERS[service](url, log).run()  # type: ignore[operator]
+    bus = BUILDERS[service](url, log)  # type: ignore[operator]
+    await bus.start()
+    log(service, f"consumers running on {bus.url}; Ctrl-C to stop")
+    await bus.run()  # until SIGINT/SIGTERM, then a graceful stop
     return 0
 
 
