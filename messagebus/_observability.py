@@ -41,7 +41,7 @@ def default_consume_middleware(bus: Bus) -> tuple[Middleware, ...]:
     from .middleware.tracing import tracing_middleware
 
     system = bus.transport.messaging_system
-    return (tracing_middleware(system), metrics_middleware(system))
+    return (tracing_middleware(system, service=bus.service), metrics_middleware(system))
 
 
 def default_publish_middleware(bus: Bus) -> tuple[PublishMiddleware, ...]:
@@ -54,4 +54,4 @@ def default_publish_middleware(bus: Bus) -> tuple[PublishMiddleware, ...]:
     from .middleware.tracing import tracing_publish_middleware
 
     system = bus.transport.messaging_system
-    return (tracing_publish_middleware(system), metrics_publish_middleware(system))
+    return (tracing_publish_middleware(system, service=bus.service), metrics_publish_middleware(system))

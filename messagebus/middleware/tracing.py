@@ -68,6 +68,7 @@ ATTEMPT = "messagebus.delivery.attempt"
 RETRY_DELAY = "messagebus.retry.delay"
 RETRY_ATTEMPT = "messagebus.retry.attempt"
 DEAD_LETTER_QUEUE = "messagebus.dead_letter.queue"
+SERVICE = "messagebus.service"
 
 _HAS_GLOBAL = hasattr(_trace_api, "_TRACER_PROVIDER")
 
@@ -127,13 +128,19 @@ def _inject(message: OutgoingMessage) -> None:
         propagate.inject(message.headers)
 
 
-def tracing_publish_middleware(messaging_system: str, gate: TracerGate | None = None) -> PublishMiddleware:
+def tracing_publish_middleware(
+    messaging_system: str, *, service: str | None = None, gate: TracerGate | None = None
+) -> PublishMiddleware:
     """Publish middleware: a ``send`` PRODUCER span per publish call (plus a ``create`` span
     per message of a batch, linked from the ``send`` span) and the trace context injected
     into each message's headers. ``messaging_system`` is the transport's
-    ``messaging.system`` value. Errors of the inner publish are recorded and re-raised."""
+    ``messaging.system`` value; ``service``, if given, is put on every span as
+    ``messagebus.service``. Errors of the inner publish are recorded and re-raised."""
     gate = gate or TracerGate()
     kafka = messaging_system == "kafka"
+    common: dict[str, AttributeValue] = {SYSTEM: messaging_system}
+    if service:
+        common[SERVICE] = service
 
     def middleware(inner: PublishFn) -> PublishFn:
         async def publish(messages: Sequence[OutgoingMessage]) -> None:
@@ -144,7 +151,7 @@ def tracing_publish_middleware(messaging_system: str, gate: TracerGate | None = 
             first = messages[0]
             name = first.destination.name
             attributes: dict[str, AttributeValue] = {
-                SYSTEM: messaging_system,
+                **common,
                 DESTINATION: name,
                 OPERATION_TYPE: "send",
                 OPERATION_NAME: "send",
@@ -160,7 +167,7 @@ def tracing_publish_middleware(messaging_system: str, gate: TracerGate | None = 
                 attributes[BATCH_COUNT] = len(messages)
                 for message in messages:
                     create: dict[str, AttributeValue] = {
-                        SYSTEM: messaging_system,
+                        **common,
                         DESTINATION: name,
                         OPERATION_TYPE: "create",
                         OPERATION_NAME: "create",
@@ -214,10 +221,12 @@ def _settled(span: Span, settlement: Settlement) -> None:
     span.end()
 
 
-def process_attributes(envelope: Envelope, messaging_system: str | None = None) -> dict[str, AttributeValue]:
-    """The semantic-convention attributes of the ``process`` span (and consume metrics) of
-    ``envelope``: system, destination, operation, group, message id, body size, Kafka key,
-    the delivery attempt and the transport's :attr:`Envelope.messaging_attributes`."""
+def process_attributes(
+    envelope: Envelope, messaging_system: str | None = None, service: str | None = None
+) -> dict[str, AttributeValue]:
+    """The semantic-convention attributes of the ``process`` span of ``envelope``: system,
+    destination, operation, group, message id, body size, Kafka key, the delivery attempt,
+    ``messagebus.service`` if given and the transport's :attr:`Envelope.messaging_attributes`."""
     system = messaging_system or envelope.messaging_system
     attributes: dict[str, AttributeValue] = {
         SYSTEM: system,
@@ -227,6 +236,8 @@ def process_attributes(envelope: Envelope, messaging_system: str | None = None) 
         BODY_SIZE: len(envelope.body),
         ATTEMPT: envelope.attempt,
     }
+    if service:
+        attributes[SERVICE] = service
     if envelope.group:
         attributes[CONSUMER_GROUP] = envelope.group
     message_id = envelope.id
@@ -240,13 +251,16 @@ def process_attributes(envelope: Envelope, messaging_system: str | None = None) 
     return attributes
 
 
-def tracing_middleware(messaging_system: str | None = None, gate: TracerGate | None = None) -> Middleware:
+def tracing_middleware(
+    messaging_system: str | None = None, *, service: str | None = None, gate: TracerGate | None = None
+) -> Middleware:
     """Consume middleware: a ``process <destination>`` CONSUMER span per delivery, the child
     of the trace context in the message headers and current while the rest of the chain and
     the handler run (so what the handler publishes joins the trace). Handler errors set
     ``error.type`` and the ERROR status (a :class:`~messagebus.Nack` is not an error) and are
     re-raised; the settle outcome is added as an event and the span ends after settling.
-    ``messaging_system`` defaults to :attr:`Envelope.messaging_system`."""
+    ``messaging_system`` defaults to :attr:`Envelope.messaging_system`; ``service``, if
+    given, is put on the span as ``messagebus.service``."""
     gate = gate or TracerGate()
 
     def middleware(handler: Handler) -> Handler:
@@ -260,7 +274,7 @@ def tracing_middleware(messaging_system: str | None = None, gate: TracerGate | N
                 f"process {envelope.destination}",
                 context=parent,
                 kind=SpanKind.CONSUMER,
-                attributes=process_attributes(envelope, messaging_system),
+                attributes=process_attributes(envelope, messaging_system, service),
             )
             token = otel_context.attach(_trace_api.set_span_in_context(span, parent))
             deferred = False
