@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from messagebus_kafka import KafkaTransport
 
 from messagebus.transports import Delivery, Destination, DestinationKind, OutgoingMessage
-from messagebus_kafka import KafkaTransport
 
 TIMEOUT = 30.0
 

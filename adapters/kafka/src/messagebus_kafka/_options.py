@@ -51,7 +51,7 @@ class KafkaOptions(TransportOptions):
     heartbeat_interval_ms: int = Field(3_000, ge=100, le=3_600_000)
     rebalance_timeout_ms: int = Field(30_000, ge=1_000, le=3_600_000)
     max_poll_interval_ms: int = Field(300_000, ge=1_000, le=86_400_000)
-    max_request_size: int = Field(1_048_576, ge=1_024, le=1_073_741_824)
+    max_request_size: int = Field(1_048_576, ge=16_384, le=1_073_741_824)
     request_timeout_ms: int = Field(30_000, ge=1_000, le=3_600_000)
     #: Seconds ``connect()`` keeps trying to reach the bootstrap servers before ConnectError.
     connect_timeout: float = Field(10.0, gt=0, le=3_600)

@@ -85,7 +85,7 @@ class KafkaTransport:
             native_delay=True,
             persistence=True,
             consumer_groups=True,
-            max_message_size=max(options.max_request_size - _HEADER_ROOM, 1),
+            max_message_size=options.max_request_size - _HEADER_ROOM,
             network=True,
         )
         self._producer: AIOKafkaProducer | None = None
@@ -239,6 +239,7 @@ class KafkaTransport:
         """
         producer, topics = self._require()
         limit = self._options.max_request_size
+        body_limit = limit - _HEADER_ROOM
         prepared: list[tuple[str, bytes, bytes | None, list[tuple[str, bytes]]]] = []
         needed: set[str] = set()
         known = topics.known
@@ -247,6 +248,11 @@ class KafkaTransport:
             wire_headers = encode_headers(message.headers)
             key = message.key.encode() if message.key is not None else None
             body = message.body
+            if len(body) > body_limit:
+                raise MessageTooLarge(
+                    f"message body to {message.destination.name!r} is {len(body)} bytes; the limit is "
+                    f"{body_limit} bytes (max_request_size={limit} minus {_HEADER_ROOM} for key and headers)"
+                )
             size = _estimate_size(key, body, wire_headers)
             if size > limit:
                 raise MessageTooLarge(
