@@ -54,17 +54,23 @@ class Batcher:
         self._lock = asyncio.Lock() if sequential else None
         self._track = track
         self._pending: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+        self._pending_ordered = False
         self._bytes = 0
         self._timer: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def add(self, entry: dict[str, Any], size: int = 0) -> asyncio.Future[dict[str, Any]]:
-        """Queue ``entry`` (without ``Id``; one is assigned) and return its result future."""
+    def add(self, entry: dict[str, Any], size: int = 0, *, ordered: bool = True) -> asyncio.Future[dict[str, Any]]:
+        """Queue ``entry`` (without ``Id``; one is assigned) and return its result future.
+
+        With ``sequential``, a batch holding an ``ordered`` entry waits for the batches before
+        it; batches of unordered entries only (FIFO messages without a key) go in parallel.
+        """
         loop = asyncio.get_running_loop()
         if self._pending and self._max_bytes is not None and self._bytes + size > self._max_bytes:
             self.flush()
         fut: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending.append((entry, fut))
+        self._pending_ordered = self._pending_ordered or ordered
         self._bytes += size
         if len(self._pending) >= BATCH_LIMIT:
             self.flush()
@@ -83,7 +89,8 @@ class Batcher:
         if not self._pending:
             return
         batch, self._pending, self._bytes = self._pending, [], 0
-        task = asyncio.get_running_loop().create_task(self._send(batch))
+        ordered, self._pending_ordered = self._pending_ordered, False
+        task = asyncio.get_running_loop().create_task(self._send(batch, ordered))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         if self._track is not None:
@@ -95,8 +102,8 @@ class Batcher:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def _send(self, batch: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]]) -> None:
-        if self._lock is None:
+    async def _send(self, batch: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]], ordered: bool) -> None:
+        if self._lock is None or not ordered:
             await self._send_now(batch)
             return
         async with self._lock:
@@ -140,7 +147,9 @@ class Batcher:
                     fut.set_exception(self._error(f"{self._what}: the batch response did not mention this entry"))
             todo = retry
             if todo:
-                logger.info("messagebus-sqs: %s: retrying %d entries after a server-side failure", self._what, len(todo))
+                logger.info(
+                    "messagebus-sqs: %s: retrying %d entries after a server-side failure", self._what, len(todo)
+                )
                 await asyncio.sleep(0.05 * 2**attempt)
 
 

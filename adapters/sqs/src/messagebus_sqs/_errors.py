@@ -13,6 +13,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
     ProfileNotFound,
 )
+
 from messagebus import ConfigurationError, InvalidOption, MessageBusError, TransportError
 
 __all__ = ["AUTH_CODES", "error_code", "is_connection_error", "map_error"]

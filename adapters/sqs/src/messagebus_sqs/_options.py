@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
+from pydantic import Field, field_validator
+
 from messagebus import ConfigurationError, InvalidOption, InvalidURL
 from messagebus.transports import TransportOptions, TransportURL, parse_options
-from pydantic import Field, field_validator
 
 __all__ = ["SqsOptions", "options_from_url"]
 

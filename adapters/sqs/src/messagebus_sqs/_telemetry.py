@@ -17,7 +17,9 @@ def system_for(destination: Destination) -> str:
     return SNS_SYSTEM if destination.kind is DestinationKind.TOPIC and destination.group is None else SQS_SYSTEM
 
 
-def publish_attributes(destination: Destination, *, queue_url: str | None, topic_arn: str | None) -> dict[str, AttributeValue]:
+def publish_attributes(
+    destination: Destination, *, queue_url: str | None, topic_arn: str | None
+) -> dict[str, AttributeValue]:
     """Attributes of a publish span for ``destination``."""
     attrs: dict[str, AttributeValue] = {"messaging.system": system_for(destination)}
     if topic_arn:

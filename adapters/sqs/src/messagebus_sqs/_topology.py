@@ -19,6 +19,7 @@ import threading
 from typing import Any
 
 from botocore.exceptions import ClientError
+
 from messagebus import TopologyError
 from messagebus.transports import Destination, DestinationKind, sanitize_name
 
@@ -161,7 +162,9 @@ class Topology:
             for sub in page.get("Subscriptions", []):
                 if sub.get("Endpoint") == queue_arn and sub.get("Protocol") == "sqs":
                     self._sns.set_subscription_attributes(
-                        SubscriptionArn=sub["SubscriptionArn"], AttributeName="RawMessageDelivery", AttributeValue="true"
+                        SubscriptionArn=sub["SubscriptionArn"],
+                        AttributeName="RawMessageDelivery",
+                        AttributeValue="true",
                     )
                     return
         raise conflict

@@ -1,0 +1,707 @@
+"""SqsTransport: the messagebus transport contract on AWS SQS and SNS (boto3).
+
+boto3 is synchronous, so every AWS call runs on a thread pool the transport owns (bounded by
+``max_workers``; each consumer adds one thread for its long poll, so polls never starve
+publishes or acks). The event loop only waits on futures. boto3 clients are thread-safe and
+shared by all threads; the session is only used while connecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import logging
+import math
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from messagebus import (
+    ConnectError,
+    ConsumeError,
+    DecodeError,
+    LifecycleError,
+    MessageTooLarge,
+    PublishError,
+    TopologyError,
+    UnsupportedFeature,
+)
+from messagebus.transports import (
+    AttributeValue,
+    Capabilities,
+    Consumer,
+    Delivery,
+    DeliveryHandler,
+    Destination,
+    DestinationKind,
+    OutgoingMessage,
+    TransportURL,
+    WorkerPool,
+)
+
+from ._batch import Batcher
+from ._codec import MAX_WIRE_SIZE, decode_message, encode_message
+from ._errors import map_error
+from ._options import SqsOptions, options_from_url
+from ._telemetry import SQS_SYSTEM, consume_attributes, publish_attributes
+from ._topology import Topology, logical_queue
+
+__all__ = ["MAX_BODY_SIZE", "SqsTransport"]
+
+logger = logging.getLogger("messagebus.sqs")
+
+T = TypeVar("T")
+
+#: Largest body accepted: the 256 KiB SQS/SNS limit minus 8 KiB kept for the attributes.
+MAX_BODY_SIZE = MAX_WIRE_SIZE - 8192
+_MAX_VISIBILITY = 43_200
+_ID_CHARS = re.compile(r"[\x21-\x7e]{1,128}")
+_ACK_LINGER = 0.005
+
+
+class SqsTransport:
+    """Transport for ``sqs://`` URLs: SNS topics fanning out to one SQS queue per group, and
+    plain SQS queues for work queues (see the adapter README for the full mapping).
+
+    Use from one event loop. :meth:`connect` and :meth:`close` are idempotent. Credentials come
+    from the normal AWS chain and are never logged or put in an error message.
+    """
+
+    messaging_system: str = SQS_SYSTEM
+
+    def __init__(self, options: SqsOptions) -> None:
+        """Build an unconnected transport from validated options (no I/O)."""
+        self.options = options
+        self.capabilities = Capabilities(
+            ordering=options.fifo,
+            native_delay=True,
+            persistence=True,
+            consumer_groups=True,
+            max_message_size=MAX_BODY_SIZE,
+            network=True,
+        )
+        self._executor: ThreadPoolExecutor | None = None
+        self._sqs: Any = None
+        self._sns: Any = None
+        self._topology: Topology | None = None
+        self._batchers: dict[tuple[str, str], Batcher] = {}
+        self._resolving: dict[tuple[str, str], asyncio.Future[str]] = {}
+        self._consumers: set[_SqsConsumer] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._connected = False
+        self._closing = False
+        self._connect_lock: asyncio.Lock | None = None
+
+    @classmethod
+    def from_url(cls, url: TransportURL | str) -> SqsTransport:
+        """Build a transport from ``sqs://?region=...&endpoint_url=...``.
+
+        Validates every option without network I/O. Raises :class:`InvalidURL`,
+        :class:`InvalidOption` (listing the valid options) or :class:`ConfigurationError`
+        (no region in the URL nor in the AWS configuration).
+        """
+        parsed = TransportURL.parse(url) if isinstance(url, str) else url
+        return cls(options_from_url(parsed))
+
+    def __repr__(self) -> str:
+        o = self.options
+        where = o.endpoint_url or "aws"
+        return f"SqsTransport(region={o.region!r}, endpoint={where!r}, fifo={o.fifo})"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Create the boto3 clients and check that the endpoint answers and accepts the
+        credentials (one ``ListQueues`` call, retried by botocore for transient failures).
+
+        Idempotent. Raises :class:`ConnectError` (unreachable endpoint, missing or rejected
+        credentials) with a message saying what to fix, the botocore error chained.
+        """
+        if self._connected:
+            return
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+        async with self._connect_lock:
+            if self._connected:
+                return
+            executor = ThreadPoolExecutor(self.options.max_workers, thread_name_prefix="messagebus-sqs")
+            loop = asyncio.get_running_loop()
+            try:
+                sqs, sns = await loop.run_in_executor(executor, self._open_clients)
+            except BaseException:
+                executor.shutdown(wait=False, cancel_futures=True)
+                raise
+            self._executor = executor
+            self._sqs, self._sns = sqs, sns
+            self._topology = Topology(
+                sqs,
+                sns,
+                queue_prefix=self.options.queue_prefix,
+                topic_prefix=self.options.topic_prefix,
+                fifo=self.options.fifo,
+            )
+            self._closing = False
+            self._connected = True
+
+    def _open_clients(self) -> tuple[Any, Any]:
+        import boto3
+        from botocore.config import Config
+
+        o = self.options
+        where = o.endpoint_url or f"AWS region {o.region}"
+        sqs: Any = None
+        sns: Any = None
+        try:
+            session = boto3.session.Session(profile_name=o.profile, region_name=o.region)
+            if session.get_credentials() is None:
+                from botocore.exceptions import NoCredentialsError
+
+                raise NoCredentialsError()
+            config = Config(
+                region_name=o.region,
+                connect_timeout=o.connect_timeout,
+                read_timeout=max(o.read_timeout, o.wait_time + 10.0),
+                retries={"mode": "standard", "total_max_attempts": o.max_attempts},
+                max_pool_connections=o.max_workers + 32,
+                user_agent_extra="messagebus-sqs/0.1",
+            )
+            sqs = session.client("sqs", endpoint_url=o.endpoint_url, config=config)
+            sns = session.client("sns", endpoint_url=o.endpoint_url, config=config)
+            # One cheap authenticated call proves the endpoint is reachable and the
+            # credentials are accepted before the bus reports itself started.
+            sqs.list_queues(QueueNamePrefix=o.queue_prefix or "messagebus", MaxResults=1)
+        except Exception as exc:
+            for client in (sqs, sns):
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        client.close()
+            raise map_error(exc, ConnectError, f"connecting to SQS/SNS at {where}") from exc
+        return sqs, sns
+
+    async def close(self) -> None:
+        """Stop every consumer (no grace: the bus stops them gracefully first), send pending
+        acks, wait for polls still running (bounded by ``wait_time``; what they received is
+        made visible again), then release the threads and clients. Idempotent."""
+        if not self._connected or self._closing:
+            return
+        self._closing = True
+        for consumer in list(self._consumers):
+            await consumer.stop(0.0)
+        polls = [c.poll_task for c in self._consumers if c.poll_task is not None and not c.poll_task.done()]
+        if polls:
+            _, pending = await asyncio.wait(polls, timeout=self.options.wait_time + 5.0)
+            for task in pending:
+                task.cancel()
+        for batcher in list(self._batchers.values()):
+            await batcher.drain()
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+        self._consumers.clear()
+        self._batchers.clear()
+        executor, self._executor = self._executor, None
+        sqs, sns = self._sqs, self._sns
+        self._sqs = self._sns = None
+        self._topology = None
+        self._connected = False
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+        for client in (sqs, sns):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run a blocking boto3 call on the transport's pool."""
+        if self._executor is None:
+            raise LifecycleError("the sqs transport is not connected; call connect() first")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    def _require(self) -> Topology:
+        if self._topology is None or self._closing:
+            raise LifecycleError("the sqs transport is not connected; call connect() first")
+        return self._topology
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _batcher(self, kind: str, target: str) -> Batcher:
+        key = (kind, target)
+        batcher = self._batchers.get(key)
+        if batcher is not None:
+            return batcher
+        fifo = self.options.fifo
+        if kind == "send":
+
+            async def call(entries: list[dict[str, Any]]) -> dict[str, Any]:
+                return dict(await self._run(self._sqs.send_message_batch, QueueUrl=target, Entries=entries))
+
+            batcher = Batcher(
+                call, error=PublishError, what=f"SendMessageBatch to {target}", max_bytes=MAX_WIRE_SIZE, sequential=fifo
+            )
+        elif kind == "publish":
+
+            async def call(entries: list[dict[str, Any]]) -> dict[str, Any]:
+                return dict(
+                    await self._run(self._sns.publish_batch, TopicArn=target, PublishBatchRequestEntries=entries)
+                )
+
+            batcher = Batcher(
+                call, error=PublishError, what=f"PublishBatch to {target}", max_bytes=MAX_WIRE_SIZE, sequential=fifo
+            )
+        elif kind == "delete":
+
+            async def call(entries: list[dict[str, Any]]) -> dict[str, Any]:
+                return dict(await self._run(self._sqs.delete_message_batch, QueueUrl=target, Entries=entries))
+
+            batcher = Batcher(call, error=ConsumeError, what=f"DeleteMessageBatch on {target}", linger=_ACK_LINGER)
+        else:
+
+            async def call(entries: list[dict[str, Any]]) -> dict[str, Any]:
+                return dict(
+                    await self._run(self._sqs.change_message_visibility_batch, QueueUrl=target, Entries=entries)
+                )
+
+            batcher = Batcher(
+                call, error=ConsumeError, what=f"ChangeMessageVisibilityBatch on {target}", linger=_ACK_LINGER
+            )
+        self._batchers[key] = batcher
+        return batcher
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def publish_attributes(self, destination: Destination) -> dict[str, AttributeValue]:
+        """Telemetry attributes for publishing to ``destination`` (``messaging.system``
+        ``aws.sns`` for topics, ``aws_sqs`` for queues, topic ARN / queue URL once known)."""
+        topology = self._topology
+        if topology is None:
+            return publish_attributes(destination, queue_url=None, topic_arn=None)
+        if destination.kind is DestinationKind.TOPIC and destination.group is None:
+            return publish_attributes(destination, queue_url=None, topic_arn=topology.cached_topic(destination.name))
+        return publish_attributes(destination, queue_url=topology.cached_queue(destination.name), topic_arn=None)
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Publish ``messages`` and return once SQS/SNS confirmed each one.
+
+        Topic messages go to the SNS topic (``PublishBatch``), queue messages to the SQS queue
+        (``SendMessageBatch``); both are created on first use. Concurrent calls share batches
+        of up to 10. Every message is checked first: :class:`MessageTooLarge` (body over
+        :data:`MAX_BODY_SIZE` or body plus attributes over 256 KiB) and
+        :class:`UnsupportedFeature` (a key on a standard destination with ``strict_keys``)
+        are raised before anything is sent. Raises :class:`PublishError` for a message SQS/SNS
+        did not confirm (others of the call may have been stored), :class:`TopologyError` if
+        the destination cannot be created.
+        """
+        topology = self._require()
+        fifo = self.options.fifo
+        prepared: list[tuple[Destination, dict[str, Any], int, str | None]] = []
+        for message in messages:
+            body_len = len(message.body)
+            if body_len > MAX_BODY_SIZE:
+                raise MessageTooLarge(
+                    f"message to {message.destination} has a {body_len}-byte body; the sqs transport "
+                    f"allows {MAX_BODY_SIZE} bytes (SQS/SNS 256 KiB minus room for attributes). Nothing was sent"
+                )
+            if message.key is not None and not fifo and self.options.strict_keys:
+                raise UnsupportedFeature(
+                    f"message to {message.destination} has key {message.key!r} but the destination is a "
+                    "standard (unordered) SQS/SNS destination; use sqs://?fifo=true for ordering by key, "
+                    "or drop strict_keys=true to carry the key without ordering"
+                )
+            wire = encode_message(message.body, message.headers, message.key)
+            if wire.size > MAX_WIRE_SIZE:
+                raise MessageTooLarge(
+                    f"message to {message.destination} is {wire.size} bytes with its attributes "
+                    f"(base64 for binary bodies); SQS/SNS allow {MAX_WIRE_SIZE}. Nothing was sent"
+                )
+            is_topic = message.destination.kind is DestinationKind.TOPIC and message.destination.group is None
+            entry: dict[str, Any] = {("Message" if is_topic else "MessageBody"): wire.body}
+            if wire.attributes:
+                entry["MessageAttributes"] = wire.attributes
+            if fifo:
+                entry["MessageGroupId"] = _fifo_id(message.key) if message.key is not None else _fifo_id(message.id)
+                entry["MessageDeduplicationId"] = _fifo_id(message.id)
+            prepared.append((message.destination, entry, wire.size, message.key))
+        if not prepared:
+            return
+        targets: dict[Destination, tuple[str, str]] = {}
+        for destination, *_ in prepared:
+            if destination not in targets:
+                targets[destination] = await self._resolve(topology, destination)
+        futures = [
+            self._batcher(*targets[dest]).add(entry, size, ordered=key is not None)
+            for dest, entry, size, key in prepared
+        ]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            first = failures[0]
+            if len(failures) > 1 and isinstance(first, PublishError) and not isinstance(first, MessageTooLarge):
+                raise PublishError(
+                    f"{len(failures)} of {len(futures)} messages were not confirmed; first: {first}"
+                ) from first
+            raise first
+
+    async def _resolve(self, topology: Topology, destination: Destination) -> tuple[str, str]:
+        """The batch kind and target (topic ARN / queue URL) of ``destination``, declaring it
+        on first use. Concurrent first uses share one declaration (single flight)."""
+        is_topic = destination.kind is DestinationKind.TOPIC and destination.group is None
+        logical = destination.name if is_topic else logical_queue(destination)
+        kind = "publish" if is_topic else "send"
+        known = topology.cached_topic(logical) if is_topic else topology.cached_queue(logical)
+        if known is not None:
+            return kind, known
+        key = (kind, logical)
+        pending = self._resolving.get(key)
+        if pending is None:
+            declare = topology.topic_arn if is_topic else topology.queue_url
+            pending = asyncio.ensure_future(self._run(declare, logical))
+            self._resolving[key] = pending
+            pending.add_done_callback(lambda _: self._resolving.pop(key, None))
+        return kind, await asyncio.shield(pending)
+
+    # -- consuming ---------------------------------------------------------------------------
+
+    async def subscribe(self, source: Destination, handler: DeliveryHandler, *, concurrency: int) -> Consumer:
+        """Declare ``source`` and start delivering its messages to ``handler``.
+
+        A topic subscription (``source.group`` set) gets its SQS queue, subscribed to the SNS
+        topic with raw delivery; a queue gets its SQS queue. At most ``concurrency`` handler
+        calls run at once (messages with one key one after another); up to ``prefetch`` more
+        are received ahead. Raises :class:`TopologyError` if declaring fails,
+        :class:`ConfigurationError` for ``concurrency < 1``.
+        """
+        topology = self._require()
+        if concurrency < 1:
+            from messagebus import ConfigurationError
+
+            raise ConfigurationError(f"concurrency must be >= 1, got {concurrency}")
+        topic_arn: str | None = None
+        if source.kind is DestinationKind.TOPIC:
+            if not source.group:
+                raise TopologyError(f"subscribing to topic {source.name!r} needs a group")
+            queue_url, topic_arn = await self._run(topology.subscription_queue, source.name, source.group)
+        else:
+            queue_url = await self._run(topology.queue_url, source.name)
+        consumer = _SqsConsumer(self, source, queue_url, topic_arn, handler, concurrency)
+        self._consumers.add(consumer)
+        consumer.start()
+        return consumer
+
+    def _forget(self, consumer: _SqsConsumer) -> None:
+        if not self._closing:
+            self._consumers.discard(consumer)
+
+
+def _fifo_id(value: str) -> str:
+    """A MessageGroupId / MessageDeduplicationId (1-128 printable ASCII) for any string."""
+    if value and _ID_CHARS.fullmatch(value):
+        return value
+    return "h-" + hashlib.sha256(value.encode()).hexdigest()
+
+
+class _SqsDelivery:
+    """One received SQS message; settled once with :meth:`ack` or :meth:`retry`."""
+
+    __slots__ = (
+        "_attributes",
+        "_body",
+        "_consumer",
+        "_headers",
+        "_key",
+        "_raw",
+        "attempt_",
+        "deadline",
+        "extending",
+        "finished",
+        "settled",
+    )
+
+    def __init__(
+        self,
+        consumer: _SqsConsumer,
+        raw: dict[str, Any],
+        body: bytes,
+        headers: dict[str, str],
+        key: str | None,
+        attributes: dict[str, AttributeValue],
+        deadline: float,
+    ) -> None:
+        self._consumer = consumer
+        self._raw = raw
+        self._body = body
+        self._headers = headers
+        self._key = key
+        self._attributes = attributes
+        count = (raw.get("Attributes") or {}).get("ApproximateReceiveCount", "1")
+        self.attempt_ = max(1, int(count)) if str(count).isdigit() else 1
+        self.deadline = deadline
+        self.extending: asyncio.Future[Any] | None = None
+        self.settled = False
+        self.finished = False
+
+    @property
+    def body(self) -> bytes:
+        """The payload bytes (base64 bodies already decoded)."""
+        return self._body
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Every header: native attributes plus the unpacked ``messagebus-headers`` ones."""
+        return self._headers
+
+    @property
+    def key(self) -> str | None:
+        """The producer's key (carried as ``messagebus-key``)."""
+        return self._key
+
+    @property
+    def attempt(self) -> int:
+        """SQS ``ApproximateReceiveCount``: 1 on the first delivery."""
+        return self.attempt_
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The SQS message dict as ``ReceiveMessage`` returned it."""
+        return self._raw
+
+    @property
+    def receipt_handle(self) -> str:
+        """The receipt handle of this receive."""
+        return str(self._raw["ReceiptHandle"])
+
+    @property
+    def messaging_attributes(self) -> Mapping[str, AttributeValue]:
+        """Telemetry attributes: queue URL, topic ARN, SQS message id, FIFO group."""
+        return self._attributes
+
+    async def ack(self) -> None:
+        """Delete the message (batched with other acks). Raises :class:`ConsumeError` if SQS
+        refused (for example the receipt handle expired); the message then comes back.
+        Idempotent: a delivery already settled is left alone."""
+        if self.settled:
+            return
+        self.settled = True
+        await self._consumer.delete(self)
+
+    async def retry(self, delay: float, headers: Mapping[str, str]) -> None:
+        """Make the message visible again after ``delay`` seconds (rounded up to whole seconds,
+        at most 12 hours) with ``ChangeMessageVisibility``; the next delivery has attempt + 1.
+        ``headers`` are carried to that redelivery when it happens in this process.
+        A delivery already settled is left alone."""
+        if self.settled:
+            return
+        self.settled = True
+        self._consumer.remember(self, headers)
+        seconds = min(_MAX_VISIBILITY, max(0, math.ceil(delay)))
+        await self._consumer.change_visibility(self, seconds)
+
+
+class _SqsConsumer:
+    """Polls one SQS queue and feeds a WorkerPool; extends visibility of held messages."""
+
+    def __init__(
+        self,
+        transport: SqsTransport,
+        source: Destination,
+        queue_url: str,
+        topic_arn: str | None,
+        handler: DeliveryHandler,
+        concurrency: int,
+    ) -> None:
+        self._transport = transport
+        self.source = source
+        self.queue_url = queue_url
+        self.topic_arn = topic_arn
+        self._handler = handler
+        self._options = transport.options
+        self._pool = WorkerPool(self._handle, concurrency, ordered=True, name=str(source))
+        self._max_held = concurrency + transport.options.prefetch
+        self._held: set[_SqsDelivery] = set()
+        self._space = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._stopped = False
+        self._poll_executor = ThreadPoolExecutor(1, thread_name_prefix="messagebus-sqs-poll")
+        self.poll_task: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._extra_headers: OrderedDict[str, dict[str, str]] = OrderedDict()
+        self._deleter = transport._batcher("delete", queue_url)
+        self._visibility = transport._batcher("visibility", queue_url)
+
+    def start(self) -> None:
+        """Start the workers, the poll loop and the visibility heartbeat."""
+        self._pool.start()
+        loop = asyncio.get_running_loop()
+        self.poll_task = loop.create_task(self._poll_loop(), name=f"messagebus-sqs-poll-{self.source}")
+        self._heartbeat = loop.create_task(self._extend_loop(), name=f"messagebus-sqs-visibility-{self.source}")
+
+    async def stop(self, grace: float) -> None:
+        """Stop receiving, give in-flight handlers ``grace`` seconds, then make every message
+        not settled visible again (visibility 0) so another consumer gets it at once.
+        Idempotent. A receive still in flight finishes in the background and its messages are
+        made visible again too; :meth:`SqsTransport.close` waits for that."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stopping.set()
+        self._space.set()
+        await self._pool.stop(grace)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        unsettled = [d for d in self._held if not d.settled]
+        self._held.clear()
+        await self._release(unsettled)
+        await self._deleter.drain()
+        await self._visibility.drain()
+        if self.poll_task is not None and self.poll_task.done():
+            self._poll_executor.shutdown(wait=False)
+        self._transport._forget(self)
+
+    # -- settling (called by deliveries) -----------------------------------------------------
+
+    async def delete(self, delivery: _SqsDelivery) -> None:
+        await self._after_extension(delivery)
+        await self._deleter.add({"ReceiptHandle": delivery.receipt_handle})
+
+    async def change_visibility(self, delivery: _SqsDelivery, seconds: int) -> None:
+        await self._after_extension(delivery)
+        await self._visibility.add({"ReceiptHandle": delivery.receipt_handle, "VisibilityTimeout": seconds})
+
+    def remember(self, delivery: _SqsDelivery, headers: Mapping[str, str]) -> None:
+        if not headers:
+            return
+        message_id = str(delivery.raw.get("MessageId", ""))
+        self._extra_headers[message_id] = dict(headers)
+        while len(self._extra_headers) > 10_000:
+            self._extra_headers.popitem(last=False)
+
+    async def _after_extension(self, delivery: _SqsDelivery) -> None:
+        # A visibility extension still in flight could land after the settle call and undo
+        # it (a retry delay overwritten, a released message hidden again): wait for it.
+        pending = delivery.extending
+        if pending is not None and not pending.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending)
+
+    async def _release(self, deliveries: list[_SqsDelivery]) -> None:
+        if not deliveries:
+            return
+        futures = []
+        for d in deliveries:
+            d.settled = True
+            futures.append(self._visibility.add({"ReceiptHandle": d.receipt_handle, "VisibilityTimeout": 0}))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            logger.warning(
+                "messagebus-sqs: could not make %d unsettled messages of %s visible again (%s); "
+                "they come back after the visibility timeout",
+                len(failed),
+                self.source,
+                failed[0],
+            )
+
+    # -- loops -------------------------------------------------------------------------------
+
+    async def _handle(self, delivery: Delivery) -> None:
+        assert isinstance(delivery, _SqsDelivery)
+        try:
+            await self._handler(delivery)
+        finally:
+            delivery.finished = True
+            if not self._stopping.is_set():
+                self._held.discard(delivery)
+                if not delivery.settled:
+                    # The handler returned without settling: hand the message back now rather
+                    # than after the visibility timeout.
+                    task = asyncio.get_running_loop().create_task(self._release([delivery]))
+                    self._transport._track(task)
+            elif delivery.settled:
+                self._held.discard(delivery)
+            self._space.set()
+
+    def _receive(self, count: int) -> list[dict[str, Any]]:
+        response = self._transport._sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=count,
+            WaitTimeSeconds=self._options.wait_time,
+            VisibilityTimeout=self._options.visibility_timeout,
+            MessageAttributeNames=["All"],
+            MessageSystemAttributeNames=["All"],
+        )
+        return list(response.get("Messages", []))
+
+    async def _poll_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = 0.0
+        while not self._stopping.is_set():
+            room = self._max_held - len(self._held)
+            if room <= 0:
+                self._space.clear()
+                await self._space.wait()
+                continue
+            try:
+                messages = await loop.run_in_executor(self._poll_executor, self._receive, min(10, room))
+            except Exception as exc:
+                backoff = min(5.0, backoff * 2 or 0.1)
+                err = map_error(exc, ConsumeError, f"receiving from {self.queue_url}")
+                logger.warning("messagebus-sqs: %s; retrying in %.1fs", err, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), backoff)
+                continue
+            backoff = 0.0
+            received_at = time.monotonic()
+            deliveries = [self._delivery(m, received_at) for m in messages]
+            if self._stopping.is_set():
+                await self._release(deliveries)
+                break
+            for d in deliveries:
+                self._held.add(d)
+                self._pool.submit_nowait(d)
+        self._poll_executor.shutdown(wait=False)
+
+    def _delivery(self, message: dict[str, Any], received_at: float) -> _SqsDelivery:
+        try:
+            body, headers, key = decode_message(message)
+        except DecodeError as exc:
+            # Deliver what arrived so the bus dead-letters it, instead of looping on it here.
+            logger.warning("messagebus-sqs: message %s: %s", message.get("MessageId"), exc)
+            body, headers, key = str(message.get("Body", "")).encode(), {}, None
+        extra = self._extra_headers.pop(str(message.get("MessageId", "")), None)
+        if extra:
+            headers = {**headers, **extra}
+        attrs = consume_attributes(self.queue_url, message, self.topic_arn)
+        deadline = received_at + self._options.visibility_timeout
+        return _SqsDelivery(self, message, body, headers, key, attrs, deadline)
+
+    async def _extend_loop(self) -> None:
+        vt = self._options.visibility_timeout
+        interval = max(0.25, vt / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            due = [d for d in self._held if not d.settled and d.deadline - now < vt / 2]
+            if not due:
+                continue
+            for d in due:
+                d.deadline = now + vt
+                d.extending = self._visibility.add({"ReceiptHandle": d.receipt_handle, "VisibilityTimeout": vt})
+            results = await asyncio.gather(*(d.extending for d in due if d.extending), return_exceptions=True)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                logger.warning(
+                    "messagebus-sqs: extending the visibility of %d messages of %s failed: %s",
+                    len(failed),
+                    self.source,
+                    failed[0],
+                )
