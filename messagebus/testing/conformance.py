@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -35,6 +35,7 @@ from typing_extensions import TypedDict
 from .. import Bus, Envelope, MessageTooLarge, Nack, Reject, Retry
 from .._bus import BusState
 from ._collect import Collector
+from ._faults import FaultTests
 from ._proxy import TcpProxy
 
 __all__ = ["BusFactory", "ConformanceTarget", "TransportConformance"]
@@ -50,6 +51,9 @@ class ConformanceTarget:
     - ``via_proxy``: builds a URL that reaches the broker through ``host:port`` of the proxy.
     - ``timeout``: seconds to wait for an expected message before failing.
     - ``scale``: multiplies the kit's message counts (0.1 for a slow local emulator).
+    - ``restart``: restarts the broker (returns once it accepts connections again); enables
+      the broker-restart fault test. Messages must survive it when the transport declares
+      ``persistence``.
     """
 
     url: str
@@ -57,6 +61,7 @@ class ConformanceTarget:
     via_proxy: Callable[[str, int], str] | None = None
     timeout: float = 30.0
     scale: float = 1.0
+    restart: Callable[[], Awaitable[None]] | None = None
 
     def count(self, n: int, minimum: int = 10) -> int:
         """``n`` scaled, at least ``minimum``."""
@@ -77,7 +82,7 @@ def _names(prefix: str) -> str:
     return f"conf.{prefix}.{uuid.uuid4().hex[:10]}"
 
 
-class TransportConformance:
+class TransportConformance(FaultTests):
     """Base class holding the conformance tests; subclass it and define a ``target`` fixture."""
 
     pytestmark = [pytest.mark.asyncio]
