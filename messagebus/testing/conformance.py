@@ -568,6 +568,57 @@ class TransportConformance(FaultTests):
                 await got.wait_until(lambda items: set(items) >= set(range(n)), f"all {n} after the cut")
             assert proxy.connections_total >= 2, "the transport never reconnected through the proxy"
 
+    # -- observability ------------------------------------------------------------------------
+
+    async def test_trace_context_crosses_the_broker(self, target: ConformanceTarget, buses: BusFactory) -> None:
+        pytest.importorskip("opentelemetry.sdk", reason="the trace test needs opentelemetry-sdk")
+        from opentelemetry import trace
+        from opentelemetry.trace import SpanKind
+
+        from .._observability import telemetry_enabled
+        from ._otel import capture_telemetry
+
+        if not telemetry_enabled():
+            pytest.skip("MESSAGEBUS_TELEMETRY turns tracing off")
+        topic = _names("trace")
+        got: Collector[Envelope] = Collector(target.timeout)
+        consumer = buses("billing")
+
+        @consumer.subscribe(topic)
+        async def handle(item: Item, envelope: Envelope) -> None:
+            got.add(envelope)
+
+        producer = buses("orders")
+        with capture_telemetry() as telemetry:
+            async with consumer, producer:
+                with trace.get_tracer("messagebus.conformance").start_as_current_span("before publish") as root:
+                    await producer.publish(topic, Item(n=1, run="trace"))
+                [envelope] = await got.wait_for(1)
+                root_ctx = root.get_span_context()
+                process = await telemetry.wait_for_span(
+                    lambda s: s.name == f"process {topic}"
+                    and s.context is not None
+                    and s.context.trace_id == root_ctx.trace_id,
+                    timeout=target.timeout,
+                    what=f"the handler's 'process {topic}' span in the publisher's trace",
+                )
+            spans = telemetry.spans(root_ctx.trace_id)
+        sends = [s for s in spans if s.name == f"send {topic}"]
+        assert len(sends) == 1, f"expected one send span, got {[s.name for s in spans]}"
+        [send] = sends
+        assert send.context is not None and send.parent is not None and process.parent is not None
+        assert send.kind is SpanKind.PRODUCER and process.kind is SpanKind.CONSUMER
+        assert send.parent.span_id == root_ctx.span_id, "the send span is not a child of the caller's span"
+        assert process.parent.span_id == send.context.span_id, "the process span is not a child of the send span"
+        assert "traceparent" in envelope.headers
+        attributes = dict(process.attributes or {})
+        assert attributes["messaging.system"] == consumer.transport.messaging_system
+        assert attributes["messaging.destination.name"] == topic
+        assert attributes["messaging.consumer.group.name"] == "billing"
+        assert attributes["messaging.operation.type"] == "process"
+        assert attributes["messaging.message.id"] == envelope.id
+        assert process.end_time is not None and [e.name for e in process.events] == ["ack"]
+
 
 def _adder(collector: Collector[int]) -> Callable[[Item], Any]:
     async def handle(item: Item) -> None:
