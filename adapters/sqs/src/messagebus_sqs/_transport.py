@@ -113,6 +113,17 @@ class SqsTransport:
         where = o.endpoint_url or "aws"
         return f"SqsTransport(region={o.region!r}, endpoint={where!r}, fifo={o.fifo})"
 
+    @property
+    def sqs_client(self) -> Any:
+        """The boto3 SQS client (thread-safe; blocking: call it from a thread). ``None`` until
+        :meth:`connect`. For advanced use and tests; the transport does not need you to."""
+        return self._sqs
+
+    @property
+    def sns_client(self) -> Any:
+        """The boto3 SNS client, like :attr:`sqs_client`."""
+        return self._sns
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def connect(self) -> None:
