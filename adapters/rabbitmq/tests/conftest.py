@@ -15,11 +15,10 @@ from collections.abc import AsyncIterator
 
 import aiormq
 import pytest
+from rmq_helpers import DEFAULT_URL
 
 from messagebus.testing import missing_broker, wait_for_port
 from messagebus.transports import TransportURL
-
-DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,9 @@ from typing import Any
 
 from messagebus.transports import Delivery, Destination, DestinationKind, OutgoingMessage
 
+#: The RabbitMQ server of the project machines.
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
 
 def topic(name: str) -> Destination:
     """A topic destination (for publishing)."""

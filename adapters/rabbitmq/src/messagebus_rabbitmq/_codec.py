@@ -22,13 +22,17 @@ _ATTEMPT = h.ATTEMPT
 _WIRE_PREFIX = CE_AMQP_PREFIX
 _PREFIX_LEN = len(CE_AMQP_PREFIX)
 _CE = h.CE_PREFIX
+_WIRE_CONTENT_TYPE = CE_AMQP_PREFIX + h.CE_CONTENT_TYPE[len(h.CE_PREFIX) :]
 
 
 def encode_properties(headers: Mapping[str, str], key: str | None) -> Basic.Properties:
-    """AMQP properties for a message: persistent, ``content_type`` and ``message_id`` from the
-    CloudEvents attributes, every header in the table (``ce-*`` renamed ``cloudEvents:*``),
-    and the key in ``messagebus-key`` (AMQP has no key field)."""
+    """AMQP properties for a message: persistent, ``content_type`` (CloudEvents
+    ``datacontenttype``) and ``message_id`` (``id``), every other header in the table with
+    ``ce-*`` renamed ``cloudEvents:*`` (CloudEvents AMQP binding), and the key in
+    ``messagebus-key`` (AMQP has no key field)."""
+    # The binding maps datacontenttype to the content_type property, not to a table entry.
     table: dict[str, Any] = to_wire(headers, CE_AMQP_PREFIX)
+    table.pop(_WIRE_CONTENT_TYPE, None)
     if key is not None:
         table[_KEY] = key
     return Basic.Properties(

@@ -1,0 +1,314 @@
+"""RabbitMQ: messagebus vs raw aio-pika (and FastStream, when available), same workload, one run.
+
+    python -m benchmarks.bench_rabbitmq                  # full run
+    python -m benchmarks.bench_rabbitmq --quick          # smoke run, a few seconds
+    python -m benchmarks.bench_rabbitmq --faststream-python /tmp/fs-venv/bin/python
+
+Workloads (small JSON messages, persistent, on the broker of --url):
+
+- consume: a queue pre-filled with messages; prefetch 100; per message JSON decode, a
+  counting handler, ack. Raw = an aio-pika queue iterator loop. Timing starts at the first
+  message handled and ends at the last.
+- publish: sequential confirmed publishes (each awaited before the next).
+- publish_many: batches of 1,000; raw aio-pika gathers the confirms of a batch.
+
+FastStream runs in its own virtualenv (it is not a dependency of this project): pass its
+python with ``--faststream-python``; the script runs the FastStream consume loop there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import aio_pika
+
+from benchmarks._common import Row, machine, table, versions, write
+from messagebus import Bus
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def payload(i: int) -> dict[str, Any]:
+    return {"id": i, "name": "widget", "price": 9.99}
+
+
+async def fill(url: str, queue: str, n: int) -> None:
+    """Fill ``queue`` with ``n`` messages written by messagebus (same bytes for every consumer)."""
+    bus = Bus.from_url(url, service="bench")
+    async with bus:
+        for start in range(0, n, 1000):
+            await bus.send_many(queue, [payload(i) for i in range(start, min(start + 1000, n))])
+
+
+async def delete(url: str, *queues: str) -> None:
+    conn = await aio_pika.connect(url)
+    async with conn:
+        ch = await conn.channel()
+        for q in queues:
+            await ch.queue_delete(q)
+
+
+class Count:
+    def __init__(self, target: int) -> None:
+        self.n = 0
+        self.target = target
+        self.first = 0.0
+        self.last = 0.0
+        self.done = asyncio.Event()
+
+    def hit(self) -> None:
+        if self.n == 0:
+            self.first = time.perf_counter()
+        self.n += 1
+        if self.n >= self.target:
+            self.last = time.perf_counter()
+            self.done.set()
+
+
+# -- consume ---------------------------------------------------------------------------------
+
+
+async def raw_consume(url: str, n: int) -> Row:
+    queue = f"bench.raw.{uuid.uuid4().hex[:8]}"
+    await fill(url, queue, n)
+    count = Count(n)
+
+    def handler(data: dict[str, Any]) -> None:
+        count.hit()
+
+    conn = await aio_pika.connect(url)
+    async with conn:
+        ch = await conn.channel()
+        await ch.set_qos(prefetch_count=100)
+        q = await ch.declare_queue(queue, durable=True)
+        async with q.iterator() as it:
+            async for message in it:
+                handler(json.loads(message.body))
+                await message.ack()
+                if count.n >= n:
+                    break
+    await delete(url, queue)
+    return Row("aio-pika raw consume loop (prefetch 100)", n, count.last - count.first, "decode + handler + ack")
+
+
+async def bus_consume(url: str, n: int, concurrency: int) -> Row:
+    queue = f"bench.bus.{uuid.uuid4().hex[:8]}"
+    await fill(url, queue, n)
+    count = Count(n)
+    sep = "&" if "?" in url else "?"
+    bus = Bus.from_url(f"{url}{sep}prefetch=100", service="bench")
+
+    @bus.consume(queue, concurrency=concurrency)
+    async def handle(data: dict[str, Any]) -> None:
+        count.hit()
+
+    async with bus:
+        await count.done.wait()
+    await delete(url, queue)
+    return Row(
+        f"messagebus consume (prefetch 100, concurrency {concurrency})",
+        n,
+        count.last - count.first,
+        "decode + handler + ack",
+    )
+
+
+FASTSTREAM_SCRIPT = r"""
+import asyncio, json, sys, time
+from faststream import FastStream
+from faststream.rabbit import RabbitBroker, RabbitQueue
+url, queue, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+broker = RabbitBroker(url, max_consumers=100)
+state = {"n": 0, "first": 0.0, "last": 0.0}
+done = asyncio.Event()
+
+@broker.subscriber(RabbitQueue(queue, durable=True))
+async def handle(data: dict) -> None:
+    if state["n"] == 0:
+        state["first"] = time.perf_counter()
+    state["n"] += 1
+    if state["n"] >= n:
+        state["last"] = time.perf_counter()
+        done.set()
+
+async def main():
+    async with broker:
+        await broker.start()
+        await asyncio.wait_for(done.wait(), 600)
+    print(json.dumps({"seconds": state["last"] - state["first"]}))
+
+asyncio.run(main())
+"""
+
+
+async def faststream_consume(url: str, n: int, python: str) -> Row | None:
+    queue = f"bench.fs.{uuid.uuid4().hex[:8]}"
+    await fill(url, queue, n)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            python,
+            "-c",
+            FASTSTREAM_SCRIPT,
+            url,
+            queue,
+            str(n),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            print(f"FastStream run failed: {err.decode(errors='replace')[-2000:]}", file=sys.stderr)
+            return None
+        seconds = json.loads(out.decode().strip().splitlines()[-1])["seconds"]
+        version = subprocess.run(
+            [python, "-c", "import importlib.metadata as m; print(m.version('faststream'))"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+    finally:
+        await delete(url, queue)
+    return Row(f"FastStream {version} consume (prefetch 100)", n, seconds, "decode + handler + ack")
+
+
+# -- publish ---------------------------------------------------------------------------------
+
+
+async def raw_publish(url: str, n: int) -> Row:
+    queue = f"bench.rawpub.{uuid.uuid4().hex[:8]}"
+    conn = await aio_pika.connect(url)
+    async with conn:
+        ch = await conn.channel(publisher_confirms=True)
+        await ch.declare_queue(queue, durable=True)
+        ex = ch.default_exchange
+        start = time.perf_counter()
+        for i in range(n):
+            body = json.dumps(payload(i)).encode()
+            msg = aio_pika.Message(
+                body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, content_type="application/json"
+            )
+            await ex.publish(msg, routing_key=queue)
+        end = time.perf_counter()
+        await ch.queue_delete(queue)
+    return Row("aio-pika raw publish, sequential confirms", n, end - start, "persistent, confirmed")
+
+
+async def bus_publish(url: str, n: int) -> Row:
+    queue = f"bench.buspub.{uuid.uuid4().hex[:8]}"
+    bus = Bus.from_url(url, service="bench")
+    async with bus:
+        await bus.send(queue, payload(-1))  # declares the queue, as the raw run declares it first
+        start = time.perf_counter()
+        for i in range(n):
+            await bus.send(queue, payload(i))
+        end = time.perf_counter()
+    await delete(url, queue)
+    return Row("messagebus send, sequential", n, end - start, "persistent, confirmed")
+
+
+async def raw_publish_many(url: str, n: int, batch: int = 1000) -> Row:
+    queue = f"bench.rawmany.{uuid.uuid4().hex[:8]}"
+    conn = await aio_pika.connect(url)
+    async with conn:
+        ch = await conn.channel(publisher_confirms=True)
+        await ch.declare_queue(queue, durable=True)
+        ex = ch.default_exchange
+        start = time.perf_counter()
+        for s in range(0, n, batch):
+            await asyncio.gather(
+                *(
+                    ex.publish(
+                        aio_pika.Message(
+                            json.dumps(payload(i)).encode(),
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                            content_type="application/json",
+                        ),
+                        routing_key=queue,
+                    )
+                    for i in range(s, min(s + batch, n))
+                )
+            )
+        end = time.perf_counter()
+        await ch.queue_delete(queue)
+    return Row(f"aio-pika raw publish, gathered confirms (batches of {batch:,})", n, end - start, "persistent")
+
+
+async def bus_publish_many(url: str, n: int, batch: int = 1000) -> Row:
+    queue = f"bench.busmany.{uuid.uuid4().hex[:8]}"
+    bus = Bus.from_url(url, service="bench")
+    async with bus:
+        await bus.send(queue, payload(-1))
+        start = time.perf_counter()
+        for s in range(0, n, batch):
+            await bus.send_many(queue, [payload(i) for i in range(s, min(s + batch, n))])
+        end = time.perf_counter()
+    await delete(url, queue)
+    return Row(f"messagebus send_many (batches of {batch:,})", n, end - start, "persistent, confirmed")
+
+
+def ratio(a: Row, b: Row) -> str:
+    return f"{a.rate / b.rate * 100:.0f}%"
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run of a few seconds")
+    parser.add_argument("--url", default=DEFAULT_URL)
+    parser.add_argument("--faststream-python", help="python of a virtualenv with faststream[rabbit] installed")
+    parser.add_argument("--only", choices=["consume", "publish", "many"], help="run one workload (profiling)")
+    args = parser.parse_args()
+    url = args.url
+    n_consume, n_publish, n_many = (2_000, 300, 2_000) if args.quick else (30_000, 5_000, 30_000)
+
+    consume: list[Row] = []
+    publish: list[Row] = []
+    many: list[Row] = []
+    if args.only in (None, "consume"):
+        consume.append(await raw_consume(url, n_consume))
+        consume.append(await bus_consume(url, n_consume, 1))
+        consume.append(await bus_consume(url, n_consume, 100))
+        if args.faststream_python:
+            row = await faststream_consume(url, n_consume, args.faststream_python)
+            if row is not None:
+                consume.append(row)
+    if args.only in (None, "publish"):
+        publish.append(await raw_publish(url, n_publish))
+        publish.append(await bus_publish(url, n_publish))
+    if args.only in (None, "many"):
+        many.append(await raw_publish_many(url, n_many))
+        many.append(await bus_publish_many(url, n_many))
+
+    parts = [
+        "## RabbitMQ (messagebus-rabbitmq vs aio-pika)",
+        "",
+        f"Machine: {machine()}",
+        "",
+        f"Versions: {versions('messagebus-sdk', 'messagebus-rabbitmq', 'aio-pika', 'aiormq')}, RabbitMQ on {url.split('@')[-1]}",
+        "",
+        f"Command: `python -m benchmarks.bench_rabbitmq{' --quick' if args.quick else ''}`"
+        + (" (+ FastStream in its own venv)" if args.faststream_python else ""),
+        "",
+    ]
+    summary = []
+    if consume:
+        parts += ["### consume", "", table(consume, consume[0].name), ""]
+        summary.append(f"- consume: messagebus {ratio(consume[1], consume[0])} of raw aio-pika (target >= 90%)")
+    if publish:
+        parts += ["### sequential confirmed publish", "", table(publish, publish[0].name), ""]
+        summary.append(f"- sequential publish: messagebus {ratio(publish[1], publish[0])} of raw (target >= 95%)")
+    if many:
+        parts += ["### pipelined publish", "", table(many, many[0].name), ""]
+        summary.append(f"- publish_many: messagebus {ratio(many[1], many[0])} of raw gathered confirms (target >= 90%)")
+    parts += ["### ratios", "", *summary, ""]
+    write("rabbitmq-quick" if args.quick else "rabbitmq", "\n".join(parts))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
