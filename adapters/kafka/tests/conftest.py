@@ -16,8 +16,8 @@ from messagebus.testing import free_port, missing_broker, wait_for_port
 
 #: Test-friendly consumer timings: Tansu needs ~3 s per group join; keep the rest short.
 TEST_OPTIONS = (
-    "idempotence=false&session_timeout_ms=6000&heartbeat_interval_ms=300"
-    "&rebalance_timeout_ms=6000&connect_timeout=10&request_timeout_ms=10000"
+    "idempotence=false&session_timeout_ms=3000&heartbeat_interval_ms=300"
+    "&rebalance_timeout_ms=2000&connect_timeout=10&request_timeout_ms=10000"
 )
 
 

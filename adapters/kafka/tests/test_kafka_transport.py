@@ -80,8 +80,9 @@ async def test_topic_round_trip_with_headers_key_and_attributes(transport: Kafka
     assert ("ce_id", b"one") in d.raw.headers  # CloudEvents Kafka binding on the wire
     attrs = d.messaging_attributes
     assert attrs["messaging.kafka.message.key"] == "k1"
-    assert attrs["messaging.consumer.group.name"] == f"{unique}.g1"
+    assert attrs["messaging.kafka.consumer.group"] == f"{unique}.g1"
     assert attrs["messaging.kafka.offset"] == d.raw.offset
+    assert attrs["messaging.destination.partition.id"] == str(d.raw.partition)
     await consumer.stop(5)
 
 

@@ -16,7 +16,9 @@ def delivery_attributes(record: Any, group_id: str) -> dict[str, AttributeValue]
     attrs: dict[str, AttributeValue] = {
         "messaging.kafka.offset": record.offset,
         "messaging.destination.partition.id": str(record.partition),
-        "messaging.consumer.group.name": group_id,
+        # The Kafka group id (``<topic>.<group>``); the bus sets messaging.consumer.group.name
+        # to the logical group itself.
+        "messaging.kafka.consumer.group": group_id,
         "messaging.kafka.destination.topic": record.topic,
     }
     if record.key is not None:
