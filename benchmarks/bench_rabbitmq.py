@@ -21,10 +21,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
@@ -123,9 +125,9 @@ async def bus_consume(url: str, n: int, concurrency: int) -> Row:
 FASTSTREAM_SCRIPT = r"""
 import asyncio, json, sys, time
 from faststream import FastStream
-from faststream.rabbit import RabbitBroker, RabbitQueue
+from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 url, queue, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-broker = RabbitBroker(url, max_consumers=100)
+broker = RabbitBroker(url, default_channel=Channel(prefetch_count=100), logger=None)
 state = {"n": 0, "first": 0.0, "last": 0.0}
 done = asyncio.Event()
 
@@ -142,7 +144,8 @@ async def main():
     async with broker:
         await broker.start()
         await asyncio.wait_for(done.wait(), 600)
-    print(json.dumps({"seconds": state["last"] - state["first"]}))
+    import importlib.metadata as md
+    print(json.dumps({"seconds": state["last"] - state["first"], "version": md.version("faststream")}))
 
 asyncio.run(main())
 """
@@ -166,13 +169,8 @@ async def faststream_consume(url: str, n: int, python: str) -> Row | None:
         if proc.returncode != 0:
             print(f"FastStream run failed: {err.decode(errors='replace')[-2000:]}", file=sys.stderr)
             return None
-        seconds = json.loads(out.decode().strip().splitlines()[-1])["seconds"]
-        version = subprocess.run(
-            [python, "-c", "import importlib.metadata as m; print(m.version('faststream'))"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
+        result = json.loads(out.decode().strip().splitlines()[-1])
+        seconds, version = result["seconds"], result["version"]
     finally:
         await delete(url, queue)
     return Row(f"FastStream {version} consume (prefetch 100)", n, seconds, "decode + handler + ack")
@@ -257,49 +255,86 @@ def ratio(a: Row, b: Row) -> str:
     return f"{a.rate / b.rate * 100:.0f}%"
 
 
+Runner = Callable[[], Awaitable[Row]]
+
+
+async def rounds(contenders: list[Runner], count: int) -> list[Row]:
+    """Run every contender ``count`` times, interleaved (the starting one rotates each round, so
+    a noisy neighbour hits everyone alike); report each one's median rate with its range."""
+    results: list[list[Row]] = [[] for _ in contenders]
+    for r in range(count):
+        for k in range(len(contenders)):
+            i = (k + r) % len(contenders)
+            results[i].append(await contenders[i]())
+    out = []
+    for rows in results:
+        rates = sorted(row.rate for row in rows)
+        median = statistics.median(rates)
+        first = rows[0]
+        note = first.note
+        if count > 1:
+            note += f"; median of {count} rounds, range {rates[0]:,.0f}-{rates[-1]:,.0f} msg/s"
+        out.append(Row(first.name, first.messages, first.messages / median, note))
+    return out
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run of a few seconds")
+    parser.add_argument("--quick", action="store_true", help="small counts, one round: a smoke run of a few seconds")
     parser.add_argument("--url", default=DEFAULT_URL)
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per workload (default 5, quick 1)")
     parser.add_argument("--faststream-python", help="python of a virtualenv with faststream[rabbit] installed")
     parser.add_argument("--only", choices=["consume", "publish", "many"], help="run one workload (profiling)")
     args = parser.parse_args()
     url = args.url
-    n_consume, n_publish, n_many = (2_000, 300, 2_000) if args.quick else (30_000, 5_000, 30_000)
+    n_consume, n_publish, n_many = (2_000, 300, 2_000) if args.quick else (20_000, 2_000, 20_000)
+    count = args.rounds or (1 if args.quick else 5)
 
     consume: list[Row] = []
     publish: list[Row] = []
     many: list[Row] = []
     if args.only in (None, "consume"):
-        consume.append(await raw_consume(url, n_consume))
-        consume.append(await bus_consume(url, n_consume, 1))
-        consume.append(await bus_consume(url, n_consume, 100))
-        if args.faststream_python:
-            row = await faststream_consume(url, n_consume, args.faststream_python)
-            if row is not None:
-                consume.append(row)
-    if args.only in (None, "publish"):
-        publish.append(await raw_publish(url, n_publish))
-        publish.append(await bus_publish(url, n_publish))
-    if args.only in (None, "many"):
-        many.append(await raw_publish_many(url, n_many))
-        many.append(await bus_publish_many(url, n_many))
+        contenders: list[Runner] = [
+            lambda: raw_consume(url, n_consume),
+            lambda: bus_consume(url, n_consume, 1),
+            lambda: bus_consume(url, n_consume, 100),
+        ]
+        fs = args.faststream_python
+        if fs:
 
+            async def fs_run() -> Row:
+                row = await faststream_consume(url, n_consume, fs)
+                if row is None:
+                    raise SystemExit("FastStream run failed")
+                return row
+
+            contenders.append(fs_run)
+        consume = await rounds(contenders, count)
+    if args.only in (None, "publish"):
+        publish = await rounds([lambda: raw_publish(url, n_publish), lambda: bus_publish(url, n_publish)], count)
+    if args.only in (None, "many"):
+        many = await rounds([lambda: raw_publish_many(url, n_many), lambda: bus_publish_many(url, n_many)], count)
+
+    command = "python -m benchmarks.bench_rabbitmq" + (" --quick" if args.quick else "")
+    if args.faststream_python:
+        command += " --faststream-python <venv with faststream[rabbit]>/bin/python"
     parts = [
         "## RabbitMQ (messagebus-rabbitmq vs aio-pika)",
         "",
         f"Machine: {machine()}",
         "",
-        f"Versions: {versions('messagebus-sdk', 'messagebus-rabbitmq', 'aio-pika', 'aiormq')}, RabbitMQ on {url.split('@')[-1]}",
+        f"Versions: {versions('messagebus-sdk', 'messagebus-rabbitmq', 'aio-pika', 'aiormq')}; "
+        f"RabbitMQ at {url.split('@')[-1]}",
         "",
-        f"Command: `python -m benchmarks.bench_rabbitmq{' --quick' if args.quick else ''}`"
-        + (" (+ FastStream in its own venv)" if args.faststream_python else ""),
+        f"Command: `{command}`",
         "",
     ]
     summary = []
     if consume:
         parts += ["### consume", "", table(consume, consume[0].name), ""]
-        summary.append(f"- consume: messagebus {ratio(consume[1], consume[0])} of raw aio-pika (target >= 90%)")
+        summary.append(
+            f"- consume: messagebus {ratio(consume[1], consume[0])} of the raw aio-pika loop (target >= 90%)"
+        )
     if publish:
         parts += ["### sequential confirmed publish", "", table(publish, publish[0].name), ""]
         summary.append(f"- sequential publish: messagebus {ratio(publish[1], publish[0])} of raw (target >= 95%)")

@@ -7,6 +7,7 @@ it is installed but stopped. Without a broker the tests skip (or fail when CI is
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -84,6 +85,20 @@ class Admin:
         ok = await ch.queue_declare(queue, passive=True)
         await ch.close()
         return ok.message_count or 0, ok.consumer_count or 0
+
+    async def wait_consumers(self, queues: dict[str, int], timeout: float = 20.0) -> None:
+        """Wait until each queue exists with the expected consumer count. Polls the broker
+        (its state has no push notification); fails after ``timeout`` seconds."""
+        counts: dict[str, int | None] = {}
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    counts = {q: (await self.queue_info(q))[1] if await self.queue_exists(q) else None for q in queues}
+                    if counts == queues:
+                        return
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise AssertionError(f"consumer counts {counts} never reached {queues} within {timeout}s") from None
 
     async def exchange_exists(self, exchange: str) -> bool:
         """True when ``exchange`` exists (passive declare)."""

@@ -24,16 +24,6 @@ def proxied(url: str, proxy: TcpProxy) -> RabbitMQTransport:
     return RabbitMQTransport.from_url(parsed.with_hosts(((proxy.host, proxy.port),)))
 
 
-async def wait_consumers(admin, queues: dict[str, int], timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    """Wait until each queue has the expected consumer count (polls the broker)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            counts = {q: (await admin.queue_info(q))[1] for q in queues}
-            if counts == queues:
-                return
-            await asyncio.sleep(0.05)  # polling the broker's state, not waiting on our own code
-
-
 async def test_every_consumer_is_restored_after_repeated_cuts(rabbitmq_url: str, name: str, admin) -> None:
     qa, qb = f"{name}.a", f"{name}.work"
     admin.cleanup_later(queues=(qa, qb), exchanges=(name,))
@@ -45,14 +35,14 @@ async def test_every_consumer_is_restored_after_repeated_cuts(rabbitmq_url: str,
             sub_inbox, work_inbox = Inbox(), Inbox()
             await t.subscribe(group(name, "a"), sub_inbox, concurrency=4)
             await t.subscribe(queue(f"{name}.work"), work_inbox, concurrency=2)
-            await wait_consumers(admin, {qa: 1, qb: 1})
+            await admin.wait_consumers({qa: 1, qb: 1})
             n = 0
             for _cut in range(3):
                 proxy.cut()
                 # Publishing right after the cut waits for the reconnect instead of failing.
                 await t.publish([message(topic(name), n), message(queue(f"{name}.work"), n)])
                 n += 1
-                await wait_consumers(admin, {qa: 1, qb: 1})
+                await admin.wait_consumers({qa: 1, qb: 1})
             await sub_inbox.wait_numbers(set(range(n)))
             await work_inbox.wait_numbers(set(range(n)))
             assert proxy.connections_total >= 4
@@ -77,7 +67,7 @@ async def test_refused_broker_then_back_resumes_publish_and_consume(rabbitmq_url
             proxy.accept()
             await asyncio.wait_for(publishing, 30)
             await inbox.wait_numbers(set(range(20)))
-            await wait_consumers(admin, {name: 1})
+            await admin.wait_consumers({name: 1})
         finally:
             await t.close()
 
