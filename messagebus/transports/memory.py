@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from .._clock import Clock, SystemClock
 from .._config import TransportOptions, TransportURL, parse_options
@@ -50,37 +50,28 @@ class _Stored:
     attempt: int = 1
 
 
-@dataclass(eq=False, slots=True)
+_NO_ATTRIBUTES: Mapping[str, AttributeValue] = {}
+
+
 class _MemDelivery:
-    """A delivery from the memory broker; ``raw`` is the broker's stored message."""
+    """A delivery from the memory broker; ``raw`` is the broker's stored message.
 
-    stored: _Stored
-    consumer: _MemConsumer
-    settled: bool = False
+    Plain attributes rather than properties: this object is made once per delivery on the
+    hot path, and reading fields is what the bus does with it.
+    """
 
-    @property
-    def body(self) -> bytes:
-        return self.stored.body
+    __slots__ = ("attempt", "body", "consumer", "headers", "key", "raw", "settled")
 
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self.stored.headers
+    messaging_attributes = _NO_ATTRIBUTES
 
-    @property
-    def key(self) -> str | None:
-        return self.stored.key
-
-    @property
-    def attempt(self) -> int:
-        return self.stored.attempt
-
-    @property
-    def raw(self) -> Any:
-        return self.stored
-
-    @property
-    def messaging_attributes(self) -> Mapping[str, AttributeValue]:
-        return {}
+    def __init__(self, stored: _Stored, consumer: _MemConsumer) -> None:
+        self.raw = stored
+        self.body = stored.body
+        self.headers = stored.headers
+        self.key = stored.key
+        self.attempt = stored.attempt
+        self.consumer = consumer
+        self.settled = False
 
     async def ack(self) -> None:
         """Forget the message. Idempotent."""
@@ -93,7 +84,7 @@ class _MemDelivery:
         if self.settled:
             return
         self.settled = True
-        old = self.stored
+        old: _Stored = self.raw
         again = _Stored(old.body, {**old.headers, **headers} if headers else old.headers, old.key, old.attempt + 1)
         queue = self.consumer.queue
         queue.broker.schedule(queue, again, delay)
@@ -123,6 +114,12 @@ class _MemQueue:
     def _offer(self, stored: _Stored) -> bool:
         consumers = self.consumers
         n = len(consumers)
+        if n == 1:
+            consumer = consumers[0]
+            if consumer.credit > 0:
+                consumer.dispatch(stored)
+                return True
+            return False
         for i in range(n):
             consumer = consumers[(self.rr + i) % n]
             if consumer.credit > 0:
@@ -134,6 +131,11 @@ class _MemQueue:
     def pump(self) -> None:
         """Hand ready messages to consumers with credit. Broker lock held."""
         ready = self.ready
+        if len(self.consumers) == 1:
+            consumer = self.consumers[0]
+            while ready and consumer.credit > 0:
+                consumer.dispatch(ready.popleft())
+            return
         while ready and self._offer(ready[0]):
             ready.popleft()
 
@@ -182,7 +184,7 @@ class _MemConsumer:
                 self.queue.unacked -= 1
             # Unsettled messages return to the head of the queue, in order, as redeliveries.
             for d in reversed(back):
-                s = d.stored
+                s = d.raw
                 self.queue.ready.appendleft(_Stored(s.body, s.headers, s.key, s.attempt + 1))
             self.queue.pump()
 
