@@ -20,7 +20,7 @@ Instruments (OpenTelemetry messaging semantic conventions):
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import opentelemetry.metrics as _metrics_api
 import opentelemetry.metrics._internal as _metrics_internal
@@ -146,11 +146,16 @@ def metrics_publish_middleware(messaging_system: str, gate: MeterGate | None = N
     by_destination: dict[str, dict[str, AttributeValue]] = {}
 
     def middleware(inner: PublishFn) -> PublishFn:
-        async def publish(messages: Sequence[OutgoingMessage]) -> None:
+        def publish(messages: Sequence[OutgoingMessage]) -> Awaitable[None]:
+            # No SDK: hand back the inner call itself, so not even a coroutine frame is added.
+            if _HAS_GLOBAL and _metrics_internal._METER_PROVIDER is None:
+                return inner(messages)
             instruments = gate.instruments()
             if instruments is None or not messages:
-                await inner(messages)
-                return
+                return inner(messages)
+            return measured(messages, instruments)
+
+        async def measured(messages: Sequence[OutgoingMessage], instruments: MessagingInstruments) -> None:
             name = messages[0].destination.name
             attributes = by_destination.get(name)
             if attributes is None:
@@ -184,11 +189,16 @@ def metrics_middleware(messaging_system: str | None = None, gate: MeterGate | No
     by_source: dict[tuple[str, str | None], dict[str, AttributeValue]] = {}
 
     def middleware(handler: Handler) -> Handler:
-        async def measured(envelope: Envelope) -> None:
+        def entry(envelope: Envelope) -> Awaitable[None]:
+            # No SDK: hand back the inner call itself, so not even a coroutine frame is added.
+            if _HAS_GLOBAL and _metrics_internal._METER_PROVIDER is None:
+                return handler(envelope)
             instruments = gate.instruments()
             if instruments is None:
-                await handler(envelope)
-                return
+                return handler(envelope)
+            return measured(envelope, instruments)
+
+        async def measured(envelope: Envelope, instruments: MessagingInstruments) -> None:
             source = (envelope.destination, envelope.group)
             attributes = by_source.get(source)
             if attributes is None:
@@ -214,6 +224,6 @@ def metrics_middleware(messaging_system: str | None = None, gate: MeterGate | No
                 raise
             instruments.process_duration.record(time.perf_counter() - start, attributes)
 
-        return measured
+        return entry
 
     return middleware

@@ -26,7 +26,7 @@ Attributes follow the OpenTelemetry messaging semantic conventions (v1.27+):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 
 import opentelemetry.trace as _trace_api
 from opentelemetry import context as otel_context
@@ -143,11 +143,16 @@ def tracing_publish_middleware(
         common[SERVICE] = service
 
     def middleware(inner: PublishFn) -> PublishFn:
-        async def publish(messages: Sequence[OutgoingMessage]) -> None:
+        def publish(messages: Sequence[OutgoingMessage]) -> Awaitable[None]:
+            # No SDK: hand back the inner call itself, so not even a coroutine frame is added.
+            if _HAS_GLOBAL and _trace_api._TRACER_PROVIDER is None:
+                return inner(messages)
             tracer = gate.tracer()
             if tracer is None or not messages:
-                await inner(messages)
-                return
+                return inner(messages)
+            return traced(messages, tracer)
+
+        async def traced(messages: Sequence[OutgoingMessage], tracer: Tracer) -> None:
             first = messages[0]
             name = first.destination.name
             attributes: dict[str, AttributeValue] = {
@@ -264,11 +269,16 @@ def tracing_middleware(
     gate = gate or TracerGate()
 
     def middleware(handler: Handler) -> Handler:
-        async def traced(envelope: Envelope) -> None:
+        def entry(envelope: Envelope) -> Awaitable[None]:
+            # No SDK: hand back the inner call itself, so not even a coroutine frame is added.
+            if _HAS_GLOBAL and _trace_api._TRACER_PROVIDER is None:
+                return handler(envelope)
             tracer = gate.tracer()
             if tracer is None:
-                await handler(envelope)
-                return
+                return handler(envelope)
+            return traced(envelope, tracer)
+
+        async def traced(envelope: Envelope, tracer: Tracer) -> None:
             parent = propagate.extract(envelope.wire_headers)
             span = tracer.start_span(
                 f"process {envelope.destination}",
@@ -297,6 +307,6 @@ def tracing_middleware(
                 if not deferred:
                     span.end()
 
-        return traced
+        return entry
 
     return middleware
