@@ -41,7 +41,7 @@ def default_consume_middleware(bus: Bus) -> tuple[Middleware, ...]:
     from .middleware.tracing import tracing_middleware
 
     system = bus.transport.messaging_system
-    return (tracing_middleware(system, service=bus.service), metrics_middleware(system))
+    return (tracing_middleware(system, service=bus.service, server=_server(bus)), metrics_middleware(system))
 
 
 def default_publish_middleware(bus: Bus) -> tuple[PublishMiddleware, ...]:
@@ -54,4 +54,16 @@ def default_publish_middleware(bus: Bus) -> tuple[PublishMiddleware, ...]:
     from .middleware.tracing import tracing_publish_middleware
 
     system = bus.transport.messaging_system
-    return (tracing_publish_middleware(system, service=bus.service), metrics_publish_middleware(system))
+    return (
+        tracing_publish_middleware(system, service=bus.service, server=_server(bus)),
+        metrics_publish_middleware(system),
+    )
+
+
+def _server(bus: Bus) -> tuple[str, int | None] | None:
+    """The first broker host and port of the bus's URL (``server.address``/``server.port``);
+    none for the in-process memory transport."""
+    url = bus.url
+    if url is None or not url.hosts or bus.transport.messaging_system == "memory":
+        return None
+    return url.hosts[0]

@@ -414,3 +414,28 @@ def test_telemetry_env_var_turns_the_default_middleware_off(monkeypatch: pytest.
     monkeypatch.setenv("MESSAGEBUS_TELEMETRY", "off")
     assert default_consume_middleware(bus) == ()
     assert default_publish_middleware(bus) == ()
+
+
+async def test_system_specific_key_and_server_attributes(telemetry: TelemetryCapture) -> None:
+    from messagebus import Destination, DestinationKind, OutgoingMessage
+
+    async def handler(envelope: Envelope) -> None:
+        return None
+
+    async def sent(messages: Any) -> None:
+        return None
+
+    envelope = Envelope(b"{}", {"ce-id": "m"}, "payments", "ledger", key="acct-1", messaging_system="gcp_pubsub")
+    await tracing_middleware(server=("pubsub.local", 8085))(handler)(envelope)
+    message = OutgoingMessage(Destination(DestinationKind.TOPIC, "payments"), b"{}", {"ce-id": "m"}, key="acct-1")
+    await tracing_publish_middleware("gcp_pubsub", server=("pubsub.local", None))(sent)([message])
+
+    process = attrs(one(telemetry.spans(), "process payments"))
+    send = attrs(one(telemetry.spans(), "send payments"))
+    for a in (process, send):
+        assert a["messaging.system"] == "gcp_pubsub"
+        assert a["messaging.gcp_pubsub.message.ordering_key"] == "acct-1"
+        assert a["server.address"] == "pubsub.local"
+        assert "messaging.kafka.message.key" not in a
+    assert process["server.port"] == 8085
+    assert "server.port" not in send

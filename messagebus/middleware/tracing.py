@@ -20,7 +20,8 @@ Attributes follow the OpenTelemetry messaging semantic conventions (v1.27+):
 ``messaging.system``, ``messaging.destination.name``, ``messaging.operation.type``,
 ``messaging.operation.name``, ``messaging.consumer.group.name``, ``messaging.message.id``,
 ``messaging.message.body.size``, ``messaging.batch.message_count``,
-``messaging.kafka.message.key`` (Kafka), plus each transport's own
+``messaging.kafka.message.key`` (Kafka), ``messaging.gcp_pubsub.message.ordering_key``
+(Pub/Sub), ``server.address``/``server.port`` (when known), plus each transport's own
 (:attr:`Envelope.messaging_attributes`) and ``messagebus.delivery.attempt``.
 """
 
@@ -63,6 +64,12 @@ MESSAGE_ID = "messaging.message.id"
 BODY_SIZE = "messaging.message.body.size"
 BATCH_COUNT = "messaging.batch.message_count"
 KAFKA_KEY = "messaging.kafka.message.key"
+PUBSUB_ORDERING_KEY = "messaging.gcp_pubsub.message.ordering_key"
+SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
+
+#: Where each system's semantic conventions put the message key.
+KEY_ATTRIBUTES = {"kafka": KAFKA_KEY, "gcp_pubsub": PUBSUB_ORDERING_KEY}
 ERROR_TYPE = "error.type"
 ATTEMPT = "messagebus.delivery.attempt"
 RETRY_DELAY = "messagebus.retry.delay"
@@ -128,17 +135,31 @@ def _inject(message: OutgoingMessage) -> None:
         propagate.inject(message.headers)
 
 
+def _server(server: tuple[str, int | None] | None) -> dict[str, AttributeValue]:
+    if not server or not server[0]:
+        return {}
+    out: dict[str, AttributeValue] = {SERVER_ADDRESS: server[0]}
+    if server[1] is not None:
+        out[SERVER_PORT] = server[1]
+    return out
+
+
 def tracing_publish_middleware(
-    messaging_system: str, *, service: str | None = None, gate: TracerGate | None = None
+    messaging_system: str,
+    *,
+    service: str | None = None,
+    server: tuple[str, int | None] | None = None,
+    gate: TracerGate | None = None,
 ) -> PublishMiddleware:
     """Publish middleware: a ``send`` PRODUCER span per publish call (plus a ``create`` span
     per message of a batch, linked from the ``send`` span) and the trace context injected
     into each message's headers. ``messaging_system`` is the transport's
     ``messaging.system`` value; ``service``, if given, is put on every span as
-    ``messagebus.service``. Errors of the inner publish are recorded and re-raised."""
+    ``messagebus.service``, and ``server`` (host, port) as ``server.address``/``server.port``.
+    Errors of the inner publish are recorded and re-raised."""
     gate = gate or TracerGate()
-    kafka = messaging_system == "kafka"
-    common: dict[str, AttributeValue] = {SYSTEM: messaging_system}
+    key_attribute = KEY_ATTRIBUTES.get(messaging_system)
+    common: dict[str, AttributeValue] = {SYSTEM: messaging_system, **_server(server)}
     if service:
         common[SERVICE] = service
 
@@ -166,8 +187,8 @@ def tracing_publish_middleware(
                 if first.id:
                     attributes[MESSAGE_ID] = first.id
                 attributes[BODY_SIZE] = len(first.body)
-                if kafka and first.key is not None:
-                    attributes[KAFKA_KEY] = first.key
+                if key_attribute and first.key is not None:
+                    attributes[key_attribute] = first.key
             else:
                 attributes[BATCH_COUNT] = len(messages)
                 for message in messages:
@@ -180,8 +201,8 @@ def tracing_publish_middleware(
                     }
                     if message.id:
                         create[MESSAGE_ID] = message.id
-                    if kafka and message.key is not None:
-                        create[KAFKA_KEY] = message.key
+                    if key_attribute and message.key is not None:
+                        create[key_attribute] = message.key
                     span = tracer.start_span(f"create {name}", kind=SpanKind.PRODUCER, attributes=create)
                     if _TRACEPARENT not in message.headers:
                         propagate.inject(message.headers, context=_trace_api.set_span_in_context(span))
@@ -231,7 +252,8 @@ def process_attributes(
 ) -> dict[str, AttributeValue]:
     """The semantic-convention attributes of the ``process`` span of ``envelope``: system,
     destination, operation, group, message id, body size, Kafka key, the delivery attempt,
-    ``messagebus.service`` if given and the transport's :attr:`Envelope.messaging_attributes`."""
+    ``messagebus.service`` if given and the transport's :attr:`Envelope.messaging_attributes`
+    (which win over the defaults)."""
     system = messaging_system or envelope.messaging_system
     attributes: dict[str, AttributeValue] = {
         SYSTEM: system,
@@ -248,8 +270,10 @@ def process_attributes(
     message_id = envelope.id
     if message_id:
         attributes[MESSAGE_ID] = message_id
-    if system == "kafka" and envelope.key is not None:
-        attributes[KAFKA_KEY] = envelope.key
+    if envelope.key is not None:
+        key_attribute = KEY_ATTRIBUTES.get(system)
+        if key_attribute:
+            attributes[key_attribute] = envelope.key
     extra: Mapping[str, AttributeValue] = envelope.messaging_attributes
     if extra:
         attributes.update(extra)
@@ -257,7 +281,11 @@ def process_attributes(
 
 
 def tracing_middleware(
-    messaging_system: str | None = None, *, service: str | None = None, gate: TracerGate | None = None
+    messaging_system: str | None = None,
+    *,
+    service: str | None = None,
+    server: tuple[str, int | None] | None = None,
+    gate: TracerGate | None = None,
 ) -> Middleware:
     """Consume middleware: a ``process <destination>`` CONSUMER span per delivery, the child
     of the trace context in the message headers and current while the rest of the chain and
@@ -265,8 +293,10 @@ def tracing_middleware(
     ``error.type`` and the ERROR status (a :class:`~messagebus.Nack` is not an error) and are
     re-raised; the settle outcome is added as an event and the span ends after settling.
     ``messaging_system`` defaults to :attr:`Envelope.messaging_system`; ``service``, if
-    given, is put on the span as ``messagebus.service``."""
+    given, is put on the span as ``messagebus.service``, and ``server`` (host, port) as
+    ``server.address``/``server.port``."""
     gate = gate or TracerGate()
+    where = _server(server)
 
     def middleware(handler: Handler) -> Handler:
         def entry(envelope: Envelope) -> Awaitable[None]:
@@ -280,11 +310,11 @@ def tracing_middleware(
 
         async def traced(envelope: Envelope, tracer: Tracer) -> None:
             parent = propagate.extract(envelope.wire_headers)
+            attributes = process_attributes(envelope, messaging_system, service)
+            if where:
+                attributes = {**where, **attributes}
             span = tracer.start_span(
-                f"process {envelope.destination}",
-                context=parent,
-                kind=SpanKind.CONSUMER,
-                attributes=process_attributes(envelope, messaging_system, service),
+                f"process {envelope.destination}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
             )
             token = otel_context.attach(_trace_api.set_span_in_context(span, parent))
             deferred = False
