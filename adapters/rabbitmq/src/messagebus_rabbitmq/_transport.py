@@ -22,7 +22,15 @@ import aiormq.exceptions
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
-from messagebus import ConnectError, ConsumeError, LifecycleError, MessageTooLarge, PublishError, TopologyError
+from messagebus import (
+    ConnectError,
+    ConsumeError,
+    LifecycleError,
+    MessageBusError,
+    MessageTooLarge,
+    PublishError,
+    TopologyError,
+)
 from messagebus.transports import (
     AttributeValue,
     Capabilities,
@@ -59,7 +67,9 @@ _RETRYABLE = (
     TimeoutError,
     RuntimeError,  # aio-pika/aiormq raise it for "connection closed" states
 )
-_MAX_PUBLISH_ROUNDS = 10
+# Seconds allowed for closing a channel/connection or cancelling a consumer: a stalled
+# network must not hang stop() or close().
+_CLOSE_TIMEOUT = 5.0
 
 
 class _Out:
@@ -239,7 +249,7 @@ class RabbitMQTransport:
         old = self._conn
         if old is not None:
             with contextlib.suppress(Exception):
-                await old.close()
+                await asyncio.wait_for(old.close(), _CLOSE_TIMEOUT)
         while not self._closed:
             try:
                 conn = await self._open_once()
@@ -291,16 +301,17 @@ class RabbitMQTransport:
             self._supervisor.cancel()
             with contextlib.suppress(BaseException):
                 await self._supervisor
-        await self._topology.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._topology.close(), _CLOSE_TIMEOUT)
         pub, self._pub = self._pub, None
         if pub is not None and not pub.is_closed:
             with contextlib.suppress(Exception):
-                await pub.close()
+                await asyncio.wait_for(pub.close(), _CLOSE_TIMEOUT)
         conn, self._conn = self._conn, None
         self._raw = None
         if conn is not None:
             with contextlib.suppress(Exception):
-                await conn.close()
+                await asyncio.wait_for(conn.close(), _CLOSE_TIMEOUT)
 
     # -- publishing ---------------------------------------------------------------------------
 
@@ -370,7 +381,7 @@ class RabbitMQTransport:
         deadline = loop.time() + timeout
         total = len(pending)
         last: BaseException | None = None
-        for _ in range(_MAX_PUBLISH_ROUNDS):
+        while True:
             remaining = deadline - loop.time()
             try:
                 if remaining <= 0:
@@ -586,7 +597,9 @@ class RabbitMQDelivery:
             )
         try:
             await self._consumer.transport._republish(self._consumer, self, delay, headers)
-        except (TimeoutError, PublishError, TopologyError, LifecycleError) as exc:
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
             raise ConsumeError(
                 f"cannot schedule a retry for a message from queue {self._consumer.queue!r}: {exc}"
             ) from exc
@@ -631,11 +644,30 @@ class RabbitMQConsumer:
         return ch is not None and not ch.is_closed and self._tag is not None
 
     async def start(self) -> None:
-        """Declare the queue and start consuming (called by ``subscribe``)."""
-        raw = await self.transport._wait_ready(self.transport.options.connect_timeout)
+        """Declare the queue and start consuming (called by ``subscribe``).
+
+        A connection lost meanwhile is waited out (up to ``connect_timeout``); raises
+        :class:`TopologyError` for a conflicting declaration, :class:`ConnectError` when the
+        broker stays unreachable."""
+        transport = self.transport
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + transport.options.connect_timeout
         self._pool.start()
         try:
-            await self._open(raw)
+            while True:
+                try:
+                    raw = await transport._wait_ready(max(deadline - loop.time(), 0.001))
+                    await self._open(raw)
+                    return
+                except (MessageBusError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    if loop.time() >= deadline:
+                        raise ConnectError(
+                            f"cannot start consuming queue {self.queue!r} on RabbitMQ at "
+                            f"{transport.url.render()}: {exc or type(exc).__name__}"
+                        ) from exc
+                    await asyncio.sleep(0.05)
         except BaseException:
             self._stopped = True
             await self._pool.stop(0)
@@ -718,12 +750,12 @@ class RabbitMQConsumer:
         channel, tag = self._channel, self._tag
         if channel is not None and tag is not None and not channel.is_closed:
             with contextlib.suppress(Exception):
-                await channel.basic_cancel(tag)
+                await asyncio.wait_for(channel.basic_cancel(tag), _CLOSE_TIMEOUT)
         unhandled = await self._pool.stop(grace)
         for delivery in unhandled:
             if isinstance(delivery, RabbitMQDelivery):
                 await delivery._requeue()
         if channel is not None and not channel.is_closed:
             with contextlib.suppress(Exception):
-                await channel.close()
+                await asyncio.wait_for(channel.close(), _CLOSE_TIMEOUT)
         self.transport._consumers.discard(self)
