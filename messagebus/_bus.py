@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from collections.abc import Callable, Iterable, Sequence
@@ -27,6 +28,8 @@ from ._transport import Consumer, Transport
 from .middleware.retry import Retry
 
 __all__ = ["Bus", "BusState"]
+
+logger = logging.getLogger("messagebus")
 
 H = TypeVar("H", bound=UserHandler)
 
@@ -247,9 +250,8 @@ class Bus:
 
     async def run(self, *, grace: float = 30.0) -> None:
         """Start (unless already running), run until SIGINT or SIGTERM (or cancellation), then
-        stop gracefully with ``grace``. Raises :class:`LifecycleError` on a stopped bus."""
-        if self._state is not BusState.RUNNING:
-            await self.start()
+        stop gracefully with ``grace``. Logs one INFO record once it is running. Raises
+        :class:`LifecycleError` on a stopped bus."""
         loop = asyncio.get_running_loop()
         stopped = asyncio.Event()
         installed = []
@@ -260,6 +262,9 @@ class Bus:
             except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
                 pass
         try:
+            if self._state is not BusState.RUNNING:
+                await self.start()
+            logger.info("messagebus: %r running; SIGINT or SIGTERM stops it", self)
             await stopped.wait()
         finally:
             for sig in installed:
