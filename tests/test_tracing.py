@@ -425,7 +425,15 @@ async def test_system_specific_key_and_server_attributes(telemetry: TelemetryCap
     async def sent(messages: Any) -> None:
         return None
 
-    envelope = Envelope(b"{}", {"ce-id": "m"}, "payments", "ledger", key="acct-1", messaging_system="gcp_pubsub")
+    envelope = Envelope(
+        b"{}",
+        {"ce-id": "m"},
+        "payments",
+        "ledger",
+        key="acct-1",
+        messaging_system="gcp_pubsub",
+        messaging_attributes={"messaging.message.id": "ps-1"},
+    )
     await tracing_middleware(server=("pubsub.local", 8085))(handler)(envelope)
     message = OutgoingMessage(Destination(DestinationKind.TOPIC, "payments"), b"{}", {"ce-id": "m"}, key="acct-1")
     await tracing_publish_middleware("gcp_pubsub", server=("pubsub.local", None))(sent)([message])
@@ -438,4 +446,7 @@ async def test_system_specific_key_and_server_attributes(telemetry: TelemetryCap
         assert a["server.address"] == "pubsub.local"
         assert "messaging.kafka.message.key" not in a
     assert process["server.port"] == 8085
+    assert process["messaging.message.id"] == "ps-1", "the broker's own message id wins"
+    assert process["cloudevents.event_id"] == "m"
+    assert send["messaging.message.id"] == "m"
     assert "server.port" not in send

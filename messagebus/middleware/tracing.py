@@ -65,6 +65,7 @@ BODY_SIZE = "messaging.message.body.size"
 BATCH_COUNT = "messaging.batch.message_count"
 KAFKA_KEY = "messaging.kafka.message.key"
 PUBSUB_ORDERING_KEY = "messaging.gcp_pubsub.message.ordering_key"
+CLOUDEVENTS_ID = "cloudevents.event_id"
 SERVER_ADDRESS = "server.address"
 SERVER_PORT = "server.port"
 
@@ -253,7 +254,8 @@ def process_attributes(
     """The semantic-convention attributes of the ``process`` span of ``envelope``: system,
     destination, operation, group, message id, body size, Kafka key, the delivery attempt,
     ``messagebus.service`` if given and the transport's :attr:`Envelope.messaging_attributes`
-    (which win over the defaults)."""
+    (which win over the defaults; when the transport reports the broker's own
+    ``messaging.message.id``, the CloudEvents id goes to ``cloudevents.event_id``)."""
     system = messaging_system or envelope.messaging_system
     attributes: dict[str, AttributeValue] = {
         SYSTEM: system,
@@ -277,6 +279,8 @@ def process_attributes(
     extra: Mapping[str, AttributeValue] = envelope.messaging_attributes
     if extra:
         attributes.update(extra)
+        if message_id and attributes.get(MESSAGE_ID) != message_id:  # the broker's own id won
+            attributes[CLOUDEVENTS_ID] = message_id
     return attributes
 
 
