@@ -450,3 +450,29 @@ async def test_system_specific_key_and_server_attributes(telemetry: TelemetryCap
     assert process["cloudevents.event_id"] == "m"
     assert send["messaging.message.id"] == "m"
     assert "server.port" not in send
+
+
+async def test_handler_cancelled_at_stop_ends_its_span_unsettled(
+    bus_factory: BusFactory, telemetry: TelemetryCapture
+) -> None:
+    import asyncio
+
+    started: Collector[int] = Collector(10)
+    never = asyncio.Event()
+    consumer = bus_factory("billing")
+
+    @consumer.consume("slow")
+    async def hang(item: dict[str, Any]) -> None:
+        started.add(1)
+        await never.wait()
+
+    await consumer.start()
+    await consumer.send("slow", {"id": 1})
+    await started.wait_for(1)
+    await consumer.stop(grace=0.01)  # the grace runs out: the handler is cancelled, never acked
+
+    span = one(telemetry.spans(), "process slow")
+    assert span.end_time is not None
+    assert span.status.status_code is StatusCode.ERROR
+    assert attrs(span)["error.type"] == "asyncio.exceptions.CancelledError"
+    assert "unsettled" in events(span)

@@ -333,6 +333,7 @@ def tracing_middleware(
                 raise
             except BaseException as error:  # cancelled: never settled, so redelivered
                 _error(span, error)
+                deferred = on_settled(lambda settlement: _settled(span, settlement))
                 raise
             else:
                 deferred = on_settled(lambda settlement: _settled(span, settlement))
