@@ -133,6 +133,8 @@ async def test_publish_from_a_handler_continues_the_trace(bus_factory: BusFactor
         await wait_idle(orders)
 
     [tid] = telemetry.trace_ids()
+    assert telemetry.trace_id_of(lambda s: s.name == "process shipments") == tid
+    assert telemetry.trace_id_of(lambda s: s.name == "no such span") is None
     spans = telemetry.spans(tid)
     first_process = one(spans, "process orders.created")
     send_shipment = one(spans, "send shipments")

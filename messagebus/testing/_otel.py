@@ -150,6 +150,15 @@ class TelemetryCapture:
                 first[tid] = min(first.get(tid, span.start_time or 0), span.start_time or 0)
         return sorted(first, key=first.__getitem__)
 
+    def trace_id_of(self, predicate: Callable[[ReadableSpan], bool]) -> int | None:
+        """The trace id of the earliest-starting finished span matching ``predicate`` (for
+        example ``lambda s: s.name == "send orders.created"``), or ``None``."""
+        matching = [s for s in self.exporter.get_finished_spans() if s.context is not None and predicate(s)]
+        if not matching:
+            return None
+        first = min(matching, key=lambda s: s.start_time or 0)
+        return first.context.trace_id if first.context is not None else None
+
     def metrics(self) -> dict[str, list[MetricPoint]]:
         """Data points recorded since the last call (delta temporality), by metric name.
 
