@@ -1,23 +1,25 @@
 """What tracing and metrics cost on memory:// end to end (publish -> decode -> handler -> ack).
 
-    python -m benchmarks.bench_tracing            # full: 50k-message runs, 8 rounds
-    python -m benchmarks.bench_tracing --quick    # smoke run: 20k messages, 4 rounds
+    python -m benchmarks.bench_tracing            # full: 20k-message runs, 12 paired rounds
+    python -m benchmarks.bench_tracing --quick    # smoke run: 10k messages, 4 paired rounds
 
-Configurations (all in one child process, as OpenTelemetry providers can be set only once:
-``off`` and ``api`` rounds interleaved, then the SDK installed for the ``sdk`` rounds, with
-``off`` run again between them as a control):
+Configurations (all in one child process, as OpenTelemetry providers can be set only once;
+each run of a configuration is paired with an ``off`` run just before or after it):
 
 - ``off``: ``MESSAGEBUS_TELEMETRY=off``, no tracing or metrics middleware (the baseline);
 - ``api``: the default (tracing + metrics middleware on) with only ``opentelemetry-api``,
   i.e. no SDK installed: the no-op case, which must stay within 5% of ``off``;
+- ``traces``: the SDK tracer provider (``BatchSpanProcessor``, exporter that drops
+  everything) but no meter provider: what the spans alone cost;
 - ``sdk``: the default with the OpenTelemetry SDK installed: a ``TracerProvider`` with a
   ``BatchSpanProcessor`` feeding an exporter that drops everything, and a ``MeterProvider``
   with an in-memory reader; every span and metric is recorded.
 
 Workloads as in ``bench_memory``: small JSON messages (a pydantic model), one subscriber,
 ``publish_many`` in batches of 1,000 and ``publish`` one at a time; each figure is the median
-rate over the rounds. The bare consume and publish chains are also timed with and without
-the no-op middleware, which isolates its cost from the noise of a shared machine.
+rate (messages per CPU second of the process, so that other load on a shared machine counts
+less) over the rounds, the cost the median of the paired ratios. The bare consume and
+publish chains are also timed with and without the no-op middleware, which isolates its cost.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from benchmarks._common import machine, versions, write
 CONFIGS = {
     "off": "telemetry off (MESSAGEBUS_TELEMETRY=off)",
     "api": "tracing + metrics on, API only (no SDK)",
+    "traces": "SDK tracer provider only (no-op exporter), no meter provider",
     "sdk": "tracing + metrics on, SDK + no-op exporter",
 }
 SDK_SHARE = 5
@@ -58,10 +61,8 @@ class Tick(BaseModel):
     price: float
 
 
-def _install_sdk() -> None:
-    from opentelemetry import metrics, trace
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+def _install_tracer_provider() -> None:
+    from opentelemetry import trace
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
@@ -72,11 +73,20 @@ def _install_sdk() -> None:
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(Drop()))
     trace.set_tracer_provider(provider)
+
+
+def _install_meter_provider() -> None:
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
     metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
 
 
 async def _run(workload: str, n: int) -> float:
-    """Messages per second for one workload, publish to last ack."""
+    """Messages per CPU second of this process (all its threads) for one workload, publish
+    to last ack. CPU time, not wall time: the machine may be shared, and other processes'
+    load would otherwise swamp a 5% difference."""
     from messagebus import Bus
 
     bus = Bus.from_url(f"memory://bench-{uuid.uuid4().hex}", service="bench")
@@ -92,7 +102,7 @@ async def _run(workload: str, n: int) -> float:
 
     payloads = [Tick(id=i, name="widget", price=9.99) for i in range(n)]
     async with bus:
-        start = time.perf_counter()
+        start = time.process_time()
         if workload == "publish_many":
             for i in range(0, n, 1000):
                 await bus.publish_many("ticks", payloads[i : i + 1000])
@@ -100,7 +110,7 @@ async def _run(workload: str, n: int) -> float:
             for p in payloads:
                 await bus.publish("ticks", p)
         await done.wait()
-        end = time.perf_counter()
+        end = time.process_time()
     return n / (end - start)
 
 
@@ -150,43 +160,46 @@ def _chain_overhead(loops: int = 200_000) -> tuple[float, float]:
     return asyncio.run(run())
 
 
+#: Each measured configuration and the baseline it is paired with, round by round.
+PAIRS = {"off": "off", "api": "off", "traces": "off-traces", "sdk": "off-sdk"}
+
+
 def child(rounds: int, n: int) -> None:
-    """Run every configuration in this process: off and api interleaved for ``rounds``
-    rounds, then the SDK is installed and sdk runs (with off again as a control). Prints
-    the samples and the bare-chain overhead as JSON."""
-    samples: dict[str, dict[str, list[float]]] = {c: {w: [] for w in WORKLOADS} for c in (*CONFIGS, "off-after-sdk")}
+    """Run every configuration in this process, each round pairing it with a baseline run
+    (telemetry off) right before or after it, in alternating order: ``api`` first, then
+    ``traces`` once the SDK tracer provider is installed, then ``sdk`` once the SDK meter
+    provider is installed too. Prints the samples and the bare-chain overhead as JSON."""
+    buckets = ("off", "api", "off-traces", "traces", "off-sdk", "sdk")
+    samples: dict[str, dict[str, list[float]]] = {b: {w: [] for w in WORKLOADS} for b in buckets}
 
     def run(config: str, bucket: str) -> None:
         _set_config(config)
         for workload in WORKLOADS:
             count = n if workload == "publish_many" else n // 2
-            if config == "sdk":
+            if config in ("sdk", "traces"):
                 count //= SDK_SHARE  # the SDK is ~30x slower; a rate needs fewer messages
             samples[bucket][workload].append(asyncio.run(_run(workload, count)))
+
+    def paired(config: str) -> None:
+        pair = [(config, config), ("off", PAIRS[config])]
+        for r in range(rounds):
+            for name, bucket in pair if r % 2 == 0 else reversed(pair):
+                run(name, bucket)
 
     for workload in WORKLOADS:  # warm up imports, caches, the allocator
         asyncio.run(_run(workload, max(1000, n // 10)))
     overhead = _chain_overhead()
-    for r in range(rounds):
-        for config in ("off", "api") if r % 2 == 0 else ("api", "off"):
-            run(config, config)
-    _install_sdk()
-    for r in range(rounds):
-        for config, bucket in (
-            (("off", "off-after-sdk"), ("sdk", "sdk"))
-            if r % 2 == 0
-            else (
-                ("sdk", "sdk"),
-                ("off", "off-after-sdk"),
-            )
-        ):
-            run(config, bucket)
+    paired("api")
+    _install_tracer_provider()
+    paired("traces")
+    _install_meter_provider()
+    paired("sdk")
     print(json.dumps({"samples": samples, "overhead_ns": overhead}))
 
 
 def main(quick: bool, n: int | None, rounds: int | None) -> None:
-    n = n or (20_000 if quick else 50_000)
-    rounds = rounds or (4 if quick else 8)
+    n = n or (10_000 if quick else 20_000)
+    rounds = rounds or (4 if quick else 12)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MESSAGEBUS_TELEMETRY"))}
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_tracing", "--child", "-n", str(n), "--rounds", str(rounds)],
@@ -200,38 +213,40 @@ def main(quick: bool, n: int | None, rounds: int | None) -> None:
     samples: dict[str, dict[str, list[float]]] = result["samples"]
     consume_ns, publish_ns = result["overhead_ns"]
     lines = [
-        "| workload | configuration | messages | msg/s (median) | vs off | cost |",
+        "| workload | configuration | messages per run | msg per CPU s (median) | vs off (paired median) | cost |",
         "|---|---|---:|---:|---:|---:|",
     ]
     summary = []
     for workload, label in WORKLOADS.items():
-        base = statistics.median(samples["off"][workload])
         count = n if workload == "publish_many" else n // 2
+        base = statistics.median(samples["off"][workload])
         added = consume_ns + (publish_ns / 1000 if workload == "publish_many" else publish_ns)
         for config, name in CONFIGS.items():
-            rate = statistics.median(samples[config][workload])
-            shown = count // SDK_SHARE if config == "sdk" else count
-            cost = (1 - rate / base) * 100
-            lines.append(f"| {label} | {name} | {shown:,} | {rate:,.0f} | {rate / base:.3f}x | {cost:+.1f}% |")
+            rates = samples[config][workload]
+            rate = statistics.median(rates)
+            shown = count // SDK_SHARE if config in ("sdk", "traces") else count
+            ratio = statistics.median(r / b for r, b in zip(rates, samples[PAIRS[config]][workload], strict=True))
+            cost = (1 - ratio) * 100
+            lines.append(f"| {label} | {name} | {shown:,} | {rate:,.0f} | {ratio:.3f}x | {cost:+.1f}% |")
             if config == "api":
                 per_message = 1e9 / base
                 summary.append(
-                    f"{label}: {cost:+.1f}% measured with the no-op API (budget: at most 5%); "
-                    f"the no-op middleware itself adds {added:.0f} ns to the "
-                    f"{per_message:,.0f} ns a message takes ({added / per_message * 100:.1f}%)"
+                    f"{label}: {cost:+.1f}% with the no-op API (budget: at most 5%); the no-op middleware "
+                    f"itself adds {added:.0f} ns to the {per_message:,.0f} ns a message takes "
+                    f"({added / per_message * 100:.1f}%)"
                 )
-        control = statistics.median(samples["off-after-sdk"][workload])
-        summary.append(f"{label}: control run with telemetry off after the SDK was installed: {control:,.0f} msg/s")
     command = "python -m benchmarks.bench_tracing" + (" --quick" if quick else "")
     text = (
         "## Tracing and metrics cost on memory:// end to end\n\n"
         f"Machine: {machine()}\n\n"
         f"Versions: {versions('messagebus-sdk', 'opentelemetry-api', 'opentelemetry-sdk', 'pydantic')}\n\n"
-        f"Command: `{command}` ({rounds} rounds per configuration, off and api interleaved in one process, "
-        "then the SDK installed for the sdk rounds; median of the rounds; cost = throughput lost vs off)\n\n"
+        f"Command: `{command}`: {rounds} rounds per configuration in one process, each round paired with "
+        "a run with telemetry off just before or after it (alternating); the ratio is the median of "
+        "the per-round ratios, which cancels most of the drift of a shared machine. The SDK "
+        "configurations run after the providers were installed (they can be set only once).\n\n"
         + "\n".join(lines)
         + "\n\n"
-        + f"Bare middleware chains with the no-op API (no transport): consume +{consume_ns:.0f} ns, "
+        + f"Bare middleware chains with the no-op API (no transport, best of 5): consume +{consume_ns:.0f} ns, "
         + f"publish +{publish_ns:.0f} ns per call.\n\n"
         + "\n".join(f"- {s}" for s in summary)
         + "\n"
