@@ -1,0 +1,128 @@
+"""URL options of the Pub/Sub transport, validated before any I/O."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from pydantic import Field, field_validator
+
+from messagebus import InvalidOption, InvalidURL
+from messagebus.transports import TransportOptions, TransportURL, parse_options
+
+__all__ = ["EMULATOR_ENV", "PubSubOptions", "PubSubSettings", "parse_url"]
+
+#: Environment variable Google's clients read to find the emulator; honoured here too.
+EMULATOR_ENV = "PUBSUB_EMULATOR_HOST"
+
+# Google Cloud project ids: 6-30 characters, lowercase letters, digits and hyphens, starting
+# with a letter and not ending with a hyphen.
+_PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
+_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})")
+
+
+class PubSubOptions(TransportOptions):
+    """Query options of a ``pubsub://PROJECT?...`` URL.
+
+    - ``emulator_host``: ``host:port`` of a Pub/Sub emulator (plaintext, no credentials);
+      defaults to ``$PUBSUB_EMULATOR_HOST``.
+    - ``credentials_file``: a service-account (or other) credentials JSON file; default:
+      Application Default Credentials.
+    - ``ack_deadline``: seconds (10-600) a delivered message stays leased before Pub/Sub
+      redelivers it if this process dies; leases are extended while handlers run.
+    - ``max_messages``: flow control, the most messages leased at once per subscription
+      (default: ``concurrency`` plus a prefetch of ``max(concurrency, 10)``).
+    - ``ordering``: use ordering keys (ordered publisher and ordered subscriptions).
+    - ``connect_timeout``: seconds ``connect()`` and declarations may take before failing.
+    - ``publish_timeout``: seconds a publish may wait for the broker's confirmation.
+    - ``batch_max_messages`` / ``batch_max_latency``: the publisher's batching.
+    """
+
+    emulator_host: str | None = None
+    credentials_file: str | None = None
+    ack_deadline: int = Field(default=60, ge=10, le=600)
+    max_messages: int | None = Field(default=None, ge=1, le=100_000)
+    ordering: bool = True
+    connect_timeout: float = Field(default=10.0, gt=0, le=600)
+    publish_timeout: float = Field(default=60.0, gt=0, le=3600)
+    batch_max_messages: int = Field(default=100, ge=1, le=1000)
+    batch_max_latency: float = Field(default=0.01, ge=0, le=10)
+
+    @field_validator("emulator_host")
+    @classmethod
+    def _check_emulator_host(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        match = _HOST_PORT.fullmatch(value)
+        if match is None or not 0 < int(match.group(1)) < 65536:
+            raise ValueError("expected host:port such as 127.0.0.1:8085")
+        return value
+
+    @field_validator("credentials_file")
+    @classmethod
+    def _check_credentials_file(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("expected the path of a credentials JSON file")
+        return value
+
+
+class PubSubSettings:
+    """Everything :meth:`PubSubTransport.from_url` resolved: project, emulator, options."""
+
+    __slots__ = ("emulator_host", "options", "project", "url")
+
+    def __init__(self, url: TransportURL, project: str, options: PubSubOptions, emulator_host: str | None) -> None:
+        self.url = url
+        self.project = project
+        self.options = options
+        self.emulator_host = emulator_host
+
+
+def parse_url(url: TransportURL) -> PubSubSettings:
+    """Validate a ``pubsub://`` URL without I/O.
+
+    Raises :class:`InvalidURL` for a wrong scheme, missing or malformed project id, a port,
+    user info or path, and :class:`InvalidOption` for bad query options (listing valid ones).
+    """
+    if url.scheme != "pubsub":
+        raise InvalidURL(f"the Pub/Sub transport handles pubsub:// URLs, got {url.scheme}:// in {url.render()!r}")
+    if url.username is not None or url.password is not None:
+        raise InvalidURL(
+            f"pubsub:// URLs carry no user or password ({url.render()!r}); "
+            "use credentials_file=... or Application Default Credentials"
+        )
+    if len(url.hosts) != 1 or not url.host:
+        raise InvalidURL(
+            f"pubsub:// URL {url.render()!r} must name exactly one Google Cloud project: pubsub://my-project"
+        )
+    if url.port is not None:
+        raise InvalidURL(
+            f"pubsub:// URL {url.render()!r} names a port; the host is the project id. "
+            "Point at an emulator with ?emulator_host=HOST:PORT"
+        )
+    if url.path not in ("", "/"):
+        raise InvalidURL(f"pubsub:// URL {url.render()!r} has a path {url.path!r}; expected pubsub://my-project")
+    project = url.host
+    if _PROJECT.fullmatch(project) is None:
+        raise InvalidURL(
+            f"invalid Google Cloud project id {project!r} in {url.render()!r}: use 6-30 lowercase letters, "
+            "digits or hyphens, starting with a letter and not ending with a hyphen"
+        )
+    options = parse_options(url, PubSubOptions)
+    emulator = options.emulator_host
+    # An explicit credentials_file in the URL beats the process-wide emulator variable.
+    if emulator is None and options.credentials_file is None:
+        env = os.environ.get(EMULATOR_ENV, "").strip()
+        if env:
+            try:
+                emulator = PubSubOptions._check_emulator_host(env)
+            except ValueError:
+                raise InvalidOption(
+                    f"environment variable {EMULATOR_ENV}={env!r} is not host:port such as 127.0.0.1:8085"
+                ) from None
+    if options.emulator_host is not None and options.credentials_file is not None:
+        raise InvalidOption(
+            f"credentials_file and an emulator ({emulator}) exclude each other in {url.render()!r}: "
+            "the emulator takes no credentials"
+        )
+    return PubSubSettings(url, project, options, emulator)

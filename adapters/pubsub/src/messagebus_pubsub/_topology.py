@@ -1,0 +1,214 @@
+"""Logical names -> Pub/Sub resources, and idempotent, cached declarations.
+
+Mapping (DESIGN section 3):
+
+- topic ``T``                  -> Pub/Sub topic ``T``
+- subscription group ``G``     -> subscription ``T.G`` on topic ``T``
+- queue ``Q``                  -> topic ``Q`` plus subscription ``Q`` (created on declare and on
+                                  first send, so messages sent before any consumer wait)
+- retries of subscription ``S`` -> topic ``S~retry`` plus subscription ``S~retry`` (``~`` never
+                                  occurs in logical names, so these never collide with yours)
+- dead letters                 -> the logical queue ``<T>.<G>.dlq`` / ``<Q>.dlq`` (a queue)
+
+Pub/Sub ids are 3-255 characters of ``[A-Za-z0-9-_.~+%]``, start with a letter and must
+not start with ``goog``; other names get a prefix and a hash (see :func:`resource_id`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.api_core.retry_async import AsyncRetry
+from google.protobuf import duration_pb2
+from google.pubsub_v1 import PublisherAsyncClient, SubscriberAsyncClient
+from google.pubsub_v1.types import ExpirationPolicy, Subscription
+
+from messagebus import TopologyError
+from messagebus.transports import Destination, DestinationKind, sanitize_name
+
+from ._errors import map_error
+
+__all__ = ["RETRY_SUFFIX", "Names", "Topology", "names_for", "resource_id"]
+
+logger = logging.getLogger("messagebus.pubsub")
+
+RETRY_SUFFIX = "~retry"
+_ALLOWED = r"A-Za-z0-9._~+%-"
+_MAX = 255
+
+
+def resource_id(name: str) -> str:
+    """The Pub/Sub topic/subscription id for a logical name. Pure, deterministic.
+
+    Names that are legal Pub/Sub ids are kept as they are. Others (too short, not starting
+    with a letter, starting with ``goog``, too long) become ``mb-<name>-<hash>`` (cut to fit)
+    so two logical names never share one id.
+    """
+    out = sanitize_name(name, max_length=_MAX, allowed=_ALLOWED)
+    if len(out) >= 3 and out[0].isascii() and out[0].isalpha() and not out.lower().startswith("goog"):
+        return out
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"mb-{out[: _MAX - 12]}-{digest}"
+
+
+class Names:
+    """Resource paths of one destination: its topic, and (for consumers) its subscriptions."""
+
+    __slots__ = ("project", "retry_subscription", "retry_topic", "subscription", "topic")
+
+    def __init__(self, project: str, topic: str, subscription: str | None) -> None:
+        self.project = project
+        self.topic = f"projects/{project}/topics/{resource_id(topic)}"
+        self.subscription: str | None = None
+        self.retry_topic: str | None = None
+        self.retry_subscription: str | None = None
+        if subscription is not None:
+            self.subscription = f"projects/{project}/subscriptions/{resource_id(subscription)}"
+            retry = resource_id(subscription + RETRY_SUFFIX)
+            self.retry_topic = f"projects/{project}/topics/{retry}"
+            self.retry_subscription = f"projects/{project}/subscriptions/{retry}"
+
+
+def names_for(project: str, destination: Destination) -> Names:
+    """Paths for ``destination``: a queue has its own subscription; a topic with a group has
+    ``topic.group``; a topic without a group (publishing) has none."""
+    if destination.kind is DestinationKind.QUEUE:
+        return Names(project, destination.name, destination.name)
+    if destination.group:
+        return Names(project, destination.name, f"{destination.name}.{destination.group}")
+    return Names(project, destination.name, None)
+
+
+class Topology:
+    """Creates topics and subscriptions once per transport, deduplicating concurrent calls.
+
+    Used from the transport's event loop only. Creation is idempotent (an existing resource is
+    accepted after checking it is compatible) so several processes may declare the same names.
+    """
+
+    def __init__(
+        self,
+        publisher: PublisherAsyncClient,
+        subscriber: SubscriberAsyncClient,
+        *,
+        ack_deadline: int,
+        ordering: bool,
+        timeout: float,
+        where: str,
+    ) -> None:
+        self._publisher = publisher
+        self._subscriber = subscriber
+        self._ack_deadline = ack_deadline
+        self._ordering = ordering
+        self._timeout = timeout
+        self._where = where
+        self._done: set[str] = set()
+        self._pending: dict[str, asyncio.Future[None]] = {}
+
+    def _retry(self) -> AsyncRetry:
+        return AsyncRetry(
+            initial=0.1,
+            maximum=2.0,
+            multiplier=2.0,
+            timeout=self._timeout,
+            predicate=lambda exc: isinstance(exc, gexc.ServiceUnavailable | gexc.DeadlineExceeded | gexc.Aborted),
+        )
+
+    def forget(self, path: str) -> None:
+        """Drop ``path`` from the cache (it was deleted behind our back); the next use
+        declares it again."""
+        self._done.discard(path)
+
+    async def ensure_topic(self, path: str) -> None:
+        """Create topic ``path`` unless it exists. Raises TopologyError / ConnectError."""
+        await self._once(path, lambda: self._create_topic(path))
+
+    async def ensure_subscription(self, path: str, topic: str, *, ordered: bool | None = None) -> None:
+        """Create subscription ``path`` on ``topic`` (declaring the topic first) unless it
+        exists; an existing one must be attached to ``topic``. Raises TopologyError."""
+        await self.ensure_topic(topic)
+        want_order = self._ordering if ordered is None else ordered
+        await self._once(path, lambda: self._create_subscription(path, topic, want_order))
+
+    async def ensure_queue(self, names: Names) -> None:
+        """Declare a queue (topic + its subscription) or a topic's group subscription."""
+        assert names.subscription is not None
+        await self.ensure_subscription(names.subscription, names.topic)
+
+    async def ensure_consumer(self, names: Names) -> None:
+        """Declare everything a consumer reads: its subscription and its retry topic/subscription."""
+        assert names.subscription is not None and names.retry_topic and names.retry_subscription
+        await asyncio.gather(
+            self.ensure_subscription(names.subscription, names.topic),
+            # Retries are re-published out of order anyway; an unordered subscription keeps a
+            # long-delayed retry from holding back the next retry with the same key.
+            self.ensure_subscription(names.retry_subscription, names.retry_topic, ordered=False),
+        )
+
+    async def _once(self, path: str, create: Callable[[], Awaitable[None]]) -> None:
+        if path in self._done:
+            return
+        pending = self._pending.get(path)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_future()
+            self._pending[path] = pending
+            try:
+                await create()
+            except BaseException as exc:
+                del self._pending[path]
+                pending.set_exception(exc)
+                # Mark retrieved so a lone declarer does not log "exception never retrieved".
+                pending.exception()
+                raise
+            del self._pending[path]
+            self._done.add(path)
+            pending.set_result(None)
+            return
+        await asyncio.shield(pending)
+
+    async def _call(self, what: str, fn: Callable[..., Awaitable[Any]], request: Any) -> Any:
+        try:
+            return await fn(request=request, retry=self._retry(), timeout=self._timeout)
+        except gexc.AlreadyExists:
+            raise
+        except Exception as exc:
+            raise map_error(exc, f"cannot {what}", where=self._where, default=TopologyError) from exc
+
+    async def _create_topic(self, path: str) -> None:
+        with contextlib.suppress(gexc.AlreadyExists):
+            await self._call(f"create topic {path}", self._publisher.create_topic, {"name": path})
+
+    async def _create_subscription(self, path: str, topic: str, ordered: bool) -> None:
+        sub = Subscription(
+            name=path,
+            topic=topic,
+            ack_deadline_seconds=self._ack_deadline,
+            enable_message_ordering=ordered,
+            # Durable like a queue: never expire for inactivity (Pub/Sub's default is 31 days).
+            expiration_policy=ExpirationPolicy(),
+            message_retention_duration=duration_pb2.Duration(seconds=7 * 24 * 3600),
+        )
+        try:
+            await self._call(f"create subscription {path}", self._subscriber.create_subscription, sub)
+            return
+        except gexc.AlreadyExists:
+            pass
+        existing = await self._call(
+            f"read subscription {path}", self._subscriber.get_subscription, {"subscription": path}
+        )
+        if existing.topic != topic:
+            raise TopologyError(
+                f"subscription {path} already exists on topic {existing.topic!r}, not on {topic!r}: "
+                "a queue and a topic's group map to the same Pub/Sub subscription name; rename one of them"
+            )
+        if ordered and not existing.enable_message_ordering:
+            raise TopologyError(
+                f"subscription {path} exists without message ordering, but ordering=true; Pub/Sub cannot "
+                "change this on an existing subscription: delete it, or use ordering=false"
+            )

@@ -1,0 +1,25 @@
+"""The messagebus conformance kit against Google's Pub/Sub emulator (reconnect tests go
+through a TCP proxy in front of it)."""
+
+from __future__ import annotations
+
+import pytest
+from pubsub_helpers import url_via
+
+from messagebus.testing.conformance import ConformanceTarget, TransportConformance
+
+
+class TestPubSubConformance(TransportConformance):
+    """Every conformance test, on the session's emulator."""
+
+    @pytest.fixture
+    def target(self, pubsub_url: str, pubsub_emulator: str) -> ConformanceTarget:
+        host, _, port = pubsub_emulator.rpartition(":")
+        return ConformanceTarget(
+            url=pubsub_url,
+            upstream=(host, int(port)),
+            via_proxy=url_via,
+            timeout=30.0,
+            # The emulator is a single JVM sharing two cores with the test process.
+            scale=0.2,
+        )
