@@ -287,7 +287,7 @@ async def main() -> None:
     parser.add_argument("--only", choices=["consume", "publish", "many"], help="run one workload (profiling)")
     args = parser.parse_args()
     url = args.url
-    n_consume, n_publish, n_many = (2_000, 300, 2_000) if args.quick else (20_000, 2_000, 20_000)
+    n_consume, n_publish, n_many = (2_000, 300, 2_000) if args.quick else (10_000, 2_000, 10_000)
     count = args.rounds or (1 if args.quick else 5)
 
     consume: list[Row] = []
@@ -342,7 +342,10 @@ async def main() -> None:
         parts += ["### pipelined publish", "", table(many, many[0].name), ""]
         summary.append(f"- publish_many: messagebus {ratio(many[1], many[0])} of raw gathered confirms (target >= 90%)")
     parts += ["### ratios", "", *summary, ""]
-    write("rabbitmq-quick" if args.quick else "rabbitmq", "\n".join(parts))
+    name = "rabbitmq-quick" if args.quick else "rabbitmq"
+    if args.only:
+        name += f"-{args.only}"  # a partial run never overwrites the full table
+    write(name, "\n".join(parts))
 
 
 if __name__ == "__main__":

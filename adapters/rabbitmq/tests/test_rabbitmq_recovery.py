@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from messagebus_rabbitmq import RabbitMQTransport
+import asyncio
+
+from messagebus_rabbitmq import RabbitMQTransport, bucket_for, retry_exchange
 from rmq_helpers import Inbox, group, message, queue, topic
 
-from messagebus.transports import TransportURL
+from messagebus.transports import Delivery, TransportURL
 
 
 async def test_queue_deleted_after_declaration_is_redeclared_on_send(rabbitmq_url: str, name: str, admin) -> None:
@@ -56,4 +58,39 @@ async def test_consumer_survives_its_queue_being_deleted(rabbitmq_url: str, name
         assert consumer.restarts >= 1
         await consumer.stop(1)
     finally:
+        await t.close()
+
+
+async def test_deleted_retry_bucket_is_redeclared(rabbitmq_url: str, name: str, admin) -> None:
+    admin.cleanup_later(queues=(name,))
+    delay = 0.04
+    bucket = retry_exchange(bucket_for(delay))
+    t = RabbitMQTransport.from_url(TransportURL.parse(rabbitmq_url))
+    await t.connect()
+    attempts: list[int] = []
+    done = asyncio.Event()
+
+    async def handler(delivery: Delivery) -> None:
+        attempts.append(delivery.attempt)
+        if delivery.attempt == 1:
+            await delivery.retry(delay, {})
+        elif delivery.attempt == 2:
+            # Someone deletes the bucket behind our back: the next retry comes back unroutable,
+            # the bucket is declared again and the retry published again.
+            ch = await admin.conn.channel()
+            await ch.queue_delete(bucket)
+            await ch.exchange_delete(bucket)
+            await delivery.retry(delay, {})
+        else:
+            await delivery.ack()
+            done.set()
+
+    consumer = await t.subscribe(queue(name), handler, concurrency=1)
+    try:
+        await t.publish([message(queue(name), 1)])
+        await asyncio.wait_for(done.wait(), 20)
+        assert attempts == [1, 2, 3]
+        assert await admin.queue_exists(bucket)
+    finally:
+        await consumer.stop(1)
         await t.close()

@@ -75,12 +75,20 @@ _CLOSE_TIMEOUT = 5.0
 class _Out:
     """One message ready for ``basic.publish``."""
 
-    __slots__ = ("body", "exchange", "kind", "mandatory", "properties", "routing_key")
+    __slots__ = ("body", "bucket", "exchange", "kind", "mandatory", "properties", "routing_key")
 
     def __init__(
-        self, kind: str, exchange: str, routing_key: str, body: bytes, properties: Basic.Properties, mandatory: bool
+        self,
+        kind: str,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Basic.Properties,
+        mandatory: bool,
+        bucket: int = 0,
     ) -> None:
         self.kind = kind  # "topic" | "queue" | "bucket"
+        self.bucket = bucket
         self.exchange = exchange
         self.routing_key = routing_key
         self.body = body
@@ -346,8 +354,8 @@ class RabbitMQTransport:
         elif out.kind == "queue":
             if out.routing_key not in topology.queues:
                 await topology.queue(raw, out.routing_key)
-        else:
-            await topology.bucket(raw, int(out.exchange.rsplit(".", 1)[1][:-2]))
+        elif out.bucket not in topology.buckets:
+            await topology.bucket(raw, out.bucket)
 
     async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
         """Publish persistent messages and return once RabbitMQ confirmed every one.
@@ -391,8 +399,10 @@ class RabbitMQTransport:
                 topology = self._topology
                 for out in pending:
                     kind = out.kind
-                    if (kind == "topic" and out.exchange not in topology.exchanges) or (
-                        kind == "queue" and out.routing_key not in topology.queues
+                    if (
+                        (kind == "topic" and out.exchange not in topology.exchanges)
+                        or (kind == "queue" and out.routing_key not in topology.queues)
+                        or (kind == "bucket" and out.bucket not in topology.buckets)
                     ):
                         await self._declare_for(raw, out)
                 remaining = max(deadline - loop.time(), 0.001)
@@ -496,7 +506,7 @@ class RabbitMQTransport:
         else:
             raw = await self._wait_ready(self.options.publish_timeout)
             exchange = await self._topology.bucket(raw, bucket)
-            out = _Out("bucket", exchange, consumer.queue, delivery.body, props, True)
+            out = _Out("bucket", exchange, consumer.queue, delivery.body, props, True, bucket)
         await self._send([out])
 
 
