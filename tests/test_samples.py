@@ -47,3 +47,20 @@ async def test_shop_runs_one_process_per_service_on_rabbitmq(rabbitmq_vhost_url:
         **{f"order-{i}": "shipped" for i in (1, 2, 3, 4, 6)},
         "order-5": "payment failed",
     }
+
+
+def test_demo_prints_the_trace_of_one_order() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "samples.shop", "--trace", "--url", f"memory://trace-{uuid.uuid4().hex[:8]}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    tree = result.stdout.split("The trace of order-3", 1)[1]
+    for span in ("place order", "send orders.created", "-> retry(", "attempt 2", "process emails"):
+        assert span in tree
+    assert "(notifications)" in tree

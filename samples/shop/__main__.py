@@ -43,6 +43,21 @@ def sample_orders(n: int) -> list[OrderCreated]:
     return orders
 
 
+def print_order_trace(order_id: str) -> None:
+    """Print the trace of one order across the four services (needs opentelemetry-sdk)."""
+    from messagebus.testing.telemetry import install_telemetry, print_trace_tree
+
+    telemetry = install_telemetry()
+    trace_id = telemetry.trace_id_of(
+        lambda span: span.name == "place order" and (span.attributes or {}).get("shop.order_id") == order_id
+    )
+    if trace_id is None:
+        print(f"no trace recorded for {order_id}")
+        return
+    print(f"\nThe trace of {order_id} (retried once by payments) across the four services:\n")
+    print_trace_tree(telemetry.spans(trace_id), trace_id=trace_id)
+
+
 async def run_all(url: str, n: int, timeout: float) -> int:
     done: dict[str, str] = {}
     finished = asyncio.Event()
@@ -97,11 +112,22 @@ def main() -> int:
     parser.add_argument("--orders", type=int, default=6, help="how many orders to place")
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--url", default=os.environ.get("MESSAGEBUS_URL", "memory://shop"))
+    parser.add_argument("--trace", action="store_true", help="print the trace tree of order-3 (opentelemetry-sdk)")
     args = parser.parse_args()
     # The SDK's own retry / dead-letter log lines, interleaved with the services' output.
     logging.basicConfig(level=logging.WARNING, format="%(name)-13s | %(levelname)s: %(message)s", stream=sys.stdout)
     if args.service == "all":
-        return asyncio.run(run_all(args.url, args.orders, args.timeout))
+        if not args.trace:
+            return asyncio.run(run_all(args.url, args.orders, args.timeout))
+        try:
+            from messagebus.testing.telemetry import capture_telemetry
+        except ImportError:
+            print("--trace needs the OpenTelemetry SDK: pip install opentelemetry-sdk", file=sys.stderr)
+            return 2
+        with capture_telemetry():
+            status = asyncio.run(run_all(args.url, args.orders, args.timeout))
+            print_order_trace("order-3")
+        return status
     return asyncio.run(run_one(args.url, args.service, args.orders))
 
 

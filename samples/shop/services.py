@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from opentelemetry import trace
+
 from messagebus import Bus, Envelope, Reject, Retry
 
 from .models import (
@@ -19,6 +21,8 @@ from .models import (
 
 Log = Callable[[str, str], None]
 
+tracer = trace.get_tracer("samples.shop")
+
 
 class PaymentGatewayDown(Exception):
     """The (simulated) card processor timed out; worth a retry."""
@@ -30,9 +34,11 @@ def build_orders(url: str, log: Log) -> Bus:
 
 
 async def place_orders(bus: Bus, orders: list[OrderCreated], log: Log) -> None:
-    """Publish each order, keyed by order id so its events stay in order."""
+    """Publish each order, keyed by order id so its events stay in order. Each order is one
+    business transaction: its span is the root of a trace that crosses all four services."""
     for order in orders:
-        await bus.publish(ORDERS_CREATED, order, key=order.order_id)
+        with tracer.start_as_current_span("place order", attributes={"shop.order_id": order.order_id}):
+            await bus.publish(ORDERS_CREATED, order, key=order.order_id)
         log("orders", f"placed {order.order_id} for {order.customer}: ${order.total:.2f}")
 
 
