@@ -111,3 +111,23 @@ async def test_prefetch_follows_concurrency_or_option(
         await consumer.stop(1)
     finally:
         await t.close()
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl to read connection properties")
+async def test_connection_name_and_heartbeat_reach_the_broker(rabbitmq_url: str, name: str) -> None:
+    if rabbitmq_url != "amqp://guest:guest@127.0.0.1:5672/":
+        pytest.skip("rabbitmqctl inspects the local broker only")
+    t = RabbitMQTransport.from_url(TransportURL.parse(f"{rabbitmq_url}?connection_name={name}&heartbeat=17"))
+    await t.connect()
+    try:
+        out = await asyncio.to_thread(
+            subprocess.run,
+            ["rabbitmqctl", "list_connections", "-q", "--no-table-headers", "client_properties", "timeout"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        [line] = [line for line in out.stdout.splitlines() if f'"{name}"' in line]
+        assert line.rstrip().endswith("17")
+    finally:
+        await t.close()

@@ -23,12 +23,26 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 
+def is_tls_error(exc: BaseException) -> bool:
+    """True for a TLS failure, also when aiormq wrapped it in an ``AMQPConnectionError``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError | ssl.CertificateError):
+            return True
+        if isinstance(current, aiormq.exceptions.AMQPConnectionError) and "[SSL" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def is_transient_connect_error(exc: BaseException) -> bool:
     """True when retrying the connection may help (refused, reset, timeout), False for a
     problem that will not go away by itself (credentials, vhost, TLS verification)."""
     if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError | aiormq.exceptions.ConnectionNotAllowed):
         return False
-    if isinstance(exc, ssl.SSLError):
+    if is_tls_error(exc):
         return False
     if isinstance(exc, aiormq.exceptions.InvalidFrameError | aiormq.exceptions.IncompatibleProtocolError):
         return False
@@ -53,7 +67,7 @@ def connect_error(exc: BaseException, url: TransportURL, vhost: str, attempts: i
             "the virtual host does not exist or the user has no permission on it "
             "(rabbitmqctl list_vhosts / list_user_permissions); the vhost is the URL path, '/' is written %2F"
         )
-    if isinstance(exc, ssl.SSLError):
+    if is_tls_error(exc):
         return ConnectError(
             f"TLS handshake with RabbitMQ at {where} failed: {exc}; check cafile/certfile/keyfile/verify"
         )
