@@ -1,7 +1,7 @@
 """What tracing and metrics cost on memory:// end to end (publish -> decode -> handler -> ack).
 
-    python -m benchmarks.bench_tracing            # full: 20k-message runs, 12 paired rounds
-    python -m benchmarks.bench_tracing --quick    # smoke run: 10k messages, 4 paired rounds
+    python -m benchmarks.bench_tracing            # full: 10k-message runs, 30 paired rounds (~3 min)
+    python -m benchmarks.bench_tracing --quick    # smoke run: 4 paired rounds (~30 s)
 
 Configurations (all in one child process, as OpenTelemetry providers can be set only once;
 each run of a configuration is paired with an ``off`` run just before or after it):
@@ -198,8 +198,11 @@ def child(rounds: int, n: int) -> None:
 
 
 def main(quick: bool, n: int | None, rounds: int | None) -> None:
-    n = n or (10_000 if quick else 20_000)
-    rounds = rounds or (4 if quick else 12)
+    command = "python -m benchmarks.bench_tracing" + (" --quick" if quick else "")
+    command += f" -n {n}" if n else ""
+    command += f" --rounds {rounds}" if rounds else ""
+    n = n or 10_000
+    rounds = rounds or (4 if quick else 30)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "MESSAGEBUS_TELEMETRY"))}
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_tracing", "--child", "-n", str(n), "--rounds", str(rounds)],
@@ -225,17 +228,19 @@ def main(quick: bool, n: int | None, rounds: int | None) -> None:
             rates = samples[config][workload]
             rate = statistics.median(rates)
             shown = count // SDK_SHARE if config in ("sdk", "traces") else count
-            ratio = statistics.median(r / b for r, b in zip(rates, samples[PAIRS[config]][workload], strict=True))
+            ratios = sorted(r / b for r, b in zip(rates, samples[PAIRS[config]][workload], strict=True))
+            ratio = statistics.median(ratios)
             cost = (1 - ratio) * 100
             lines.append(f"| {label} | {name} | {shown:,} | {rate:,.0f} | {ratio:.3f}x | {cost:+.1f}% |")
             if config == "api":
                 per_message = 1e9 / base
+                q1, q3 = ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]
                 summary.append(
-                    f"{label}: {cost:+.1f}% with the no-op API (budget: at most 5%); the no-op middleware "
-                    f"itself adds {added:.0f} ns to the {per_message:,.0f} ns a message takes "
+                    f"{label}: {cost:+.1f}% with the no-op API (budget: at most 5%; the paired ratios' "
+                    f"interquartile range, {q1:.3f}x to {q3:.3f}x, shows this machine's noise); the no-op "
+                    f"middleware itself adds {added:.0f} ns to the {per_message:,.0f} ns a message takes "
                     f"({added / per_message * 100:.1f}%)"
                 )
-    command = "python -m benchmarks.bench_tracing" + (" --quick" if quick else "")
     text = (
         "## Tracing and metrics cost on memory:// end to end\n\n"
         f"Machine: {machine()}\n\n"

@@ -73,12 +73,12 @@ def on_settled(callback: SettleCallback) -> bool:
     return True
 
 
-def _notify(watchers: list[SettleCallback], settlement: Settlement) -> None:
+def _notify(watchers: list[SettleCallback], settlement: Settlement, envelope: Envelope) -> None:
     for callback in watchers:
         try:
             callback(settlement)
         except Exception:
-            logger.exception("messagebus: a settle callback failed")
+            logger.exception("messagebus: a settle callback failed", extra=log_fields(envelope))
     watchers.clear()
 
 
@@ -144,7 +144,7 @@ class Settler:
         finally:
             _watchers.reset(token)
             if watchers:  # settlement is None when cancelled: never acked, so redelivered
-                _notify(watchers, settlement or Settlement(Outcome.UNSETTLED, envelope.attempt))
+                _notify(watchers, settlement or Settlement(Outcome.UNSETTLED, envelope.attempt), envelope)
 
     async def _ack(self, delivery: Delivery, envelope: Envelope) -> Settlement:
         try:

@@ -103,3 +103,40 @@ async def test_log_fields_are_usable_by_a_structured_formatter(
         "messaging_attempt": 1,
     }
     assert SECRET not in rendered(record)
+
+
+async def test_a_failing_settle_callback_is_logged_with_the_message_fields(
+    bus_factory: BusFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    from messagebus import Handler
+    from messagebus._settle import Settlement, on_settled
+
+    caplog.set_level(logging.ERROR, logger="messagebus")
+    got: Collector[Envelope] = Collector(10)
+
+    def broken_observer(handler: Handler) -> Handler:
+        async def observed(envelope: Envelope) -> None:
+            def callback(settlement: Settlement) -> None:
+                raise RuntimeError("observer bug")
+
+            assert on_settled(callback)
+            await handler(envelope)
+
+        return observed
+
+    consumer = bus_factory("worker", middleware=[broken_observer])
+
+    @consumer.consume("jobs")
+    async def work(job: dict[str, Any], envelope: Envelope) -> None:
+        got.add(envelope)
+
+    async with consumer:
+        await consumer.send("jobs", {"token": SECRET})
+        [envelope] = await got.wait_for(1)
+        await wait_idle(consumer)
+
+    [record] = [r for r in caplog.records if r.name.startswith("messagebus")]
+    assert "settle callback failed" in record.getMessage()
+    assert record.messaging_message_id == envelope.id
+    assert record.messaging_destination == "jobs"
+    assert SECRET not in rendered(record)
