@@ -93,6 +93,7 @@ class SqsTransport:
         self._resolving: dict[tuple[str, str], asyncio.Future[str]] = {}
         self._consumers: set[_SqsConsumer] = set()
         self._background: set[asyncio.Task[Any]] = set()
+        self._draining: set[asyncio.Task[None]] = set()
         self._connected = False
         self._closing = False
         self._connect_lock: asyncio.Lock | None = None
@@ -204,6 +205,7 @@ class SqsTransport:
         for consumer in list(self._consumers):
             await consumer.stop(0.0)
         polls = [c.poll_task for c in self._consumers if c.poll_task is not None and not c.poll_task.done()]
+        polls += [t for t in self._draining if not t.done()]
         if polls:
             _, pending = await asyncio.wait(polls, timeout=self.options.wait_time + 5.0)
             for task in pending:
@@ -408,8 +410,14 @@ class SqsTransport:
         return consumer
 
     def _forget(self, consumer: _SqsConsumer) -> None:
-        if not self._closing:
-            self._consumers.discard(consumer)
+        if self._closing:
+            return
+        self._consumers.discard(consumer)
+        poll = consumer.poll_task
+        if poll is not None and not poll.done():
+            # A receive still in flight: close() waits for it so what it got is released.
+            self._draining.add(poll)
+            poll.add_done_callback(self._draining.discard)
 
 
 def _fifo_id(value: str) -> str:
@@ -495,13 +503,16 @@ class _SqsDelivery:
         return self._attributes
 
     async def ack(self) -> None:
-        """Delete the message (batched with other acks). Raises :class:`ConsumeError` if SQS
-        refused (for example the receipt handle expired); the message then comes back.
-        Idempotent: a delivery already settled is left alone."""
+        """Delete the message. The delete is queued and sent with other acks of this queue in
+        one ``DeleteMessageBatch`` (within 5 ms, or at once when 10 are queued), so the handler's
+        slot is free at once; :meth:`Consumer.stop` and :meth:`SqsTransport.close` wait until
+        every queued delete was sent. If SQS refuses it (say the receipt handle expired) the
+        failure is logged and the message comes back after its visibility timeout: at least
+        once, never lost. Idempotent: a delivery already settled is left alone."""
         if self.settled:
             return
         self.settled = True
-        await self._consumer.delete(self)
+        self._consumer.delete(self)
 
     async def retry(self, delay: float, headers: Mapping[str, str]) -> None:
         """Make the message visible again after ``delay`` seconds (rounded up to whole seconds,
@@ -537,6 +548,7 @@ class _SqsConsumer:
         self._pool = WorkerPool(self._handle, concurrency, ordered=True, name=str(source))
         self._max_held = concurrency + transport.options.prefetch
         self._held: set[_SqsDelivery] = set()
+        self._deleting: set[_SqsDelivery] = set()
         self._space = asyncio.Event()
         self._stopping = asyncio.Event()
         self._stopped = False
@@ -580,9 +592,20 @@ class _SqsConsumer:
 
     # -- settling (called by deliveries) -----------------------------------------------------
 
-    async def delete(self, delivery: _SqsDelivery) -> None:
-        await self._after_extension(delivery)
-        await self._deleter.add({"ReceiptHandle": delivery.receipt_handle})
+    def delete(self, delivery: _SqsDelivery) -> None:
+        # Until SQS confirmed the delete, the heartbeat keeps the message hidden: a delete
+        # delayed by a slow endpoint must not let another consumer get it meanwhile.
+        self._deleting.add(delivery)
+        fut = self._deleter.add({"ReceiptHandle": delivery.receipt_handle})
+        fut.add_done_callback(functools.partial(self._delete_done, delivery))
+
+    def _delete_done(self, delivery: _SqsDelivery, fut: asyncio.Future[dict[str, Any]]) -> None:
+        self._deleting.discard(delivery)
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            logger.warning("messagebus-sqs: ack failed, the message will be redelivered: %s", exc)
 
     async def change_visibility(self, delivery: _SqsDelivery, seconds: int) -> None:
         await self._after_extension(delivery)
@@ -701,18 +724,22 @@ class _SqsConsumer:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            due = [d for d in self._held if not d.settled and d.deadline - now < vt / 2]
+            candidates = [d for d in self._held if not d.settled]
+            candidates += self._deleting
+            due = [d for d in candidates if d.deadline - now < vt / 2]
             if not due:
                 continue
             for d in due:
                 d.deadline = now + vt
-                d.extending = self._visibility.add({"ReceiptHandle": d.receipt_handle, "VisibilityTimeout": vt})
-            results = await asyncio.gather(*(d.extending for d in due if d.extending), return_exceptions=True)
-            failed = [r for r in results if isinstance(r, BaseException)]
-            if failed:
-                logger.warning(
-                    "messagebus-sqs: extending the visibility of %d messages of %s failed: %s",
-                    len(failed),
-                    self.source,
-                    failed[0],
-                )
+                fut = self._visibility.add({"ReceiptHandle": d.receipt_handle, "VisibilityTimeout": vt})
+                fut.add_done_callback(functools.partial(self._extended, d))
+                d.extending = fut
+
+    def _extended(self, delivery: _SqsDelivery, fut: asyncio.Future[dict[str, Any]]) -> None:
+        # Not awaited by the heartbeat, so a slow endpoint never delays the next round.
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        # A message settled meanwhile (deleted, released) may refuse the extension: fine.
+        if exc is not None and not delivery.settled:
+            logger.warning("messagebus-sqs: extending the visibility of a message of %s failed: %s", self.source, exc)
