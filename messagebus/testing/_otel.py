@@ -9,7 +9,7 @@ use; later calls return the same :class:`TelemetryCapture`. Spans are only sampl
 :func:`capture_telemetry` block is open, so tests that do not look at telemetry pay little
 and nothing piles up in memory::
 
-    from messagebus.testing._otel import capture_telemetry, format_trace_tree
+    from messagebus.testing.telemetry import capture_telemetry, format_trace_tree
 
     with capture_telemetry() as telemetry:
         ...  # publish, wait until handled
