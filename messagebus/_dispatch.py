@@ -182,7 +182,11 @@ class WorkerPool:
             try:
                 await handler(delivery)
             except Exception:
-                logger.exception("messagebus: delivery handler failed unexpectedly")
+                # Only a bug in the settling code gets here; the broker redelivers what was not settled.
+                logger.exception(
+                    "messagebus: delivery handler failed unexpectedly",
+                    extra={"messaging_destination": self._name, "messaging_attempt": delivery.attempt},
+                )
             self._running[i] = None
             self._count -= 1
             space = self._space
