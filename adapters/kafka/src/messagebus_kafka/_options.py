@@ -61,6 +61,9 @@ class KafkaOptions(TransportOptions):
     max_batch_size: int = Field(262_144, ge=1_024, le=1_073_741_824)
     #: Most records one fetch hands to the dispatcher.
     fetch_max_records: int = Field(1_000, ge=1, le=100_000)
+    #: How long the broker may hold a fetch that has no data. Kept short: the consumer also
+    #: fetches the (mostly empty) retry topic, and one fetch per broker is in flight at a time.
+    fetch_max_wait_ms: int = Field(100, ge=0, le=60_000)
 
     def check(self) -> None:
         """Cross-field checks; raises ``ValueError`` with a message safe to show (no secrets)."""

@@ -540,6 +540,7 @@ class KafkaConsumer:
             rebalance_timeout_ms=o.rebalance_timeout_ms,
             max_poll_interval_ms=o.max_poll_interval_ms,
             max_poll_records=o.fetch_max_records,
+            fetch_max_wait_ms=o.fetch_max_wait_ms,
         )
         try:
             await consumer.start()
