@@ -5,13 +5,13 @@ from __future__ import annotations
 
 PROJECT = "messagebus-test"
 # Short ack deadline: a message lost with a dropped stream comes back within seconds.
-TEST_OPTIONS = "ack_deadline=10&connect_timeout=10&publish_timeout=30"
+TEST_OPTIONS = {"ack_deadline": "10", "connect_timeout": "10", "publish_timeout": "30"}
 
 
 def url_for(emulator_host: str, **extra: str) -> str:
-    """The test URL for an emulator at ``emulator_host`` plus extra options."""
-    more = "".join(f"&{k}={v}" for k, v in extra.items())
-    return f"pubsub://{PROJECT}?emulator_host={emulator_host}&{TEST_OPTIONS}{more}"
+    """The test URL for an emulator at ``emulator_host``, with extra (or overriding) options."""
+    options = {"emulator_host": emulator_host, **TEST_OPTIONS, **extra}
+    return f"pubsub://{PROJECT}?" + "&".join(f"{k}={v}" for k, v in options.items())
 
 
 def url_via(host: str, port: int) -> str:

@@ -109,6 +109,7 @@ class Topology:
         self._timeout = timeout
         self._where = where
         self._done: set[str] = set()
+        self._sub_topics: dict[str, str] = {}
         self._pending: dict[str, asyncio.Future[None]] = {}
 
     def _retry(self) -> AsyncRetry:
@@ -124,6 +125,7 @@ class Topology:
         """Drop ``path`` from the cache (it was deleted behind our back); the next use
         declares it again."""
         self._done.discard(path)
+        self._sub_topics.pop(path, None)
 
     async def ensure_topic(self, path: str) -> None:
         """Create topic ``path`` unless it exists. Raises TopologyError / ConnectError."""
@@ -132,9 +134,13 @@ class Topology:
     async def ensure_subscription(self, path: str, topic: str, *, ordered: bool | None = None) -> None:
         """Create subscription ``path`` on ``topic`` (declaring the topic first) unless it
         exists; an existing one must be attached to ``topic``. Raises TopologyError."""
+        known = self._sub_topics.get(path)
+        if known is not None and known != topic:
+            raise _clash(path, known, topic)
         await self.ensure_topic(topic)
         want_order = self._ordering if ordered is None else ordered
         await self._once(path, lambda: self._create_subscription(path, topic, want_order))
+        self._sub_topics[path] = topic
 
     async def ensure_queue(self, names: Names) -> None:
         """Declare a queue (topic + its subscription) or a topic's group subscription."""
@@ -203,12 +209,16 @@ class Topology:
             f"read subscription {path}", self._subscriber.get_subscription, {"subscription": path}
         )
         if existing.topic != topic:
-            raise TopologyError(
-                f"subscription {path} already exists on topic {existing.topic!r}, not on {topic!r}: "
-                "a queue and a topic's group map to the same Pub/Sub subscription name; rename one of them"
-            )
+            raise _clash(path, existing.topic, topic)
         if ordered and not existing.enable_message_ordering:
             raise TopologyError(
                 f"subscription {path} exists without message ordering, but ordering=true; Pub/Sub cannot "
                 "change this on an existing subscription: delete it, or use ordering=false"
             )
+
+
+def _clash(path: str, existing: str, wanted: str) -> TopologyError:
+    return TopologyError(
+        f"subscription {path} already exists on topic {existing!r}, not on {wanted!r}: a queue and a topic's "
+        "group map to the same Pub/Sub subscription name (queue 'a.b' and topic 'a' group 'b'); rename one of them"
+    )

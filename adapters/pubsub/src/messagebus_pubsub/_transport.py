@@ -1,11 +1,14 @@
 """PubSubTransport: the messagebus transport contract on google-cloud-pubsub.
 
-Threads and the event loop: google-cloud-pubsub publishes from its own batching threads and
-calls subscriber callbacks on a thread pool. Nothing here blocks the event loop: publish
-futures are awaited through one thread-safe completion per ``publish()`` call, subscriber
-callbacks only hand the message to the loop (``call_soon_threadsafe``), and the few blocking
-client calls (opening/closing a stream, closing channels) run in worker threads. Topics and
-subscriptions are managed with the asyncio (``grpc.aio``) admin clients.
+Threads and the event loop. Publishing uses the client's ``PublisherClient`` (its batching,
+ordering keys and ``resume_publish``); its futures complete on the client's threads and are
+bridged to the loop with one ``call_soon_threadsafe`` per ``publish()`` call. Consuming, topics
+and subscriptions use the asyncio (``grpc.aio``) GAPIC clients: each consumer long-polls
+``Pull`` on the loop, extends leases itself and batches acks, so no callback thread is
+involved and nothing blocks the loop. Streaming pull is not used on purpose: Google's
+emulator keeps routing messages to a streaming pull after the client closed it, so every
+stopped consumer would swallow messages for one or more ack deadlines (measured; see the
+README), which breaks graceful stop and restart. Unary pull has no such state.
 
 Retries (``Delivery.retry``): the message is re-published, with ``messagebus-attempt`` and a
 ``messagebus-not-before`` time, to the consumer's own retry topic ``<subscription>~retry``
@@ -13,9 +16,9 @@ Retries (``Delivery.retry``): the message is re-published, with ``messagebus-att
 acked only once that publish is confirmed. The redelivery therefore reaches only this
 group/queue, carries its attempt count across processes and restarts (the emulator has no
 delivery-attempt field, and real Pub/Sub only counts with a dead-letter policy), and waits
-without holding back other messages: a retry that arrives early is released back to Pub/Sub
-with its ack deadline set to the remaining delay (``modify_ack_deadline``), and the last
-second or two is timed on the event loop.
+without holding back other messages: a retry that arrives early goes back to Pub/Sub with
+its ack deadline set to the remaining delay (``ModifyAckDeadline``), and the last second or
+two is timed on the event loop.
 """
 
 from __future__ import annotations
@@ -27,18 +30,15 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future as ConcurrentFuture
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 from google.api_core import exceptions as gexc
 from google.api_core.retry_async import AsyncRetry
 from google.cloud import pubsub_v1
-from google.cloud.pubsub_v1.subscriber.message import Message
-from google.cloud.pubsub_v1.subscriber.scheduler import ThreadScheduler
-from google.pubsub_v1 import PublisherAsyncClient, SubscriberAsyncClient
+from google.pubsub_v1 import PublisherAsyncClient, ReceivedMessage, SubscriberAsyncClient
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcAsyncIOTransport, PublisherGrpcTransport
-from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncIOTransport, SubscriberGrpcTransport
+from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncIOTransport
 
 from messagebus import (
     ConfigurationError,
@@ -113,7 +113,6 @@ class PubSubTransport:
             network=True,
         )
         self._publisher: pubsub_v1.PublisherClient | None = None
-        self._subscriber: pubsub_v1.SubscriberClient | None = None
         self._admin_publisher: PublisherAsyncClient | None = None
         self._admin_subscriber: SubscriberAsyncClient | None = None
         self._topology: Topology | None = None
@@ -189,7 +188,6 @@ class PubSubTransport:
         emulator = self._settings.emulator_host
         if emulator:
             pub_channel = grpc.insecure_channel(emulator, options=_CHANNEL_OPTIONS)
-            sub_channel = grpc.insecure_channel(emulator, options=_CHANNEL_OPTIONS)
             apub_channel = grpc.aio.insecure_channel(emulator, options=_CHANNEL_OPTIONS)
             asub_channel = grpc.aio.insecure_channel(emulator, options=_CHANNEL_OPTIONS)
         else:
@@ -198,7 +196,6 @@ class PubSubTransport:
             credentials = await asyncio.wait_for(asyncio.to_thread(self._load_credentials), timeout)
             kw: dict[str, Any] = {"credentials": credentials, "options": _CHANNEL_OPTIONS}
             pub_channel = PublisherGrpcTransport.create_channel(_API_HOST, **kw)
-            sub_channel = SubscriberGrpcTransport.create_channel(_API_HOST, **kw)
             apub_channel = PublisherGrpcAsyncIOTransport.create_channel(_API_HOST, **kw)
             asub_channel = SubscriberGrpcAsyncIOTransport.create_channel(_API_HOST, **kw)
         self._admin_publisher = PublisherAsyncClient(transport=PublisherGrpcAsyncIOTransport(channel=apub_channel))
@@ -210,7 +207,6 @@ class PubSubTransport:
             publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=self._opts.ordering),
             transport=PublisherGrpcTransport(channel=pub_channel),
         )
-        self._subscriber = pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=sub_channel))
         self._topology = Topology(
             self._admin_publisher,
             self._admin_subscriber,
@@ -225,16 +221,7 @@ class PubSubTransport:
 
         path = self._opts.credentials_file
         if path is not None:
-            try:
-                credentials, _ = google.auth.load_credentials_from_file(  # type: ignore[no-untyped-call]
-                    path, scopes=_SCOPES
-                )
-            except Exception as exc:
-                raise ConfigurationError(
-                    f"credentials_file {path!r} cannot be used: {exc}; give a service-account or "
-                    "authorized-user JSON key file"
-                ) from exc
-            return credentials
+            return _credentials_from_file(path)
         credentials, _ = google.auth.default(scopes=_SCOPES)
         return credentials
 
@@ -246,9 +233,9 @@ class PubSubTransport:
         await self._close_clients()
 
     async def _close_clients(self) -> None:
-        publisher, subscriber = self._publisher, self._subscriber
+        publisher = self._publisher
         admin_pub, admin_sub = self._admin_publisher, self._admin_subscriber
-        self._publisher = self._subscriber = None
+        self._publisher = None
         self._admin_publisher = self._admin_subscriber = None
         self._topology = None
 
@@ -258,11 +245,8 @@ class PubSubTransport:
                     publisher.stop()
                 with contextlib.suppress(Exception):
                     publisher.transport.close()
-            if subscriber is not None:
-                with contextlib.suppress(Exception):
-                    subscriber.close()
 
-        if publisher is not None or subscriber is not None:
+        if publisher is not None:
             await asyncio.to_thread(close_sync)
         for admin in (admin_pub, admin_sub):
             if admin is not None:
@@ -383,6 +367,32 @@ class PubSubTransport:
         return consumer
 
 
+def _credentials_from_file(path: str) -> Any:
+    """Service-account or authorized-user credentials from a JSON file (the two kinds a user
+    hands over deliberately; external-account configs are refused as unvetted input)."""
+    import json
+
+    from google.oauth2 import credentials as user_credentials
+    from google.oauth2 import service_account
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+        kind = info.get("type") if isinstance(info, dict) else None
+        if kind == "service_account":
+            return service_account.Credentials.from_service_account_info(info, scopes=_SCOPES)  # type: ignore[no-untyped-call]
+        if kind == "authorized_user":
+            return user_credentials.Credentials.from_authorized_user_info(info, scopes=_SCOPES)  # type: ignore[no-untyped-call]
+    except Exception as exc:
+        raise ConfigurationError(
+            f"credentials_file {path!r} cannot be used: {type(exc).__name__}: {exc}; give a service-account or "
+            "authorized-user JSON key file"
+        ) from exc
+    raise ConfigurationError(
+        f"credentials_file {path!r} has type {kind!r}; expected a 'service_account' or 'authorized_user' JSON file"
+    )
+
+
 def _bounded_retry(timeout: float) -> AsyncRetry:
     return AsyncRetry(
         initial=0.1,
@@ -422,13 +432,13 @@ def _all_done(loop: asyncio.AbstractEventLoop, futures: Sequence[ConcurrentFutur
 class PubSubDelivery:
     """One received Pub/Sub message handed to the bus (the contract's ``Delivery``).
 
-    Belongs to one handler call; settle it once, on the consumer's event loop.
-    ``raw`` is the client's :class:`google.cloud.pubsub_v1.subscriber.message.Message`.
+    Belongs to one handler call; settle it once, on the consumer's event loop. ``raw`` is the
+    :class:`google.pubsub_v1.types.ReceivedMessage` (``ack_id`` and ``message``).
     """
 
     __slots__ = (
         "_consumer",
-        "_message",
+        "_received",
         "_retried",
         "_settled",
         "attempt",
@@ -441,7 +451,7 @@ class PubSubDelivery:
     def __init__(
         self,
         consumer: PubSubConsumer,
-        message: Message,
+        received: ReceivedMessage,
         headers: dict[str, str],
         key: str | None,
         attempt: int,
@@ -449,81 +459,86 @@ class PubSubDelivery:
         retried: bool = False,
     ) -> None:
         self._consumer = consumer
-        self._message = message
+        self._received = received
         self._retried = retried
         self._settled = False
-        self.body: bytes = message.data
+        self.body: bytes = received.message.data
         self.headers: Mapping[str, str] = headers
         self.key: str | None = key
         self.attempt: int = attempt
         self.messaging_attributes: Mapping[str, AttributeValue] = attributes
 
     @property
-    def raw(self) -> Message:
+    def raw(self) -> ReceivedMessage:
         """The native received message."""
-        return self._message
+        return self._received
+
+    @property
+    def ack_id(self) -> str:
+        """The Pub/Sub ack id of this delivery."""
+        return str(self._received.ack_id)
+
+    @property
+    def retried(self) -> bool:
+        """True when it came from the consumer's retry subscription."""
+        return self._retried
 
     @property
     def settled(self) -> bool:
-        """True once :meth:`ack` or :meth:`retry` was called (or the delivery was released)."""
+        """True once :meth:`ack` or :meth:`retry` was called (or the delivery was handed back)."""
         return self._settled
 
     async def ack(self) -> None:
         """Acknowledge: Pub/Sub forgets the message for this subscription. Idempotent.
 
-        Acks are best effort in Pub/Sub (at-least-once delivery): a lost ack means one more
-        delivery. Raises :class:`ConsumeError` when the consumer's stream is already closed
-        (the message will then be redelivered)."""
+        Acks are batched with others and sent right after; Pub/Sub delivery is at least once,
+        so an ack lost with the connection means one more delivery. Raises
+        :class:`ConsumeError` when the consumer is already stopped (the message will then be
+        redelivered)."""
         if self._settled:
             return
         if self._consumer.closed:
             raise ConsumeError(
-                f"cannot ack message {self._message.message_id}: the consumer of {self._consumer.source} is "
-                "stopped; Pub/Sub will redeliver it"
+                f"cannot ack message {self._received.message.message_id}: the consumer of "
+                f"{self._consumer.source} is stopped; Pub/Sub will redeliver it"
             )
         self._settled = True
-        self._message.ack()
+        self._consumer.ack_later(self)
 
     async def retry(self, delay: float, headers: Mapping[str, str]) -> None:
         """Redeliver to this subscription only, after ``delay`` seconds, with ``attempt + 1``.
 
         Re-publishes the message (with ``headers`` added) to this consumer's retry topic and
-        acks the original once the broker confirmed it; on failure the original is released for
-        immediate redelivery and :class:`ConsumeError` is raised. Idempotent."""
+        acks the original once the broker confirmed it; on failure the original is handed back
+        for immediate redelivery and :class:`ConsumeError` is raised. Idempotent."""
         if self._settled:
             return
         self._settled = True
         try:
             await self._consumer.republish(self, max(0.0, float(delay)), headers)
         except BaseException as exc:
-            self.release()
+            self._consumer.nack_later([self])
             if isinstance(exc, Exception):
                 raise ConsumeError(
-                    f"cannot schedule the retry of message {self._message.message_id} from "
+                    f"cannot schedule the retry of message {self._received.message.message_id} from "
                     f"{self._consumer.source}: {exc}"
                 ) from exc
             raise
-        self._message.ack()
+        self._consumer.ack_later(self)
 
-    def release(self) -> None:
-        """Hand the message back to Pub/Sub for immediate redelivery (nack). Thread-safe."""
+    def mark_settled(self) -> None:
+        """Mark settled without telling Pub/Sub (the consumer hands it back itself)."""
         self._settled = True
-        with contextlib.suppress(Exception):
-            self._message.nack()
-
-    def take(self) -> tuple[Message, bool]:
-        """Mark settled without telling Pub/Sub; return the native message and whether it came
-        from the retry subscription. The consumer hands it back itself when it stops."""
-        self._settled = True
-        return self._message, self._retried
 
 
 class PubSubConsumer:
-    """A running consumer: two streaming pulls (the subscription and its retry subscription)
-    feeding a :class:`WorkerPool` on the bus's event loop.
+    """A running consumer: asyncio pull loops on the subscription and its retry subscription,
+    feeding a :class:`WorkerPool`, with lease extension, batched acks and flow control.
 
-    Flow control: each stream leases at most ``max_messages`` (default ``concurrency`` plus a
-    prefetch) at once; the client extends leases while handlers run (up to an hour).
+    Everything runs on the bus's event loop through the ``grpc.aio`` client: no thread and no
+    blocking call. Flow control: at most ``max_messages`` (default ``concurrency + 100``) and
+    100 MiB are leased at once per consumer; leases are extended every third of the ack
+    deadline while messages are held or handled (up to an hour).
     """
 
     def __init__(
@@ -540,29 +555,25 @@ class PubSubConsumer:
         self._loop = transport._loop
         self.source = source
         self._names = names
-        self._concurrency = concurrency
         self._ordering = transport._opts.ordering
+        self._ack_deadline = transport._opts.ack_deadline
+        self._max_messages = transport._opts.max_messages or concurrency + 100
+        self._max_bytes = 100 * 1024 * 1024
         self._pool = WorkerPool(handler, concurrency, ordered=self._ordering, name=str(source))
         self._queue: asyncio.Queue[PubSubDelivery] = asyncio.Queue()
         self._in_hand: PubSubDelivery | None = None
-        self._feeder: asyncio.Task[None] | None = None
         self._timers: dict[asyncio.TimerHandle, PubSubDelivery] = {}
-        self._streams: dict[bool, Any] = {}
-        self._restarts: set[asyncio.Task[None]] = set()
+        # Leased and not yet settled, by ack id: (delivery, leased since).
+        self._leased: dict[str, tuple[PubSubDelivery, float]] = {}
+        self._leased_bytes = 0
+        self._space = asyncio.Event()
+        self._acks: dict[bool, list[str]] = {False: [], True: []}
+        self._ack_flush: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._closing = False
-        self._late: list[PubSubDelivery] = []
         self.closed = False
         self._stopped: asyncio.Future[None] | None = None
-        opts = transport._opts
-        prefetch = max(concurrency, 10)
-        self._flow = pubsub_v1.types.FlowControl(
-            max_messages=opts.max_messages or concurrency + prefetch,
-            max_lease_duration=3600,
-            # The stream's ack deadline follows the configured one, so a message leased by a
-            # process that died (or a dropped stream) is redelivered after ``ack_deadline``.
-            min_duration_per_lease_extension=opts.ack_deadline,
-            max_duration_per_lease_extension=opts.ack_deadline,
-        )
 
     def __repr__(self) -> str:
         return f"PubSubConsumer({self.source}, subscription={self._names.subscription!r})"
@@ -574,92 +585,63 @@ class PubSubConsumer:
         return self._names.subscription
 
     async def start(self) -> None:
-        """Start the workers and open both streaming pulls. Raises :class:`ConnectError`."""
+        """Start the workers, both pull loops and the lease keeper. Never blocks."""
         self._pool.start()
-        self._feeder = self._loop.create_task(self._feed(), name=f"messagebus-pubsub-feed-{self.source}")
-        try:
-            await self._open(False)
-            await self._open(True)
-        except BaseException:
-            await self.stop(0.0)
-            raise
+        name = str(self.source)
+        self._tasks = [
+            self._loop.create_task(self._feed(), name=f"messagebus-pubsub-feed-{name}"),
+            self._loop.create_task(self._pull_loop(False), name=f"messagebus-pubsub-pull-{name}"),
+            self._loop.create_task(self._pull_loop(True), name=f"messagebus-pubsub-pull-retry-{name}"),
+            self._loop.create_task(self._lease_loop(), name=f"messagebus-pubsub-lease-{name}"),
+        ]
 
-    async def _open(self, retried: bool) -> None:
-        subscriber = self._transport._subscriber
-        if subscriber is None:
-            raise ConnectError("the Pub/Sub transport was closed")
+    def _admin(self) -> SubscriberAsyncClient:
+        admin = self._transport._admin_subscriber
+        if admin is None:
+            raise ConsumeError("the Pub/Sub transport was closed")
+        return admin
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    async def _pull_loop(self, retried: bool) -> None:
         path = self._names.retry_subscription if retried else self._names.subscription
         assert path is not None
-
-        def callback(message: Message) -> None:
-            self._bridge(message, retried)
-
-        def open_stream() -> Any:
-            # Our callback only hands the message to the loop, so two threads are plenty.
-            scheduler = ThreadScheduler(ThreadPoolExecutor(max_workers=2, thread_name_prefix="messagebus-pubsub"))
-            return subscriber.subscribe(
-                path,
-                callback,
-                flow_control=self._flow,
-                scheduler=scheduler,
-                await_callbacks_on_shutdown=True,
-            )
-
-        try:
-            future = await asyncio.to_thread(open_stream)
-        except Exception as exc:
-            raise map_error(
-                exc, f"cannot open the stream of {path}", where=self._transport.where, default=ConsumeError
-            ) from exc
-        self._streams[retried] = future
-
-        def ended(f: Any) -> None:
-            with contextlib.suppress(RuntimeError):  # loop already closed
-                self._loop.call_soon_threadsafe(self._stream_ended, retried, f)
-
-        future.add_done_callback(ended)
-
-    def _stream_ended(self, retried: bool, future: Any) -> None:
-        if self._closing or id(self._streams.get(retried)) != id(future):
-            return
-        error = None if future.cancelled() else future.exception()
-        logger.warning(
-            "messagebus: Pub/Sub stream of %s ended (%s); reopening",
-            self._names.retry_subscription if retried else self._names.subscription,
-            error,
-        )
-        task = self._loop.create_task(self._reopen(retried))
-        self._restarts.add(task)
-        task.add_done_callback(self._restarts.discard)
-
-    async def _reopen(self, retried: bool) -> None:
-        delay = 0.5
+        backoff = 0.2
         while not self._closing:
-            await asyncio.sleep(delay)
-            topology = self._transport._topology
-            if topology is None or self._closing:
-                return
+            while len(self._leased) >= self._max_messages or self._leased_bytes >= self._max_bytes:
+                self._space.clear()
+                await self._space.wait()
+            want = max(1, min(self._max_messages - len(self._leased), 1000))
             try:
-                # The subscription may have been deleted: declare it again.
-                for path in (self._names.subscription, self._names.retry_subscription):
-                    if path is not None:
+                # A long poll: the server answers as soon as messages are there, or empty at
+                # the deadline, so an idle consumer costs one request every 10 seconds.
+                response = await self._admin().pull(
+                    request={"subscription": path, "max_messages": want}, timeout=10.0, retry=None
+                )
+            except asyncio.CancelledError:
+                raise
+            except gexc.DeadlineExceeded:
+                continue
+            except Exception as exc:
+                if self._closing:
+                    return
+                if isinstance(exc, gexc.NotFound):
+                    # Deleted behind our back: declare it again.
+                    topology = self._transport._topology
+                    if topology is not None:
                         topology.forget(path)
-                await topology.ensure_consumer(self._names)
-                await self._open(retried)
-                return
-            except MessageBusError as exc:
-                logger.warning("messagebus: reopening the Pub/Sub stream of %s failed: %s", self.source, exc)
-                delay = min(delay * 2, 10.0)
+                        with contextlib.suppress(MessageBusError):
+                            await topology.ensure_consumer(self._names)
+                logger.warning("messagebus: pulling from %s failed (%s); retrying in %.1fs", path, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.2
+            for received in response.received_messages:
+                self._arrive(received, retried)
 
-    # Runs on the client's callback threads: do nothing but hand over to the loop (which
-    # hands the message back itself if this consumer is stopping).
-    def _bridge(self, message: Message, retried: bool) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._arrive, message, retried)
-        except RuntimeError:  # the loop is closed: give the message back right away
-            message.nack()
-
-    def _arrive(self, message: Message, retried: bool) -> None:
+    def _arrive(self, received: ReceivedMessage, retried: bool) -> None:
+        message = received.message
         wire = decode_attributes(message.attributes)
         attempt = 1
         remaining = 0.0
@@ -670,11 +652,11 @@ class PubSubConsumer:
                 attempt = 2
             with contextlib.suppress(ValueError):
                 remaining = float(wire.get(NOT_BEFORE, "0")) / 1000.0 - time.time()
-            if remaining > _LOCAL_HOLD:
-                # Give it back to Pub/Sub until shortly before it is due; it does not occupy a
-                # flow-control slot or a worker meanwhile.
-                message.drop()
-                message.modify_ack_deadline(min(_MAX_ACK_DEADLINE, max(1, int(remaining - 1.0))))
+            if remaining > _LOCAL_HOLD and not self._closing:
+                # Back to Pub/Sub until shortly before it is due: it holds no flow-control slot
+                # and no worker meanwhile, and other messages flow past it.
+                seconds = min(_MAX_ACK_DEADLINE, max(1, int(remaining - 1.0)))
+                self._spawn(self._modack([received.ack_id], seconds, retried))
                 return
         key = message.ordering_key or wire.get(h.KEY) or None
         headers = {k: v for k, v in wire.items() if k not in INTERNAL_HEADERS}
@@ -683,15 +665,18 @@ class PubSubConsumer:
         attributes = delivery_attributes(
             subscription=subscription.rsplit("/", 1)[-1],
             message_id=message.message_id,
-            ack_id=message.ack_id,
+            ack_id=received.ack_id,
             ordering_key=message.ordering_key,
             body_size=len(message.data),
             attempt=attempt,
         )
-        delivery = PubSubDelivery(self, message, headers, key, attempt, attributes, retried)
+        delivery = PubSubDelivery(self, received, headers, key, attempt, attributes, retried)
         if self._closing:
-            self._late.append(delivery)
-        elif remaining > 0:
+            self.nack_later([delivery])
+            return
+        self._leased[delivery.ack_id] = (delivery, time.monotonic())
+        self._leased_bytes += len(delivery.body)
+        if remaining > 0:
             handle = self._loop.call_later(remaining, self._due, delivery)
             self._timers[handle] = delivery
         else:
@@ -702,10 +687,7 @@ class PubSubConsumer:
             if item is delivery:
                 del self._timers[handle]
                 break
-        if self._closing:
-            self._late.append(delivery)
-        else:
-            self._queue.put_nowait(delivery)
+        self._queue.put_nowait(delivery)
 
     async def _feed(self) -> None:
         while True:
@@ -713,33 +695,111 @@ class PubSubConsumer:
             self._in_hand = delivery
             await self._pool.wait_for_space()
             self._in_hand = None
-            if self._closing:
-                self._late.append(delivery)
-                continue
             self._pool.submit_nowait(delivery)
+
+    # -- settling ----------------------------------------------------------------------------
+
+    def _release(self, delivery: PubSubDelivery) -> None:
+        entry = self._leased.pop(delivery.ack_id, None)
+        if entry is not None:
+            self._leased_bytes -= len(delivery.body)
+            self._space.set()
+
+    def ack_later(self, delivery: PubSubDelivery) -> None:
+        """Queue the ack of ``delivery``; acks made in the same loop turn go in one request."""
+        self._release(delivery)
+        self._acks[delivery.retried].append(delivery.ack_id)
+        if self._ack_flush is None or self._ack_flush.done():
+            self._ack_flush = self._loop.create_task(self._flush_acks())
+
+    def nack_later(self, deliveries: Sequence[PubSubDelivery]) -> None:
+        """Hand deliveries back for immediate redelivery (ack deadline 0), in the background."""
+        by_path: dict[bool, list[str]] = {}
+        for delivery in deliveries:
+            delivery.mark_settled()
+            self._release(delivery)
+            by_path.setdefault(delivery.retried, []).append(delivery.ack_id)
+        for retried, ack_ids in by_path.items():
+            self._spawn(self._modack(ack_ids, 0, retried))
+
+    def _spawn(self, coro: Any) -> None:
+        task = self._loop.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _flush_acks(self) -> None:
+        await asyncio.sleep(0)  # let the acks of this loop turn join the request
+        for retried in (False, True):
+            path = self._names.retry_subscription if retried else self._names.subscription
+            assert path is not None
+            pending = self._acks[retried]
+            failures = 0
+            while pending:
+                batch = pending[:2500]
+                del pending[:2500]
+                try:
+                    await self._admin().acknowledge(
+                        request={"subscription": path, "ack_ids": batch}, timeout=10.0, retry=None
+                    )
+                    failures = 0
+                except Exception as exc:
+                    failures += 1
+                    if failures > 3 or isinstance(exc, ConsumeError):
+                        # At least once: these messages come back after their ack deadline.
+                        logger.warning("messagebus: acking %d messages on %s failed: %s", len(batch), path, exc)
+                        failures = 0
+                        continue
+                    pending[:0] = batch
+                    await asyncio.sleep(0.2 * failures)
+
+    async def _modack(self, ack_ids: Sequence[str], seconds: int, retried: bool) -> None:
+        path = self._names.retry_subscription if retried else self._names.subscription
+        assert path is not None
+        for start in range(0, len(ack_ids), 2500):
+            chunk = list(ack_ids[start : start + 2500])
+            try:
+                await self._admin().modify_ack_deadline(
+                    request={"subscription": path, "ack_ids": chunk, "ack_deadline_seconds": seconds},
+                    timeout=10.0,
+                    retry=None,
+                )
+            except Exception as exc:
+                # Not lost: Pub/Sub redelivers them when their current ack deadline runs out.
+                logger.warning(
+                    "messagebus: changing the ack deadline of %d messages on %s failed: %s", len(chunk), path, exc
+                )
+
+    async def _lease_loop(self) -> None:
+        interval = max(1.0, self._ack_deadline / 3)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            by_path: dict[bool, list[str]] = {}
+            for ack_id, (delivery, since) in list(self._leased.items()):
+                if now - since < 3600:
+                    by_path.setdefault(delivery.retried, []).append(ack_id)
+            for retried, ack_ids in by_path.items():
+                await self._modack(ack_ids, self._ack_deadline, retried)
 
     async def republish(self, delivery: PubSubDelivery, delay: float, headers: Mapping[str, str]) -> None:
         """Publish ``delivery`` to this consumer's retry topic, due in ``delay`` seconds, with
         ``attempt + 1``. Raises :class:`MessageTooLarge` / :class:`PublishError`."""
         assert self._names.retry_topic is not None
-        attributes = self._retry_attributes(delivery, delivery.attempt + 1, delay, headers)
-        check_size(self._names.retry_topic, delivery.body, attributes, "")
-        await self._transport._send([(self._names.retry_topic, delivery.body, attributes, "")])
-
-    def _retry_attributes(
-        self, delivery: PubSubDelivery, attempt: int, delay: float, headers: Mapping[str, str]
-    ) -> dict[str, str]:
         wire = {k: v for k, v in delivery.headers.items() if k not in INTERNAL_HEADERS}
         wire.update(headers)
-        wire[h.ATTEMPT] = str(attempt)
+        wire[h.ATTEMPT] = str(delivery.attempt + 1)
         if delay > 0:
             wire[NOT_BEFORE] = str(int((time.time() + delay) * 1000))
         attributes, _ = encode_attributes(wire, delivery.key, False)
-        return attributes
+        check_size(self._names.retry_topic, delivery.body, attributes, "")
+        await self._transport._send([(self._names.retry_topic, delivery.body, attributes, "")])
+
+    # -- stopping ----------------------------------------------------------------------------
 
     async def stop(self, grace: float) -> None:
         """Stop fetching, give in-flight handlers up to ``grace`` seconds, cancel the rest and
-        hand every unsettled message back to Pub/Sub (nack) for redelivery. Idempotent."""
+        hand every unsettled message back to Pub/Sub (ack deadline 0) for immediate
+        redelivery; pending acks are sent before it returns. Idempotent."""
         if self._stopped is not None:
             await asyncio.shield(self._stopped)
             return
@@ -752,99 +812,31 @@ class PubSubConsumer:
 
     async def _stop(self, grace: float) -> None:
         self._closing = True
-        for task in list(self._restarts):
+        pulls, others = self._tasks[1:3], [self._tasks[0], self._tasks[3]] if self._tasks else []
+        for task in pulls:
             task.cancel()
         give_back: list[PubSubDelivery] = []
         for handle, delivery in list(self._timers.items()):
             handle.cancel()
             give_back.append(delivery)
         self._timers.clear()
-        if self._feeder is not None:
-            self._feeder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._feeder
+        if self._tasks:
+            self._tasks[0].cancel()  # the feeder
+            await asyncio.gather(*pulls, self._tasks[0], return_exceptions=True)
         if self._in_hand is not None:
             give_back.append(self._in_hand)
             self._in_hand = None
         give_back.extend(d for d in await self._pool.stop(grace) if isinstance(d, PubSubDelivery))
         while not self._queue.empty():
             give_back.append(self._queue.get_nowait())
-        give_back.extend(self._late)
-        self._late.clear()
-        await self._hand_back([d for d in give_back if not d.settled])
-        streams = list(self._streams.values())
-        self._streams.clear()
-
-        def close_streams() -> None:
-            for future in streams:
-                future.cancel()
-            for future in streams:
-                with contextlib.suppress(Exception):
-                    future.result(timeout=30)
-
-        if streams:
-            # The client flushes queued acks and nacks what it still holds before it stops.
-            await asyncio.to_thread(close_streams)
+        self.nack_later([d for d in give_back if not d.settled])
+        # Everything still leased was handed over to the bus and not settled: give it back too.
+        self.nack_later([d for d, _ in list(self._leased.values()) if not d.settled])
+        if self._ack_flush is not None:
+            await asyncio.gather(self._ack_flush, return_exceptions=True)
+        if self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
         self.closed = True
-        await asyncio.sleep(0)  # run callbacks the client handed over before it closed
-        late, self._late = self._late, []
-        await self._nack_after_close([d.take() for d in late if not d.settled])
-
-    async def _hand_back(self, deliveries: Sequence[PubSubDelivery]) -> None:
-        """Make unsettled deliveries available to the group again while the streams are open.
-
-        Ordered, keyed messages are nacked, which keeps their order on Pub/Sub. The others are
-        re-published to the retry topic (same attempt, due now) and then acked: a nack could
-        be redelivered to this closing stream, and the emulator does not redeliver what a
-        closed stream held until long after its ack deadline, so re-publishing is the reliable
-        hand-back. Falls back to nack if the re-publish fails."""
-        if not deliveries:
-            return
-        republish: list[PubSubDelivery] = []
-        for delivery in deliveries:
-            if self._ordering and delivery.raw.ordering_key:
-                delivery.release()
-            else:
-                republish.append(delivery)
-        if not republish:
-            return
-        assert self._names.retry_topic is not None
-        try:
-            items = [
-                (self._names.retry_topic, d.body, self._retry_attributes(d, d.attempt, 0.0, {}), "") for d in republish
-            ]
-            await self._transport._send(items)
-        except Exception as exc:
-            logger.warning("messagebus: handing back %d messages of %s by nack (%s)", len(republish), self.source, exc)
-            for delivery in republish:
-                delivery.release()
-            return
-        for delivery in republish:
-            delivery.take()[0].ack()
-
-    async def _nack_after_close(self, messages: Sequence[tuple[Message, bool]]) -> None:
-        """Hand back messages that arrived while the streams closed, with one RPC each
-        subscription (their streams are gone, so the client's nack no longer works)."""
-        admin = self._transport._admin_subscriber
-        if not messages or admin is None:
-            return
-        by_subscription: dict[str, list[str]] = {}
-        for message, retried in messages:
-            path = self._names.retry_subscription if retried else self._names.subscription
-            assert path is not None
-            by_subscription.setdefault(path, []).append(message.ack_id)
-        for path, ack_ids in by_subscription.items():
-            for start in range(0, len(ack_ids), 1000):
-                chunk = ack_ids[start : start + 1000]
-                try:
-                    await admin.modify_ack_deadline(
-                        request={"subscription": path, "ack_ids": chunk, "ack_deadline_seconds": 0}, timeout=5.0
-                    )
-                except Exception as exc:
-                    # Not lost: Pub/Sub redelivers them when their ack deadline runs out.
-                    logger.warning(
-                        "messagebus: could not hand %d messages back to %s (%s); they return after the ack deadline",
-                        len(chunk),
-                        path,
-                        exc,
-                    )
