@@ -63,14 +63,18 @@ class Count:
         self.target = target
         self.first = 0.0
         self.last = 0.0
+        self.cpu_first = 0.0
+        self.cpu_last = 0.0
         self.done = asyncio.Event()
 
     def hit(self) -> None:
         if self.n == 0:
             self.first = time.perf_counter()
+            self.cpu_first = time.process_time()
         self.n += 1
         if self.n >= self.target:
             self.last = time.perf_counter()
+            self.cpu_last = time.process_time()
             self.done.set()
 
 
@@ -97,7 +101,12 @@ async def raw_consume(url: str, n: int) -> Row:
                 if count.n >= n:
                     break
     await delete(url, queue)
-    return Row("aio-pika raw consume loop (prefetch 100)", n, count.last - count.first, "decode + handler + ack")
+    return Row(
+        "aio-pika raw consume loop (prefetch 100)",
+        n,
+        count.last - count.first,
+        cpu(count.cpu_last - count.cpu_first, n),
+    )
 
 
 async def bus_consume(url: str, n: int, concurrency: int) -> Row:
@@ -118,7 +127,7 @@ async def bus_consume(url: str, n: int, concurrency: int) -> Row:
         f"messagebus consume (prefetch 100, concurrency {concurrency})",
         n,
         count.last - count.first,
-        "decode + handler + ack",
+        cpu(count.cpu_last - count.cpu_first, n),
     )
 
 
@@ -128,16 +137,18 @@ from faststream import FastStream
 from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 url, queue, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 broker = RabbitBroker(url, default_channel=Channel(prefetch_count=100), logger=None)
-state = {"n": 0, "first": 0.0, "last": 0.0}
+state = {"n": 0, "first": 0.0, "last": 0.0, "cpu_first": 0.0, "cpu_last": 0.0}
 done = asyncio.Event()
 
 @broker.subscriber(RabbitQueue(queue, durable=True))
 async def handle(data: dict) -> None:
     if state["n"] == 0:
         state["first"] = time.perf_counter()
+        state["cpu_first"] = time.process_time()
     state["n"] += 1
     if state["n"] >= n:
         state["last"] = time.perf_counter()
+        state["cpu_last"] = time.process_time()
         done.set()
 
 async def main():
@@ -145,7 +156,11 @@ async def main():
         await broker.start()
         await asyncio.wait_for(done.wait(), 600)
     import importlib.metadata as md
-    print(json.dumps({"seconds": state["last"] - state["first"], "version": md.version("faststream")}))
+    print(json.dumps({
+        "seconds": state["last"] - state["first"],
+        "cpu": state["cpu_last"] - state["cpu_first"],
+        "version": md.version("faststream"),
+    }))
 
 asyncio.run(main())
 """
@@ -170,10 +185,10 @@ async def faststream_consume(url: str, n: int, python: str) -> Row | None:
             print(f"FastStream run failed: {err.decode(errors='replace')[-2000:]}", file=sys.stderr)
             return None
         result = json.loads(out.decode().strip().splitlines()[-1])
-        seconds, version = result["seconds"], result["version"]
+        seconds, version, cpu_seconds = result["seconds"], result["version"], result["cpu"]
     finally:
         await delete(url, queue)
-    return Row(f"FastStream {version} consume (prefetch 100)", n, seconds, "decode + handler + ack")
+    return Row(f"FastStream {version} consume (prefetch 100)", n, seconds, cpu(cpu_seconds, n))
 
 
 # -- publish ---------------------------------------------------------------------------------
@@ -186,16 +201,16 @@ async def raw_publish(url: str, n: int) -> Row:
         ch = await conn.channel(publisher_confirms=True)
         await ch.declare_queue(queue, durable=True)
         ex = ch.default_exchange
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for i in range(n):
             body = json.dumps(payload(i)).encode()
             msg = aio_pika.Message(
                 body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, content_type="application/json"
             )
             await ex.publish(msg, routing_key=queue)
-        end = time.perf_counter()
+        end, cpu_end = time.perf_counter(), time.process_time()
         await ch.queue_delete(queue)
-    return Row("aio-pika raw publish, sequential confirms", n, end - start, "persistent, confirmed")
+    return Row("aio-pika raw publish, sequential confirms", n, end - start, cpu(cpu_end - cpu_start, n))
 
 
 async def bus_publish(url: str, n: int) -> Row:
@@ -203,12 +218,12 @@ async def bus_publish(url: str, n: int) -> Row:
     bus = Bus.from_url(url, service="bench")
     async with bus:
         await bus.send(queue, payload(-1))  # declares the queue, as the raw run declares it first
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for i in range(n):
             await bus.send(queue, payload(i))
-        end = time.perf_counter()
+        end, cpu_end = time.perf_counter(), time.process_time()
     await delete(url, queue)
-    return Row("messagebus send, sequential", n, end - start, "persistent, confirmed")
+    return Row("messagebus send, sequential", n, end - start, cpu(cpu_end - cpu_start, n))
 
 
 async def raw_publish_many(url: str, n: int, batch: int = 1000) -> Row:
@@ -218,7 +233,7 @@ async def raw_publish_many(url: str, n: int, batch: int = 1000) -> Row:
         ch = await conn.channel(publisher_confirms=True)
         await ch.declare_queue(queue, durable=True)
         ex = ch.default_exchange
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for s in range(0, n, batch):
             await asyncio.gather(
                 *(
@@ -233,9 +248,11 @@ async def raw_publish_many(url: str, n: int, batch: int = 1000) -> Row:
                     for i in range(s, min(s + batch, n))
                 )
             )
-        end = time.perf_counter()
+        end, cpu_end = time.perf_counter(), time.process_time()
         await ch.queue_delete(queue)
-    return Row(f"aio-pika raw publish, gathered confirms (batches of {batch:,})", n, end - start, "persistent")
+    return Row(
+        f"aio-pika raw publish, gathered confirms (batches of {batch:,})", n, end - start, cpu(cpu_end - cpu_start, n)
+    )
 
 
 async def bus_publish_many(url: str, n: int, batch: int = 1000) -> Row:
@@ -243,12 +260,17 @@ async def bus_publish_many(url: str, n: int, batch: int = 1000) -> Row:
     bus = Bus.from_url(url, service="bench")
     async with bus:
         await bus.send(queue, payload(-1))
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for s in range(0, n, batch):
             await bus.send_many(queue, [payload(i) for i in range(s, min(s + batch, n))])
-        end = time.perf_counter()
+        end, cpu_end = time.perf_counter(), time.process_time()
     await delete(url, queue)
-    return Row(f"messagebus send_many (batches of {batch:,})", n, end - start, "persistent, confirmed")
+    return Row(f"messagebus send_many (batches of {batch:,})", n, end - start, cpu(cpu_end - cpu_start, n))
+
+
+def cpu(seconds: float, n: int) -> str:
+    """The client's CPU time per message, carried in the row's note until the rounds are merged."""
+    return f"{seconds / n * 1e6:.1f}"
 
 
 def ratio(a: Row, b: Row) -> str:
@@ -270,8 +292,9 @@ async def rounds(contenders: list[Runner], count: int) -> list[Row]:
     for rows in results:
         rates = sorted(row.rate for row in rows)
         median = statistics.median(rates)
+        cpu_us = statistics.median(float(row.note) for row in rows)
         first = rows[0]
-        note = first.note
+        note = f"client CPU {cpu_us:.0f} us/msg"
         if count > 1:
             note += f"; median of {count} rounds, range {rates[0]:,.0f}-{rates[-1]:,.0f} msg/s"
         out.append(Row(first.name, first.messages, first.messages / median, note))

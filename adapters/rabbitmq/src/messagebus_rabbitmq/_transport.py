@@ -274,7 +274,8 @@ class RabbitMQTransport:
                 delay = min(delay * 2, 5.0)
                 continue
             if self._closed:
-                await conn.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), _CLOSE_TIMEOUT)
                 return
             self._install(conn)
             logger.info("messagebus: reconnected to RabbitMQ at %s", self.url.render())
@@ -307,8 +308,7 @@ class RabbitMQTransport:
         self._ready.set()  # wake waiters so they see the closed state
         if self._supervisor is not None:
             self._supervisor.cancel()
-            with contextlib.suppress(BaseException):
-                await self._supervisor
+            await asyncio.gather(self._supervisor, return_exceptions=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._topology.close(), _CLOSE_TIMEOUT)
         pub, self._pub = self._pub, None
@@ -784,8 +784,7 @@ class RabbitMQConsumer:
         task = self._restart_task
         if task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            await asyncio.gather(task, return_exceptions=True)
         channel, tag = self._channel, self._tag
         if channel is not None and tag is not None and not channel.is_closed:
             with contextlib.suppress(Exception):
