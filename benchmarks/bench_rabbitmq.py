@@ -273,8 +273,16 @@ def cpu(seconds: float, n: int) -> str:
     return f"{seconds / n * 1e6:.1f}"
 
 
+#: Median client CPU microseconds per message, by row name (filled by :func:`rounds`).
+CPU_US: dict[str, float] = {}
+
+
 def ratio(a: Row, b: Row) -> str:
-    return f"{a.rate / b.rate * 100:.0f}%"
+    """``a``'s throughput as a share of ``b``'s, and the same for client CPU efficiency."""
+    text = f"{a.rate / b.rate * 100:.0f}%"
+    if a.name in CPU_US and b.name in CPU_US:
+        text += f" (client CPU per message: {CPU_US[a.name] / CPU_US[b.name] * 100:.0f}% of raw's)"
+    return text
 
 
 Runner = Callable[[], Awaitable[Row]]
@@ -294,6 +302,7 @@ async def rounds(contenders: list[Runner], count: int) -> list[Row]:
         median = statistics.median(rates)
         cpu_us = statistics.median(float(row.note) for row in rows)
         first = rows[0]
+        CPU_US[first.name] = cpu_us
         note = f"client CPU {cpu_us:.0f} us/msg"
         if count > 1:
             note += f"; median of {count} rounds, range {rates[0]:,.0f}-{rates[-1]:,.0f} msg/s"
