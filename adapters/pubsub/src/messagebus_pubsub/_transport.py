@@ -89,6 +89,8 @@ _CHANNEL_OPTIONS = [
 # seconds); a later one goes back to Pub/Sub with its ack deadline set to the delay.
 _LOCAL_HOLD = 2.0
 _MAX_ACK_DEADLINE = 600
+# Publishes of more messages than this are handed to the client from a worker thread.
+_INLINE_PUBLISH = 16
 
 
 class PubSubTransport:
@@ -113,6 +115,7 @@ class PubSubTransport:
             network=True,
         )
         self._publisher: pubsub_v1.PublisherClient | None = None
+        self._ordered_publisher: pubsub_v1.PublisherClient | None = None
         self._admin_publisher: PublisherAsyncClient | None = None
         self._admin_subscriber: SubscriberAsyncClient | None = None
         self._topology: Topology | None = None
@@ -200,13 +203,20 @@ class PubSubTransport:
             asub_channel = SubscriberGrpcAsyncIOTransport.create_channel(_API_HOST, **kw)
         self._admin_publisher = PublisherAsyncClient(transport=PublisherGrpcAsyncIOTransport(channel=apub_channel))
         self._admin_subscriber = SubscriberAsyncClient(transport=SubscriberGrpcAsyncIOTransport(channel=asub_channel))
-        self._publisher = pubsub_v1.PublisherClient(
-            batch_settings=pubsub_v1.types.BatchSettings(
-                max_messages=self._opts.batch_max_messages, max_latency=self._opts.batch_max_latency
-            ),
-            publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=self._opts.ordering),
-            transport=PublisherGrpcTransport(channel=pub_channel),
+        batching = pubsub_v1.types.BatchSettings(
+            max_messages=self._opts.batch_max_messages, max_latency=self._opts.batch_max_latency
         )
+        # Two publishers on one channel: an ordered client makes every publish (keyed or not)
+        # retry forever and costs more per message, so keyless messages use a plain one.
+        self._publisher = pubsub_v1.PublisherClient(
+            batch_settings=batching, transport=PublisherGrpcTransport(channel=pub_channel)
+        )
+        if self._opts.ordering:
+            self._ordered_publisher = pubsub_v1.PublisherClient(
+                batch_settings=batching,
+                publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True),
+                transport=PublisherGrpcTransport(channel=pub_channel),
+            )
         self._topology = Topology(
             self._admin_publisher,
             self._admin_subscriber,
@@ -233,20 +243,21 @@ class PubSubTransport:
         await self._close_clients()
 
     async def _close_clients(self) -> None:
-        publisher = self._publisher
+        publishers = [p for p in (self._publisher, self._ordered_publisher) if p is not None]
         admin_pub, admin_sub = self._admin_publisher, self._admin_subscriber
-        self._publisher = None
+        self._publisher = self._ordered_publisher = None
         self._admin_publisher = self._admin_subscriber = None
         self._topology = None
 
         def close_sync() -> None:
-            if publisher is not None:
+            for publisher in publishers:
                 with contextlib.suppress(Exception):
                     publisher.stop()
+            for publisher in publishers:
                 with contextlib.suppress(Exception):
                     publisher.transport.close()
 
-        if publisher is not None:
+        if publishers:
             await asyncio.to_thread(close_sync)
         for admin in (admin_pub, admin_sub):
             if admin is not None:
@@ -304,12 +315,21 @@ class PubSubTransport:
         await self._send(items)
 
     async def _send(self, items: Sequence[tuple[str, bytes, dict[str, str], str]]) -> None:
-        publisher, topology = self._require_open()
+        plain, topology = self._require_open()
+        ordered = self._ordered_publisher or plain
         assert self._loop is not None
-        futures: list[ConcurrentFuture[str]] = []
+
+        def submit() -> list[ConcurrentFuture[str]]:
+            return [
+                (ordered if ordering_key else plain).publish(topic, data, ordering_key=ordering_key, **attributes)
+                for topic, data, attributes, ordering_key in items
+            ]
+
         try:
-            for topic, data, attributes, ordering_key in items:
-                futures.append(publisher.publish(topic, data, ordering_key=ordering_key, **attributes))
+            # Handing a message to the client costs tens of microseconds and commits full
+            # batches by starting threads: a large batch is handed over from a worker thread
+            # so the event loop stays responsive; a few messages go inline.
+            futures = await asyncio.to_thread(submit) if len(items) > _INLINE_PUBLISH else submit()
         except Exception as exc:
             # Messages already handed over still go out; report the batch as not confirmed.
             raise map_error(exc, "cannot publish to Pub/Sub", where=self.where, default=PublishError) from exc
@@ -338,7 +358,7 @@ class PubSubTransport:
                 # The client pauses an ordering key after a failed publish; resume it so the
                 # caller can publish (or retry) with this key again.
                 with contextlib.suppress(Exception):
-                    publisher.resume_publish(topic, ordering_key)
+                    ordered.resume_publish(topic, ordering_key)
         first = failures[0][1]
         raise map_error(
             first,
