@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import functools
 import hashlib
 from typing import Any
 
@@ -81,11 +82,12 @@ def retry_exchange(bucket_ms: int) -> str:
     return f"{_RETRY_PREFIX}{bucket_ms}ms"
 
 
+@functools.lru_cache(maxsize=4096)
 def physical_name(logical: str) -> str:
     """Map a logical name to a legal RabbitMQ name (<= 255 bytes, not ``amq.*``).
 
-    Deterministic; a name that had to change carries a hash of the original so two logical
-    names never share a physical one.
+    Deterministic and cached (it runs on every publish); a name that had to change carries
+    a hash of the original so two logical names never share a physical one.
     """
     if logical[:4].lower() == "amq.":
         # ``amq.`` is reserved by the broker (ACCESS_REFUSED): move it out of the way.
