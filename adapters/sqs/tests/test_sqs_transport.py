@@ -335,6 +335,7 @@ async def test_telemetry_attributes_and_raw_message(transport: SqsTransport) -> 
     attrs = d.messaging_attributes
     assert str(attrs["aws.sqs.queue.url"]).endswith(queue_name("telemetry.g", prefix=transport.options.queue_prefix))
     assert str(attrs["aws.sns.topic.arn"]).startswith("arn:aws:sns:us-east-1:")
+    assert attrs["messaging.message.id"] == d.raw["MessageId"]
     assert "ReceiptHandle" in d.raw and "Body" in d.raw
     assert transport.messaging_system == "aws_sqs"
     assert transport.publish_attributes(topic("telemetry"))["messaging.system"] == "aws.sns"

@@ -36,8 +36,10 @@ def consume_attributes(queue_url: str, message: dict[str, Any], topic_arn: str |
         attrs["aws.sns.topic.arn"] = topic_arn
     native_id = message.get("MessageId")
     if native_id:
-        attrs["aws.sqs.message.id"] = str(native_id)
+        # The broker's own id; the tracing middleware then reports the CloudEvents id as
+        # cloudevents.event_id.
+        attrs["messaging.message.id"] = str(native_id)
     group = (message.get("Attributes") or {}).get("MessageGroupId")
     if group:
-        attrs["aws.sqs.message.group_id"] = str(group)
+        attrs["messaging.aws_sqs.message.group_id"] = str(group)
     return attrs
