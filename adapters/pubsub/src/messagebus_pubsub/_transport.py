@@ -89,6 +89,8 @@ _CHANNEL_OPTIONS = [
 # seconds); a later one goes back to Pub/Sub with its ack deadline set to the delay.
 _LOCAL_HOLD = 2.0
 _MAX_ACK_DEADLINE = 600
+# Seconds one Pull request may wait for messages.
+_PULL_WAIT = 2.0
 # Publishes of more messages than this are handed to the client from a worker thread.
 _INLINE_PUBLISH = 16
 
@@ -631,12 +633,15 @@ class PubSubConsumer:
             while len(self._leased) >= self._max_messages or self._leased_bytes >= self._max_bytes:
                 self._space.clear()
                 await self._space.wait()
+                if self._closing:
+                    return
             want = max(1, min(self._max_messages - len(self._leased), 1000))
             try:
-                # A long poll: the server answers as soon as messages are there, or empty at
-                # the deadline, so an idle consumer costs one request every 10 seconds.
+                # A short long-poll: the server answers as soon as messages are there, or empty
+                # near the deadline. Kept short because stop() lets the pending pull finish
+                # instead of cancelling it (see _stop).
                 response = await self._admin().pull(
-                    request={"subscription": path, "max_messages": want}, timeout=10.0, retry=None
+                    request={"subscription": path, "max_messages": want}, timeout=_PULL_WAIT, retry=None
                 )
             except asyncio.CancelledError:
                 raise
@@ -832,9 +837,15 @@ class PubSubConsumer:
 
     async def _stop(self, grace: float) -> None:
         self._closing = True
+        self._space.set()
         pulls, others = self._tasks[1:3], [self._tasks[0], self._tasks[3]] if self._tasks else []
-        for task in pulls:
-            task.cancel()
+        if pulls:
+            # Let pending pulls finish rather than cancel them: the emulator hands the next
+            # message to a pull the client cancelled, where it stays invisible for a whole ack
+            # deadline. What they return is handed back (self._closing is set).
+            _, late = await asyncio.wait(pulls, timeout=_PULL_WAIT + 0.5)
+            for task in late:
+                task.cancel()
         give_back: list[PubSubDelivery] = []
         for handle, delivery in list(self._timers.items()):
             handle.cancel()
