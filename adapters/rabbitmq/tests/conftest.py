@@ -8,18 +8,22 @@ it is installed but stopped. Without a broker the tests skip (or fail when CI is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import aiormq
 import pytest
+from messagebus_rabbitmq import physical_name, queue_name
+from messagebus_rabbitmq._topology import Topology
 from rmq_helpers import DEFAULT_URL
 
 from messagebus.testing import missing_broker, wait_for_port
-from messagebus.transports import TransportURL
+from messagebus.transports import Destination, DestinationKind, TransportURL
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +39,61 @@ def rabbitmq_url() -> str:
         if wait_for_port(host, port, timeout=60.0):
             return url
     missing_broker("RabbitMQ", f"nothing listens on {host}:{port} (set MESSAGEBUS_TEST_RABBITMQ_URL)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _delete_test_objects() -> Iterator[None]:
+    """Delete the queues and exchanges this test process declared, so durable objects do not
+    pile up on the shared broker. Declarations are recorded by wrapping the adapter's
+    ``Topology`` methods (the broker client itself is untouched); the shared delay buckets
+    are kept. Objects of concurrent sessions on the same broker are never touched."""
+    queues: set[str] = set()
+    exchanges: set[str] = set()
+    originals = {attr: getattr(Topology, attr) for attr in ("exchange", "queue", "subscription")}
+
+    async def exchange(self: Topology, connection: Any, name: str) -> None:
+        exchanges.add(name)
+        await originals["exchange"](self, connection, name)
+
+    async def queue(self: Topology, connection: Any, name: str) -> None:
+        queues.add(name)
+        await originals["queue"](self, connection, name)
+
+    async def subscription(self: Topology, connection: Any, source: Destination) -> str:
+        if source.kind is DestinationKind.TOPIC:
+            exchanges.add(physical_name(source.name))
+        queues.add(queue_name(source))
+        result: str = await originals["subscription"](self, connection, source)
+        return result
+
+    Topology.exchange = exchange  # type: ignore[method-assign]
+    Topology.queue = queue  # type: ignore[method-assign]
+    Topology.subscription = subscription  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for attr, fn in originals.items():
+            setattr(Topology, attr, fn)
+
+    async def delete() -> None:
+        conn = await aiormq.connect(os.environ.get("MESSAGEBUS_TEST_RABBITMQ_URL", DEFAULT_URL))
+        try:
+            for q in sorted(queues):
+                ch = await conn.channel()
+                with contextlib.suppress(aiormq.exceptions.AMQPError):
+                    await ch.queue_delete(q)
+                    await ch.close()
+            for e in sorted(exchanges):
+                ch = await conn.channel()
+                with contextlib.suppress(aiormq.exceptions.AMQPError):
+                    await ch.exchange_delete(e)
+                    await ch.close()
+        finally:
+            await conn.close()
+
+    if queues or exchanges:
+        with contextlib.suppress(OSError, aiormq.exceptions.AMQPError):
+            asyncio.run(delete())
 
 
 @pytest.fixture
