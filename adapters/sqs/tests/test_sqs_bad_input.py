@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
+
 import pytest
 from messagebus_sqs import SqsTransport, queue_name, topic_name
 from sqs_helpers import make_url
@@ -75,16 +78,50 @@ def test_bus_finds_the_transport_by_scheme() -> None:
     assert bus.transport.capabilities.ordering is True
 
 
-async def test_unreachable_endpoint_is_a_connect_error() -> None:
+async def test_unreachable_endpoint_is_a_connect_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     port = free_port()  # nothing listens there
     transport = SqsTransport.from_url(
         f"sqs://?region=us-east-1&endpoint_url=http://127.0.0.1:{port}&max_attempts=1&connect_timeout=2"
     )
-    with pytest.raises(ConnectError, match=f"127.0.0.1:{port}") as info:
+    with pytest.raises(ConnectError, match=f"127.0.0.1:{port}.*cannot reach the AWS endpoint") as info:
         await transport.connect()
     assert info.value.__cause__ is not None
     assert "Traceback" not in str(info.value)
     await transport.close()  # closing an unconnected transport is fine
+
+
+async def test_endpoint_that_is_not_sqs_is_a_connect_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+
+    class NotAws(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = b"<html>nothing here</html>"
+            self.send_response(404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotAws)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        transport = SqsTransport.from_url(
+            f"sqs://?region=us-east-1&endpoint_url=http://127.0.0.1:{port}&max_attempts=1"
+        )
+        with pytest.raises(ConnectError, match=f"127.0.0.1:{port}.*ListQueues") as info:
+            await transport.connect()
+        assert info.value.__cause__ is not None
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 async def test_missing_credentials_are_a_clear_connect_error(
@@ -104,6 +141,7 @@ async def test_secrets_never_show_in_repr_or_errors(
     try:
         assert "very-secret-value" not in repr(transport)
         assert "very-secret-value" not in repr(transport.options)
+        assert transport.messaging_system_for(Destination(DestinationKind.TOPIC, "t")) == "aws.sns"
     finally:
         await transport.close()
 

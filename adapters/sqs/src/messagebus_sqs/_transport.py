@@ -48,7 +48,7 @@ from ._batch import Batcher
 from ._codec import MAX_WIRE_SIZE, decode_message, encode_message
 from ._errors import map_error
 from ._options import SqsOptions, options_from_url
-from ._telemetry import SQS_SYSTEM, consume_attributes, publish_attributes
+from ._telemetry import SQS_SYSTEM, consume_attributes, publish_attributes, system_for
 from ._topology import Topology, logical_queue
 
 __all__ = ["MAX_BODY_SIZE", "SqsTransport"]
@@ -290,6 +290,11 @@ class SqsTransport:
         return batcher
 
     # -- publishing --------------------------------------------------------------------------
+
+    def messaging_system_for(self, destination: Destination) -> str:
+        """OpenTelemetry ``messaging.system`` for publishing to ``destination``: ``aws.sns``
+        for a topic, ``aws_sqs`` for a queue (``messaging_system`` is the consume side's)."""
+        return system_for(destination)
 
     def publish_attributes(self, destination: Destination) -> dict[str, AttributeValue]:
         """Telemetry attributes for publishing to ``destination`` (``messaging.system``
