@@ -236,7 +236,9 @@ class FaultTests:
     async def test_fault_broker_restart(self, target: ConformanceTarget, buses: BusFactory) -> None:
         if target.restart is None:
             pytest.skip("target gives no way to restart its broker")
-        persistent = Bus.from_url(target.url).transport.capabilities.persistence
+        persistent = target.restart_keeps_messages
+        if persistent is None:
+            persistent = Bus.from_url(target.url).transport.capabilities.persistence
         queue = _name("restart")
         n = target.count(200, minimum=20)
         got: Collector[int] = Collector(target.timeout * 4)

@@ -53,7 +53,8 @@ class ConformanceTarget:
     - ``scale``: multiplies the kit's message counts (0.1 for a slow local emulator).
     - ``restart``: restarts the broker (returns once it accepts connections again); enables
       the broker-restart fault test. Messages must survive it when the transport declares
-      ``persistence``.
+      ``persistence``, unless ``restart_keeps_messages`` says otherwise (an in-memory
+      emulator of a persistent broker loses everything when restarted).
     """
 
     url: str
@@ -62,6 +63,7 @@ class ConformanceTarget:
     timeout: float = 30.0
     scale: float = 1.0
     restart: Callable[[], Awaitable[None]] | None = None
+    restart_keeps_messages: bool | None = None
 
     def count(self, n: int, minimum: int = 10) -> int:
         """``n`` scaled, at least ``minimum``."""
