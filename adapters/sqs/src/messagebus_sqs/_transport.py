@@ -16,6 +16,7 @@ import logging
 import math
 import re
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -345,8 +346,11 @@ class SqsTransport:
             if wire.attributes:
                 entry["MessageAttributes"] = wire.attributes
             if fifo:
-                entry["MessageGroupId"] = _fifo_id(message.key) if message.key is not None else _fifo_id(message.id)
-                entry["MessageDeduplicationId"] = _fifo_id(message.id)
+                # A message without an id (a foreign producer's) gets a fresh one: a constant
+                # would make SQS drop every later message as a duplicate for five minutes.
+                dedup = _fifo_id(message.id) if message.id else uuid.uuid4().hex
+                entry["MessageGroupId"] = _fifo_id(message.key) if message.key is not None else dedup
+                entry["MessageDeduplicationId"] = dedup
             prepared.append((message.destination, entry, wire.size, message.key))
         if not prepared:
             return
