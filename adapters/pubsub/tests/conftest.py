@@ -10,83 +10,46 @@ outlives a killed gcloud wrapper otherwise. Without an emulator the tests skip (
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from pubsub_helpers import url_for
+from pubsub_helpers import Emulator, url_for
 
 from messagebus.testing import free_port, missing_broker, wait_for_port
 from messagebus.transports import TransportURL
 
-_SDK_ROOTS = ("/usr/lib/google-cloud-sdk", "/usr/share/google-cloud-sdk", "/opt/google-cloud-sdk")
 
-
-def _emulator_command(port: int, data_dir: str) -> list[str] | None:
-    roots = list(_SDK_ROOTS)
-    gcloud = shutil.which("gcloud")
-    if gcloud:
-        roots.insert(0, str(Path(os.path.realpath(gcloud)).parent.parent))
-    for root in roots:
-        script = Path(root) / "platform" / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator"
-        if script.is_file() and shutil.which("java"):
-            return [str(script), "--host=127.0.0.1", f"--port={port}"]
-    if gcloud:
-        return [
-            gcloud, "beta", "emulators", "pubsub", "start",
-            f"--host-port=127.0.0.1:{port}", f"--data-dir={data_dir}", "--quiet",
-        ]  # fmt: skip
-    return None
+@pytest.fixture(scope="session")
+def emulator_process() -> Iterator[Emulator | None]:
+    """The emulator started for this session, or ``None`` with MESSAGEBUS_TEST_PUBSUB_URL."""
+    if os.environ.get("MESSAGEBUS_TEST_PUBSUB_URL"):
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="messagebus-pubsub-") as data_dir:
+        emulator = Emulator(free_port(), data_dir)
+        try:
+            emulator.start()
+            yield emulator
+        finally:
+            emulator.kill()
+            emulator.log.close()
 
 
 @pytest.fixture(scope="session")
-def pubsub_emulator() -> Iterator[str]:
+def pubsub_emulator(emulator_process: Emulator | None) -> str:
     """``host:port`` of a running Pub/Sub emulator (skips/fails the tests when there is none)."""
-    url = os.environ.get("MESSAGEBUS_TEST_PUBSUB_URL")
-    if url:
-        host = TransportURL.parse(url).query.get("emulator_host") or os.environ.get("PUBSUB_EMULATOR_HOST", "")
-        if not host:
-            missing_broker("Pub/Sub emulator", f"MESSAGEBUS_TEST_PUBSUB_URL={url!r} names no emulator_host")
-        h, _, p = host.rpartition(":")
-        if not wait_for_port(h, int(p), timeout=5.0):
-            missing_broker("Pub/Sub emulator", f"nothing listens on {host}")
-        yield host
-        return
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="messagebus-pubsub-") as data_dir:
-        cmd = _emulator_command(port, data_dir)
-        if cmd is None:
-            missing_broker("Pub/Sub emulator", "neither the emulator script nor gcloud is installed")
-        log = open(Path(data_dir) / "emulator.log", "wb")  # noqa: SIM115 - closed below
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            if not wait_for_port("127.0.0.1", port, timeout=60.0):
-                missing_broker("Pub/Sub emulator", f"it did not listen on port {port} within 60 s")
-            yield f"127.0.0.1:{port}"
-        finally:
-            # The emulator runs in its own session: kill the whole group (wrapper and Java).
-            with _suppress():
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                with _suppress():
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-            log.close()
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return exc[0] is not None and issubclass(exc[0], ProcessLookupError | PermissionError)  # type: ignore[arg-type]
+    if emulator_process is not None:
+        return emulator_process.host
+    url = os.environ["MESSAGEBUS_TEST_PUBSUB_URL"]
+    host = TransportURL.parse(url).query.get("emulator_host") or os.environ.get("PUBSUB_EMULATOR_HOST", "")
+    if not host:
+        missing_broker("Pub/Sub emulator", f"MESSAGEBUS_TEST_PUBSUB_URL={url!r} names no emulator_host")
+    h, _, p = host.rpartition(":")
+    if not wait_for_port(h, int(p), timeout=5.0):
+        missing_broker("Pub/Sub emulator", f"nothing listens on {host}")
+    return host
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,15 @@ tests have a ``conftest``, so tests import helpers from here, not from ``conftes
 
 from __future__ import annotations
 
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+from messagebus.testing import missing_broker, wait_for_port
+
 PROJECT = "messagebus-test"
 # Short ack deadline: a message lost with a dropped stream comes back within seconds.
 TEST_OPTIONS = {"ack_deadline": "10", "connect_timeout": "10", "publish_timeout": "30"}
@@ -17,3 +26,73 @@ def url_for(emulator_host: str, **extra: str) -> str:
 def url_via(host: str, port: int) -> str:
     """The test URL pointing at ``host:port`` (a proxy in front of the emulator)."""
     return url_for(f"{host}:{port}")
+
+
+_SDK_ROOTS = ("/usr/lib/google-cloud-sdk", "/usr/share/google-cloud-sdk", "/opt/google-cloud-sdk")
+
+
+def _emulator_command(port: int, data_dir: str) -> list[str] | None:
+    roots = list(_SDK_ROOTS)
+    gcloud = shutil.which("gcloud")
+    if gcloud:
+        roots.insert(0, str(Path(os.path.realpath(gcloud)).parent.parent))
+    for root in roots:
+        script = Path(root) / "platform" / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator"
+        if script.is_file() and shutil.which("java"):
+            return [str(script), "--host=127.0.0.1", f"--port={port}"]
+    if gcloud:
+        return [
+            gcloud, "beta", "emulators", "pubsub", "start",
+            f"--host-port=127.0.0.1:{port}", f"--data-dir={data_dir}", "--quiet",
+        ]  # fmt: skip
+    return None
+
+
+class Emulator:
+    """An emulator process this test session started; it can be restarted on the same port."""
+
+    def __init__(self, port: int, data_dir: str) -> None:
+        self.port = port
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = open(Path(data_dir) / "emulator.log", "ab")  # noqa: SIM115 - closed in stop()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        cmd = _emulator_command(self.port, self.data_dir)
+        if cmd is None:
+            missing_broker("Pub/Sub emulator", "neither the emulator script nor gcloud is installed")
+        # Its own session, so the whole group (a gcloud wrapper and the Java process) is killed.
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        if not wait_for_port("127.0.0.1", self.port, timeout=60.0):
+            self.kill()
+            missing_broker("Pub/Sub emulator", f"it did not listen on port {self.port} within 60 s")
+
+    def kill(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with _suppress():
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with _suppress():
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+    async def restart(self) -> None:
+        """Kill and start again on the same port (everything in it is lost: it is in-memory)."""
+        await asyncio.to_thread(self.kill)
+        await asyncio.to_thread(self.start)
+
+
+class _suppress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return exc[0] is not None and issubclass(exc[0], ProcessLookupError | PermissionError)  # type: ignore[arg-type]

@@ -121,6 +121,11 @@ class Topology:
             predicate=lambda exc: isinstance(exc, gexc.ServiceUnavailable | gexc.DeadlineExceeded | gexc.Aborted),
         )
 
+    def forget_all(self) -> None:
+        """Drop the whole cache (the broker lost its state, e.g. an emulator restarted)."""
+        self._done.clear()
+        self._sub_topics.clear()
+
     def forget(self, path: str) -> None:
         """Drop ``path`` from the cache (it was deleted behind our back); the next use
         declares it again."""

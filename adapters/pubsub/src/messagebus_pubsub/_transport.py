@@ -354,7 +354,9 @@ class PubSubTransport:
         for i, error in failures:
             topic, _, _, ordering_key = items[i]
             if isinstance(error, gexc.NotFound):
-                topology.forget(topic)
+                # The topic is gone (deleted, or an emulator restarted and lost everything):
+                # declare it, and a queue's subscription, again on the next publish.
+                topology.forget_all()
             if ordering_key and (topic, ordering_key) not in resumed:
                 resumed.add((topic, ordering_key))
                 # The client pauses an ordering key after a failed publish; resume it so the
