@@ -25,6 +25,8 @@ def test_entry_point_builds_the_transport() -> None:
     assert bus.transport.messaging_system == "gcp_pubsub"
     assert bus.transport.capabilities.ordering is True
     assert bus.transport.capabilities.max_message_size == MAX_BODY
+    assert bus.transport.capabilities.persistence is False  # the emulator is in-memory
+    assert Bus.from_url("pubsub://my-project").transport.capabilities.persistence is True
 
 
 def test_project_and_options_are_parsed() -> None:

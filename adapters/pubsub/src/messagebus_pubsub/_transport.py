@@ -111,7 +111,8 @@ class PubSubTransport:
         self.capabilities = Capabilities(
             ordering=self._opts.ordering,
             native_delay=True,
-            persistence=True,
+            # Pub/Sub stores messages durably; the emulator keeps them in memory only.
+            persistence=settings.emulator_host is None,
             consumer_groups=True,
             max_message_size=MAX_BODY,
             network=True,
