@@ -152,3 +152,47 @@ async def test_unsettled_message_is_redelivered_after_stop(transport: KafkaTrans
     await second.wait_for(lambda: len(second.items) >= 2)
     assert second.bodies == [b"m1", b"m2"]
     await consumer.stop(5)
+
+
+async def test_a_delayed_retry_does_not_hold_back_later_messages(transport: KafkaTransport, unique: str) -> None:
+    dest = topic(unique, "g")
+
+    async def delay_first(d: Delivery) -> None:
+        if d.body == b"slow" and d.attempt == 1:
+            await d.retry(2.0, {})
+        else:
+            await d.ack()
+
+    got = Collector(delay_first)
+    consumer = await transport.subscribe(dest, got, concurrency=1)
+    await transport.publish([msg(dest, b"slow", key="k")])
+    await got.wait_for(lambda: len(got.items) == 1)
+    await transport.publish([msg(dest, f"fast{i}".encode(), key="k") for i in range(5)])
+    await got.wait_for(lambda: [d.attempt for d in got.items if d.body == b"slow"] == [1, 2])
+    order = [(d.body, d.attempt) for d in got.items]
+    # The same key and partition: the five later messages ran while the retry waited.
+    assert order.index((b"slow", 2)) > max(order.index((f"fast{i}".encode(), 1)) for i in range(5))
+    await consumer.stop(5)
+
+
+async def test_a_retry_waiting_for_its_due_time_survives_a_stop(transport: KafkaTransport, unique: str) -> None:
+    dest = topic(unique, "g")
+    scheduled = asyncio.Event()
+
+    async def retry_later(d: Delivery) -> None:
+        if d.attempt == 1:
+            await d.retry(1.0, {"x-why": "later"})
+            scheduled.set()
+        else:
+            await d.ack()
+
+    first = Collector(retry_later)
+    consumer = await transport.subscribe(dest, first, concurrency=2)
+    await transport.publish([msg(dest, b"r")])
+    await asyncio.wait_for(scheduled.wait(), TIMEOUT)
+    await consumer.stop(5)  # the retry record may be fetched and held, but never settled
+    second = Collector()
+    consumer = await transport.subscribe(dest, second, concurrency=2)
+    await second.wait_for(lambda: len(second.items) >= 1)
+    assert [(d.body, d.attempt, d.headers.get("x-why")) for d in second.items] == [(b"r", 2, "later")]
+    await consumer.stop(5)

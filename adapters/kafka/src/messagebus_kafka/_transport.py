@@ -64,6 +64,7 @@ _INTERNAL = frozenset({_ATTEMPT, DUE})
 #: Room left for headers and the key under ``max_request_size`` in the advertised body limit.
 _HEADER_ROOM = 8192
 _estimate_size = DefaultRecordBatchBuilder.estimate_size_in_bytes
+_FETCH_BACKOFF = 0.5
 
 
 class KafkaTransport:
@@ -635,8 +636,11 @@ class KafkaConsumer:
             self._polling = True
             try:
                 batch = await consumer.getmany(timeout_ms=50 if self._held else 500, max_records=self._max_records)
-            except kerr.KafkaError as exc:
-                logger.warning("messagebus kafka: fetch failed for group %s: %s", self.group_id, exc)
+            except Exception as exc:
+                # aiokafka retries connection problems itself; whatever reaches us is logged and
+                # retried after a pause, so the consumer never dies silently nor spins.
+                logger.warning("messagebus kafka: fetch failed for group %s: %r", self.group_id, exc)
+                await asyncio.sleep(_FETCH_BACKOFF)
                 continue
             finally:
                 self._polling = False
@@ -661,7 +665,12 @@ class KafkaConsumer:
                         delivery = KafkaDelivery(self, st, record, 1)
                     if inline:
                         st.active += 1
-                        await run(delivery)
+                        try:
+                            await run(delivery)
+                        except Exception:
+                            # The bus's handler settles every outcome itself; this is a bug
+                            # guard. The record stays unsettled, so it is redelivered later.
+                            logger.exception("messagebus kafka: delivery handler failed unexpectedly")
                     else:
                         await self._dispatch(delivery)
 
@@ -704,7 +713,10 @@ class KafkaConsumer:
         st.active += 1
         pool = self._pool
         if pool is None:
-            await self._run(delivery)
+            try:
+                await self._run(delivery)
+            except Exception:
+                logger.exception("messagebus kafka: delivery handler failed unexpectedly")
             return
         await pool.wait_for_space()
         if self._stopping or st.revoked:
