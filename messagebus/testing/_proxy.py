@@ -125,6 +125,12 @@ class TcpProxy:
         if self._server is not None:
             self._server.close()
         self._cut_all()
+        # Connection handlers still waiting on a dead peer end here, not when the loop is dropped.
+        current = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not current]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     def _cut_all(self) -> None:
         for writer in list(self._writers):
