@@ -150,7 +150,12 @@ class TcpProxy:
         self.connections_total += 1
         self._writers.update((writer, up_writer))
         pair = (writer, up_writer)
-        await asyncio.gather(self._pipe(reader, up_writer, pair), self._pipe(up_reader, writer, pair))
+        try:
+            await asyncio.gather(self._pipe(reader, up_writer, pair), self._pipe(up_reader, writer, pair))
+        except asyncio.CancelledError:
+            # Cancelled by close(): the proxy is going away, this handler just ends.
+            for w in pair:
+                w.transport.abort()
 
     async def _pipe(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pair: tuple[asyncio.StreamWriter, ...]
