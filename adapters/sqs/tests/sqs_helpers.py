@@ -11,7 +11,7 @@ def make_url(endpoint: str, prefix: str, **options: object) -> str:
         "region": "us-east-1",
         "endpoint_url": endpoint,
         "wait_time": 1,
-        "visibility_timeout": 10,
+        "visibility_timeout": 20,  # generous: moto answers slowly on a loaded machine, extensions lag
         "queue_prefix": prefix,
         "topic_prefix": prefix,
     }
