@@ -55,7 +55,13 @@ def default_publish_middleware(bus: Bus) -> tuple[PublishMiddleware, ...]:
 
     system = bus.transport.messaging_system
     return (
-        tracing_publish_middleware(system, service=bus.service, server=_server(bus)),
+        tracing_publish_middleware(
+            system,
+            service=bus.service,
+            server=_server(bus),
+            # Optional transport hook (see Transport): per-destination publish attributes.
+            attributes_for=getattr(bus.transport, "publish_attributes", None),
+        ),
         metrics_publish_middleware(system),
     )
 

@@ -120,6 +120,10 @@ class Transport(Protocol):
 
     ``connect`` and ``close`` are idempotent. Errors are mapped to the messagebus error tree
     with the native error chained; passwords never appear in messages.
+
+    A transport may also define ``publish_attributes(destination) -> Mapping[str,
+    AttributeValue]``: telemetry attributes of publishing there, put on the ``send`` span
+    (it may override ``messaging.system``, as SNS topics of the SQS transport do).
     """
 
     capabilities: Capabilities

@@ -27,13 +27,14 @@ Attributes follow the OpenTelemetry messaging semantic conventions (v1.27+):
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import opentelemetry.trace as _trace_api
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 
+from .._destination import Destination
 from .._message import AttributeValue, Envelope, OutgoingMessage
 from .._middleware import Handler, Middleware, PublishFn, PublishMiddleware
 from .._settle import Outcome, Settlement, on_settled
@@ -151,13 +152,17 @@ def tracing_publish_middleware(
     service: str | None = None,
     server: tuple[str, int | None] | None = None,
     gate: TracerGate | None = None,
+    attributes_for: Callable[[Destination], Mapping[str, AttributeValue]] | None = None,
 ) -> PublishMiddleware:
     """Publish middleware: a ``send`` PRODUCER span per publish call (plus a ``create`` span
     per message of a batch, linked from the ``send`` span) and the trace context injected
     into each message's headers. ``messaging_system`` is the transport's
     ``messaging.system`` value; ``service``, if given, is put on every span as
     ``messagebus.service``, and ``server`` (host, port) as ``server.address``/``server.port``.
-    Errors of the inner publish are recorded and re-raised."""
+    ``attributes_for`` (a transport's optional ``publish_attributes(destination)``) adds
+    transport attributes per destination and may override ``messaging.system`` (SNS topics
+    of the SQS transport are ``aws.sns``). Errors of the inner publish are recorded and
+    re-raised."""
     gate = gate or TracerGate()
     key_attribute = KEY_ATTRIBUTES.get(messaging_system)
     common: dict[str, AttributeValue] = {SYSTEM: messaging_system, **_server(server)}
@@ -177,8 +182,9 @@ def tracing_publish_middleware(
         async def traced(messages: Sequence[OutgoingMessage], tracer: Tracer) -> None:
             first = messages[0]
             name = first.destination.name
+            base = {**common, **attributes_for(first.destination)} if attributes_for else common
             attributes: dict[str, AttributeValue] = {
-                **common,
+                **base,
                 DESTINATION: name,
                 OPERATION_TYPE: "send",
                 OPERATION_NAME: "send",
@@ -194,7 +200,7 @@ def tracing_publish_middleware(
                 attributes[BATCH_COUNT] = len(messages)
                 for message in messages:
                     create: dict[str, AttributeValue] = {
-                        **common,
+                        **base,
                         DESTINATION: name,
                         OPERATION_TYPE: "create",
                         OPERATION_NAME: "create",
