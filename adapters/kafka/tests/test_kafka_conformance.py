@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 
 import pytest
-from conftest import TEST_OPTIONS, Tansu
+from kafka_broker import TEST_OPTIONS, Tansu
 
 from messagebus.testing import free_port
 from messagebus.testing.conformance import ConformanceTarget, TransportConformance
