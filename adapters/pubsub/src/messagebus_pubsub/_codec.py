@@ -89,8 +89,8 @@ def encode_attributes(headers: Mapping[str, str], key: str | None, ordering: boo
         else:
             packed[h.KEY] = key
     if packed:
-        blob = json.dumps(packed, ensure_ascii=True, separators=(",", ":"))
-        chunks = [blob[i : i + _MAX_VALUE] for i in range(0, len(blob), _MAX_VALUE)]
+        blob = json.dumps(packed, ensure_ascii=False, separators=(",", ":"))
+        chunks = _utf8_chunks(blob, _MAX_VALUE)
         if len(native) + len(chunks) > _MAX_ATTRIBUTES:
             raise MessageTooLarge(
                 f"headers too large for Pub/Sub: {len(headers)} headers need {len(native) + len(chunks)} "
@@ -99,6 +99,22 @@ def encode_attributes(headers: Mapping[str, str], key: str | None, ordering: boo
         for i, chunk in enumerate(chunks):
             native[f"{PACKED_PREFIX}{i}"] = chunk
     return native, ordering_key
+
+
+def _utf8_chunks(text: str, limit: int) -> list[str]:
+    """Split ``text`` into pieces of at most ``limit`` UTF-8 bytes, never inside a character."""
+    if len(text.encode()) <= limit:
+        return [text]
+    chunks: list[str] = []
+    start = size = 0
+    for i, char in enumerate(text):
+        width = len(char.encode())
+        if size + width > limit:
+            chunks.append(text[start:i])
+            start, size = i, 0
+        size += width
+    chunks.append(text[start:])
+    return chunks
 
 
 def decode_attributes(attributes: Mapping[str, str]) -> dict[str, str]:
