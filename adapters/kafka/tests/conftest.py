@@ -29,7 +29,7 @@ def tansu_factory() -> Iterator[Callable[..., Tansu]]:
     """Start extra Tansu brokers (for proxy tests); all are killed at session end."""
     started: list[Tansu] = []
 
-    def factory(**kwargs: int | None) -> Tansu:
+    def factory(**kwargs: int | bool | None) -> Tansu:
         broker = start_tansu(**kwargs)
         started.append(broker)
         return broker

@@ -49,8 +49,9 @@ def _broker_bin() -> str:
     return path
 
 
-def start_tansu(*, port: int | None = None, advertised_port: int | None = None) -> Tansu:
-    """Start Tansu with memory storage on ``port`` advertising ``advertised_port``."""
+def start_tansu(*, port: int | None = None, advertised_port: int | None = None, authentication: bool = False) -> Tansu:
+    """Start Tansu with memory storage on ``port`` advertising ``advertised_port``
+    (``authentication``: require SASL from clients)."""
     binary = _broker_bin()
     port = port or free_port()
     advertised_port = advertised_port or port
@@ -66,6 +67,7 @@ def start_tansu(*, port: int | None = None, advertised_port: int | None = None) 
                 f"tcp://127.0.0.1:{advertised_port}",
                 "--storage-engine",
                 "memory://tansu/",
+                *(["--authentication"] if authentication else []),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 
 import pytest
+from kafka_broker import Tansu
 from messagebus_kafka import KafkaTransport, kafka_name
 from test_kafka_transport import Collector, msg, queue, topic
 
@@ -41,6 +43,20 @@ async def test_sasl_against_a_listener_without_sasl_is_a_clear_error(kafka_url: 
     with pytest.raises(ConnectError, match="SASL") as info:
         await asyncio.wait_for(t.connect(), 30)
     assert "topsecret" not in str(info.value)
+    await t.close()
+
+
+@external
+async def test_scram_against_a_broker_that_does_not_know_the_user(tansu_factory: Callable[..., Tansu]) -> None:
+    broker = tansu_factory(authentication=True)
+    t = KafkaTransport.from_url(
+        f"kafka://nobody:topsecret@127.0.0.1:{broker.port}?sasl_mechanism=SCRAM-SHA-512"
+        "&idempotence=false&connect_timeout=2"
+    )
+    with pytest.raises(ConnectError, match="SASL") as info:
+        await asyncio.wait_for(t.connect(), 30)
+    assert "topsecret" not in str(info.value)
+    assert "sasl_mechanism" in str(info.value)
     await t.close()
 
 

@@ -31,6 +31,11 @@ def connect_error(exc: BaseException, servers: str, *, sasl: str | None, timeout
             f"Kafka at {servers} rejected SASL authentication ({exc}); check sasl_mechanism "
             "(PLAIN, SCRAM-SHA-256, SCRAM-SHA-512), security_protocol and the user name/password"
         )
+    if sasl is not None and not isinstance(exc, kerr.KafkaError | OSError | TimeoutError):
+        return ConnectError(
+            f"SASL ({sasl}) handshake with Kafka at {servers} failed ({type(exc).__name__}: {exc}); check "
+            "sasl_mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512), security_protocol and the user name/password"
+        )
     hint = ""
     if sasl is not None:
         hint = (

@@ -192,7 +192,13 @@ class KafkaTransport:
                     remaining = max(deadline - time.monotonic(), 0.1)
                     await asyncio.wait_for(producer.start(), remaining)
                     await asyncio.wait_for(admin.start(), max(deadline - time.monotonic(), 1.0))
-                except (kerr.KafkaError, OSError, TimeoutError) as exc:
+                except asyncio.CancelledError:
+                    await _quietly(producer.stop())
+                    await _quietly(admin.close())
+                    raise
+                except Exception as exc:
+                    # Broad on purpose: aiokafka's SASL code can fail with plain KeyError /
+                    # ValueError on an unexpected server answer; the caller gets ConnectError.
                     await _quietly(producer.stop())
                     await _quietly(admin.close())
                     if o.idempotence and isinstance(exc, kerr.UnknownError):
@@ -202,7 +208,10 @@ class KafkaTransport:
                             "without support for it (Tansu with memory storage, old or locked-down clusters) "
                             "need idempotence=false in the URL"
                         ) from exc
-                    if time.monotonic() + delay >= deadline or isinstance(exc, kerr.UnsupportedSaslMechanismError):
+                    fatal = not isinstance(exc, kerr.KafkaError | OSError | TimeoutError) or isinstance(
+                        exc, kerr.UnsupportedSaslMechanismError | kerr.SaslAuthenticationFailed
+                    )
+                    if fatal or time.monotonic() + delay >= deadline:
                         raise connect_error(exc, servers, sasl=sasl, timeout=o.connect_timeout) from exc
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 1.0)
@@ -550,7 +559,7 @@ class KafkaConsumer:
                 parts = await t.partitions_for(self.names.topic)
                 tps = [TopicPartition(self.names.topic, p) for p in sorted(parts)]
                 self._start_offsets = dict(await consumer.end_offsets(tps))
-        except (kerr.KafkaError, OSError) as exc:
+        except Exception as exc:
             await _quietly(consumer.stop())
             raise connect_error(exc, ",".join(t.bootstrap_servers), sasl=None, timeout=o.connect_timeout) from exc
         consumer.subscribe([self.names.topic, self.names.retry_topic], listener=_Listener(self))
@@ -718,7 +727,8 @@ class KafkaConsumer:
             except Exception:
                 logger.exception("messagebus kafka: delivery handler failed unexpectedly")
             return
-        await pool.wait_for_space()
+        if not pool.free:
+            await pool.wait_for_space()
         if self._stopping or st.revoked:
             self._finished(st)
             return
