@@ -20,10 +20,15 @@ class Row:
     messages: int
     seconds: float
     note: str = ""
+    cpu: float | None = None  # CPU seconds of this process: robust on a shared machine
 
     @property
     def rate(self) -> float:
         return self.messages / self.seconds if self.seconds else float("inf")
+
+    @property
+    def cpu_rate(self) -> float | None:
+        return self.messages / self.cpu if self.cpu else None
 
 
 def peak_rss_mib() -> float:
@@ -64,10 +69,14 @@ def machine() -> str:
 
 def table(rows: list[Row], baseline: str | None = None) -> str:
     base = next((r.rate for r in rows if r.name == baseline), None)
-    lines = ["| workload | messages | seconds | msg/s | vs baseline | note |", "|---|---:|---:|---:|---:|---|"]
+    lines = [
+        "| workload | messages | seconds | msg/s | msg per CPU s | vs baseline | note |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         ratio = f"{r.rate / base:.2f}x" if base else ""
-        lines.append(f"| {r.name} | {r.messages:,} | {r.seconds:.3f} | {r.rate:,.0f} | {ratio} | {r.note} |")
+        cpu = f"{r.cpu_rate:,.0f}" if r.cpu_rate else ""
+        lines.append(f"| {r.name} | {r.messages:,} | {r.seconds:.3f} | {r.rate:,.0f} | {cpu} | {ratio} | {r.note} |")
     return "\n".join(lines)
 
 
