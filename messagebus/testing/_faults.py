@@ -52,8 +52,9 @@ async def _send_all(bus: Bus, queue: str, ns: range, deadline: float) -> None:
                 await asyncio.sleep(0.05)  # back off before publishing again after a fault
 
 
-def _report(got: Collector[int], n: int) -> None:
-    missing = set(range(n)) - set(got.items)
+def _report(got: Collector[int], n: int | set[int]) -> None:
+    expected = set(range(n)) if isinstance(n, int) else n
+    missing = expected - set(got.items)
     assert not missing, f"{len(missing)} confirmed messages never handled, e.g. {sorted(missing)[:10]}"
     dups = got.duplicates()
     if dups:
@@ -253,7 +254,7 @@ class FaultTests:
             async with consumer:
                 expected = set(range(2 * n)) if persistent else set(range(n, 2 * n))
                 await got.wait_until(lambda items: set(items) >= expected, f"{len(expected)} messages after restart")
-        _report(got, n)
+        _report(got, expected)
 
 
 def _has_all(n: int) -> Callable[[list[int]], bool]:
