@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 import tempfile
 import uuid
 from dataclasses import dataclass, field
@@ -49,6 +50,16 @@ def _broker_bin() -> str:
     return path
 
 
+def _die_with_parent() -> None:
+    """Linux: the broker gets SIGKILL when the test process dies, even without teardown."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def start_tansu(*, port: int | None = None, advertised_port: int | None = None, authentication: bool = False) -> Tansu:
     """Start Tansu with memory storage on ``port`` advertising ``advertised_port``
     (``authentication``: require SASL from clients)."""
@@ -72,6 +83,7 @@ def start_tansu(*, port: int | None = None, advertised_port: int | None = None, 
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
     broker = Tansu(port, advertised_port, process, log)
     if not wait_for_port("127.0.0.1", port, timeout=20):
