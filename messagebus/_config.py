@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -14,6 +15,7 @@ from ._errors import InvalidOption, InvalidURL
 __all__ = ["TransportOptions", "TransportURL", "parse_options"]
 
 _REDACTED = "***"
+_SECRET = re.compile(r"password|secret|token|key$", re.IGNORECASE)
 
 OptionsT = TypeVar("OptionsT", bound="TransportOptions")
 
@@ -86,7 +88,9 @@ class TransportURL:
         return TransportURL(self.scheme, hosts, self.username, self.password, self.path, dict(self.query))
 
     def render(self, *, redact: bool = True) -> str:
-        """The URL as a string; the password is replaced by ``***`` unless ``redact=False``."""
+        """The URL as a string; the password, and query options named like secrets
+        (``*password*``, ``*secret*``, ``*token*``, ``*key``), are replaced by ``***`` unless
+        ``redact=False``."""
         auth = ""
         if self.username is not None or self.password is not None:
             auth = quote(self.username or "", safe="")
@@ -94,7 +98,10 @@ class TransportURL:
                 auth += ":" + (_REDACTED if redact else quote(self.password, safe=""))
             auth += "@"
         netloc = ",".join(h if p is None else f"{_bracket(h)}:{p}" for h, p in self.hosts)
-        query = "&".join(f"{quote(k, safe='')}={quote(v, safe='/:')}" for k, v in self.query.items())
+        query = "&".join(
+            f"{quote(k, safe='')}={_REDACTED if redact and _SECRET.search(k) else quote(v, safe='/:')}"
+            for k, v in self.query.items()
+        )
         return f"{self.scheme}://{auth}{netloc}{quote(self.path, safe='/')}" + (f"?{query}" if query else "")
 
     def __str__(self) -> str:
@@ -125,13 +132,16 @@ def parse_options(url: TransportURL, model: type[OptionsT], **overrides: Any) ->
     except ValidationError as exc:
         valid = ", ".join(sorted(model.model_fields)) or "(none)"
         problems = []
-        for err in exc.errors():
-            name = ".".join(str(p) for p in err["loc"]) or "?"
+        for err in exc.errors(include_input=False, include_url=False):
+            name = ".".join(str(p) for p in err["loc"])
             if err["type"] == "extra_forbidden":
                 problems.append(f"unknown option {name!r}")
+            elif not name:
+                # A model-level check: its input is every option, secrets included; say only why.
+                problems.append(err["msg"])
             else:
-                given = data.get(name, err.get("input"))
-                problems.append(f"option {name!r}={given!r}: {err['msg']}")
+                given = "***" if _SECRET.search(name) else repr(data.get(name))
+                problems.append(f"option {name!r}={given}: {err['msg']}")
         raise InvalidOption(
             f"{'; '.join(problems)} in {url.render()!r}. Valid options for {url.scheme}://: {valid}"
         ) from None

@@ -1,6 +1,7 @@
 """Transport URL parsing, redaction and option validation."""
 
 import pytest
+from pydantic import model_validator
 
 from messagebus import Bus, InvalidOption, InvalidURL, TransportNotFound, TransportURL
 from messagebus.transports import TransportOptions, parse_options
@@ -102,3 +103,29 @@ def test_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert str(bus.url) == "memory://envtest"
     monkeypatch.delenv("MESSAGEBUS_URL")
     assert str(Bus.from_env(service="x").url) == "memory://"
+
+
+class SecretOpts(TransportOptions):
+    sasl_password: str = ""
+    mode: str = "plain"
+
+    @model_validator(mode="after")
+    def _needs_mode(self) -> "SecretOpts":
+        if self.sasl_password and self.mode == "plain":
+            raise ValueError("sasl_password needs mode=scram")
+        return self
+
+
+def test_option_errors_never_echo_secrets() -> None:
+    with pytest.raises(InvalidOption, match="sasl_password needs mode=scram") as info:
+        parse_options(TransportURL.parse("x://h?sasl_password=hunter2"), SecretOpts)
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(InvalidOption, match=r"option 'sasl_password'=\*\*\*") as info:
+        parse_options(TransportURL.parse("x://h"), SecretOpts, sasl_password=123)
+    assert "123" not in str(info.value)
+
+
+def test_secret_query_options_are_redacted() -> None:
+    url = TransportURL.parse("kafka://h:9092?sasl_password=hunter2&client_id=me&api_key=k3y")
+    assert str(url) == "kafka://h:9092?sasl_password=***&client_id=me&api_key=***"
+    assert "hunter2" in url.render(redact=False)
