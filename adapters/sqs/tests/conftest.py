@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -12,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from messagebus_sqs import SqsTransport
-from sqs_helpers import make_url
+from sqs_helpers import MotoServer, make_url
 
-from messagebus.testing import free_port, missing_broker, wait_for_port
+from messagebus.testing import free_port, missing_broker
 
 FAKE_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -33,42 +32,38 @@ def _moto_server_binary() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """``http://127.0.0.1:PORT`` of a moto server started for the session (or
-    ``MESSAGEBUS_TEST_SQS_URL``, either an endpoint URL or an ``sqs://...&endpoint_url=`` URL)."""
+def moto_server() -> Iterator[MotoServer | None]:
+    """The moto server started for the session, or ``None`` with ``MESSAGEBUS_TEST_SQS_URL``
+    (then nothing can restart it). Sets fake AWS credentials for the session."""
     with pytest.MonkeyPatch.context() as mp:
         for name, value in FAKE_ENV.items():
             mp.setenv(name, value)
-        given = os.environ.get("MESSAGEBUS_TEST_SQS_URL")
-        if given:
-            if given.startswith("sqs://"):
-                from messagebus.transports import TransportURL
-
-                endpoint = TransportURL.parse(given).query.get("endpoint_url", "")
-            else:
-                endpoint = given
-            yield endpoint.rstrip("/")
+        if os.environ.get("MESSAGEBUS_TEST_SQS_URL"):
+            yield None
             return
         binary = _moto_server_binary()
         if binary is None:
             missing_broker("sqs", "moto_server not found; pip install 'moto[server]'")
-        port = free_port()
-        proc = subprocess.Popen(
-            [binary, "-H", "127.0.0.1", "-p", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        server = MotoServer(binary, free_port())
         try:
-            if not wait_for_port("127.0.0.1", port, timeout=30):
-                missing_broker("sqs", f"moto_server did not listen on port {port} within 30s")
-            yield f"http://127.0.0.1:{port}"
+            server.start()
+            yield server
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(moto_server: MotoServer | None) -> str:
+    """``http://127.0.0.1:PORT`` of a moto server started for the session (or
+    ``MESSAGEBUS_TEST_SQS_URL``, either an endpoint URL or an ``sqs://...&endpoint_url=`` URL)."""
+    if moto_server is not None:
+        return moto_server.endpoint
+    given = os.environ["MESSAGEBUS_TEST_SQS_URL"]
+    if given.startswith("sqs://"):
+        from messagebus.transports import TransportURL
+
+        given = TransportURL.parse(given).query.get("endpoint_url", "")
+    return given.rstrip("/")
 
 
 @pytest.fixture

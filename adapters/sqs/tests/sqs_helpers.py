@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 from urllib.parse import urlsplit
+
+from messagebus.testing import missing_broker, wait_for_port
 
 
 def make_url(endpoint: str, prefix: str, **options: object) -> str:
@@ -25,3 +29,46 @@ def endpoint_port(endpoint: str) -> int:
     port = urlsplit(endpoint).port
     assert port is not None
     return port
+
+
+class MotoServer:
+    """A moto server this session started; :meth:`restart` starts it again on the same port
+    (everything it held is lost: moto keeps its state in memory)."""
+
+    def __init__(self, binary: str, port: int) -> None:
+        self.binary = binary
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start the server and wait until it listens (``missing_broker`` if it does not)."""
+        self.proc = subprocess.Popen(
+            [self.binary, "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if not wait_for_port("127.0.0.1", self.port, timeout=30):
+            self.stop()
+            missing_broker("sqs", f"moto_server did not listen on port {self.port} within 30s")
+
+    def stop(self) -> None:
+        """Terminate the server (kill it if it does not exit within 10 s)."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+    async def restart(self) -> None:
+        """Stop the server and start a fresh one on the same port; returns once it listens."""
+        await asyncio.to_thread(self.stop)
+        await asyncio.to_thread(self.start)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import uuid
 from collections.abc import Awaitable, Callable
@@ -376,3 +377,54 @@ async def test_consumer_and_publisher_resume_after_the_endpoint_was_down(moto_en
             await consumer.stop(5)
         finally:
             await transport.close()
+
+
+async def test_queue_deleted_behind_our_back_is_declared_again(
+    transport: SqsTransport, raw_clients: tuple[Any, Any], prefix: str
+) -> None:
+    sqs, _ = raw_clients
+    inbox = Inbox()
+    consumer = await transport.subscribe(queue("jobs"), inbox, concurrency=2)
+    await transport.publish([message(queue("jobs"), b"before")])
+    await inbox.wait_for(1)
+    name = queue_name("jobs", prefix=prefix)
+    url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    await asyncio.to_thread(sqs.delete_queue, QueueUrl=url)
+    # The transport still has the URL cached: the send finds the queue missing, declares it
+    # again and sends the batch once more instead of failing.
+    await transport.publish([message(queue("jobs"), b"after")])
+    url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    items = await inbox.wait_for(2)
+    assert [d.body for d in items] == [b"before", b"after"]
+    await consumer.stop(5)
+    assert queue_depth(sqs, url) == 0, "the redelivered message was not acked on the new queue"
+
+
+async def test_topic_and_group_queue_deleted_are_declared_again(
+    transport: SqsTransport, raw_clients: tuple[Any, Any], prefix: str
+) -> None:
+    sqs, sns = raw_clients
+    inbox = Inbox()
+    consumer = await transport.subscribe(group("events", "g"), inbox, concurrency=1)
+    await transport.publish([message(topic("events"), b"before")])
+    await inbox.wait_for(1)
+    arn = sns.create_topic(Name=topic_name("events", prefix=prefix))["TopicArn"]
+    url = sqs.get_queue_url(QueueName=queue_name("events.g", prefix=prefix))["QueueUrl"]
+    await asyncio.to_thread(sns.delete_topic, TopicArn=arn)
+    await asyncio.to_thread(sqs.delete_queue, QueueUrl=url)
+    # Publishing re-creates the topic at once; until the consumer finds its queue gone and
+    # subscribes it again, topic messages reach no queue (pub/sub: no group yet). Publish
+    # until one arrives; every publish must succeed.
+    async with asyncio.timeout(TIMEOUT):
+        n = 0
+        while len(inbox.items) < 2:
+            n += 1
+            await transport.publish([message(topic("events"), f"after {n}".encode())])
+            with contextlib.suppress(TimeoutError):
+                await inbox.wait_for(2, timeout=1.0)
+    assert inbox.items[1].body.startswith(b"after "), "raw delivery lost: body wrapped in an SNS envelope?"
+    subs = sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"]
+    assert len(subs) == 1
+    attrs = sns.get_subscription_attributes(SubscriptionArn=subs[0]["SubscriptionArn"])["Attributes"]
+    assert attrs["RawMessageDelivery"] == "true"
+    await consumer.stop(5)

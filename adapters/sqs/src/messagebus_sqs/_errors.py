@@ -16,7 +16,7 @@ from botocore.exceptions import (
 
 from messagebus import ConfigurationError, InvalidOption, MessageBusError, TransportError
 
-__all__ = ["AUTH_CODES", "error_code", "is_connection_error", "map_error"]
+__all__ = ["AUTH_CODES", "MISSING_CODES", "error_code", "is_connection_error", "is_missing", "map_error"]
 
 #: Error codes that mean the credentials are missing, wrong or not allowed.
 AUTH_CODES = frozenset(
@@ -36,6 +36,12 @@ AUTH_CODES = frozenset(
     }
 )
 
+#: Error codes that mean the queue or topic does not exist (any more): deleted, or the
+#: endpoint (an emulator) restarted without its state.
+MISSING_CODES = frozenset(
+    {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NotFound", "NotFoundException"}
+)
+
 _NO_CREDENTIALS = (
     "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, choose a profile "
     "with ?profile=NAME or AWS_PROFILE, or run where an instance/container role is available"
@@ -48,6 +54,17 @@ def error_code(exc: BaseException) -> str:
         code = exc.response.get("Error", {}).get("Code", "")
         return str(code)
     return ""
+
+
+def is_missing(exc: BaseException | None) -> bool:
+    """True when ``exc`` (or an error it was chained from) says the queue or topic is gone."""
+    while exc is not None:
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            if err.get("Code") in MISSING_CODES or err.get("QueryErrorCode") in MISSING_CODES:
+                return True
+        exc = exc.__cause__
+    return False
 
 
 def is_connection_error(exc: BaseException) -> bool:

@@ -79,6 +79,20 @@ class Topology:
         """The topic ARN if already declared, else ``None``."""
         return self._topics.get(logical)
 
+    def forget_queue(self, logical: str) -> None:
+        """Drop the cached URL of a queue found missing (and the subscription it carried), so
+        the next :meth:`queue_url` / :meth:`subscription_queue` declares it again."""
+        with self._lock:
+            self._queues.pop(logical, None)
+            self._subscribed = {s for s in self._subscribed if f"{s[0]}.{s[1]}" != logical}
+
+    def forget_topic(self, logical: str) -> None:
+        """Drop the cached ARN of a topic found missing, and its subscriptions, so the next
+        :meth:`topic_arn` / :meth:`subscription_queue` declares them again."""
+        with self._lock:
+            self._topics.pop(logical, None)
+            self._subscribed = {s for s in self._subscribed if s[0] != logical}
+
     def queue_url(self, logical: str) -> str:
         """Create (if needed) the queue for ``logical`` and return its URL. Raises TopologyError."""
         url = self._queues.get(logical)

@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from botocore.exceptions import ClientError
+
 from messagebus import (
     ConnectError,
     ConsumeError,
@@ -30,6 +32,7 @@ from messagebus import (
     MessageTooLarge,
     PublishError,
     TopologyError,
+    TransportError,
     UnsupportedFeature,
 )
 from messagebus.transports import (
@@ -47,7 +50,7 @@ from messagebus.transports import (
 
 from ._batch import Batcher
 from ._codec import MAX_WIRE_SIZE, decode_message, encode_message
-from ._errors import map_error
+from ._errors import is_missing, map_error
 from ._options import SqsOptions, options_from_url
 from ._telemetry import SQS_SYSTEM, consume_attributes, publish_attributes, system_for
 from ._topology import Topology, logical_queue
@@ -247,48 +250,62 @@ class SqsTransport:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _batcher(self, kind: str, target: str) -> Batcher:
+    def _batcher(self, kind: str, target: str, logical: str | None = None) -> Batcher:
+        """The batcher of one batch API (``send``, ``publish``, ``delete``, ``visibility``) on
+        one queue URL / topic ARN. ``logical`` (send/publish) names the destination to declare
+        again when the call finds it missing."""
         key = (kind, target)
         batcher = self._batchers.get(key)
         if batcher is not None:
             return batcher
         fifo = self.options.fifo
+        op: Callable[[str, list[dict[str, Any]]], Any]
+        error: type[TransportError]
         if kind == "send":
-
-            async def call(entries: list[dict[str, Any]]) -> dict[str, Any]:
-                return dict(await self._run(self._sqs.send_message_batch, QueueUrl=target, Entries=entries))
-
-            batcher = Batcher(
-                call, error=PublishError, what=f"SendMessageBatch to {target}", max_bytes=MAX_WIRE_SIZE, sequential=fifo
-            )
+            op = lambda url, entries: self._sqs.send_message_batch(QueueUrl=url, Entries=entries)  # noqa: E731
+            what, error, linger = f"SendMessageBatch to {target}", PublishError, 0.0
         elif kind == "publish":
-
-            async def call(entries: list[dict[str, Any]]) -> dict[str, Any]:
-                return dict(
-                    await self._run(self._sns.publish_batch, TopicArn=target, PublishBatchRequestEntries=entries)
-                )
-
-            batcher = Batcher(
-                call, error=PublishError, what=f"PublishBatch to {target}", max_bytes=MAX_WIRE_SIZE, sequential=fifo
-            )
+            op = lambda arn, entries: self._sns.publish_batch(TopicArn=arn, PublishBatchRequestEntries=entries)  # noqa: E731
+            what, error, linger = f"PublishBatch to {target}", PublishError, 0.0
         elif kind == "delete":
-
-            async def call(entries: list[dict[str, Any]]) -> dict[str, Any]:
-                return dict(await self._run(self._sqs.delete_message_batch, QueueUrl=target, Entries=entries))
-
-            batcher = Batcher(call, error=ConsumeError, what=f"DeleteMessageBatch on {target}", linger=_ACK_LINGER)
+            op = lambda url, entries: self._sqs.delete_message_batch(QueueUrl=url, Entries=entries)  # noqa: E731
+            what, error, linger = f"DeleteMessageBatch on {target}", ConsumeError, _ACK_LINGER
         else:
+            op = lambda url, entries: self._sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries)  # noqa: E731
+            what, error, linger = f"ChangeMessageVisibilityBatch on {target}", ConsumeError, _ACK_LINGER
 
-            async def call(entries: list[dict[str, Any]]) -> dict[str, Any]:
-                return dict(
-                    await self._run(self._sqs.change_message_visibility_batch, QueueUrl=target, Entries=entries)
-                )
+        async def call(entries: list[dict[str, Any]]) -> dict[str, Any]:
+            try:
+                return dict(await self._run(op, target, entries))
+            except ClientError as exc:
+                if logical is None or not is_missing(exc):
+                    raise
+                logger.warning("messagebus-sqs: %s: %s is gone; declaring it again", what, logical)
+            # Nothing of a batch refused for a missing destination was stored: sending it
+            # again once to the re-created queue/topic cannot duplicate anything.
+            return dict(await self._run(op, await self._redeclare(kind, logical), entries))
 
-            batcher = Batcher(
-                call, error=ConsumeError, what=f"ChangeMessageVisibilityBatch on {target}", linger=_ACK_LINGER
-            )
+        publishing = kind in ("send", "publish")
+        batcher = Batcher(
+            call,
+            error=error,
+            what=what,
+            max_bytes=MAX_WIRE_SIZE if publishing else None,
+            linger=linger,
+            sequential=fifo and publishing,
+        )
         self._batchers[key] = batcher
         return batcher
+
+    async def _redeclare(self, kind: str, logical: str) -> str:
+        """Forget the cached URL/ARN of a queue or topic found missing and declare it again
+        (idempotent on AWS, so concurrent callers are fine). Returns the new URL/ARN."""
+        topology = self._require()
+        if kind == "publish":
+            topology.forget_topic(logical)
+            return await self._run(topology.topic_arn, logical)
+        topology.forget_queue(logical)
+        return await self._run(topology.queue_url, logical)
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -354,7 +371,7 @@ class SqsTransport:
             prepared.append((message.destination, entry, wire.size, message.key))
         if not prepared:
             return
-        targets: dict[Destination, tuple[str, str]] = {}
+        targets: dict[Destination, tuple[str, str, str]] = {}
         for destination, *_ in prepared:
             if destination not in targets:
                 targets[destination] = await self._resolve(topology, destination)
@@ -372,15 +389,15 @@ class SqsTransport:
                 ) from first
             raise first
 
-    async def _resolve(self, topology: Topology, destination: Destination) -> tuple[str, str]:
-        """The batch kind and target (topic ARN / queue URL) of ``destination``, declaring it
-        on first use. Concurrent first uses share one declaration (single flight)."""
+    async def _resolve(self, topology: Topology, destination: Destination) -> tuple[str, str, str]:
+        """The batch kind, target (topic ARN / queue URL) and logical name of ``destination``,
+        declaring it on first use. Concurrent first uses share one declaration (single flight)."""
         is_topic = destination.kind is DestinationKind.TOPIC and destination.group is None
         logical = destination.name if is_topic else logical_queue(destination)
         kind = "publish" if is_topic else "send"
         known = topology.cached_topic(logical) if is_topic else topology.cached_queue(logical)
         if known is not None:
-            return kind, known
+            return kind, known, logical
         key = (kind, logical)
         pending = self._resolving.get(key)
         if pending is None:
@@ -388,7 +405,7 @@ class SqsTransport:
             pending = asyncio.ensure_future(self._run(declare, logical))
             self._resolving[key] = pending
             pending.add_done_callback(lambda _: self._resolving.pop(key, None))
-        return kind, await asyncio.shield(pending)
+        return kind, await asyncio.shield(pending), logical
 
     # -- consuming ---------------------------------------------------------------------------
 
@@ -567,6 +584,7 @@ class _SqsConsumer:
         self._extra_headers: OrderedDict[str, dict[str, str]] = OrderedDict()
         self._deleter = transport._batcher("delete", queue_url)
         self._visibility = transport._batcher("visibility", queue_url)
+        self._recreating: asyncio.Task[bool] | None = None
 
     def start(self) -> None:
         """Start the workers, the poll loop and the visibility heartbeat."""
@@ -613,7 +631,7 @@ class _SqsConsumer:
         if fut.cancelled():
             return
         exc = fut.exception()
-        if exc is not None:
+        if exc is not None and self._queue_missing(exc) is None:
             logger.warning("messagebus-sqs: ack failed, the message will be redelivered: %s", exc)
 
     async def change_visibility(self, delivery: _SqsDelivery, seconds: int) -> None:
@@ -645,7 +663,7 @@ class _SqsConsumer:
             futures.append(self._visibility.add({"ReceiptHandle": d.receipt_handle, "VisibilityTimeout": 0}))
         results = await asyncio.gather(*futures, return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
-        if failed:
+        if failed and self._queue_missing(failed[0]) is None:
             logger.warning(
                 "messagebus-sqs: could not make %d unsettled messages of %s visible again (%s); "
                 "they come back after the visibility timeout",
@@ -653,6 +671,47 @@ class _SqsConsumer:
                 self.source,
                 failed[0],
             )
+
+    # -- a queue that vanished ---------------------------------------------------------------
+
+    def _queue_missing(self, exc: BaseException) -> asyncio.Task[bool] | None:
+        """If ``exc`` says this consumer's queue (or topic) is gone, start declaring it again
+        (one re-declaration at a time) and return that task; else ``None``."""
+        if not is_missing(exc) or self._stopped:
+            return None
+        task = self._recreating
+        if task is None or task.done():
+            logger.warning("messagebus-sqs: the queue of %s is gone (%s); declaring it again", self.source, exc)
+            task = asyncio.get_running_loop().create_task(self._recreate())
+            self._recreating = task
+            self._transport._track(task)
+        return task
+
+    async def _recreate(self) -> bool:
+        """Declare the queue again (for a group also the topic, the queue policy and the raw
+        subscription). The messages that were in it are gone; receipt handles of messages
+        held from it are void, so their acks fail and are only logged. Never raises."""
+        source = self.source
+        try:
+            topology = self._transport._require()
+            if source.kind is DestinationKind.TOPIC:
+                assert source.group is not None  # checked by subscribe()
+                topology.forget_topic(source.name)
+                topology.forget_queue(logical_queue(source))
+                url, arn = await self._transport._run(topology.subscription_queue, source.name, source.group)
+                self.topic_arn = arn
+            else:
+                topology.forget_queue(source.name)
+                url = await self._transport._run(topology.queue_url, source.name)
+        except Exception as exc:
+            err = map_error(exc, ConsumeError, f"declaring the queue of {source} again")
+            logger.warning("messagebus-sqs: %s; trying again on the next receive", err)
+            return False
+        if url != self.queue_url:
+            self.queue_url = url
+            self._deleter = self._transport._batcher("delete", url)
+            self._visibility = self._transport._batcher("visibility", url)
+        return True
 
     # -- loops -------------------------------------------------------------------------------
 
@@ -697,8 +756,13 @@ class _SqsConsumer:
                 messages = await loop.run_in_executor(self._poll_executor, self._receive, min(10, room))
             except Exception as exc:
                 backoff = min(5.0, backoff * 2 or 0.1)
-                err = map_error(exc, ConsumeError, f"receiving from {self.queue_url}")
-                logger.warning("messagebus-sqs: %s; retrying in %.1fs", err, backoff)
+                recreating = self._queue_missing(exc)
+                if recreating is not None:
+                    # Still wait the backoff after: a queue just created may not answer yet.
+                    await asyncio.shield(recreating)
+                else:
+                    err = map_error(exc, ConsumeError, f"receiving from {self.queue_url}")
+                    logger.warning("messagebus-sqs: %s; retrying in %.1fs", err, backoff)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), backoff)
                 continue
@@ -750,5 +814,5 @@ class _SqsConsumer:
             return
         exc = fut.exception()
         # A message settled meanwhile (deleted, released) may refuse the extension: fine.
-        if exc is not None and not delivery.settled:
+        if exc is not None and self._queue_missing(exc) is None and not delivery.settled:
             logger.warning("messagebus-sqs: extending the visibility of a message of %s failed: %s", self.source, exc)
