@@ -156,20 +156,15 @@ class WorkerPool:
                 fut.set_result(None)
         return unhandled
 
-    def _next(self, i: int) -> Delivery | None:
-        lane = self._lanes[i]
-        if lane:
-            return lane.popleft()
-        if self._shared:
-            return self._shared.popleft()
-        return None
-
     async def _work(self, i: int) -> None:
         assert self._loop is not None
         loop = self._loop
         handler = self._handler
+        lane = self._lanes[i]
+        shared = self._shared
         while True:
-            delivery = self._next(i)
+            # Own lane first (keyed messages), then the shared one (keyless).
+            delivery = lane.popleft() if lane else shared.popleft() if shared else None
             if delivery is None:
                 if self._closing:
                     return

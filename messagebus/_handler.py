@@ -8,9 +8,10 @@ from collections.abc import Callable
 from typing import Any, get_type_hints
 
 from ._errors import InvalidHandler
+from ._headers import CE_CONTENT_TYPE
 from ._message import Envelope
 from ._middleware import Handler
-from ._serialization import decoder_for
+from ._serialization import JSON, decoder_for
 
 __all__ = ["UserHandler", "bind_handler"]
 
@@ -69,11 +70,11 @@ def bind_handler(fn: UserHandler, where: str) -> Handler:
     if with_envelope:
 
         async def call_with_envelope(envelope: Envelope) -> None:
-            await fn(decode(envelope.body, envelope.content_type), envelope)
+            await fn(decode(envelope.body, envelope.wire_headers.get(CE_CONTENT_TYPE, JSON)), envelope)
 
         return call_with_envelope
 
     async def call(envelope: Envelope) -> None:
-        await fn(decode(envelope.body, envelope.content_type))
+        await fn(decode(envelope.body, envelope.wire_headers.get(CE_CONTENT_TYPE, JSON)))
 
     return call

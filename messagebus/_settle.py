@@ -134,27 +134,26 @@ class Settler:
         watchers: list[SettleCallback] = []
         token = _watchers.set(watchers)
         settlement: Settlement | None = None
+        acked = False
         try:
             try:
                 await self._chain(envelope)
             except Exception as error:  # every outcome is settled; CancelledError passes through
                 settlement = await self._failed(delivery, envelope, error)
             else:
-                settlement = await self._ack(delivery, envelope)
+                try:
+                    await delivery.ack()
+                    acked = True
+                except MessageBusError:
+                    logger.warning(
+                        "messagebus: ack failed; the broker will redeliver", exc_info=True, extra=log_fields(envelope)
+                    )
         finally:
             _watchers.reset(token)
-            if watchers:  # settlement is None when cancelled: never acked, so redelivered
-                _notify(watchers, settlement or Settlement(Outcome.UNSETTLED, envelope.attempt), envelope)
-
-    async def _ack(self, delivery: Delivery, envelope: Envelope) -> Settlement:
-        try:
-            await delivery.ack()
-        except MessageBusError:
-            logger.warning(
-                "messagebus: ack failed; the broker will redeliver", exc_info=True, extra=log_fields(envelope)
-            )
-            return Settlement(Outcome.UNSETTLED, envelope.attempt)
-        return Settlement(Outcome.ACK, envelope.attempt)
+            if watchers:  # no settlement when cancelled: never acked, so redelivered
+                if settlement is None:
+                    settlement = Settlement(Outcome.ACK if acked else Outcome.UNSETTLED, envelope.attempt)
+                _notify(watchers, settlement, envelope)
 
     async def _failed(self, delivery: Delivery, envelope: Envelope, error: Exception) -> Settlement:
         fields = log_fields(envelope)

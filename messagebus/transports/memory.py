@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from threading import get_ident
 from typing import ClassVar
 
 from .._clock import Clock, SystemClock
@@ -148,6 +149,7 @@ class _MemConsumer:
         self.credit = concurrency
         self.pool = WorkerPool(handler, concurrency, ordered=ordered, name=queue.name)
         self.loop = asyncio.get_running_loop()
+        self.thread = get_ident()
         self.stopped = False
 
     def dispatch(self, stored: _Stored) -> None:
@@ -155,7 +157,8 @@ class _MemConsumer:
         self.credit -= 1
         self.queue.unacked += 1
         delivery = _MemDelivery(stored, self)
-        if _running_loop() is self.loop:
+        # Same thread as the consumer's loop: hand over directly; else through its loop.
+        if get_ident() == self.thread:
             self.pool.submit_nowait(delivery)
         else:
             self.loop.call_soon_threadsafe(self.pool.submit_nowait, delivery)
@@ -423,10 +426,3 @@ class MemoryTransport:
         self._consumers.append(consumer)
         self.broker.attach(queue, consumer)
         return _MemoryConsumerHandle(consumer)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
