@@ -303,7 +303,18 @@ class SqsTransport:
         topology = self._require()
         if kind == "publish":
             topology.forget_topic(logical)
-            return await self._run(topology.topic_arn, logical)
+            arn = await self._run(topology.topic_arn, logical)
+            # A new topic has no subscriptions: groups consumed in this process subscribe
+            # again before the batch is sent again, so it reaches them. Groups consumed
+            # elsewhere do when their consumer finds its queue gone.
+            groups = [
+                c.redeclare()
+                for c in list(self._consumers)
+                if c.source.kind is DestinationKind.TOPIC and c.source.name == logical
+            ]
+            if groups:
+                await asyncio.gather(*(asyncio.shield(g) for g in groups))
+            return arn
         topology.forget_queue(logical)
         return await self._run(topology.queue_url, logical)
 
@@ -679,9 +690,15 @@ class _SqsConsumer:
         (one re-declaration at a time) and return that task; else ``None``."""
         if not is_missing(exc) or self._stopped:
             return None
+        if self._recreating is None or self._recreating.done():
+            logger.warning("messagebus-sqs: the queue of %s is gone (%s); declaring it again", self.source, exc)
+        return self.redeclare()
+
+    def redeclare(self) -> asyncio.Task[bool]:
+        """Declare this consumer's queue (and subscription) again, one re-declaration at a
+        time: a call while one runs returns that one."""
         task = self._recreating
         if task is None or task.done():
-            logger.warning("messagebus-sqs: the queue of %s is gone (%s); declaring it again", self.source, exc)
             task = asyncio.get_running_loop().create_task(self._recreate())
             self._recreating = task
             self._transport._track(task)
