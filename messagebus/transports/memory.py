@@ -232,16 +232,19 @@ class MemoryBroker:
         """Store messages: a topic copies each to every group; a queue keeps it until taken."""
         with self.lock:
             self._release_due()
+            last: Destination | None = None
+            queues: list[_MemQueue] = []
             for message in messages:
-                stored = _Stored(message.body, message.headers, message.key)
                 dest = message.destination
-                if dest.kind is DestinationKind.TOPIC:
-                    groups = self._topics.get(dest.name)
-                    if groups:
-                        for queue in groups.values():
-                            queue.put(stored)
-                else:
-                    self._queue(dest.name).put(stored)
+                if dest is not last:  # a batch goes to one destination: look it up once
+                    last = dest
+                    if dest.kind is DestinationKind.TOPIC:
+                        queues = list(self._topics.get(dest.name, {}).values())
+                    else:
+                        queues = [self._queue(dest.name)]
+                stored = _Stored(message.body, message.headers, message.key)
+                for queue in queues:
+                    queue.put(stored)
 
     def schedule(self, queue: _MemQueue, stored: _Stored, delay: float) -> None:
         """Put ``stored`` back on ``queue`` after ``delay`` seconds of the broker clock."""
