@@ -19,6 +19,7 @@ from benchmarks._common import machine
 
 HERE = Path(__file__).parent
 ORDER = ["memory", "tracing", "rabbitmq", "kafka", "sqs", "pubsub"]
+SECTIONS = ["summary", *ORDER]
 
 
 def main() -> int:
@@ -47,7 +48,7 @@ def collect() -> None:
         f"Machine: {machine()}. Command: `python -m benchmarks` (or `nox -s bench`); each section",
         "names its own command. Same workload through messagebus and the raw client in one run.\n",
     ]
-    for name in ORDER:
+    for name in SECTIONS:
         path = HERE / "results" / f"{name}.md"
         if path.exists():
             parts.append(path.read_text().strip() + "\n")
