@@ -424,20 +424,21 @@ class RabbitMQTransport:
                     except Exception as exc:
                         results = [exc]
                 else:
-                    results = await asyncio.gather(
-                        *(
-                            channel.basic_publish(
-                                out.body,
-                                exchange=out.exchange,
-                                routing_key=out.routing_key,
-                                properties=out.properties,
-                                mandatory=out.mandatory,
-                                timeout=remaining,
-                            )
-                            for out in pending
-                        ),
-                        return_exceptions=True,
-                    )
+                    # One deadline for the whole batch rather than a timer per message.
+                    async with asyncio.timeout(remaining):
+                        results = await asyncio.gather(
+                            *(
+                                channel.basic_publish(
+                                    out.body,
+                                    exchange=out.exchange,
+                                    routing_key=out.routing_key,
+                                    properties=out.properties,
+                                    mandatory=out.mandatory,
+                                )
+                                for out in pending
+                            ),
+                            return_exceptions=True,
+                        )
             except (LifecycleError, TopologyError):
                 raise
             except asyncio.CancelledError:
