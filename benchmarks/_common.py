@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import platform
 import resource
 import sys
+import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -84,3 +86,27 @@ def write(name: str, text: str) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.md").write_text(text)
     print(text)
+
+
+class Count:
+    """Counts handled messages; ``done`` is set at ``target``. Records wall-clock and CPU
+    time at the first and the last message (timing starts at the first message handled)."""
+
+    def __init__(self, target: int) -> None:
+        self.n = 0
+        self.target = target
+        self.first = 0.0
+        self.last = 0.0
+        self.cpu_first = 0.0
+        self.cpu_last = 0.0
+        self.done = asyncio.Event()
+
+    def hit(self) -> None:
+        if self.n == 0:
+            self.first = time.perf_counter()
+            self.cpu_first = time.process_time()
+        self.n += 1
+        if self.n >= self.target:
+            self.last = time.perf_counter()
+            self.cpu_last = time.process_time()
+            self.done.set()

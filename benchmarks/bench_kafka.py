@@ -39,6 +39,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from benchmarks._common import Count as _Count
 from benchmarks._common import Row, current_rss_mib, machine, peak_rss_mib, table, versions, write
 from messagebus import Bus
 from messagebus.testing import free_port, wait_for_port
@@ -94,30 +95,6 @@ async def fill(url: str, topic: str, n: int) -> None:
             await bus.send_many(topic, [payload(i) for i in range(start, min(start + 5000, n))])
 
 
-class Count:
-    def __init__(self, target: int) -> None:
-        self.n = 0
-        self.target = target
-        self.first = 0.0
-        self.last = 0.0
-        self.cpu_first = 0.0
-        self.cpu_last = 0.0
-        self.done = asyncio.Event()
-
-    def hit(self) -> None:
-        if self.n == 0:
-            self.first = time.perf_counter()
-            self.cpu_first = time.process_time()
-        self.n += 1
-        if self.n >= self.target:
-            self.last = time.perf_counter()
-            self.cpu_last = time.process_time()
-            self.done.set()
-
-    def row(self, name: str, note: str) -> KRow:
-        return KRow(name, self.target, self.last - self.first, note, self.cpu_last - self.cpu_first)
-
-
 @dataclass
 class KRow(Row):
     """A row that also knows the CPU seconds this process spent (robust to noisy neighbours)."""
@@ -130,6 +107,11 @@ class KRow(Row):
 
 
 # -- consume ---------------------------------------------------------------------------------
+
+
+class Count(_Count):
+    def row(self, name: str, note: str) -> KRow:
+        return KRow(name, self.target, self.last - self.first, note, self.cpu_last - self.cpu_first)
 
 
 async def raw_consume(url: str, n: int) -> KRow:

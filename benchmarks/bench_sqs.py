@@ -33,7 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import Row, machine, table, versions, write
+from benchmarks._common import Count, Row, machine, table, versions, write
 from messagebus import Bus
 
 FAKE_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -58,23 +58,6 @@ def raw_clients(endpoint: str) -> tuple[Any, Any]:
 
 def bus_url(endpoint: str, prefix: str) -> str:
     return f"sqs://?region=us-east-1&endpoint_url={endpoint}&wait_time=1&queue_prefix={prefix}&topic_prefix={prefix}"
-
-
-class Count:
-    def __init__(self, target: int) -> None:
-        self.n = 0
-        self.target = target
-        self.first = 0.0
-        self.last = 0.0
-        self.done = asyncio.Event()
-
-    def hit(self) -> None:
-        if self.n == 0:
-            self.first = time.perf_counter()
-        self.n += 1
-        if self.n >= self.target:
-            self.last = time.perf_counter()
-            self.done.set()
 
 
 def per_message(calls: collections.Counter[str], n: int, *names: str) -> str:
