@@ -389,6 +389,20 @@ async def main() -> None:
         "",
         f"Command: `{command}`",
         "",
+        "Notes:",
+        "",
+        "- Every consumer reads messages written by messagebus (same bytes). Raw consume = an aio-pika queue",
+        "  iterator doing `json.loads` + handler + `ack` one message at a time; messagebus decodes into `dict`,",
+        "  runs the handler and acks (concurrency 1 is the same sequential work; 100 runs handlers concurrently).",
+        "- Publish baselines: bare raw aio-pika messages carry no headers; the second raw baseline carries the same",
+        "  five `cloudEvents:*` headers messagebus writes on every message and is `mandatory`, like messagebus's",
+        "  queue sends. The header table is most of the difference between bare raw and messagebus.",
+        "- Shared 2-core machine (other workers' brokers, tests and benchmarks ran at the same time): contenders",
+        "  run interleaved, medians of the rounds are shown with their range; client CPU per message",
+        "  (`msg per CPU s`) is the steadier measure.",
+        "- FastStream runs in its own virtualenv (not a project dependency), prefetch 100 via",
+        "  `Channel(prefetch_count=100)`, its per-message logging off (`logger=None`).",
+        "",
     ]
     summary = []
     if consume:
