@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -24,11 +24,11 @@ FAKE_ENV = {
 }
 
 
-def _moto_server_binary() -> str | None:
-    candidate = Path(sys.executable).with_name("moto_server")
-    if candidate.exists():
-        return str(candidate)
-    return shutil.which("moto_server")
+def _moto_server_command() -> list[str] | None:
+    """moto's server, with ReceiveMessage made atomic (see moto_atomic_server.py)."""
+    if importlib.util.find_spec("moto.server") is None:
+        return None
+    return [sys.executable, str(Path(__file__).with_name("moto_atomic_server.py"))]
 
 
 @pytest.fixture(scope="session")
@@ -41,10 +41,10 @@ def moto_server() -> Iterator[MotoServer | None]:
         if os.environ.get("MESSAGEBUS_TEST_SQS_URL"):
             yield None
             return
-        binary = _moto_server_binary()
-        if binary is None:
-            missing_broker("sqs", "moto_server not found; pip install 'moto[server]'")
-        server = MotoServer(binary, free_port())
+        command = _moto_server_command()
+        if command is None:
+            missing_broker("sqs", "moto's server not found; pip install 'moto[server]'")
+        server = MotoServer(command, free_port())
         try:
             server.start()
             yield server

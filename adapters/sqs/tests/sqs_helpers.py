@@ -35,8 +35,8 @@ class MotoServer:
     """A moto server this session started; :meth:`restart` starts it again on the same port
     (everything it held is lost: moto keeps its state in memory)."""
 
-    def __init__(self, binary: str, port: int) -> None:
-        self.binary = binary
+    def __init__(self, command: list[str], port: int) -> None:
+        self.command = command
         self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -48,7 +48,7 @@ class MotoServer:
     def start(self) -> None:
         """Start the server and wait until it listens (``missing_broker`` if it does not)."""
         self.proc = subprocess.Popen(
-            [self.binary, "-H", "127.0.0.1", "-p", str(self.port)],
+            [*self.command, "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
