@@ -32,7 +32,7 @@ from typing import Any
 
 import aio_pika
 
-from benchmarks._common import Row, machine, table, versions, write
+from benchmarks._common import Count, Row, machine, table, versions, write
 from messagebus import Bus
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -56,27 +56,6 @@ async def delete(url: str, *queues: str) -> None:
         ch = await conn.channel()
         for q in queues:
             await ch.queue_delete(q)
-
-
-class Count:
-    def __init__(self, target: int) -> None:
-        self.n = 0
-        self.target = target
-        self.first = 0.0
-        self.last = 0.0
-        self.cpu_first = 0.0
-        self.cpu_last = 0.0
-        self.done = asyncio.Event()
-
-    def hit(self) -> None:
-        if self.n == 0:
-            self.first = time.perf_counter()
-            self.cpu_first = time.process_time()
-        self.n += 1
-        if self.n >= self.target:
-            self.last = time.perf_counter()
-            self.cpu_last = time.process_time()
-            self.done.set()
 
 
 # -- consume ---------------------------------------------------------------------------------
