@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, get_type_hints
 
 from ._errors import InvalidHandler
@@ -67,14 +67,21 @@ def bind_handler(fn: UserHandler, where: str) -> Handler:
     decode = decoder_for(hints.get(first.name, Any))
     with_envelope = len(params) > 1 and is_envelope(params[1])
 
+    # Plain functions that hand back the user's coroutine: no frame of their own per message.
+    # A body that does not decode raises DecodeError from the call itself, before anything
+    # is awaited (see Handler).
     if with_envelope:
 
-        async def call_with_envelope(envelope: Envelope) -> None:
-            await fn(decode(envelope.body, envelope.wire_headers.get(CE_CONTENT_TYPE, JSON)), envelope)
+        def call_with_envelope(envelope: Envelope) -> Awaitable[None]:
+            result: Awaitable[None] = fn(
+                decode(envelope.body, envelope.wire_headers.get(CE_CONTENT_TYPE, JSON)), envelope
+            )
+            return result
 
         return call_with_envelope
 
-    async def call(envelope: Envelope) -> None:
-        await fn(decode(envelope.body, envelope.wire_headers.get(CE_CONTENT_TYPE, JSON)))
+    def call(envelope: Envelope) -> Awaitable[None]:
+        result: Awaitable[None] = fn(decode(envelope.body, envelope.wire_headers.get(CE_CONTENT_TYPE, JSON)))
+        return result
 
     return call

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Protocol
 
 from . import _headers as h
 from ._destination import Destination
@@ -41,7 +42,19 @@ class OutgoingMessage:
         return self.headers.get(h.CE_CONTENT_TYPE, "application/json")
 
 
-@dataclass(slots=True)
+class _Source(Protocol):
+    """What an :class:`Envelope` reads lazily from a transport's delivery."""
+
+    @property
+    def raw(self) -> Any: ...
+
+    @property
+    def messaging_attributes(self) -> Mapping[str, AttributeValue]: ...
+
+
+_NO_ATTRIBUTES: Mapping[str, AttributeValue] = MappingProxyType({})
+
+
 class Envelope:
     """A received message with its metadata, as middleware and handlers see it.
 
@@ -51,17 +64,110 @@ class Envelope:
     own. ``attempt`` is 1 on the first delivery. ``raw`` is the transport's native message
     (``aio_pika.IncomingMessage``, ``ConsumerRecord``, SQS message dict ...). Not thread-safe;
     one envelope belongs to one handler call.
+
+    Middleware may build envelopes itself (to hand a changed body down the chain, or in
+    tests) with the constructor; the bus builds them from a delivery with
+    :meth:`from_delivery`, which reads ``raw`` and ``messaging_attributes`` only when
+    asked (most messages never need them).
     """
+
+    __slots__ = (
+        "_attributes",
+        "_raw",
+        "_source",
+        "_watchers",
+        "attempt",
+        "body",
+        "destination",
+        "group",
+        "key",
+        "messaging_system",
+        "wire_headers",
+    )
 
     body: bytes
     wire_headers: Mapping[str, str]
     destination: str
-    group: str | None = None
-    key: str | None = None
-    attempt: int = 1
-    raw: Any = None
-    messaging_system: str = "memory"
-    messaging_attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+    group: str | None
+    key: str | None
+    attempt: int
+    messaging_system: str
+
+    def __init__(
+        self,
+        body: bytes,
+        wire_headers: Mapping[str, str],
+        destination: str,
+        group: str | None = None,
+        key: str | None = None,
+        attempt: int = 1,
+        raw: Any = None,
+        messaging_system: str = "memory",
+        messaging_attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> None:
+        self.body = body
+        self.wire_headers = wire_headers
+        self.destination = destination
+        self.group = group
+        self.key = key
+        self.attempt = attempt
+        self.messaging_system = messaging_system
+        self._source: _Source | None = None
+        #: Settle callbacks (see ``messagebus._settle.on_settled``); None: not settled by a bus.
+        self._watchers: list[Callable[[Any], None]] | None = None
+        self._raw = raw
+        self._attributes = messaging_attributes if messaging_attributes is not None else _NO_ATTRIBUTES
+
+    @classmethod
+    def from_delivery(
+        cls,
+        body: bytes,
+        wire_headers: Mapping[str, str],
+        destination: str,
+        group: str | None,
+        key: str | None,
+        attempt: int,
+        messaging_system: str,
+        source: _Source,
+    ) -> Envelope:
+        """An envelope whose ``raw`` and ``messaging_attributes`` are read from ``source``
+        (the transport's delivery) on first use. Used by the bus for every delivery."""
+        envelope = cls.__new__(cls)
+        envelope.body = body
+        envelope.wire_headers = wire_headers
+        envelope.destination = destination
+        envelope.group = group
+        envelope.key = key
+        envelope.attempt = attempt
+        envelope.messaging_system = messaging_system
+        envelope._source = source
+        envelope._watchers = []
+        return envelope
+
+    @property
+    def raw(self) -> Any:
+        """The transport's native message, ``None`` when there is none (a test envelope)."""
+        source = self._source
+        if source is not None:
+            self._raw = source.raw
+            self._attributes = source.messaging_attributes
+            self._source = None
+        return self._raw
+
+    @property
+    def messaging_attributes(self) -> Mapping[str, AttributeValue]:
+        """Transport-specific telemetry attributes (partition, offset, routing key ...)."""
+        if self._source is not None:
+            self.raw  # noqa: B018 - resolves both lazily read fields
+        attributes: Mapping[str, AttributeValue] = self._attributes
+        return attributes
+
+    def __repr__(self) -> str:
+        return (
+            f"Envelope(destination={self.destination!r}, group={self.group!r}, id={self.id!r}, "
+            f"key={self.key!r}, attempt={self.attempt}, messaging_system={self.messaging_system!r}, "
+            f"body={len(self.body)} bytes)"
+        )
 
     @property
     def id(self) -> str:

@@ -2,6 +2,10 @@
 
 Consume middleware wraps the handler chain, publish middleware wraps the publish call; both
 see encoded bytes and headers. The first listed runs outermost.
+
+A :data:`Handler` may raise when it is called, before it returns an awaitable (the bus's
+innermost handler raises :class:`~messagebus.DecodeError` that way), so middleware calls
+and awaits the next handler inside the same ``try``: ``await handler(envelope)``.
 """
 
 from __future__ import annotations

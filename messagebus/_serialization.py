@@ -61,7 +61,8 @@ def decoder_for(annotation: Any) -> Decoder:
         adapter: TypeAdapter[Any] = TypeAdapter(annotation)
     except Exception as exc:  # pydantic raises several types for unsupported annotations
         raise InvalidHandler(f"cannot decode messages into {annotation!r}: {exc}") from exc
-    return _json_decoder(annotation, adapter.validate_json)
+    # The validator itself: TypeAdapter.validate_json adds a Python call per message.
+    return _json_decoder(annotation, adapter.validator.validate_json)
 
 
 def _decode_bytes(body: bytes, content_type: str) -> bytes:

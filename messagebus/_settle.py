@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -55,25 +54,24 @@ class Settlement:
 
 SettleCallback = Callable[[Settlement], None]
 
-_watchers: ContextVar[list[SettleCallback] | None] = ContextVar("messagebus_settle_watchers", default=None)
 
+def on_settled(envelope: Envelope, callback: SettleCallback) -> bool:
+    """From inside a handler chain, ask for ``callback(settlement)`` once the delivery of
+    ``envelope`` (the envelope the middleware was given) is settled: after the ack, the
+    scheduled retry or the dead-letter publish, or when it is found unsettled. Called once,
+    on the delivery's event loop; it must not raise or block.
 
-def on_settled(callback: SettleCallback) -> bool:
-    """From inside a handler chain, ask for ``callback(settlement)`` once the delivery being
-    handled is settled (after the ack, the scheduled retry or the dead-letter publish), or
-    found unsettled. Called once, on the delivery's event loop; it must not raise or block.
-
-    Returns ``False`` (and never calls ``callback``) when no delivery is being settled in
-    this context, e.g. a handler chain called directly in a test.
+    Returns ``False`` (and never calls ``callback``) when no bus is settling ``envelope``:
+    one built by hand, e.g. in a test or by middleware that hands a new envelope down.
     """
-    watchers = _watchers.get()
+    watchers = envelope._watchers
     if watchers is None:
         return False
     watchers.append(callback)
     return True
 
 
-def _notify(watchers: list[SettleCallback], settlement: Settlement, envelope: Envelope) -> None:
+def _notify(watchers: list[Callable[[Any], None]], settlement: Settlement, envelope: Envelope) -> None:
     for callback in watchers:
         try:
             callback(settlement)
@@ -120,19 +118,16 @@ class Settler:
 
     async def handle(self, delivery: Delivery) -> None:
         """Run the chain for ``delivery`` and settle it (the transport's ``DeliveryHandler``)."""
-        envelope = Envelope(
+        envelope = Envelope.from_delivery(
             delivery.body,
             delivery.headers,
             self._name,
             self._group,
             delivery.key,
             delivery.attempt,
-            delivery.raw,
             self._system,
-            delivery.messaging_attributes,
+            delivery,
         )
-        watchers: list[SettleCallback] = []
-        token = _watchers.set(watchers)
         settlement: Settlement | None = None
         acked = False
         try:
@@ -149,7 +144,7 @@ class Settler:
                         "messagebus: ack failed; the broker will redeliver", exc_info=True, extra=log_fields(envelope)
                     )
         finally:
-            _watchers.reset(token)
+            watchers = envelope._watchers
             if watchers:  # no settlement when cancelled: never acked, so redelivered
                 if settlement is None:
                     settlement = Settlement(Outcome.ACK if acked else Outcome.UNSETTLED, envelope.attempt)

@@ -119,7 +119,7 @@ async def test_a_failing_settle_callback_is_logged_with_the_message_fields(
             def callback(settlement: Settlement) -> None:
                 raise RuntimeError("observer bug")
 
-            assert on_settled(callback)
+            assert on_settled(envelope, callback)
             await handler(envelope)
 
         return observed

@@ -331,18 +331,18 @@ def tracing_middleware(
             try:
                 await handler(envelope)
             except Nack:
-                deferred = on_settled(lambda settlement: _settled(span, settlement))
+                deferred = on_settled(envelope, lambda settlement: _settled(span, settlement))
                 raise
             except Exception as error:
                 _error(span, error)
-                deferred = on_settled(lambda settlement: _settled(span, settlement))
+                deferred = on_settled(envelope, lambda settlement: _settled(span, settlement))
                 raise
             except BaseException as error:  # cancelled: never settled, so redelivered
                 _error(span, error)
-                deferred = on_settled(lambda settlement: _settled(span, settlement))
+                deferred = on_settled(envelope, lambda settlement: _settled(span, settlement))
                 raise
             else:
-                deferred = on_settled(lambda settlement: _settled(span, settlement))
+                deferred = on_settled(envelope, lambda settlement: _settled(span, settlement))
             finally:
                 otel_context.detach(token)
                 if not deferred:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from messagebus.transports import headers
 
-__all__ = ["CE_PREFIX", "DUE", "decode_headers", "encode_headers"]
+__all__ = ["CE_PREFIX", "DUE", "RecordHeaders", "decode_headers", "encode_headers"]
 
 CE_PREFIX = "ce_"
 #: When a message in a retry topic becomes due (epoch milliseconds). Adapter-internal.
@@ -48,3 +48,63 @@ def decode_headers(wire: Sequence[tuple[str, bytes | None]]) -> dict[str, str]:
     """Kafka record headers -> logical headers. Undecodable bytes are replaced, never raised."""
     get = _FROM_WIRE.get
     return {(get(k) or _logical_name(k)): ("" if v is None else v.decode("utf-8", "replace")) for k, v in wire}
+
+
+WireHeaders = Sequence[tuple[str, bytes | None]]
+#: Adapter-internal headers: on the wire, never in a delivery's logical headers.
+_HIDDEN = frozenset({DUE, headers.ATTEMPT})
+
+
+class RecordHeaders(Mapping[str, str]):
+    """The logical headers of one consumed record, decoded on demand.
+
+    A delivery usually needs one or two headers (the content type; the trace context when an
+    OpenTelemetry SDK is installed), so :meth:`get` scans the record's few wire headers for
+    the one asked for instead of decoding all of them. Anything else (iteration, ``len``,
+    equality) decodes every header once. The same view as :func:`decode_headers` gives, minus
+    the adapter-internal headers; when a name repeats, the last one wins. Read-only; not
+    thread-safe (one belongs to one delivery).
+    """
+
+    __slots__ = ("_decoded", "_wire")
+
+    def __init__(self, wire: WireHeaders) -> None:
+        self._wire = wire
+        self._decoded: dict[str, str] | None = None
+
+    def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        """The header ``key`` (logical name), or ``default``; decodes only that header."""
+        decoded = self._decoded
+        if decoded is not None:
+            return decoded.get(key, default)
+        if key in _HIDDEN:
+            return default
+        logical = _FROM_WIRE.get
+        for name, value in reversed(self._wire):
+            if (logical(name) or _logical_name(name)) == key:
+                return "" if value is None else value.decode("utf-8", "replace")
+        return default
+
+    def __getitem__(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def _all(self) -> dict[str, str]:
+        decoded = self._decoded
+        if decoded is None:
+            decoded = decode_headers(self._wire)
+            for name in _HIDDEN:
+                decoded.pop(name, None)
+            self._decoded = decoded
+        return decoded
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __repr__(self) -> str:
+        return f"RecordHeaders({self._all()!r})"

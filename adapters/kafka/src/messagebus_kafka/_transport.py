@@ -49,10 +49,10 @@ from messagebus.transports import (
     headers,
 )
 
-from ._codec import DUE, decode_headers, encode_headers
+from ._codec import DUE, RecordHeaders, encode_headers
 from ._errors import connect_error, publish_error
 from ._options import KafkaOptions, load_options
-from ._telemetry import MESSAGING_SYSTEM, delivery_attributes
+from ._telemetry import MESSAGING_SYSTEM, DeliveryAttributes
 from ._topology import SubscriptionNames, TopicAdmin, kafka_name, subscription_names
 
 __all__ = ["KafkaConsumer", "KafkaDelivery", "KafkaTransport"]
@@ -400,49 +400,30 @@ class _Partition:
 class KafkaDelivery:
     """One consumed Kafka record handed to the handler; settle it with :meth:`ack` or :meth:`retry`.
 
-    Not thread-safe; belongs to one handler call. ``raw`` is the aiokafka ``ConsumerRecord``.
+    ``body`` is the record value (``b""`` for a null value), ``key`` the record key as text
+    (the producer's ordering key), ``attempt`` 1 on the first delivery (carried in
+    ``messagebus-attempt`` through retries), ``headers`` the logical headers (``ce_`` mapped
+    back to ``ce-``, internal ones left out; decoded on demand). Not thread-safe; belongs to one handler call.
+    ``raw`` is the aiokafka ``ConsumerRecord``.
     """
 
-    __slots__ = ("_attempt", "_consumer", "_headers", "_settled", "_started", "_state", "record")
+    __slots__ = ("_consumer", "_settled", "_started", "_state", "attempt", "body", "headers", "key", "record")
 
     def __init__(
         self, consumer: KafkaConsumer, state: _Partition, record: ConsumerRecord[Any, Any], attempt: int
     ) -> None:
+        # Plain attributes, not properties: each is read once per message by the bus.
         self._consumer = consumer
         self._state = state
         self.record = record
-        self._attempt = attempt
-        self._headers: dict[str, str] | None = None
+        value: bytes | None = record.value
+        self.body: bytes = value if value is not None else b""
+        key: bytes | None = record.key
+        self.key: str | None = key.decode("utf-8", "replace") if key is not None else None
+        self.attempt = attempt
+        self.headers: Mapping[str, str] = RecordHeaders(record.headers)
         self._settled = False
         self._started = False
-
-    @property
-    def body(self) -> bytes:
-        """The record value (``b""`` for a null value)."""
-        value: bytes | None = self.record.value
-        return value if value is not None else b""
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        """Logical headers (``ce_`` prefix mapped back to ``ce-``; internal ones removed)."""
-        decoded = self._headers
-        if decoded is None:
-            decoded = decode_headers(self.record.headers)
-            decoded.pop(DUE, None)
-            decoded.pop(_ATTEMPT, None)
-            self._headers = decoded
-        return decoded
-
-    @property
-    def key(self) -> str | None:
-        """The record key as text (the producer's ordering key)."""
-        key: bytes | None = self.record.key
-        return key.decode("utf-8", "replace") if key is not None else None
-
-    @property
-    def attempt(self) -> int:
-        """1 on the first delivery; carried in ``messagebus-attempt`` through retries."""
-        return self._attempt
 
     @property
     def raw(self) -> ConsumerRecord[Any, Any]:
@@ -452,7 +433,7 @@ class KafkaDelivery:
     @property
     def messaging_attributes(self) -> Mapping[str, AttributeValue]:
         """Kafka telemetry attributes: key, offset, partition, consumer group."""
-        return delivery_attributes(self.record, self._consumer.group_id)
+        return DeliveryAttributes(self.record, self._consumer.group_id)
 
     async def ack(self) -> None:
         """Mark the record done; its offset is committed once every earlier record of its
@@ -460,7 +441,9 @@ class KafkaDelivery:
         if self._settled:
             return
         self._settled = True
-        self._consumer._settled(self)
+        st = self._state
+        if st.settle(self.record.offset) and not st.revoked:
+            self._consumer._dirty.set()
 
     async def retry(self, delay: float, headers: Mapping[str, str]) -> None:
         """Re-publish the record to the group's retry topic, due in ``delay`` seconds, with
@@ -661,6 +644,9 @@ class KafkaConsumer:
             for st, is_retry, records in work:
                 if st is None:
                     continue
+                if inline and not is_retry:
+                    await self._handle_in_order(st, records)
+                    continue
                 for record in records:
                     if self._stopping or st.revoked:
                         break
@@ -682,6 +668,27 @@ class KafkaConsumer:
                             logger.exception("messagebus kafka: delivery handler failed unexpectedly")
                     else:
                         await self._dispatch(delivery)
+
+    async def _handle_in_order(self, st: _Partition, records: list[ConsumerRecord[Any, Any]]) -> None:
+        """Concurrency 1: handle ``records`` of one main partition one after another, right
+        in the fetch task (no task switch, no queue: the hot path of a single consumer)."""
+        handler = self._handler
+        pending = st.pending
+        for record in records:
+            if self._stopping or st.revoked:
+                return
+            pending.append(record.offset)
+            st.active += 1
+            try:
+                await handler(KafkaDelivery(self, st, record, 1))
+            except Exception:
+                # The bus's handler settles every outcome itself; this is a bug guard. The
+                # record stays unsettled, so it is redelivered later.
+                logger.exception("messagebus kafka: delivery handler failed unexpectedly")
+            finally:
+                st.active -= 1
+                if st.drained is not None:
+                    self._finished(st, 0)
 
     def _retry_delivery(self, st: _Partition, record: ConsumerRecord[Any, Any]) -> tuple[KafkaDelivery, float]:
         attempt, due = 2, 0.0
@@ -744,8 +751,8 @@ class KafkaConsumer:
             self._finished(st)
 
     @staticmethod
-    def _finished(st: _Partition) -> None:
-        st.active -= 1
+    def _finished(st: _Partition, count: int = 1) -> None:
+        st.active -= count
         if not st.active and st.drained is not None and not st.drained.done():
             st.drained.set_result(None)
 
