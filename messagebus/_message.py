@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from . import _headers as h
 from ._destination import Destination
 
-__all__ = ["AttributeValue", "Envelope", "OutgoingMessage"]
+__all__ = ["AttributeValue", "Envelope", "OutgoingMessage", "delivered_envelope"]
 
 AttributeValue = str | int | float | bool
 
@@ -67,7 +67,7 @@ class Envelope:
 
     Middleware may build envelopes itself (to hand a changed body down the chain, or in
     tests) with the constructor; the bus builds them from a delivery with
-    :meth:`from_delivery`, which reads ``raw`` and ``messaging_attributes`` only when
+    :func:`delivered_envelope`, which reads ``raw`` and ``messaging_attributes`` only when
     asked (most messages never need them).
     """
 
@@ -117,32 +117,6 @@ class Envelope:
         self._watchers: list[Callable[[Any], None]] | None = None
         self._raw = raw
         self._attributes = messaging_attributes if messaging_attributes is not None else _NO_ATTRIBUTES
-
-    @classmethod
-    def from_delivery(
-        cls,
-        body: bytes,
-        wire_headers: Mapping[str, str],
-        destination: str,
-        group: str | None,
-        key: str | None,
-        attempt: int,
-        messaging_system: str,
-        source: _Source,
-    ) -> Envelope:
-        """An envelope whose ``raw`` and ``messaging_attributes`` are read from ``source``
-        (the transport's delivery) on first use. Used by the bus for every delivery."""
-        envelope = cls.__new__(cls)
-        envelope.body = body
-        envelope.wire_headers = wire_headers
-        envelope.destination = destination
-        envelope.group = group
-        envelope.key = key
-        envelope.attempt = attempt
-        envelope.messaging_system = messaging_system
-        envelope._source = source
-        envelope._watchers = []
-        return envelope
 
     @property
     def raw(self) -> Any:
@@ -204,3 +178,32 @@ class Envelope:
     def headers(self) -> dict[str, str]:
         """The application headers plus trace context, without CloudEvents and internal ones."""
         return {k: v for k, v in self.wire_headers.items() if not k.startswith(h.RESERVED_PREFIXES)}
+
+
+_new = object.__new__
+
+
+def delivered_envelope(
+    body: bytes,
+    wire_headers: Mapping[str, str],
+    destination: str,
+    group: str | None,
+    key: str | None,
+    attempt: int,
+    messaging_system: str,
+    source: _Source,
+) -> Envelope:
+    """An :class:`Envelope` of a transport's delivery, settled by the bus: ``raw`` and
+    ``messaging_attributes`` are read from ``source`` on first use, and settle callbacks
+    can be registered on it. Built once per delivered message (a hot path: no ``__init__``)."""
+    envelope: Envelope = _new(Envelope)
+    envelope.body = body
+    envelope.wire_headers = wire_headers
+    envelope.destination = destination
+    envelope.group = group
+    envelope.key = key
+    envelope.attempt = attempt
+    envelope.messaging_system = messaging_system
+    envelope._source = source
+    envelope._watchers = []
+    return envelope

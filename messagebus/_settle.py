@@ -12,7 +12,7 @@ from typing import Any
 from . import _headers as h
 from ._destination import Destination, DestinationKind
 from ._errors import DecodeError, MessageBusError
-from ._message import Envelope, OutgoingMessage
+from ._message import Envelope, OutgoingMessage, delivered_envelope
 from ._middleware import Handler
 from ._signals import Nack, Reject
 from ._transport import Delivery, DeliveryHandler
@@ -118,7 +118,7 @@ class Settler:
 
     async def handle(self, delivery: Delivery) -> None:
         """Run the chain for ``delivery`` and settle it (the transport's ``DeliveryHandler``)."""
-        envelope = Envelope.from_delivery(
+        envelope = delivered_envelope(
             delivery.body,
             delivery.headers,
             self._name,

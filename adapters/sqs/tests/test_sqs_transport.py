@@ -211,7 +211,9 @@ async def test_stop_makes_unsettled_messages_visible_at_once(moto_endpoint: str,
         second = await transport.subscribe(queue("stop"), inbox, concurrency=2)
         items = await inbox.wait_for(2)
         assert sorted(d.body for d in items) == [b'{"n":1}', b'{"n":2}']
-        assert max(d.attempt for d in items) == 2
+        # Received before: SQS counts receives, and a long poll of the first consumer still
+        # in flight at stop may take a released message once more (and release it again).
+        assert max(d.attempt for d in items) >= 2
         await second.stop(5)
     finally:
         await transport.close()

@@ -64,6 +64,8 @@ class KafkaOptions(TransportOptions):
     #: How long the broker may hold a fetch that has no data. Kept short: the consumer also
     #: fetches the (mostly empty) retry topic, and one fetch per broker is in flight at a time.
     fetch_max_wait_ms: int = Field(100, ge=0, le=60_000)
+    #: Most bytes one fetch returns per partition (Kafka's ``max.partition.fetch.bytes``).
+    max_partition_fetch_bytes: int = Field(1_048_576, ge=1_024, le=1_073_741_824)
 
     def check(self) -> None:
         """Cross-field checks; raises ``ValueError`` with a message safe to show (no secrets)."""

@@ -534,6 +534,7 @@ class KafkaConsumer:
             max_poll_interval_ms=o.max_poll_interval_ms,
             max_poll_records=o.fetch_max_records,
             fetch_max_wait_ms=o.fetch_max_wait_ms,
+            max_partition_fetch_bytes=o.max_partition_fetch_bytes,
         )
         try:
             await consumer.start()
@@ -674,21 +675,22 @@ class KafkaConsumer:
         in the fetch task (no task switch, no queue: the hot path of a single consumer)."""
         handler = self._handler
         pending = st.pending
-        for record in records:
-            if self._stopping or st.revoked:
-                return
-            pending.append(record.offset)
-            st.active += 1
-            try:
-                await handler(KafkaDelivery(self, st, record, 1))
-            except Exception:
-                # The bus's handler settles every outcome itself; this is a bug guard. The
-                # record stays unsettled, so it is redelivered later.
-                logger.exception("messagebus kafka: delivery handler failed unexpectedly")
-            finally:
-                st.active -= 1
-                if st.drained is not None:
-                    self._finished(st, 0)
+        # Counted active for the whole run: a revoke waits for the handler in progress, and
+        # the loop stops at the next record once it sees the partition revoked.
+        st.active += 1
+        try:
+            for record in records:
+                if self._stopping or st.revoked:
+                    return
+                pending.append(record.offset)
+                try:
+                    await handler(KafkaDelivery(self, st, record, 1))
+                except Exception:
+                    # The bus's handler settles every outcome itself; this is a bug guard. The
+                    # record stays unsettled, so it is redelivered later.
+                    logger.exception("messagebus kafka: delivery handler failed unexpectedly")
+        finally:
+            self._finished(st)
 
     def _retry_delivery(self, st: _Partition, record: ConsumerRecord[Any, Any]) -> tuple[KafkaDelivery, float]:
         attempt, due = 2, 0.0
@@ -751,8 +753,8 @@ class KafkaConsumer:
             self._finished(st)
 
     @staticmethod
-    def _finished(st: _Partition, count: int = 1) -> None:
-        st.active -= count
+    def _finished(st: _Partition) -> None:
+        st.active -= 1
         if not st.active and st.drained is not None and not st.drained.done():
             st.drained.set_result(None)
 

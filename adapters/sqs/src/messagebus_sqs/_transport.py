@@ -275,6 +275,10 @@ class SqsTransport:
             what, error, linger = f"ChangeMessageVisibilityBatch on {target}", ConsumeError, _ACK_LINGER
 
         async def call(entries: list[dict[str, Any]]) -> dict[str, Any]:
+            if kind == "publish" and logical is not None:
+                # A group of this process re-creating its queue (it found it gone) re-creates
+                # the topic first and subscribes last; SNS drops what is published in between.
+                await self._groups_redeclared(logical, start=False)
             try:
                 return dict(await self._run(op, target, entries))
             except ClientError as exc:
@@ -307,16 +311,22 @@ class SqsTransport:
             # A new topic has no subscriptions: groups consumed in this process subscribe
             # again before the batch is sent again, so it reaches them. Groups consumed
             # elsewhere do when their consumer finds its queue gone.
-            groups = [
-                c.redeclare()
-                for c in list(self._consumers)
-                if c.source.kind is DestinationKind.TOPIC and c.source.name == logical
-            ]
-            if groups:
-                await asyncio.gather(*(asyncio.shield(g) for g in groups))
+            await self._groups_redeclared(logical, start=True)
             return arn
         topology.forget_queue(logical)
         return await self._run(topology.queue_url, logical)
+
+    async def _groups_redeclared(self, topic: str, *, start: bool) -> None:
+        """Wait until the groups of ``topic`` consumed in this process have declared their
+        queue and subscription again: every one (``start``), or those already doing so."""
+        groups = [
+            c.redeclare() if start else c.redeclaring
+            for c in list(self._consumers)
+            if c.source.kind is DestinationKind.TOPIC and c.source.name == topic
+        ]
+        pending = [g for g in groups if g is not None and not g.done()]
+        if pending:
+            await asyncio.gather(*(asyncio.shield(g) for g in pending))
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -693,6 +703,12 @@ class _SqsConsumer:
         if self._recreating is None or self._recreating.done():
             logger.warning("messagebus-sqs: the queue of %s is gone (%s); declaring it again", self.source, exc)
         return self.redeclare()
+
+    @property
+    def redeclaring(self) -> asyncio.Task[bool] | None:
+        """The re-declaration of this consumer's queue in progress, if any."""
+        task = self._recreating
+        return task if task is not None and not task.done() else None
 
     def redeclare(self) -> asyncio.Task[bool]:
         """Declare this consumer's queue (and subscription) again, one re-declaration at a
