@@ -69,6 +69,10 @@ async def test_too_large_message_is_refused_before_anything_is_sent(kafka_url: s
         assert limit is not None
         with pytest.raises(MessageTooLarge, match="limit"):
             await t.publish([msg(q, b"small-1"), OutgoingMessage(q, b"x" * (limit + 1), {})])
+        # The same for a publish large enough to take the bulk (record batch) path.
+        bulk = [msg(q, f"bulk-{i}".encode()) for i in range(20)]
+        with pytest.raises(MessageTooLarge, match="limit"):
+            await t.publish([*bulk, OutgoingMessage(q, b"x" * (limit + 1), {})])
         # Headers count too: a small body with huge headers is refused by the exact size check.
         with pytest.raises(MessageTooLarge, match="max_request_size"):
             await t.publish([msg(q, b"small-2", big="y" * 16384)])

@@ -196,3 +196,47 @@ async def test_a_retry_waiting_for_its_due_time_survives_a_stop(transport: Kafka
     await second.wait_for(lambda: len(second.items) >= 1)
     assert [(d.body, d.attempt, d.headers.get("x-why")) for d in second.items] == [(b"r", 2, "later")]
     await consumer.stop(5)
+
+
+async def test_bulk_publish_puts_each_key_where_a_single_send_puts_it(kafka_url: str, unique: str) -> None:
+    # A publish of many messages fills record batches itself; a publish of one uses the
+    # producer's send. Both must pick the same partition for a key, or per-key order breaks.
+    t = KafkaTransport.from_url(kafka_url + ("&" if "?" in kafka_url else "?") + "partitions=4")
+    await t.connect()
+    try:
+        q = queue(unique)
+        keys = [f"key-{k}" for k in range(12)]
+        await t.publish([msg(q, f"{k}:bulk-{i}".encode(), key=k) for i in range(5) for k in keys])
+        for k in keys:
+            await t.publish([msg(q, f"{k}:single".encode(), key=k)])
+        got = Collector()
+        consumer = await t.subscribe(q, got, concurrency=1)
+        await got.wait_for(lambda: len(got.items) >= 6 * len(keys))
+        assert len(got.items) == 6 * len(keys)
+        for k in keys:
+            mine = [d for d in got.items if d.key == k]
+            assert {d.raw.partition for d in mine} == {mine[0].raw.partition}, f"{k} is split across partitions"
+            assert [d.body.split(b":")[1] for d in mine] == [*(f"bulk-{i}".encode() for i in range(5)), b"single"]
+        assert len({d.raw.partition for d in got.items}) > 1, "12 keys all hashed to one of 4 partitions?"
+        await consumer.stop(5)
+    finally:
+        await t.close()
+
+
+async def test_bulk_publish_of_keyless_messages_moves_on_when_a_batch_is_full(kafka_url: str, unique: str) -> None:
+    # Small batches: 300 keyless messages fill many, which go to the partitions in turn;
+    # every message arrives exactly once.
+    options = "partitions=3&max_batch_size=2048"
+    t = KafkaTransport.from_url(kafka_url + ("&" if "?" in kafka_url else "?") + options)
+    await t.connect()
+    try:
+        q = queue(unique)
+        await t.publish([msg(q, f"m{i:03d}".encode()) for i in range(300)])
+        got = Collector()
+        consumer = await t.subscribe(q, got, concurrency=4)
+        await got.wait_for(lambda: len(got.items) >= 300)
+        assert sorted(got.bodies) == [f"m{i:03d}".encode() for i in range(300)]
+        assert {d.raw.partition for d in got.items} == {0, 1, 2}
+        await consumer.stop(5)
+    finally:
+        await t.close()
