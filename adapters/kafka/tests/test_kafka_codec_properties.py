@@ -3,7 +3,7 @@ record headers, with CloudEvents attributes under the Kafka binding's ``ce_`` pr
 
 from hypothesis import given
 from hypothesis import strategies as st
-from messagebus_kafka._codec import RecordHeaders, decode_headers, encode_headers
+from messagebus_kafka._codec import HeaderEncoder, RecordHeaders, decode_headers, encode_headers
 
 texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=60)
 
@@ -42,3 +42,13 @@ def test_lazy_record_headers_read_like_decoding_them_all(wire: list[tuple[str, b
         assert (name in lazy) == (name in expected)
     assert dict(lazy) == expected and len(lazy) == len(expected)
     assert lazy.get(asked) == expected.get(asked), "answers stay the same once decoded"
+
+
+@given(st.lists(st.dictionaries(texts.filter(bool), texts, max_size=8), max_size=6))
+def test_a_publish_encodes_repeated_headers_like_encoding_each_message(batch: list[dict[str, str]]) -> None:
+    # HeaderEncoder encodes each distinct (name, value) of a publish once and reuses it.
+    encoder = HeaderEncoder()
+    for logical in [*batch, *batch]:
+        wire, size = encoder.encode(logical)
+        assert wire == encode_headers(logical)
+        assert size == sum(len(k) + len(v) for k, v in wire)

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from messagebus.transports import headers
 
-__all__ = ["CE_PREFIX", "DUE", "RecordHeaders", "decode_headers", "encode_headers"]
+__all__ = ["CE_PREFIX", "DUE", "HeaderEncoder", "RecordHeaders", "decode_headers", "encode_headers"]
 
 CE_PREFIX = "ce_"
 #: When a message in a retry topic becomes due (epoch milliseconds). Adapter-internal.
@@ -42,6 +42,34 @@ def encode_headers(logical: Mapping[str, str]) -> list[tuple[str, bytes]]:
     """Logical headers -> Kafka record headers (``ce-x`` becomes ``ce_x``; values UTF-8). Pure."""
     get = _TO_WIRE.get
     return [(get(k) or _wire_name(k), v.encode()) for k, v in logical.items()]
+
+
+class HeaderEncoder:
+    """:func:`encode_headers` for the messages of one publish, which mostly repeat the same
+    headers (source, type, spec version, content type, time of a batch): each distinct
+    ``(name, value)`` is encoded once. Also sums the encoded sizes for the size check.
+    Use for one publish call, then drop it (it keeps what it encoded); not thread-safe."""
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], tuple[tuple[str, bytes], int]] = {}
+
+    def encode(self, logical: Mapping[str, str]) -> tuple[list[tuple[str, bytes]], int]:
+        """The record headers of ``logical`` and their total size in bytes (names + values). Pure."""
+        seen = self._seen
+        wire: list[tuple[str, bytes]] = []
+        append = wire.append
+        size = 0
+        for item in logical.items():
+            known = seen.get(item)
+            if known is None:
+                name, value = item
+                encoded = ((_TO_WIRE.get(name) or _wire_name(name)), value.encode())
+                known = seen[item] = (encoded, len(encoded[0]) + len(encoded[1]))
+            append(known[0])
+            size += known[1]
+        return wire, size
 
 
 def decode_headers(wire: Sequence[tuple[str, bytes | None]]) -> dict[str, str]:

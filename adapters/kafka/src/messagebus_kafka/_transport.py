@@ -53,7 +53,7 @@ from messagebus.transports import (
     headers,
 )
 
-from ._codec import DUE, RecordHeaders, encode_headers
+from ._codec import DUE, HeaderEncoder, RecordHeaders, encode_headers
 from ._errors import connect_error, publish_error
 from ._options import KafkaOptions, load_options
 from ._telemetry import MESSAGING_SYSTEM, DeliveryAttributes
@@ -271,10 +271,11 @@ class KafkaTransport:
         needed: set[str] = set()
         known = topics.known
         names = self._names
+        encode = HeaderEncoder().encode
         for message in messages:
             name = message.destination.name
             topic = names.get(name) or self.topic_for(message.destination)
-            wire_headers = encode_headers(message.headers)
+            wire_headers, header_bytes = encode(message.headers)
             key = message.key.encode() if message.key is not None else None
             body = message.body
             if len(body) > body_limit:
@@ -284,9 +285,7 @@ class KafkaTransport:
                 )
             # A cheap upper bound first (5-byte varints, fixed overheads); the exact record
             # size is only computed for messages that come near the limit.
-            rough = len(body) + (len(key) if key else 0) + 128 + 10 * len(wire_headers)
-            for hk, hv in wire_headers:
-                rough += len(hk) + len(hv)
+            rough = len(body) + (len(key) if key else 0) + 128 + 10 * len(wire_headers) + header_bytes
             if rough > limit:
                 size = _estimate_size(key, body, wire_headers)
                 if size > limit:
