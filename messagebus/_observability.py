@@ -10,9 +10,11 @@ before a bus is built to leave the middleware out altogether. See docs/observabi
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from ._middleware import Middleware, PublishMiddleware
+from ._message import Envelope
+from ._middleware import Handler, Middleware, PublishMiddleware
 
 if TYPE_CHECKING:
     from ._bus import Bus
@@ -32,8 +34,8 @@ def telemetry_enabled() -> bool:
 
 
 def default_consume_middleware(bus: Bus) -> tuple[Middleware, ...]:
-    """Consume middleware every handler of ``bus`` gets, outermost first: tracing (the
-    ``process`` span), then metrics (so the span covers what the metrics time). Empty when
+    """Consume middleware every handler of ``bus`` gets: tracing (the ``process`` span)
+    around metrics (so the span covers what the metrics time), as one middleware. Empty when
     :func:`telemetry_enabled` is false."""
     if not telemetry_enabled():
         return ()
@@ -41,7 +43,34 @@ def default_consume_middleware(bus: Bus) -> tuple[Middleware, ...]:
     from .middleware.tracing import tracing_middleware
 
     system = bus.transport.messaging_system
-    return (tracing_middleware(system, service=bus.service, server=_server(bus)), metrics_middleware(system))
+    return (
+        _bypassed_without_sdk(
+            tracing_middleware(system, service=bus.service, server=_server(bus)), metrics_middleware(system)
+        ),
+    )
+
+
+def _bypassed_without_sdk(tracing: Middleware, metrics: Middleware) -> Middleware:
+    """``tracing`` around ``metrics``, as one middleware whose entry hands a delivery straight
+    to the next handler while neither a tracer nor a meter provider is installed: one check
+    per message instead of one per middleware (each also checks, for when only one is)."""
+    import opentelemetry.metrics._internal as metrics_globals
+    import opentelemetry.trace as trace_globals
+
+    if not (hasattr(trace_globals, "_TRACER_PROVIDER") and hasattr(metrics_globals, "_METER_PROVIDER")):
+        return lambda handler: tracing(metrics(handler))
+
+    def middleware(handler: Handler) -> Handler:
+        observed = tracing(metrics(handler))
+
+        def entry(envelope: Envelope) -> Awaitable[None]:
+            if trace_globals._TRACER_PROVIDER is None and metrics_globals._METER_PROVIDER is None:
+                return handler(envelope)
+            return observed(envelope)
+
+        return entry
+
+    return middleware
 
 
 def default_publish_middleware(bus: Bus) -> tuple[PublishMiddleware, ...]:

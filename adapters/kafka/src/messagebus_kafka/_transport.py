@@ -519,7 +519,9 @@ class KafkaDelivery:
         self._settled = True
         st = self._state
         if st.settle(self.record.offset) and not st.revoked:
-            self._consumer._dirty.set()
+            consumer = self._consumer
+            if not consumer._commit_due:  # a flag test per ack, not an Event.set call
+                consumer._want_commit()
 
     async def retry(self, delay: float, headers: Mapping[str, str]) -> None:
         """Re-publish the record to the group's retry topic, due in ``delay`` seconds, with
@@ -582,6 +584,7 @@ class KafkaConsumer:
         self._ready: deque[KafkaDelivery] = deque()
         self._held = 0
         self._dirty = asyncio.Event()
+        self._commit_due = False  # mirrors _dirty; cheaper to test on every ack
         self._stopping = False
         self._polling = False
         self._fetch_task: asyncio.Task[None] | None = None
@@ -839,7 +842,12 @@ class KafkaConsumer:
     def _settled(self, delivery: KafkaDelivery) -> None:
         st = delivery._state
         if st.settle(delivery.record.offset) and not st.revoked:
-            self._dirty.set()
+            self._want_commit()
+
+    def _want_commit(self) -> None:
+        """Ask the commit loop for a commit of what is settled by then."""
+        self._commit_due = True
+        self._dirty.set()
 
     async def _republish(self, delivery: KafkaDelivery, delay: float, extra: Mapping[str, str]) -> None:
         record = delivery.record
@@ -863,6 +871,7 @@ class KafkaConsumer:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
+            self._commit_due = False
             await self._commit(list(self._parts.values()))
 
     async def _commit(self, states: Sequence[_Partition]) -> None:
@@ -881,7 +890,7 @@ class KafkaConsumer:
             return
         except kerr.KafkaError as exc:
             logger.warning("messagebus kafka: commit failed for group %s: %s", self.group_id, exc)
-            self._dirty.set()
+            self._want_commit()
             return
         for st in states:
             if st.tp in offsets:
