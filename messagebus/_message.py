@@ -118,21 +118,23 @@ class Envelope:
         self._raw = raw
         self._attributes = messaging_attributes if messaging_attributes is not None else _NO_ATTRIBUTES
 
-    @property
-    def raw(self) -> Any:
-        """The transport's native message, ``None`` when there is none (a test envelope)."""
+    def _read_source(self) -> None:
         source = self._source
         if source is not None:
             self._raw = source.raw
             self._attributes = source.messaging_attributes
             self._source = None
+
+    @property
+    def raw(self) -> Any:
+        """The transport's native message, ``None`` when there is none (a test envelope)."""
+        self._read_source()
         return self._raw
 
     @property
     def messaging_attributes(self) -> Mapping[str, AttributeValue]:
         """Transport-specific telemetry attributes (partition, offset, routing key ...)."""
-        if self._source is not None:
-            self.raw  # noqa: B018 - resolves both lazily read fields
+        self._read_source()
         attributes: Mapping[str, AttributeValue] = self._attributes
         return attributes
 

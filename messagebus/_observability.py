@@ -57,7 +57,11 @@ def _bypassed_without_sdk(tracing: Middleware, metrics: Middleware) -> Middlewar
     import opentelemetry.metrics._internal as metrics_globals
     import opentelemetry.trace as trace_globals
 
-    if not (hasattr(trace_globals, "_TRACER_PROVIDER") and hasattr(metrics_globals, "_METER_PROVIDER")):
+    from .middleware import metrics as metrics_module
+    from .middleware import tracing as tracing_module
+
+    # Whether this API version has the provider globals, as each middleware found out itself.
+    if not (tracing_module._HAS_GLOBAL and metrics_module._HAS_GLOBAL):
         return lambda handler: tracing(metrics(handler))
 
     def middleware(handler: Handler) -> Handler:

@@ -38,10 +38,13 @@ def _logical_name(name: str) -> str:
     return logical
 
 
+def _wire_header(name: str, value: str) -> tuple[str, bytes]:
+    return (_TO_WIRE.get(name) or _wire_name(name), value.encode())
+
+
 def encode_headers(logical: Mapping[str, str]) -> list[tuple[str, bytes]]:
     """Logical headers -> Kafka record headers (``ce-x`` becomes ``ce_x``; values UTF-8). Pure."""
-    get = _TO_WIRE.get
-    return [(get(k) or _wire_name(k), v.encode()) for k, v in logical.items()]
+    return [_wire_header(k, v) for k, v in logical.items()]
 
 
 class HeaderEncoder:
@@ -64,8 +67,7 @@ class HeaderEncoder:
         for item in logical.items():
             known = seen.get(item)
             if known is None:
-                name, value = item
-                encoded = ((_TO_WIRE.get(name) or _wire_name(name)), value.encode())
+                encoded = _wire_header(*item)
                 known = seen[item] = (encoded, len(encoded[0]) + len(encoded[1]))
             append(known[0])
             size += known[1]

@@ -3,8 +3,8 @@
 Publishing: one idempotent ``acks="all"`` producer per transport; ``publish`` checks every
 size first, then sends: a few messages through the producer's ``send`` (merged with what
 concurrent publishes send), many by filling record batches per partition itself; then it
-awaits every confirmation. Consuming: one ``AIOKafkaConsumer`` per subscription (its own consumer group),
-subscribed to the main topic and the group's retry topic. Offsets are committed manually:
+awaits every confirmation. Consuming: one ``AIOKafkaConsumer`` per subscription (its own
+consumer group), subscribed to the main topic and the group's retry topic. Offsets are committed manually:
 ``offset + 1`` of the lowest contiguous settled record of each partition, never past a
 record whose handler has not settled (or was cancelled). Retries are re-published to the
 retry topic with a due time; the consumer holds due-later records and pauses that retry
@@ -56,7 +56,7 @@ from messagebus.transports import (
 from ._codec import DUE, HeaderEncoder, RecordHeaders, encode_headers
 from ._errors import connect_error, publish_error
 from ._options import KafkaOptions, load_options
-from ._telemetry import MESSAGING_SYSTEM, DeliveryAttributes
+from ._telemetry import MESSAGING_SYSTEM, delivery_attributes
 from ._topology import SubscriptionNames, TopicAdmin, kafka_name, subscription_names
 
 __all__ = ["KafkaConsumer", "KafkaDelivery", "KafkaTransport"]
@@ -479,8 +479,8 @@ class KafkaDelivery:
     ``body`` is the record value (``b""`` for a null value), ``key`` the record key as text
     (the producer's ordering key), ``attempt`` 1 on the first delivery (carried in
     ``messagebus-attempt`` through retries), ``headers`` the logical headers (``ce_`` mapped
-    back to ``ce-``, internal ones left out; decoded on demand). Not thread-safe; belongs to one handler call.
-    ``raw`` is the aiokafka ``ConsumerRecord``.
+    back to ``ce-``, internal ones left out; decoded on demand). ``raw`` is the aiokafka
+    ``ConsumerRecord``. Not thread-safe; belongs to one handler call.
     """
 
     __slots__ = ("_consumer", "_settled", "_started", "_state", "attempt", "body", "headers", "key", "record")
@@ -509,7 +509,7 @@ class KafkaDelivery:
     @property
     def messaging_attributes(self) -> Mapping[str, AttributeValue]:
         """Kafka telemetry attributes: key, offset, partition, consumer group."""
-        return DeliveryAttributes(self.record, self._consumer.group_id)
+        return delivery_attributes(self.record, self._consumer.group_id)
 
     async def ack(self) -> None:
         """Mark the record done; its offset is committed once every earlier record of its
@@ -517,11 +517,7 @@ class KafkaDelivery:
         if self._settled:
             return
         self._settled = True
-        st = self._state
-        if st.settle(self.record.offset) and not st.revoked:
-            consumer = self._consumer
-            if not consumer._commit_due:  # a flag test per ack, not an Event.set call
-                consumer._want_commit()
+        self._consumer._settled(self)
 
     async def retry(self, delay: float, headers: Mapping[str, str]) -> None:
         """Re-publish the record to the group's retry topic, due in ``delay`` seconds, with
@@ -584,7 +580,6 @@ class KafkaConsumer:
         self._ready: deque[KafkaDelivery] = deque()
         self._held = 0
         self._dirty = asyncio.Event()
-        self._commit_due = False  # mirrors _dirty; cheaper to test on every ack
         self._stopping = False
         self._polling = False
         self._fetch_task: asyncio.Task[None] | None = None
@@ -842,12 +837,7 @@ class KafkaConsumer:
     def _settled(self, delivery: KafkaDelivery) -> None:
         st = delivery._state
         if st.settle(delivery.record.offset) and not st.revoked:
-            self._want_commit()
-
-    def _want_commit(self) -> None:
-        """Ask the commit loop for a commit of what is settled by then."""
-        self._commit_due = True
-        self._dirty.set()
+            self._dirty.set()
 
     async def _republish(self, delivery: KafkaDelivery, delay: float, extra: Mapping[str, str]) -> None:
         record = delivery.record
@@ -871,7 +861,6 @@ class KafkaConsumer:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            self._commit_due = False
             await self._commit(list(self._parts.values()))
 
     async def _commit(self, states: Sequence[_Partition]) -> None:
@@ -890,7 +879,7 @@ class KafkaConsumer:
             return
         except kerr.KafkaError as exc:
             logger.warning("messagebus kafka: commit failed for group %s: %s", self.group_id, exc)
-            self._want_commit()
+            self._dirty.set()
             return
         for st in states:
             if st.tp in offsets:
