@@ -63,6 +63,12 @@ def _entry(name: str, value: str) -> bytes:
     return entry
 
 
+def _shortstr(value: str) -> bytes | None:
+    """``value`` as an AMQP short string (length byte, UTF-8), or None beyond 255 bytes."""
+    data = value.encode()
+    return bytes((len(data),)) + data if len(data) <= 255 else None
+
+
 class FastProperties(Basic.Properties):
     """``Basic.Properties`` with a faster ``marshal`` for the shape messagebus publishes
     (content type, a table of string headers, delivery mode, message id).
@@ -83,11 +89,11 @@ class FastProperties(Basic.Properties):
         parts: list[bytes] = []
         content_type = self.content_type
         if content_type:
-            data = content_type.encode()
-            if len(data) > 255:
+            field = _shortstr(content_type)
+            if field is None:
                 return super().marshal()
             flags |= 0x8000
-            parts.append(bytes((len(data),)) + data)
+            parts.append(field)
         headers = self.headers
         if headers:
             entries = []
@@ -104,11 +110,11 @@ class FastProperties(Basic.Properties):
             parts.append(bytes((mode,)))
         message_id = self.message_id
         if message_id:
-            data = message_id.encode()
-            if len(data) > 255:
+            field = _shortstr(message_id)
+            if field is None:
                 return super().marshal()
             flags |= 0x0080
-            parts.append(bytes((len(data),)) + data)
+            parts.append(field)
         return _FLAGS.pack(flags) + b"".join(parts)
 
 

@@ -324,7 +324,7 @@ class SqsTransport:
             for c in list(self._consumers)
             if c.source.kind is DestinationKind.TOPIC and c.source.name == topic
         ]
-        pending = [g for g in groups if g is not None and not g.done()]
+        pending = [g for g in groups if g is not None]
         if pending:
             await asyncio.gather(*(asyncio.shield(g) for g in pending))
 
@@ -700,7 +700,7 @@ class _SqsConsumer:
         (one re-declaration at a time) and return that task; else ``None``."""
         if not is_missing(exc) or self._stopped:
             return None
-        if self._recreating is None or self._recreating.done():
+        if self.redeclaring is None:
             logger.warning("messagebus-sqs: the queue of %s is gone (%s); declaring it again", self.source, exc)
         return self.redeclare()
 
@@ -713,8 +713,8 @@ class _SqsConsumer:
     def redeclare(self) -> asyncio.Task[bool]:
         """Declare this consumer's queue (and subscription) again, one re-declaration at a
         time: a call while one runs returns that one."""
-        task = self._recreating
-        if task is None or task.done():
+        task = self.redeclaring
+        if task is None:
             task = asyncio.get_running_loop().create_task(self._recreate())
             self._recreating = task
             self._transport._track(task)
