@@ -24,11 +24,17 @@ class WorkerPool:
 
     Deliveries with the same key run one at a time in submission order (when ``ordered``);
     keyless ones go to whichever worker is free. Not thread-safe: use it from the event loop
-    it was started on. ``handler`` should not raise (the bus settles every outcome); an
+    it was started on.
+
+    Keyless work wakes idle workers one at a time: a woken worker that takes a delivery and
+    sees more queued wakes the next one. A handler that never suspends thus drains the queue
+    in one worker without a task switch per message, while handlers that wait on I/O still
+    fan out to every worker. ``handler`` should not raise (the bus settles every outcome); an
     exception that escapes is logged and the worker goes on.
     """
 
     __slots__ = (
+        "_capacity",
         "_closing",
         "_count",
         "_handler",
@@ -43,35 +49,52 @@ class WorkerPool:
         "_space",
         "_tasks",
         "_waiters",
+        "_waking",
     )
 
-    def __init__(self, handler: DeliveryHandler, concurrency: int, *, ordered: bool = True, name: str = "") -> None:
+    def __init__(
+        self,
+        handler: DeliveryHandler,
+        concurrency: int,
+        *,
+        ordered: bool = True,
+        name: str = "",
+        capacity: int | None = None,
+    ) -> None:
+        """``capacity`` is the most deliveries held at once, queued plus running (default and
+        minimum: ``concurrency``). A transport that already has a batch in memory may queue it
+        whole, so its fetch loop and the workers take turns once per batch, not per message.
+        Raises ``ValueError`` for a concurrency below 1."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self._handler = handler
         self._n = concurrency
+        self._capacity = max(concurrency, capacity or 0)
         self._ordered = ordered
         self._name = name
         self._lanes: list[deque[Delivery]] = [deque() for _ in range(concurrency)]
         self._shared: deque[Delivery] = deque()
         self._running: list[Delivery | None] = [None] * concurrency
-        self._waiters: list[asyncio.Future[None] | None] = [None] * concurrency
+        self._waiters: list[asyncio.Future[bool] | None] = [None] * concurrency
         self._idle: deque[int] = deque()
         self._space: deque[asyncio.Future[None]] = deque()
         self._tasks: list[asyncio.Task[None]] = []
         self._count = 0
+        # Workers woken for keyless work that have not yet taken any: while one is on its
+        # way, a new keyless delivery needs no further wake-up.
+        self._waking = 0
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def concurrency(self) -> int:
-        """The most handler calls in flight (and deliveries held) at once."""
+        """The most handler calls in flight at once."""
         return self._n
 
     @property
     def free(self) -> int:
         """How many more deliveries can be submitted without waiting."""
-        return self._n - self._count
+        return self._capacity - self._count
 
     @property
     def held(self) -> int:
@@ -99,19 +122,24 @@ class WorkerPool:
                 self._waiters[i] = None
                 self._idle.remove(i)
                 if not waiter.done():
-                    waiter.set_result(None)
+                    waiter.set_result(False)
             return
         if self._n == 1:
             self._lanes[0].append(delivery)
         else:
             self._shared.append(delivery)
+        if not self._waking:
+            self._wake_one()
+
+    def _wake_one(self) -> None:
         while self._idle:
             i = self._idle.popleft()
             waiter = self._waiters[i]
             self._waiters[i] = None
             if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-                break
+                waiter.set_result(True)
+                self._waking += 1
+                return
 
     async def submit(self, delivery: Delivery) -> None:
         """Queue ``delivery``, waiting while the pool is full."""
@@ -120,7 +148,7 @@ class WorkerPool:
 
     async def wait_for_space(self) -> None:
         """Return once at least one more delivery can be submitted."""
-        while self._count >= self._n:
+        while self._count >= self._capacity:
             assert self._loop is not None
             fut = self._loop.create_future()
             self._space.append(fut)
@@ -139,7 +167,7 @@ class WorkerPool:
         for i, waiter in enumerate(self._waiters):
             self._waiters[i] = None
             if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(False)
         self._idle.clear()
         tasks = [t for t in self._tasks if not t.done()]
         if tasks:
@@ -164,14 +192,20 @@ class WorkerPool:
         shared = self._shared
         while True:
             # Own lane first (keyed messages), then the shared one (keyless).
-            delivery = lane.popleft() if lane else shared.popleft() if shared else None
-            if delivery is None:
+            if lane:
+                delivery = lane.popleft()
+            elif shared:
+                delivery = shared.popleft()
+                if shared and not self._waking:
+                    self._wake_one()  # pass the rest on, in case this handler waits
+            else:
                 if self._closing:
                     return
-                fut: asyncio.Future[None] = loop.create_future()
+                fut: asyncio.Future[bool] = loop.create_future()
                 self._waiters[i] = fut
                 self._idle.append(i)
-                await fut
+                if await fut:  # woken by _wake_one: no longer on its way once running
+                    self._waking -= 1
                 continue
             self._running[i] = delivery
             try:

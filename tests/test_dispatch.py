@@ -88,3 +88,48 @@ async def test_submit_waits_for_space() -> None:
     release.set()
     await asyncio.wait_for(waiting, 5)
     await pool.stop(grace=5)
+
+
+async def test_keyless_work_fans_out_to_every_worker_when_handlers_wait() -> None:
+    # Workers are woken one at a time for keyless work; each passes the rest on, so
+    # handlers that wait still all run at once.
+    release = asyncio.Event()
+    running = 0
+    all_running = asyncio.Event()
+
+    async def handler(d: Delivery) -> None:
+        nonlocal running
+        running += 1
+        if running == 8:
+            all_running.set()
+        await release.wait()
+
+    pool = WorkerPool(handler, 8)
+    pool.start()
+    await asyncio.sleep(0)  # every worker idle
+    for i in range(8):
+        pool.submit_nowait(FakeDelivery(i))
+    await asyncio.wait_for(all_running.wait(), 5)
+    release.set()
+    assert await pool.stop(grace=5) == []
+
+
+async def test_handlers_that_never_wait_get_every_delivery() -> None:
+    handled: list[int] = []
+    done = asyncio.Event()
+
+    async def handler(d: Delivery) -> None:
+        handled.append(d.raw)
+        if len(handled) == 1000:
+            done.set()
+
+    pool = WorkerPool(handler, 16)
+    pool.start()
+    for i in range(1000):
+        if i % 7 == 0:
+            await asyncio.sleep(0)  # let workers go idle and be woken again in between
+        await pool.submit(FakeDelivery(i, raw=i, key=None if i % 3 else f"k{i % 4}"))
+    await asyncio.wait_for(done.wait(), 5)
+    assert sorted(handled) == list(range(1000))
+    assert await pool.stop(grace=5) == []
+    assert pool.held == 0

@@ -573,7 +573,10 @@ class KafkaConsumer:
         self._max_records = o.fetch_max_records
         self._pool: WorkerPool | None = None
         if concurrency > 1:
-            self._pool = WorkerPool(self._run, concurrency, name=names.group_id)
+            # One fetch hand-over may wait whole in the pool: the records are in memory anyway.
+            self._pool = WorkerPool(
+                self._run, concurrency, name=names.group_id, capacity=concurrency + o.fetch_max_records
+            )
         self._consumer: AIOKafkaConsumer | None = None
         self._parts: dict[TopicPartition, _Partition] = {}
         self._start_offsets: dict[TopicPartition, int] = {}
@@ -741,7 +744,7 @@ class KafkaConsumer:
                             # The bus's handler settles every outcome itself; this is a bug
                             # guard. The record stays unsettled, so it is redelivered later.
                             logger.exception("messagebus kafka: delivery handler failed unexpectedly")
-                    else:
+                    elif not self._submit_nowait(delivery):
                         await self._dispatch(delivery)
 
     async def _handle_in_order(self, st: _Partition, records: list[ConsumerRecord[Any, Any]]) -> None:
@@ -799,6 +802,16 @@ class KafkaConsumer:
         if not st.held and self._consumer is not None:
             with contextlib.suppress(kerr.IllegalStateError):
                 self._consumer.resume(st.tp)
+
+    def _submit_nowait(self, delivery: KafkaDelivery) -> bool:
+        """Hand ``delivery`` to the pool if it has room (no coroutine per message on the
+        fetch task's hot path); False when the caller must ``await _dispatch`` instead."""
+        pool = self._pool
+        if pool is None or not pool.free:
+            return False
+        delivery._state.active += 1
+        pool.submit_nowait(delivery)
+        return True
 
     async def _dispatch(self, delivery: KafkaDelivery) -> None:
         st = delivery._state
