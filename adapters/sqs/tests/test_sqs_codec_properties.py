@@ -5,8 +5,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from messagebus_sqs._codec import MAX_ATTRIBUTES, _valid_name, _valid_value, decode_message, encode_message
 
+from messagebus import _headers as h
+
 texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
-headers = st.dictionaries(texts.filter(bool), texts, max_size=30)
+# The key travels in its own header (h.KEY); the core never hands the codec a header of
+# that name, so the generator does not either.
+headers = st.dictionaries(texts.filter(lambda name: bool(name) and name != h.KEY), texts, max_size=30)
 
 
 @settings(max_examples=300)
