@@ -435,6 +435,8 @@ async def run(url: str, args: argparse.Namespace) -> str:
         )
 
     command = "python -m benchmarks.bench_kafka" + (" --quick" if args.quick else "")
+    if args.rounds:
+        command += f" --rounds {args.rounds}"
     if args.soak:
         command += " --soak"
     if args.faststream_python:
