@@ -196,8 +196,6 @@ class WorkerPool:
                 delivery = lane.popleft()
             elif shared:
                 delivery = shared.popleft()
-                if shared and not self._waking:
-                    self._wake_one()  # pass the rest on, in case this handler waits
             else:
                 if self._closing:
                     return
@@ -207,6 +205,8 @@ class WorkerPool:
                 if await fut:  # woken by _wake_one: no longer on its way once running
                     self._waking -= 1
                 continue
+            if shared and not self._waking:
+                self._wake_one()  # pass keyless work on, in case this handler waits
             self._running[i] = delivery
             try:
                 await handler(delivery)

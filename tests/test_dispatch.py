@@ -133,3 +133,26 @@ async def test_handlers_that_never_wait_get_every_delivery() -> None:
     assert sorted(handled) == list(range(1000))
     assert await pool.stop(grace=5) == []
     assert pool.held == 0
+
+
+async def test_keyless_work_is_passed_on_by_a_worker_that_takes_keyed_work() -> None:
+    # Worker 0 is woken for keyless work but finds a keyed delivery in its own lane first;
+    # it must still wake another worker for the keyless ones while its handler waits.
+    release = asyncio.Event()
+    keyless_done = asyncio.Event()
+    key = next(f"k{n}" for n in range(100) if hash(f"k{n}") % 2 == 0)  # worker 0's lane
+
+    async def handler(d: Delivery) -> None:
+        if d.key is not None:
+            await release.wait()
+        else:
+            keyless_done.set()
+
+    pool = WorkerPool(handler, 2)
+    pool.start()
+    await asyncio.sleep(0)  # both workers idle, worker 0 first in line
+    pool.submit_nowait(FakeDelivery(0))  # wakes worker 0
+    pool.submit_nowait(FakeDelivery(1, key=key))  # lands in worker 0's lane
+    await asyncio.wait_for(keyless_done.wait(), 5)
+    release.set()
+    assert await pool.stop(grace=5) == []
