@@ -264,7 +264,7 @@ class Bus:
         try:
             if self._state is not BusState.RUNNING:
                 await self.start()
-            logger.info("messagebus: %r running; SIGINT or SIGTERM stops it", self)
+            logger.info("%r running; SIGINT or SIGTERM stops it", self)
             await stopped.wait()
         finally:
             for sig in installed:

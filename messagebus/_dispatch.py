@@ -213,7 +213,7 @@ class WorkerPool:
             except Exception:
                 # Only a bug in the settling code gets here; the broker redelivers what was not settled.
                 logger.exception(
-                    "messagebus: delivery handler failed unexpectedly",
+                    "delivery handler failed unexpectedly",
                     extra={"messaging_destination": self._name, "messaging_attempt": delivery.attempt},
                 )
             self._running[i] = None

@@ -76,7 +76,7 @@ def _notify(watchers: list[Callable[[Any], None]], settlement: Settlement, envel
         try:
             callback(settlement)
         except Exception:
-            logger.exception("messagebus: a settle callback failed", extra=log_fields(envelope))
+            logger.exception("a settle callback failed", extra=log_fields(envelope))
     watchers.clear()
 
 
@@ -141,7 +141,7 @@ class Settler:
                     acked = True
                 except MessageBusError:
                     logger.warning(
-                        "messagebus: ack failed; the broker will redeliver", exc_info=True, extra=log_fields(envelope)
+                        "ack failed; the broker will redeliver", exc_info=True, extra=log_fields(envelope)
                     )
         finally:
             watchers = envelope._watchers
@@ -160,7 +160,7 @@ class Settler:
             if self._retry.should_retry(error, attempt):
                 delay = self._retry.delay(attempt)
                 logger.warning(
-                    "messagebus: handler failed (%s: %s); retry %d of %d in %.3fs",
+                    "handler failed (%s: %s); retry %d of %d in %.3fs",
                     error_type_name(error),
                     error,
                     attempt,
@@ -175,7 +175,7 @@ class Settler:
             return Settlement(Outcome.DEAD_LETTER, attempt, dead_letter_queue=self._dlq.name, error=error)
         except MessageBusError:
             logger.error(
-                "messagebus: settling a failed message failed; the broker will redeliver it",
+                "settling a failed message failed; the broker will redeliver it",
                 exc_info=True,
                 extra=fields,
             )
@@ -188,7 +188,7 @@ class Settler:
             "rejected" if isinstance(error, Reject) else "undecodable" if isinstance(error, DecodeError) else "failed"
         )
         logger.error(
-            "messagebus: message %s after %d attempt(s) (%s: %s); dead-lettered to %s",
+            "message %s after %d attempt(s) (%s: %s); dead-lettered to %s",
             reason,
             envelope.attempt,
             error_type_name(error),

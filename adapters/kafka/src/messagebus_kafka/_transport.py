@@ -539,13 +539,13 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         try:
             await self._consumer._on_revoked(set(revoked))
         except Exception:
-            logger.exception("messagebus kafka: handling revoked partitions failed")
+            logger.exception("handling revoked partitions failed")
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         try:
             await self._consumer._on_assigned(set(assigned))
         except Exception:
-            logger.exception("messagebus kafka: handling assigned partitions failed")
+            logger.exception("handling assigned partitions failed")
 
 
 class KafkaConsumer:
@@ -654,7 +654,7 @@ class KafkaConsumer:
             try:
                 await consumer.commit(initial)
             except kerr.KafkaError as exc:
-                logger.warning("messagebus kafka: cannot commit start offsets of %s: %s", self.group_id, exc)
+                logger.warning("cannot commit start offsets of %s: %s", self.group_id, exc)
             for tp, offset in initial.items():
                 self._parts[tp].committed = offset
 
@@ -709,7 +709,7 @@ class KafkaConsumer:
             except Exception as exc:
                 # aiokafka retries connection problems itself; whatever reaches us is logged and
                 # retried after a pause, so the consumer never dies silently nor spins.
-                logger.warning("messagebus kafka: fetch failed for group %s: %r", self.group_id, exc)
+                logger.warning("fetch failed for group %s: %r", self.group_id, exc)
                 await asyncio.sleep(_FETCH_BACKOFF)
                 continue
             finally:
@@ -743,7 +743,7 @@ class KafkaConsumer:
                         except Exception:
                             # The bus's handler settles every outcome itself; this is a bug
                             # guard. The record stays unsettled, so it is redelivered later.
-                            logger.exception("messagebus kafka: delivery handler failed unexpectedly")
+                            logger.exception("delivery handler failed unexpectedly")
                     elif not self._submit_nowait(delivery):
                         await self._dispatch(delivery)
 
@@ -765,7 +765,7 @@ class KafkaConsumer:
                 except Exception:
                     # The bus's handler settles every outcome itself; this is a bug guard. The
                     # record stays unsettled, so it is redelivered later.
-                    logger.exception("messagebus kafka: delivery handler failed unexpectedly")
+                    logger.exception("delivery handler failed unexpectedly")
         finally:
             self._finished(st)
 
@@ -821,7 +821,7 @@ class KafkaConsumer:
             try:
                 await self._run(delivery)
             except Exception:
-                logger.exception("messagebus kafka: delivery handler failed unexpectedly")
+                logger.exception("delivery handler failed unexpectedly")
             return
         if not pool.free:
             await pool.wait_for_space()
@@ -888,10 +888,10 @@ class KafkaConsumer:
             await self._consumer.commit(offsets)
         except (kerr.CommitFailedError, kerr.IllegalStateError) as exc:
             # The group rebalanced: the partitions' new owner resumes from the last commit.
-            logger.info("messagebus kafka: commit skipped for group %s after a rebalance: %s", self.group_id, exc)
+            logger.info("commit skipped for group %s after a rebalance: %s", self.group_id, exc)
             return
         except kerr.KafkaError as exc:
-            logger.warning("messagebus kafka: commit failed for group %s: %s", self.group_id, exc)
+            logger.warning("commit failed for group %s: %s", self.group_id, exc)
             self._dirty.set()
             return
         for st in states:
@@ -953,4 +953,4 @@ async def _quietly(awaitable: Any) -> None:
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        logger.debug("messagebus kafka: cleanup step failed: %r", exc)
+        logger.debug("cleanup step failed: %r", exc)

@@ -660,7 +660,7 @@ class PubSubConsumer:
                         topology.forget(path)
                         with contextlib.suppress(MessageBusError):
                             await topology.ensure_consumer(self._names)
-                logger.warning("messagebus: pulling from %s failed (%s); retrying in %.1fs", path, exc, backoff)
+                logger.warning("pulling from %s failed (%s); retrying in %.1fs", path, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -774,7 +774,7 @@ class PubSubConsumer:
                     failures += 1
                     if failures > 3 or isinstance(exc, ConsumeError):
                         # At least once: these messages come back after their ack deadline.
-                        logger.warning("messagebus: acking %d messages on %s failed: %s", len(batch), path, exc)
+                        logger.warning("acking %d messages on %s failed: %s", len(batch), path, exc)
                         failures = 0
                         continue
                     pending[:0] = batch
@@ -794,7 +794,7 @@ class PubSubConsumer:
             except Exception as exc:
                 # Not lost: Pub/Sub redelivers them when their current ack deadline runs out.
                 logger.warning(
-                    "messagebus: changing the ack deadline of %d messages on %s failed: %s", len(chunk), path, exc
+                    "changing the ack deadline of %d messages on %s failed: %s", len(chunk), path, exc
                 )
 
     async def _lease_loop(self) -> None:

@@ -218,7 +218,7 @@ class RabbitMQTransport:
                 if not is_transient_connect_error(exc) or attempt == attempts:
                     raise connect_error(exc, self.url, self.vhost, attempt) from exc
                 logger.warning(
-                    "messagebus: connecting to RabbitMQ at %s failed (%s); attempt %d of %d in %.1fs",
+                    "connecting to RabbitMQ at %s failed (%s); attempt %d of %d in %.1fs",
                     self.url.render(),
                     exc,
                     attempt + 1,
@@ -246,7 +246,7 @@ class RabbitMQTransport:
             return
         self._ready.clear()
         self._pub = None
-        logger.warning("messagebus: connection to RabbitMQ at %s lost; reconnecting", self.url.render())
+        logger.warning("connection to RabbitMQ at %s lost; reconnecting", self.url.render())
         if self._supervisor is None or self._supervisor.done():
             self._supervisor = asyncio.get_running_loop().create_task(
                 self._reconnect(), name="messagebus-rabbitmq-reconnect"
@@ -265,7 +265,7 @@ class RabbitMQTransport:
                 raise
             except Exception as exc:
                 logger.warning(
-                    "messagebus: reconnecting to RabbitMQ at %s failed (%s); next try in %.2fs",
+                    "reconnecting to RabbitMQ at %s failed (%s); next try in %.2fs",
                     self.url.render(),
                     exc,
                     delay,
@@ -278,7 +278,7 @@ class RabbitMQTransport:
                     await asyncio.wait_for(conn.close(), _CLOSE_TIMEOUT)
                 return
             self._install(conn)
-            logger.info("messagebus: reconnected to RabbitMQ at %s", self.url.render())
+            logger.info("reconnected to RabbitMQ at %s", self.url.render())
             return
 
     async def _wait_ready(self, timeout: float | None) -> aiormq.abc.AbstractConnection:
@@ -763,7 +763,7 @@ class RabbitMQConsumer:
                     return
                 await self._open(raw)
                 self.restarts += 1
-                logger.info("messagebus: consumer of RabbitMQ queue %r restored", self.queue)
+                logger.info("consumer of RabbitMQ queue %r restored", self.queue)
                 return
             except asyncio.CancelledError:
                 raise
@@ -771,7 +771,7 @@ class RabbitMQConsumer:
                 return
             except Exception as exc:
                 level = logging.ERROR if isinstance(exc, TopologyError) else logging.WARNING
-                logger.log(level, "messagebus: restoring the consumer of queue %r failed: %s", self.queue, exc)
+                logger.log(level, "restoring the consumer of queue %r failed: %s", self.queue, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
