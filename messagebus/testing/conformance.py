@@ -24,8 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
@@ -37,37 +36,9 @@ from .._bus import BusState
 from ._collect import Collector
 from ._faults import FaultTests
 from ._proxy import TcpProxy
+from ._target import ConformanceTarget
 
 __all__ = ["BusFactory", "ConformanceTarget", "TransportConformance"]
-
-
-@dataclass(frozen=True)
-class ConformanceTarget:
-    """Where the kit finds the transport under test.
-
-    - ``url``: the transport URL buses are built from (``Bus.from_url(url, service=...)``).
-    - ``upstream``: the broker's ``(host, port)``; with ``via_proxy`` it enables the reconnect
-      tests, which put a :class:`~messagebus.testing.TcpProxy` in between.
-    - ``via_proxy``: builds a URL that reaches the broker through ``host:port`` of the proxy.
-    - ``timeout``: seconds to wait for an expected message before failing.
-    - ``scale``: multiplies the kit's message counts (0.1 for a slow local emulator).
-    - ``restart``: restarts the broker (returns once it accepts connections again); enables
-      the broker-restart fault test. Messages must survive it when the transport declares
-      ``persistence``, unless ``restart_keeps_messages`` says otherwise (an in-memory
-      emulator of a persistent broker loses everything when restarted).
-    """
-
-    url: str
-    upstream: tuple[str, int] | None = None
-    via_proxy: Callable[[str, int], str] | None = None
-    timeout: float = 30.0
-    scale: float = 1.0
-    restart: Callable[[], Awaitable[None]] | None = None
-    restart_keeps_messages: bool | None = None
-
-    def count(self, n: int, minimum: int = 10) -> int:
-        """``n`` scaled, at least ``minimum``."""
-        return max(minimum, int(n * self.scale))
 
 
 class Item(TypedDict):
@@ -103,7 +74,7 @@ class TransportConformance(FaultTests):
 
         def make(service: str = "svc", *, url: str | None = None, **kwargs: Any) -> Bus:
             kwargs.setdefault("retry", Retry(max_attempts=3, initial_delay=0.05, max_delay=0.5, jitter=0.0))
-            bus = Bus.from_url(url or target.url, service=service, **kwargs)
+            bus = target.make_bus(service, url=url, **kwargs)
             made.append(bus)
             return bus
 
@@ -113,7 +84,7 @@ class TransportConformance(FaultTests):
                 await bus.stop(grace=5)
 
     def capabilities(self, target: ConformanceTarget) -> Any:
-        return Bus.from_url(target.url).transport.capabilities
+        return target.capabilities
 
     # -- round trip ---------------------------------------------------------------------------
 
