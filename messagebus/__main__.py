@@ -1,8 +1,6 @@
-"""The ``messagebus`` command.
+"""The ``messagebus`` command: run a service's Bus, validate a transport URL, list transports.
 
-messagebus run myservice.app:bus [--grace 30]   # start the Bus, run until SIGINT/SIGTERM
-messagebus check amqp://guest:guest@localhost/  # validate a URL (no I/O); password redacted
-messagebus schemes                              # the installed transports
+Its help text is plain text (argparse prints it as written), so it carries no reST markup.
 """
 
 from __future__ import annotations
@@ -10,8 +8,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import inspect
 import logging
 import sys
+from types import ModuleType
 
 from ._bus import Bus
 from ._config import TransportURL
@@ -20,35 +20,112 @@ from ._errors import MessageBusError
 
 __all__ = ["main"]
 
+_DESCRIPTION = "Run a messagebus service, validate a transport URL, list the installed transports."
+_EXAMPLES = """\
+examples:
+  messagebus run myservice.app:bus --grace 30     start the Bus, run until SIGINT/SIGTERM
+  messagebus check amqp://guest:guest@localhost/  validate a URL and its options (no I/O)
+  messagebus schemes                              list the installed transports
+
+The transport URL of 'run' comes from the Bus itself (Bus.from_env reads MESSAGEBUS_URL).
+Exit status: 0 on success, 2 on a usage or configuration error."""
+
+
+class _UsageError(Exception):
+    """A mistake in the command line the user can fix; printed without a traceback, exit 2."""
+
+
+def _buses_in(module: ModuleType) -> list[str]:
+    return sorted(name for name, value in vars(module).items() if isinstance(value, Bus))
+
+
+def _no_bus_hint(module: ModuleType) -> str:
+    names = _buses_in(module)
+    if not names:
+        return f"module {module.__name__!r} defines no messagebus.Bus at module level"
+    return f"Bus objects in {module.__name__!r}: " + ", ".join(f"{module.__name__}:{n}" for n in names)
+
+
+def _import(module_name: str) -> ModuleType:
+    if "" not in sys.path:
+        # Like `python -m`: a service module in the current directory is found without PYTHONPATH.
+        sys.path.insert(0, "")
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise _UsageError(
+                f"no module named {missing!r} (looked in the current directory and on sys.path); "
+                f"run from the directory that contains it or add that directory to PYTHONPATH"
+            ) from None
+        # The module exists but something it imports does not: that is the module's own error.
+        raise _UsageError(f"importing {module_name!r} failed: {exc}") from exc
+
 
 def _load_bus(spec: str) -> Bus:
+    """The Bus named by ``MODULE:ATTRIBUTE``: a Bus, or a function called with no arguments
+    that returns one. Raises :class:`_UsageError` saying what was found instead."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise SystemExit(f"error: expected MODULE:ATTRIBUTE (e.g. myservice.app:bus), got {spec!r}")
-    sys.path.insert(0, "")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SystemExit(f"error: cannot import {module_name!r}: {exc}") from exc
-    obj = getattr(module, attr, None)
-    if callable(obj) and not isinstance(obj, Bus):
-        obj = obj()
-    if not isinstance(obj, Bus):
-        raise SystemExit(f"error: {spec} is {type(obj).__name__}, not a messagebus.Bus (or a function returning one)")
-    return obj
+        raise _UsageError(f"expected MODULE:ATTRIBUTE (e.g. myservice.app:bus), got {spec!r}")
+    module = _import(module_name)
+    if not hasattr(module, attr):
+        raise _UsageError(f"module {module_name!r} has no attribute {attr!r}; {_no_bus_hint(module)}")
+    obj = getattr(module, attr)
+    if isinstance(obj, Bus):
+        return obj
+    if inspect.isfunction(obj) or inspect.ismethod(obj):
+        try:
+            inspect.signature(obj).bind()
+        except TypeError:
+            raise _UsageError(
+                f"{spec} is a function that needs arguments; expected a Bus or a function callable "
+                f"with no arguments that returns one; {_no_bus_hint(module)}"
+            ) from None
+        result = obj()
+        if isinstance(result, Bus):
+            return result
+        raise _UsageError(f"{spec}() returned {type(result).__name__}, not a messagebus.Bus; {_no_bus_hint(module)}")
+    raise _UsageError(
+        f"{spec} is {type(obj).__name__}, not a messagebus.Bus (or a function returning one); {_no_bus_hint(module)}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``messagebus`` command; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="messagebus", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="messagebus",
+        description=_DESCRIPTION,
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run a service's Bus until SIGINT/SIGTERM")
+    run = commands.add_parser(
+        "run",
+        help="run a service's Bus until SIGINT/SIGTERM",
+        description="Start the Bus named by MODULE:ATTRIBUTE and run it until SIGINT or SIGTERM, then stop "
+        "gracefully: no new messages, in-flight handlers get the grace period and are acked.",
+    )
     run.add_argument("bus", help="MODULE:ATTRIBUTE of a Bus, or of a function returning one")
     run.add_argument("--grace", type=float, default=30.0, help="seconds in-flight handlers get on shutdown")
-    run.add_argument("--log-level", default="INFO")
-    check = commands.add_parser("check", help="validate a transport URL and its options (no I/O)")
-    check.add_argument("url")
-    commands.add_parser("schemes", help="list the installed transports")
+    run.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="default: INFO",
+    )
+    check = commands.add_parser(
+        "check",
+        help="validate a transport URL and its options (no I/O)",
+        description="Parse a transport URL and validate its options with the installed transport, without "
+        "connecting. Prints the URL with its password redacted and the transport class.",
+    )
+    check.add_argument("url", help="a transport URL such as amqp://guest:guest@localhost:5672/ (password redacted)")
+    commands.add_parser(
+        "schemes", help="list the installed transports", description="List the URL schemes of the installed transports."
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "schemes":
@@ -58,10 +135,10 @@ def main(argv: list[str] | None = None) -> int:
             transport = load_transport(url)
             print(f"ok: {url} -> {type(transport).__module__}.{type(transport).__qualname__}")
         else:
-            logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             bus = _load_bus(args.bus)
             asyncio.run(bus.run(grace=args.grace))
-    except MessageBusError as exc:
+    except (MessageBusError, _UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

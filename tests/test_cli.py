@@ -1,6 +1,7 @@
 """The messagebus command: run, check, schemes."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,15 +53,85 @@ def test_run_starts_the_bus_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert proc.wait(timeout=30) == 0
 
 
-def test_run_rejects_a_non_bus(tmp_path: Path) -> None:
-    (tmp_path / "notbus.py").write_text("bus = 42\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "messagebus", "run", "notbus:bus"],
-        cwd=tmp_path,
+def _run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "messagebus", *args],
+        cwd=cwd,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
         capture_output=True,
         text=True,
         timeout=30,
     )
-    assert result.returncode != 0
-    assert "is int, not a messagebus.Bus" in result.stderr
+
+
+def test_run_rejects_a_non_bus(tmp_path: Path) -> None:
+    """Catches `run mod:not_a_bus` failing with a traceback or exit 1 instead of a usage error
+    that says what the attribute is and where the module's Bus objects are."""
+    (tmp_path / "notbus.py").write_text("from messagebus import Bus\nbus = 42\nreal = Bus.from_url('memory://')\n")
+    result = _run_cli(tmp_path, "run", "notbus:bus")
+    assert result.returncode == 2
+    assert "error: notbus:bus is int, not a messagebus.Bus" in result.stderr
+    assert "Bus objects in 'notbus': notbus:real" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+RST_MARKUP = re.compile(r"``|:(class|meth|func|attr|mod|exc|data|obj):`|^\.\. ", re.MULTILINE)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["check", "--help"], ["schemes", "--help"]])
+def test_help_is_plain_text(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Catches reST markup (``double backticks``, :class: roles) leaking from docstrings into
+    `messagebus --help`: argparse prints text as written, so the help must be plain text."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: messagebus")
+    assert RST_MARKUP.search(out) is None, out
+
+
+def test_run_missing_attribute_names_the_module_s_buses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Catches `run mod:missing` answering "mod:missing is NoneType": it must say the module has
+    no such attribute, list the Bus objects it does have (or say it has none), and exit 2."""
+    (tmp_path / "cli_svc_two.py").write_text(
+        "from messagebus import Bus\nbilling = Bus.from_url('memory://')\naudit = Bus.from_url('memory://')\n"
+    )
+    (tmp_path / "cli_svc_none.py").write_text("x = 1\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        mp.syspath_prepend(str(tmp_path))
+        assert main(["run", "cli_svc_two:missing"]) == 2
+        err = capsys.readouterr().err
+        assert "module 'cli_svc_two' has no attribute 'missing'" in err
+        assert "cli_svc_two:audit, cli_svc_two:billing" in err
+        assert "NoneType" not in err
+        assert main(["run", "cli_svc_none:bus"]) == 2
+        err = capsys.readouterr().err
+        assert "module 'cli_svc_none' has no attribute 'bus'" in err
+        assert "defines no messagebus.Bus" in err
+    for name in ("cli_svc_two", "cli_svc_none"):
+        sys.modules.pop(name, None)
+
+
+def test_run_missing_module_or_broken_factory_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Catches a missing module reported as a traceback or as something else, a module whose own
+    import fails blamed on the command line's module name, and a factory needing arguments
+    crashing with TypeError: each is a clear usage error, exit 2."""
+    (tmp_path / "cli_svc_broken.py").write_text("import no_such_dependency_xyz\n")
+    (tmp_path / "cli_svc_factory.py").write_text(
+        "from messagebus import Bus\ndef make(url): return Bus.from_url(url)\ndef make_none(): return None\n"
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        mp.syspath_prepend(str(tmp_path))
+        assert main(["run", "no_such_module_xyz:bus"]) == 2
+        assert "no module named 'no_such_module_xyz'" in capsys.readouterr().err
+        assert main(["run", "cli_svc_broken:bus"]) == 2
+        assert "importing 'cli_svc_broken' failed: No module named 'no_such_dependency_xyz'" in capsys.readouterr().err
+        assert main(["run", "cli_svc_factory:make"]) == 2
+        assert "cli_svc_factory:make is a function that needs arguments" in capsys.readouterr().err
+        assert main(["run", "cli_svc_factory:make_none"]) == 2
+        assert "cli_svc_factory:make_none() returned NoneType, not a messagebus.Bus" in capsys.readouterr().err
+        assert main(["run", "nocolon"]) == 2
+        assert "expected MODULE:ATTRIBUTE" in capsys.readouterr().err
+    sys.modules.pop("cli_svc_factory", None)
