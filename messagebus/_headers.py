@@ -4,6 +4,25 @@ Inside messagebus every header is a ``str -> str`` pair. CloudEvents attributes 
 canonical ``ce-`` names (``ce-id``, ``ce-source`` ...); each adapter renames that prefix to
 its binding's (``ce_`` for Kafka, ``cloudEvents:`` for AMQP, ``ce-`` for SQS and Pub/Sub)
 with :func:`to_wire` and back with :func:`from_wire`.
+
+The header rule, the same on every transport and checked by :func:`validate_headers` when
+the bus builds a message (before any transport sees it):
+
+- headers are a mapping of ``str`` to ``str``, valid Unicode (no lone surrogates);
+- a name is non-empty and at most :data:`MAX_NAME_BYTES` (255) bytes in UTF-8, the smallest
+  limit of the brokers (an AMQP table key is a short string; Pub/Sub and SQS allow 256);
+- names of any CloudEvents binding and messagebus's own are reserved, case-insensitively:
+  names starting with ``ce-``, ``ce_``, ``cloudEvents`` (``cloudEvents_``, ``cloudEvents:``)
+  or ``messagebus-``, and ``content-type``, so a user header can never set or spoof the
+  envelope (``Envelope.id``, ``type``, ``source`` ...) on any broker;
+- names and values together take at most :data:`MAX_HEADERS_BYTES` (64 KiB) in UTF-8:
+  headers are metadata, the body is for data. This keeps every message's headers inside the
+  smallest header budget of the brokers (a RabbitMQ content-header frame is 128 KiB by
+  default) so that one oversized header is refused here, never by the broker.
+
+A violation raises :class:`InvalidHeaders` naming the header and what is allowed. Each
+transport then checks its own limits on the whole message (body, headers and key) and raises
+:class:`MessageTooLarge` before sending anything that does not fit.
 """
 
 from __future__ import annotations
@@ -30,6 +49,7 @@ __all__ = [
     "DLQ_LAST_FAILURE",
     "FIRST_FAILURE",
     "KEY",
+    "NACKS",
     "RESERVED_PREFIXES",
     "from_wire",
     "to_wire",
@@ -48,6 +68,9 @@ CE_CONTENT_TYPE = "ce-datacontenttype"
 ATTEMPT = "messagebus-attempt"
 #: When the first failed attempt happened (ISO 8601 UTC), carried across retries.
 FIRST_FAILURE = "messagebus-first-failure"
+#: How many of a message's deliveries ended in a ``Nack`` (not failures), carried across
+#: redeliveries: ``Envelope.attempt - nacks`` is the number of failures so far.
+NACKS = "messagebus-nacks"
 #: The message key, for transports with no native key field.
 KEY = "messagebus-key"
 
@@ -59,31 +82,78 @@ DLQ_ATTEMPTS = "dlq-attempts"
 DLQ_FIRST_FAILURE = "dlq-first-failure"
 DLQ_LAST_FAILURE = "dlq-last-failure"
 
+#: Prefixes of the logical headers messagebus sets itself; :attr:`Envelope.headers` leaves
+#: them out.
 RESERVED_PREFIXES = (CE_PREFIX, "messagebus-")
+#: Lower-case prefixes a user header name must not start with (compared case-insensitively):
+#: every CloudEvents binding's (``ce-`` HTTP/Pub/Sub/SQS, ``ce_`` Kafka, ``cloudEvents_`` and
+#: ``cloudEvents:`` AMQP) and messagebus's own.
+RESERVED_NAME_PREFIXES = ("ce-", "ce_", "cloudevents", "messagebus-")
+#: Lower-case names a user header must not have: the CloudEvents content type of the Kafka
+#: and HTTP bindings.
+RESERVED_NAMES = frozenset({"content-type"})
+#: Longest header name, in UTF-8 bytes.
+MAX_NAME_BYTES = 255
+#: Most bytes (UTF-8) the names and values of one message's headers may take together.
+MAX_HEADERS_BYTES = 64 * 1024
+
+_RESERVED_TEXT = "names starting with ce-, ce_, cloudEvents (any case) or messagebus-, and content-type"
+
+
+def _utf8_size(text: str, what: str) -> int:
+    # isascii() is O(1) on CPython: the common case costs no encoding.
+    if text.isascii():
+        return len(text)
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError as exc:
+        raise InvalidHeaders(f"{what} is not valid Unicode ({exc.reason} at {exc.start}); use valid text") from None
+
+
+def _short(name: str) -> str:
+    return repr(name) if len(name) <= 40 else f"{name[:40]!r}..."
 
 
 def validate_headers(headers: object) -> dict[str, str]:
-    """Return a copy of ``headers`` if it is a ``str -> str`` mapping with no reserved names.
+    """Return a copy of ``headers`` if it follows the header rule (see the module docstring):
+    a ``str -> str`` mapping, names of 1 to 255 UTF-8 bytes that are not reserved, at most
+    64 KiB of names and values in all.
 
-    Raises :class:`InvalidHeaders` saying which entry is wrong and what is allowed.
+    Raises :class:`InvalidHeaders` saying which entry is wrong and what is allowed. One pass,
+    no regular expression: it runs on every publish with headers.
     """
     if headers is None:
         return {}
     if not isinstance(headers, Mapping):
         raise InvalidHeaders(f"headers must be a mapping of str to str, got {type(headers).__name__}")
     out: dict[str, str] = {}
+    total = 0
     for name, value in headers.items():
         if not isinstance(name, str) or not name:
             raise InvalidHeaders(f"header names must be non-empty str, got {name!r}")
         if not isinstance(value, str):
             raise InvalidHeaders(
-                f"header {name!r} has a {type(value).__name__} value {value!r}; header values must be str"
+                f"header {_short(name)} has a {type(value).__name__} value {value!r:.80}; header values must be str"
             )
-        if name.lower().startswith(RESERVED_PREFIXES):
+        lowered = name.lower()
+        if lowered.startswith(RESERVED_NAME_PREFIXES) or lowered in RESERVED_NAMES:
             raise InvalidHeaders(
-                f"header {name!r} uses a reserved prefix ({', '.join(RESERVED_PREFIXES)}); choose another name"
+                f"header {_short(name)} uses a reserved prefix or name ({_RESERVED_TEXT}): they carry the "
+                "message envelope on the wire; choose another name"
             )
+        size = _utf8_size(name, f"header name {_short(name)}")
+        if size > MAX_NAME_BYTES:
+            raise InvalidHeaders(
+                f"header name {_short(name)} is {size} bytes in UTF-8; at most {MAX_NAME_BYTES} are allowed"
+            )
+        total += size + _utf8_size(value, f"the value of header {_short(name)}")
         out[name] = value
+    if total > MAX_HEADERS_BYTES:
+        largest = max(out, key=lambda n: len(n) + len(out[n]))
+        raise InvalidHeaders(
+            f"headers take {total} bytes (names and values, UTF-8); at most {MAX_HEADERS_BYTES} are allowed "
+            f"per message (the largest is {_short(largest)}, {len(out[largest])} characters): put data in the body"
+        )
     return out
 
 
