@@ -53,13 +53,20 @@ class TransportURL:
         if not scheme.isascii() or not scheme.replace("+", "").replace("-", "").isalnum():
             raise InvalidURL(f"transport URL {_redact_raw(url)!r} has an invalid scheme {scheme!r}")
         netloc = parts.netloc
+        if "@" not in netloc and "@" in parts.path:
+            # `amqp://u:p/w@h/`: an unescaped '/' ended the authority inside the password, whose
+            # head would otherwise be read (and echoed in errors) as a host and port.
+            raise InvalidURL(
+                f"transport URL {_redact_raw(url)!r} has an '@' after its host part: percent-encode a '/' in the "
+                "user name or password as %2F (or an '@' in the path as %40)"
+            )
         username = password = None
         if "@" in netloc:
             userinfo, netloc = netloc.rsplit("@", 1)
             user, sep, pw = userinfo.partition(":")
             username = unquote(user) or None
             password = unquote(pw) if sep else None
-        hosts = tuple(_parse_host(h, url) for h in netloc.split(",") if h) if netloc else ()
+        hosts = tuple(_parse_host(h, url) for h in netloc.split(",")) if netloc else ()
         query: dict[str, str] = {}
         try:
             pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
@@ -152,6 +159,12 @@ def _bracket(host: str) -> str:
 
 
 def _parse_host(item: str, url: str) -> tuple[str, int | None]:
+    # An empty host never means localhost: `amqp://u:pw@:5699/` or `kafka://h1,,h2` is a typo, and
+    # a client given "" would connect somewhere the URL does not say.
+    if not item:
+        raise InvalidURL(
+            f"transport URL {_redact_raw(url)!r} has an empty host in its host list; expected host1:port,host2:port"
+        )
     host, port_text = item, ""
     if item.startswith("["):
         end = item.find("]")
@@ -161,6 +174,8 @@ def _parse_host(item: str, url: str) -> tuple[str, int | None]:
         port_text = rest[1:] if rest.startswith(":") else ""
     elif ":" in item:
         host, _, port_text = item.rpartition(":")
+    if not host:
+        raise InvalidURL(f"transport URL {_redact_raw(url)!r} names a port but the host is missing: {item!r}")
     if not port_text:
         return unquote(host), None
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
@@ -169,14 +184,17 @@ def _parse_host(item: str, url: str) -> tuple[str, int | None]:
 
 
 def _redact_raw(url: str) -> str:
-    """Redact the password of a URL that may not parse."""
+    """Redact the password of a URL that may not parse.
+
+    The user info ends at the last ``@`` before the query: a password with an unescaped ``/``
+    or ``@`` (``amqp://u:p/w@h/``) is redacted whole, not cut at its first ``/``."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url.split("@", 1)[-1] if "@" in url else url
-    netloc, slash, tail = rest.partition("/")
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":" + _REDACTED
-        netloc = f"{userinfo}@{host}"
-    return f"{scheme}{sep}{netloc}{slash}{tail}"
+    before_query, qmark, query = rest.partition("?")
+    if "@" not in before_query:
+        return url
+    userinfo, _, after = before_query.rpartition("@")
+    if ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":" + _REDACTED
+    return f"{scheme}{sep}{userinfo}@{after}{qmark}{query}"

@@ -129,3 +129,56 @@ def test_secret_query_options_are_redacted() -> None:
     url = TransportURL.parse("kafka://h:9092?sasl_password=hunter2&client_id=me&api_key=k3y")
     assert str(url) == "kafka://h:9092?sasl_password=***&client_id=me&api_key=***"
     assert "hunter2" in url.render(redact=False)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("amqp://user:hunter2@:5699/", "host is missing"),
+        ("amqps://user:hunter2@:5671/vhost", "host is missing"),
+        ("kafka://user:hunter2@:9092", "host is missing"),
+        ("kafka://k1:9092,:9093", "host is missing"),
+        ("kafka://k1:9092,,k2:9092", "empty host"),
+        ("kafka://k1:9092,", "empty host"),
+        ("memory://user:hunter2@:5", "host is missing"),
+        ("sqs://user:hunter2@:4566/?region=eu-west-1", "host is missing"),
+        ("pubsub://user:hunter2@:8085", "host is missing"),
+        ("amqp://user:hunter2@/", "names no host"),
+        ("amqp://user:hunt/er2@host:5672/", "percent-encode"),
+    ],
+)
+def test_an_empty_host_is_refused_without_showing_the_password(
+    raw: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Catches `messagebus check amqp://user:pw@:5699/` passing: an empty host (a port with no
+    host, an empty entry in a host list) was dropped or kept as "", so the URL validated and the
+    client would connect to a default host the URL never named. Also a password with an
+    unescaped '/' whose head was read as a port and echoed in the error."""
+    from messagebus.__main__ import main
+
+    with pytest.raises(InvalidURL, match=message) as info:
+        Bus.from_url(raw)
+    assert "hunter2" not in str(info.value) and "hunt" not in str(info.value)
+    assert main(["check", raw]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "hunt" not in err
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "memory://",
+        "memory://shop",
+        "memory://?max_message_size=10",
+        "sqs://?region=eu-west-1",
+        "pubsub://my-project",
+        "kafka://k1:9092,k2:9093",
+        "amqp://guest:guest@localhost:5672/%2F",
+        "amqp://u:p%2Fw@h/v%40x",
+    ],
+)
+def test_urls_without_a_host_where_the_scheme_needs_none_still_pass(raw: str) -> None:
+    """Catches the empty-host check refusing schemes that have their own rules: memory://NAME,
+    sqs:// (no host, the region in the query), pubsub://PROJECT; and escaped user info."""
+    Bus.from_url(raw)
