@@ -19,6 +19,12 @@ class TcpProxy:
     - :meth:`stall` / :meth:`resume`: stop forwarding bytes without closing.
     - :meth:`cut_after`: let ``n`` more bytes through each way, then cut.
     - :meth:`refuse` / :meth:`accept`: refuse new connections (broker unreachable).
+    - :meth:`half_open`: the connections open now go silent for good (bytes are read and
+      dropped, nothing is forwarded, nothing is closed) while new connections work: a peer
+      that vanished without a FIN or RST, which only heartbeats or timeouts detect.
+
+    :attr:`cuts` counts the cuts made so far (by :meth:`cut`, :meth:`cut_after` or
+    :meth:`refuse`); :meth:`wait_cut` waits for the next one without polling.
 
     Use as a context manager (``with TcpProxy(("127.0.0.1", 5672)) as proxy:``).
     """
@@ -35,6 +41,11 @@ class TcpProxy:
         self._flowing = asyncio.Event()
         self._refusing = False
         self._budget: int | None = None
+        self._silenced: set[asyncio.StreamWriter] = set()
+        self._cut_done = threading.Condition()
+        self.cuts = 0
+        #: Bytes forwarded so far, both directions together.
+        self.bytes_forwarded = 0
 
     def start(self) -> Self:
         """Start listening; :attr:`port` holds the bound port afterwards."""
@@ -74,7 +85,9 @@ class TcpProxy:
         self._call(self._flowing.set)
 
     def cut_after(self, nbytes: int) -> None:
-        """Forward ``nbytes`` more bytes (both directions together), then cut everything."""
+        """Forward ``nbytes`` more bytes (both directions together), then cut everything.
+
+        The cut happens when the traffic gets there; :meth:`wait_cut` waits for it."""
 
         def arm() -> None:
             self._budget = nbytes
@@ -97,6 +110,22 @@ class TcpProxy:
             self._refusing = False
 
         self._call(arm)
+
+    def half_open(self) -> None:
+        """Make every open connection a black hole: whatever either side writes is accepted
+        and dropped, nothing is forwarded and nothing is closed until the client gives up on
+        it. New connections are forwarded normally (a half-open connection, not an outage)."""
+
+        def arm() -> None:
+            self._silenced.update(self._writers)
+
+        self._call(arm)
+
+    def wait_cut(self, after: int, timeout: float) -> bool:
+        """Block until more than ``after`` cuts were made (compare with :attr:`cuts` read
+        before arming one); False on timeout. Call it through ``asyncio.to_thread``."""
+        with self._cut_done:
+            return self._cut_done.wait_for(lambda: self.cuts > after, timeout)
 
     @property
     def open_connections(self) -> int:
@@ -137,6 +166,10 @@ class TcpProxy:
             with contextlib.suppress(Exception):
                 writer.transport.abort()
         self._writers.clear()
+        self._silenced.clear()
+        with self._cut_done:
+            self.cuts += 1
+            self._cut_done.notify_all()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._refusing:
@@ -166,6 +199,8 @@ class TcpProxy:
                 if not data:
                     break
                 await self._flowing.wait()
+                if writer in self._silenced or pair[0] in self._silenced:
+                    continue  # half-open: the bytes vanish, the sender is not told
                 if self._budget is not None:
                     if len(data) >= self._budget:
                         writer.write(data[: self._budget])
@@ -173,6 +208,7 @@ class TcpProxy:
                         self._cut_all()
                         return
                     self._budget -= len(data)
+                self.bytes_forwarded += len(data)
                 writer.write(data)
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError, ConnectionError):
@@ -180,5 +216,6 @@ class TcpProxy:
         finally:
             for w in pair:
                 self._writers.discard(w)
+                self._silenced.discard(w)
                 with contextlib.suppress(Exception):
                     w.transport.abort()
