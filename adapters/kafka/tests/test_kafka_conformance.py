@@ -17,6 +17,7 @@ from kafka_broker import TEST_OPTIONS, Tansu
 
 from messagebus.testing import free_port
 from messagebus.testing.conformance import ConformanceTarget, TransportConformance
+from messagebus.testing.transport_kit import TransportKit
 
 
 class TestKafkaConformance(TransportConformance):
@@ -36,3 +37,11 @@ class TestKafkaConformance(TransportConformance):
         return ConformanceTarget(
             url=kafka_url, upstream=("127.0.0.1", upstream_port), via_proxy=via_proxy, timeout=60.0
         )
+
+
+class TestKafkaTransportKit(TransportKit):
+    """The transport-level kit (the contract without a Bus), on the session's Kafka broker."""
+
+    @pytest.fixture
+    def target(self, kafka_url: str) -> ConformanceTarget:
+        return ConformanceTarget(url=kafka_url, timeout=60.0)

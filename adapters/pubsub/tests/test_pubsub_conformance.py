@@ -7,6 +7,7 @@ import pytest
 from pubsub_helpers import Emulator, url_via
 
 from messagebus.testing.conformance import ConformanceTarget, TransportConformance
+from messagebus.testing.transport_kit import TransportKit
 
 
 class TestPubSubConformance(TransportConformance):
@@ -27,3 +28,11 @@ class TestPubSubConformance(TransportConformance):
             # The emulator keeps everything in memory: a restart loses topics and messages.
             restart_keeps_messages=False,
         )
+
+
+class TestPubSubTransportKit(TransportKit):
+    """The transport-level kit (the contract without a Bus), on the session's emulator."""
+
+    @pytest.fixture
+    def target(self, pubsub_url: str) -> ConformanceTarget:
+        return ConformanceTarget(url=pubsub_url, timeout=30.0, scale=0.2)

@@ -14,6 +14,7 @@ from rmq_helpers import DEFAULT_URL
 
 from messagebus.testing import wait_for_port
 from messagebus.testing.conformance import ConformanceTarget, TransportConformance
+from messagebus.testing.transport_kit import TransportKit
 from messagebus.transports import TransportURL
 
 
@@ -56,3 +57,11 @@ class TestRabbitMQConformance(TransportConformance):
             timeout=30.0,
             restart=restart_broker if can_restart else None,
         )
+
+
+class TestRabbitMQTransportKit(TransportKit):
+    """The transport-level kit (the contract without a Bus), on the shared RabbitMQ broker."""
+
+    @pytest.fixture
+    def target(self, rabbitmq_url: str) -> ConformanceTarget:
+        return ConformanceTarget(url=rabbitmq_url, timeout=30.0)

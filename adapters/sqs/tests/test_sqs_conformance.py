@@ -6,6 +6,7 @@ import pytest
 from sqs_helpers import MotoServer, endpoint_port, make_url
 
 from messagebus.testing.conformance import ConformanceTarget, TransportConformance
+from messagebus.testing.transport_kit import TransportKit
 
 # moto answers a few hundred requests a second: the kit's counts are scaled down.
 SCALE = 0.02
@@ -61,3 +62,19 @@ class TestSqsFifoConformance(TransportConformance):
             timeout=30.0,
             scale=SCALE,
         )
+
+
+class TestSqsTransportKit(TransportKit):
+    """The transport-level kit (the contract without a Bus) on standard SNS topics and SQS queues."""
+
+    @pytest.fixture
+    def target(self, moto_endpoint: str, prefix: str) -> ConformanceTarget:
+        return ConformanceTarget(url=make_url(moto_endpoint, prefix), timeout=30.0, scale=SCALE)
+
+
+class TestSqsFifoTransportKit(TransportKit):
+    """The transport-level kit on FIFO topics and queues (per-key order through MessageGroupId)."""
+
+    @pytest.fixture
+    def target(self, moto_endpoint: str, prefix: str) -> ConformanceTarget:
+        return ConformanceTarget(url=make_url(moto_endpoint, prefix, fifo=True), timeout=30.0, scale=SCALE)
