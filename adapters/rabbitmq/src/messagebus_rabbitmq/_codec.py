@@ -12,19 +12,30 @@ from messagebus import InvalidHeaders
 from messagebus.transports import headers as h
 from messagebus.transports import to_wire
 
-__all__ = ["CE_AMQP_PREFIX", "FastProperties", "attempt_of", "decode_headers", "encode_properties"]
+__all__ = [
+    "CE_AMQP_PREFIX",
+    "CE_AMQP_PREFIXES",
+    "FastProperties",
+    "attempt_of",
+    "decode_headers",
+    "encode_properties",
+    "header_frame_size",
+]
 
 #: CloudEvents AMQP binding: attributes travel as application properties named ``cloudEvents:<attr>``.
 CE_AMQP_PREFIX = "cloudEvents:"
+#: Both prefixes of the binding, read on receipt (its current version prefers ``cloudEvents_``).
+CE_AMQP_PREFIXES = ("cloudEvents:", "cloudEvents_")
 _PERSISTENT = 2
 _CE_ID = h.CE_ID
 _CE_CONTENT_TYPE = h.CE_CONTENT_TYPE
 _KEY = h.KEY
 _ATTEMPT = h.ATTEMPT
-_WIRE_PREFIX = CE_AMQP_PREFIX
 _PREFIX_LEN = len(CE_AMQP_PREFIX)
 _CE = h.CE_PREFIX
 _WIRE_CONTENT_TYPE = CE_AMQP_PREFIX + h.CE_CONTENT_TYPE[len(h.CE_PREFIX) :]
+# class id (2), weight (2) and body size (8) precede the properties in a content-header frame.
+_HEADER_FRAME_FIXED = 12
 
 
 _LONG = struct.Struct(">L")
@@ -78,10 +89,22 @@ class FastProperties(Basic.Properties):
     reuses the encoding of headers that never change (source, type, specversion). Header
     names keep up to 255 bytes (pamqp cuts them at 128); longer ones raise
     :class:`InvalidHeaders`. Other shapes fall back to pamqp.
+
+    The encoding is computed once and kept (the publish path measures it against the
+    broker's frame size before sending, then aiormq writes it): do not change the properties
+    after the first :meth:`marshal`.
     """
+
+    _marshalled: bytes | None = None
 
     def marshal(self) -> bytes:
         """The property flags and values in AMQP 0-9-1 wire format."""
+        data = self._marshalled
+        if data is None:
+            data = self._marshalled = self._marshal()
+        return data
+
+    def _marshal(self) -> bytes:
         for name in _OTHER_PROPERTIES:
             if getattr(self, name):
                 return super().marshal()
@@ -142,12 +165,20 @@ def encode_properties(headers: Mapping[str, str], key: str | None) -> Basic.Prop
     )
 
 
+def header_frame_size(properties: Basic.Properties) -> int:
+    """Payload bytes of the AMQP content-header frame carrying ``properties`` (headers, key,
+    content type, message id). RabbitMQ closes the whole connection with ``FRAME_ERROR
+    frame_too_large`` when it exceeds the negotiated ``frame_max`` minus 8 bytes of framing."""
+    return _HEADER_FRAME_FIXED + len(properties.marshal())
+
+
 def decode_headers(properties: Basic.Properties) -> dict[str, str]:
     """The logical headers of a received message.
 
     String values are kept, numbers and booleans are written as text, and structured
-    broker-added values (``x-death`` ...) are left out (they stay readable on ``raw``). A
-    foreign producer's ``content_type`` property stands in for a missing
+    broker-added values (``x-death`` ...) are left out (they stay readable on ``raw``). Both
+    prefixes of the CloudEvents AMQP binding (``cloudEvents:`` and ``cloudEvents_``) become
+    ``ce-``. A foreign producer's ``content_type`` property stands in for a missing
     ``ce-datacontenttype``.
     """
     table = properties.headers
@@ -162,7 +193,7 @@ def decode_headers(properties: Basic.Properties) -> dict[str, str]:
                 value = str(value)
             else:
                 continue
-            if name.startswith(_WIRE_PREFIX):
+            if name.startswith(CE_AMQP_PREFIXES):
                 name = _CE + name[_PREFIX_LEN:]
             out[name] = value
     if _CE_CONTENT_TYPE not in out and properties.content_type:

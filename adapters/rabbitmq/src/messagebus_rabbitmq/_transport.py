@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
@@ -45,7 +46,7 @@ from messagebus.transports import (
     headers as h,
 )
 
-from ._codec import attempt_of, decode_headers, encode_properties
+from ._codec import attempt_of, decode_headers, encode_properties, header_frame_size
 from ._errors import connect_error, is_transient_connect_error
 from ._options import RabbitMQOptions, parse_url
 from ._telemetry import MESSAGING_SYSTEM, delivery_attributes
@@ -67,6 +68,19 @@ _RETRYABLE = (
     TimeoutError,
     RuntimeError,  # aio-pika/aiormq raise it for "connection closed" states
 )
+# Connection-level errors by which the broker refuses what the client sent (a frame it cannot
+# take, a malformed one): sending the same message again would only close the next
+# connection too, and every channel and consumer on it with it.
+_REFUSED = (
+    aiormq.exceptions.ConnectionFrameError,
+    aiormq.exceptions.ConnectionSyntaxError,
+    aiormq.exceptions.ConnectionCommandInvalid,
+    aiormq.exceptions.ConnectionUnexpectedFrame,
+)
+# "FRAME_ERROR - type 2, all octets = <<>>: {frame_too_large,200066,131064}": size, limit.
+_FRAME_TOO_LARGE = re.compile(r"frame_too_large,\s*(\d+),\s*(\d+)")
+# A message refused this many times (with no frame size to tell which one it was) is failed.
+_MAX_REFUSALS = 2
 # Seconds allowed for closing a channel/connection or cancelling a consumer: a stalled
 # network must not hang stop() or close().
 _CLOSE_TIMEOUT = 5.0
@@ -75,7 +89,7 @@ _CLOSE_TIMEOUT = 5.0
 class _Out:
     """One message ready for ``basic.publish``."""
 
-    __slots__ = ("body", "bucket", "exchange", "kind", "mandatory", "properties", "routing_key")
+    __slots__ = ("body", "bucket", "exchange", "kind", "mandatory", "properties", "refused", "routing_key")
 
     def __init__(
         self,
@@ -94,6 +108,7 @@ class _Out:
         self.body = body
         self.properties = properties
         self.mandatory = mandatory
+        self.refused = 0  # connection-level refusals by the broker (see _REFUSED)
 
 
 class RabbitMQTransport:
@@ -122,6 +137,9 @@ class RabbitMQTransport:
             network=True,
         )
         self._max_size = options.max_message_size
+        # Largest content-header frame payload a broker said it takes (frame_too_large),
+        # when smaller than what the connection negotiated.
+        self._frame_cap: int | None = None
         self._conn: aio_pika.abc.AbstractConnection | None = None
         self._raw: aiormq.abc.AbstractConnection | None = None
         self._ready = asyncio.Event()
@@ -383,6 +401,57 @@ class RabbitMQTransport:
             return
         await self._send([self._encode(m) for m in messages])
 
+    def _frame_limit(self, raw: aiormq.abc.AbstractConnection) -> int | None:
+        """Largest content-header frame payload this connection takes (None: no limit)."""
+        tune = getattr(raw, "connection_tune", None)
+        frame_max = getattr(tune, "frame_max", 0) or 0
+        limit = frame_max - 8 if frame_max else None  # 7 bytes of frame header, 1 frame end
+        cap = self._frame_cap
+        if cap is not None and (limit is None or cap < limit):
+            limit = cap
+        return limit
+
+    def _check_frames(self, pending: Sequence[_Out], raw: aiormq.abc.AbstractConnection) -> None:
+        """Raise :class:`MessageTooLarge` before anything is sent when a message's headers
+        and key do not fit one content-header frame: RabbitMQ would close the connection
+        (``FRAME_ERROR``), taking every consumer and publish on it down."""
+        limit = self._frame_limit(raw)
+        if limit is None:
+            return
+        for out in pending:
+            size = header_frame_size(out.properties)
+            if size > limit:
+                raise MessageTooLarge(self._frame_message(out, size, limit) + " Nothing was sent.")
+
+    def _frame_message(self, out: _Out, size: int, limit: int) -> str:
+        return (
+            f"the headers and key of a message for {out.exchange or out.routing_key!r} take {size} bytes in "
+            f"the AMQP content-header frame; RabbitMQ takes at most {limit} (its frame_max minus 8 bytes "
+            "of framing; frame_max is 131072 by default). Send large data in the body, not in headers or the key."
+        )
+
+    def _refused(self, out: _Out, exc: BaseException) -> None:
+        """The connection was closed by the broker refusing a frame it was sent. Raise for the
+        message that caused it, so it is never sent again in a loop; return (send again) for
+        a message that was only on the same connection."""
+        match = _FRAME_TOO_LARGE.search(str(exc))
+        if match is not None:
+            limit = int(match.group(2))
+            if self._frame_cap is None or limit < self._frame_cap:
+                self._frame_cap = limit
+            size = header_frame_size(out.properties)
+            if size > limit:
+                raise MessageTooLarge(
+                    self._frame_message(out, size, limit) + f" The broker refused it and closed the connection: {exc}"
+                ) from exc
+            return
+        out.refused += 1
+        if out.refused >= _MAX_REFUSALS:
+            raise PublishError(
+                f"RabbitMQ refused a message for {out.exchange or out.routing_key!r} and closed the connection "
+                f"{out.refused} times; it is not sent again: {exc}"
+            ) from exc
+
     async def _send(self, pending: list[_Out]) -> None:
         loop = asyncio.get_running_loop()
         timeout = self.options.publish_timeout
@@ -396,6 +465,7 @@ class RabbitMQTransport:
                     raise TimeoutError(f"no confirm within publish_timeout={timeout}s")
                 channel = await self._channel(remaining)
                 raw = channel.connection
+                self._check_frames(pending, raw)
                 topology = self._topology
                 for out in pending:
                     kind = out.kind
@@ -439,7 +509,7 @@ class RabbitMQTransport:
                             ),
                             return_exceptions=True,
                         )
-            except (LifecycleError, TopologyError):
+            except (LifecycleError, TopologyError, MessageTooLarge):
                 raise
             except asyncio.CancelledError:
                 raise
@@ -465,6 +535,8 @@ class RabbitMQTransport:
                     self._topology.forget(out.exchange, out.routing_key)
                 elif isinstance(result, aiormq.exceptions.DeliveryError):
                     pass  # nacked by the broker (internal error): send again
+                elif isinstance(result, _REFUSED):
+                    self._refused(out, result)
                 elif not isinstance(result, _RETRYABLE):
                     raise PublishError(
                         f"RabbitMQ did not accept a message for {out.exchange or out.routing_key!r}: {result}"
