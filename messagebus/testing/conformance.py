@@ -35,7 +35,9 @@ from typing_extensions import TypedDict
 from .. import Bus, Envelope, MessageTooLarge, Nack, Reject, Retry
 from .._bus import BusState
 from ._collect import Collector
+from ._crash import CrashFaultTests
 from ._faults import FaultTests
+from ._header_kit import HeaderLimitTests
 from ._proxy import TcpProxy
 from ._target import ConformanceTarget
 
@@ -56,7 +58,7 @@ def _names(prefix: str) -> str:
     return f"conf.{prefix}.{uuid.uuid4().hex[:10]}"
 
 
-class TransportConformance(FaultTests):
+class TransportConformance(FaultTests, CrashFaultTests, HeaderLimitTests):
     """Base class holding the conformance tests; subclass it and define a ``target`` fixture."""
 
     pytestmark = [pytest.mark.asyncio]
@@ -572,7 +574,7 @@ class TransportConformance(FaultTests):
         keys = [f"key-{k}" for k in range(4)]
         per_key = target.count(25)
         rng = random.Random(11)
-        delays = [rng.uniform(0, 0.004) for _ in range(64)]
+        delays = {(k, i): rng.uniform(0, 0.004) for k in keys for i in range(per_key)}
         running: set[str] = set()
         overlaps: list[str] = []
         got: Collector[tuple[str, int]] = Collector(target.timeout)
@@ -586,7 +588,7 @@ class TransportConformance(FaultTests):
                 overlaps.append(f"{key} #{item['n']}")
             running.add(key)
             try:
-                await asyncio.sleep(delays[item["n"] % len(delays)])  # handler work of random length
+                await asyncio.sleep(delays[key, item["n"]])  # handler work of random length
             finally:
                 running.discard(key)
             got.add((key, item["n"]))

@@ -1,0 +1,342 @@
+"""A kit that passes a broken transport is a broken kit (DESIGN section 6).
+
+Each transport here is the memory transport with one deliberate bug, of the kind real
+adapters have had. Both layers of the conformance kit (the transport-level
+:class:`~messagebus.testing.transport_kit.TransportKit` and the Bus-level
+:class:`~messagebus.testing.conformance.TransportConformance`) run against it in-process
+(pytester), restricted with ``-k`` to the tests that guard the broken promise; every one of
+those must fail, and the same selection must pass on the healthy memory transport.
+
+The broken transports reach into the memory transport's private parts where the bug needs
+it (a redelivery's ``_Stored``, a consumer's ordering flag): they are test fixtures, not API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from messagebus.testing.conformance import ConformanceTarget
+from messagebus.transports import (
+    AttributeValue,
+    Capabilities,
+    Consumer,
+    Delivery,
+    DeliveryHandler,
+    Destination,
+    OutgoingMessage,
+    TransportURL,
+)
+from messagebus.transports.memory import MemoryTransport, _MemConsumer, _MemDelivery, _MemoryConsumerHandle, _Stored
+
+pytest_plugins = ["pytester"]
+
+
+class _DeliveryProxy:
+    """A delivery that forwards everything to the real one; broken transports override
+    one settle method."""
+
+    def __init__(self, inner: Delivery) -> None:
+        self._inner = inner
+
+    @property
+    def body(self) -> bytes:
+        return self._inner.body
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._inner.headers
+
+    @property
+    def key(self) -> str | None:
+        return self._inner.key
+
+    @property
+    def attempt(self) -> int:
+        return self._inner.attempt
+
+    @property
+    def raw(self) -> Any:
+        return self._inner.raw
+
+    @property
+    def messaging_attributes(self) -> Mapping[str, AttributeValue]:
+        return self._inner.messaging_attributes
+
+    async def ack(self) -> None:
+        await self._inner.ack()
+
+    async def retry(self, delay: float, headers: Mapping[str, str]) -> None:
+        await self._inner.retry(delay, headers)
+
+
+class UnorderedTransport(MemoryTransport):
+    """Bug: keys are ignored when dispatching; one key's messages run on any free worker."""
+
+    async def subscribe(self, source: Destination, handler: DeliveryHandler, *, concurrency: int) -> Consumer:
+        queue = self.broker.declare(source)
+        consumer = _MemConsumer(queue, handler, concurrency, ordered=False)
+        consumer.pool.start()
+        self._consumers.append(consumer)
+        self.broker.attach(queue, consumer)
+        return _MemoryConsumerHandle(consumer)
+
+
+class _ImpatientConsumer:
+    def __init__(self, inner: Consumer) -> None:
+        self._inner = inner
+
+    async def stop(self, grace: float) -> None:
+        await self._inner.stop(0)  # the bug: grace ignored, running handlers cancelled at once
+
+
+class ImpatientStopTransport(MemoryTransport):
+    """Bug: ``Consumer.stop(grace)`` cancels running handlers at once."""
+
+    async def subscribe(self, source: Destination, handler: DeliveryHandler, *, concurrency: int) -> Consumer:
+        return _ImpatientConsumer(await super().subscribe(source, handler, concurrency=concurrency))
+
+
+class EarlyConfirmTransport(MemoryTransport):
+    """Bug: ``publish`` returns once the messages are in a client-side buffer; the buffer is
+    flushed a little later and dropped by ``close``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._buffered: list[asyncio.TimerHandle] = []
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        if not messages:
+            return
+        loop = asyncio.get_running_loop()
+        self._buffered.append(loop.call_later(0.02, self.broker.publish, list(messages)))
+
+    async def close(self) -> None:
+        for handle in self._buffered:
+            handle.cancel()
+        self._buffered.clear()
+        await super().close()
+
+
+class _AckedOnReceipt(_DeliveryProxy):
+    async def ack(self) -> None:
+        pass  # already acked when it arrived
+
+    async def retry(self, delay: float, headers: Mapping[str, str]) -> None:
+        # The broker forgot the original, so a retry re-publishes a copy (attempt + 1).
+        inner = self._inner
+        assert isinstance(inner, _MemDelivery)
+        old = inner.raw
+        copy = _Stored(old.body, {**old.headers, **headers}, old.key, old.attempt + 1)
+        inner.consumer.queue.broker.schedule(inner.consumer.queue, copy, delay)
+
+
+class EarlyAckTransport(MemoryTransport):
+    """Bug: every delivery is acked on receipt (auto-ack), before the handler ran, so a
+    handler cancelled by the stop grace loses its message."""
+
+    async def subscribe(self, source: Destination, handler: DeliveryHandler, *, concurrency: int) -> Consumer:
+        async def ack_first(delivery: Delivery) -> None:
+            await delivery.ack()
+            await handler(_AckedOnReceipt(delivery))
+
+        return await super().subscribe(source, ack_first, concurrency=concurrency)
+
+
+class _ForgetfulRetry(_DeliveryProxy):
+    async def retry(self, delay: float, headers: Mapping[str, str]) -> None:
+        await self._inner.ack()  # the bug: the redelivery is never scheduled
+
+
+class DroppedRedeliveryTransport(MemoryTransport):
+    """Bug: ``retry()`` acks the message and forgets to schedule the redelivery."""
+
+    async def subscribe(self, source: Destination, handler: DeliveryHandler, *, concurrency: int) -> Consumer:
+        async def forgetful(delivery: Delivery) -> None:
+            await handler(_ForgetfulRetry(delivery))
+
+        return await super().subscribe(source, forgetful, concurrency=concurrency)
+
+
+@dataclass(frozen=True)
+class _Acked:
+    body: bytes
+    headers: Mapping[str, str]
+    key: str | None
+
+
+class _RecordedAck(_DeliveryProxy):
+    def __init__(self, inner: Delivery, log: list[_Acked]) -> None:
+        super().__init__(inner)
+        self._log = log
+
+    async def ack(self) -> None:
+        await self._inner.ack()
+        self._log.append(_Acked(self.body, self.headers, self.key))
+
+
+class ReplayAfterReconnectTransport(MemoryTransport):
+    """Bug: a networked transport that loses its committed position when it reconnects: a
+    subscription that was closed and is subscribed again gets every message it had already
+    acked once more (like a Kafka consumer committing nothing and resetting to earliest)."""
+
+    #: Acked messages per (broker, source): what a "reconnect" replays.
+    _history: dict[tuple[str, Destination], list[_Acked]] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        base = self.capabilities
+        self.capabilities = Capabilities(
+            ordering=base.ordering,
+            native_delay=base.native_delay,
+            persistence=base.persistence,
+            consumer_groups=base.consumer_groups,
+            max_message_size=base.max_message_size,
+            network=True,
+        )
+
+    async def subscribe(self, source: Destination, handler: DeliveryHandler, *, concurrency: int) -> Consumer:
+        log = self._history.setdefault((self.broker.name, source), [])
+        if log:
+            queue = self.broker.declare(source)
+            with self.broker.lock:
+                for acked in log:
+                    queue.ready.append(_Stored(acked.body, acked.headers, acked.key))
+
+        async def recording(delivery: Delivery) -> None:
+            await handler(_RecordedAck(delivery, log))
+
+        return await super().subscribe(source, recording, concurrency=concurrency)
+
+
+BROKEN: dict[str, type[MemoryTransport]] = {
+    "healthy": MemoryTransport,
+    "unordered": UnorderedTransport,
+    "impatient_stop": ImpatientStopTransport,
+    "early_confirm": EarlyConfirmTransport,
+    "early_ack": EarlyAckTransport,
+    "dropped_redelivery": DroppedRedeliveryTransport,
+    "replay_after_reconnect": ReplayAfterReconnectTransport,
+}
+
+
+def target(kind: str) -> ConformanceTarget:
+    """A kit target on a fresh memory broker, served by the transport called ``kind``."""
+    cls = BROKEN[kind]
+    return ConformanceTarget(
+        url=f"memory://broken-{kind}-{uuid.uuid4().hex[:8]}",
+        timeout=3.0,
+        transport=lambda url: cls.from_url(TransportURL.parse(url)),
+    )
+
+
+# Which kit tests must fail on each broken transport: Bus-level (Bus) and transport-level
+# (Kit). Each list is also the -k selection, which must pass on the healthy transport.
+MUST_FAIL: dict[str, list[str]] = {
+    "unordered": ["Bus::test_ordering_per_key", "Kit::test_per_key_order_with_random_handler_delays"],
+    "impatient_stop": [
+        "Bus::test_graceful_stop_lets_in_flight_handlers_finish",
+        "Kit::test_stop_lets_a_running_handler_finish",
+    ],
+    "early_confirm": [
+        "Bus::test_publish_returns_after_the_message_is_stored",
+        "Kit::test_publish_returns_after_the_message_is_stored",
+        "Kit::test_publish_reaches_the_groups_subscribed_at_that_time",
+    ],
+    "early_ack": [
+        "Bus::test_handler_cancelled_by_grace_timeout_is_redelivered",
+        "Kit::test_unsettled_delivery_is_redelivered",
+    ],
+    "dropped_redelivery": [
+        "Bus::test_retry_with_backoff_then_dead_letter_headers",
+        "Bus::test_nack_redelivers_and_is_not_a_failure",
+        "Kit::test_retry_redelivers_with_attempt_and_headers",
+    ],
+    "replay_after_reconnect": [
+        "Bus::test_close_and_resubscribe_loses_nothing",
+        "Kit::test_ack_settles_for_good",
+    ],
+}
+
+_KIT_MODULE = """
+import sys
+
+import pytest
+
+from messagebus.testing.conformance import ConformanceTarget, TransportConformance
+from messagebus.testing.transport_kit import TransportKit
+
+broken = sys.modules[{module!r}]
+
+
+class TestBus(TransportConformance):
+    @pytest.fixture
+    def target(self) -> ConformanceTarget:
+        return broken.target({kind!r})
+
+
+class TestKit(TransportKit):
+    @pytest.fixture
+    def target(self) -> ConformanceTarget:
+        return broken.target({kind!r})
+"""
+
+
+def _run_kit(pytester: pytest.Pytester, kind: str, tests: list[str]) -> tuple[set[str], set[str]]:
+    """Run the selected kit tests on transport ``kind``; return (passed, failed) as
+    ``Layer::test`` names."""
+    pytester.makepyfile(**{f"test_kit_{kind}": _KIT_MODULE.format(module=__name__, kind=kind)})
+    selection = " or ".join(f"(Test{t.split('::')[0]} and {t.split('::')[1]})" for t in tests)
+    recorder = pytester.inline_run(
+        "-k",
+        selection,
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "asyncio_mode=auto",
+        "-o",
+        "asyncio_default_fixture_loop_scope=function",
+    )
+    passed, _, failed = recorder.listoutcomes()
+
+    def names(reports: Sequence[Any]) -> set[str]:
+        out = set()
+        for report in reports:
+            cls, test = report.nodeid.split("::")[-2:]
+            out.add(f"{cls.removeprefix('Test')}::{test}")
+        return out
+
+    return names(passed), names(failed)
+
+
+@pytest.mark.parametrize("kind", sorted(MUST_FAIL))
+def test_kit_fails_the_broken_transport(pytester: pytest.Pytester, kind: str) -> None:
+    """Catches a kit too weak to see the broken promise of ``kind`` (see its class): each
+    listed kit test must fail on it. Before this kit, ordering, graceful stop and publish
+    confirmation bugs passed the whole kit."""
+    passed, failed = _run_kit(pytester, kind, MUST_FAIL[kind])
+    expected = set(MUST_FAIL[kind])
+    assert failed == expected, f"kit tests that passed the {kind} transport: {sorted(expected - failed)}"
+    assert not passed
+
+
+def test_the_same_selection_passes_on_the_healthy_transport(pytester: pytest.Pytester) -> None:
+    """Catches a kit test that fails every transport (then failing a broken one proves
+    nothing): every test the broken transports must fail passes on the memory transport."""
+    tests = sorted({t for names in MUST_FAIL.values() for t in names})
+    passed, failed = _run_kit(pytester, "healthy", tests)
+    assert not failed, f"kit tests failing the healthy memory transport: {sorted(failed)}"
+    assert passed == set(tests)
+
+
+def test_the_broken_transports_are_memory_transports() -> None:
+    """Catches a broken transport that is not what the kit runs (a typo in the table)."""
+    assert all(issubclass(cls, MemoryTransport) for cls in BROKEN.values())
+    assert sys.modules[__name__].target("healthy").capabilities.network is False
+    assert target("replay_after_reconnect").capabilities.network is True
