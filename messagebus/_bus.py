@@ -64,7 +64,12 @@ class Bus:
     be restarted (make a new one).
 
     ``retry`` is the default policy of every handler; ``middleware`` wraps every handler
-    (first listed runs outermost); ``publish_middleware`` wraps every publish call.
+    (first listed runs outermost); ``publish_middleware`` wraps every publish call. A handler
+    still running ``slow_handler_warning`` seconds after it started is logged once as a
+    warning naming the destination, group and message id (``None`` turns that off); the
+    check runs every half of that, so the warning comes at most half as late again.
+    Raises :class:`ConfigurationError` for a ``retry`` that is not a :class:`Retry` or a
+    ``slow_handler_warning`` that is not a positive number.
     """
 
     def __init__(
@@ -76,10 +81,27 @@ class Bus:
         middleware: Iterable[Middleware] = (),
         publish_middleware: Iterable[PublishMiddleware] = (),
         url: TransportURL | None = None,
+        slow_handler_warning: float | None = 60.0,
     ) -> None:
         self.service = validate_name(service, "service")
         self.transport = transport
+        if retry is not None and not isinstance(retry, Retry):
+            # An int here used to be accepted and blew up in the settle path of every failure.
+            raise ConfigurationError(
+                f"retry must be a messagebus.Retry (e.g. Retry(max_attempts={retry!r}) for a count), "
+                f"got {type(retry).__name__}"
+            )
         self.retry = retry if retry is not None else Retry()
+        if slow_handler_warning is not None and (
+            isinstance(slow_handler_warning, bool)
+            or not isinstance(slow_handler_warning, int | float)
+            or not slow_handler_warning > 0
+        ):
+            raise ConfigurationError(
+                f"slow_handler_warning must be a number of seconds > 0, or None to turn the warning off; "
+                f"got {slow_handler_warning!r}"
+            )
+        self._slow_handler_warning = slow_handler_warning
         self._url = url
         self._middleware = (*default_consume_middleware(self), *middleware)
         self._publish_middleware = (*default_publish_middleware(self), *publish_middleware)
@@ -210,6 +232,7 @@ class Bus:
                     reg.retry or self.retry,
                     self._publish_to_transport,
                     self.transport.messaging_system,
+                    warn_after=self._slow_handler_warning,
                 )
                 consumer = await self.transport.subscribe(reg.source, settler.handle, concurrency=reg.concurrency)
                 self._consumers.append(consumer)

@@ -3,8 +3,10 @@ redeliver with backoff, or dead-letter. The one place that decides a message's f
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -16,7 +18,7 @@ from ._message import Envelope, OutgoingMessage, delivered_envelope
 from ._middleware import Handler
 from ._signals import Nack, Reject
 from ._transport import Delivery, DeliveryHandler
-from .middleware.dead_letter import dead_letter_headers, error_type_name, utc_now
+from .middleware.dead_letter import dead_letter_headers, error_message, error_type_name, utc_now
 from .middleware.retry import Retry
 
 __all__ = ["Outcome", "SettleCallback", "Settlement", "Settler", "log_fields", "on_settled"]
@@ -24,6 +26,10 @@ __all__ = ["Outcome", "SettleCallback", "Settlement", "Settler", "log_fields", "
 logger = logging.getLogger("messagebus")
 
 Publish = Callable[[Sequence[OutgoingMessage]], Awaitable[None]]
+
+#: Seconds before a delivery whose settling raised is redelivered: long enough not to spin
+#: on a bug, short enough that the message is not noticeably held up.
+_HAND_BACK_DELAY = 1.0
 
 
 class Outcome(StrEnum):
@@ -90,20 +96,56 @@ def log_fields(envelope: Envelope) -> dict[str, Any]:
     }
 
 
+def _count(headers: Mapping[str, str], name: str, most: int) -> int:
+    """A counter header as an int in ``0..most`` (a foreign producer may send anything)."""
+    raw = headers.get(name)
+    if not raw:
+        return 0
+    try:
+        return min(max(int(raw), 0), most)
+    except ValueError:
+        return 0
+
+
 class Settler:
     """Runs ``chain`` for each delivery of ``source`` and settles the outcome:
 
     - returned: ack;
-    - :class:`Nack`: redeliver after its delay (not counted as a failure);
+    - :class:`Nack`: redeliver after its delay with ``attempt + 1``; not a failure, so it
+      counts neither against ``retry.max_attempts`` nor in ``dlq-attempts``, and never
+      dead-letters (the ``messagebus-nacks`` header carries the count across redeliveries);
     - :class:`Reject` or :class:`DecodeError`: dead-letter at once;
     - another exception: redeliver with backoff while ``retry`` allows, then dead-letter.
 
     A cancelled handler (stop grace ran out) is never settled: the transport redelivers it.
+    No exception raised while settling takes the consumer slot out of service: it is logged
+    and the delivery handed back for redelivery. A handler running longer than
+    ``warn_after`` seconds is logged once as a warning (``None``: never).
     """
 
-    __slots__ = ("_chain", "_dlq", "_group", "_name", "_publish", "_retry", "_system")
+    __slots__ = (
+        "_chain",
+        "_dlq",
+        "_group",
+        "_inflight",
+        "_name",
+        "_publish",
+        "_retry",
+        "_system",
+        "_warn_after",
+        "_watching",
+    )
 
-    def __init__(self, source: Destination, chain: Handler, retry: Retry, publish: Publish, system: str) -> None:
+    def __init__(
+        self,
+        source: Destination,
+        chain: Handler,
+        retry: Retry,
+        publish: Publish,
+        system: str,
+        *,
+        warn_after: float | None = None,
+    ) -> None:
         self._name = source.name
         self._group = source.group
         self._chain = chain
@@ -111,13 +153,19 @@ class Settler:
         self._publish = publish
         self._system = system
         self._dlq = Destination(DestinationKind.QUEUE, source.dead_letter_queue)
+        self._warn_after = warn_after
+        # In-flight handler calls, for the slow-handler warning: [started, envelope, warned].
+        self._inflight: dict[int, list[Any]] = {}
+        self._watching = False
 
     def handler(self) -> DeliveryHandler:
         """The ``DeliveryHandler`` to give the transport."""
         return self.handle
 
     async def handle(self, delivery: Delivery) -> None:
-        """Run the chain for ``delivery`` and settle it (the transport's ``DeliveryHandler``)."""
+        """Run the chain for ``delivery`` and settle it (the transport's ``DeliveryHandler``).
+
+        Never raises but ``CancelledError``."""
         envelope = delivered_envelope(
             delivery.body,
             delivery.headers,
@@ -130,48 +178,103 @@ class Settler:
         )
         settlement: Settlement | None = None
         acked = False
+        watch = self._warn_after is not None
+        if watch:
+            self._inflight[id(envelope)] = [time.monotonic(), envelope, False]
+            if not self._watching:
+                self._arm_watchdog()
         try:
             try:
                 await self._chain(envelope)
             except Exception as error:  # every outcome is settled; CancelledError passes through
+                if watch:
+                    del self._inflight[id(envelope)]
+                    watch = False
                 settlement = await self._failed(delivery, envelope, error)
             else:
+                if watch:
+                    del self._inflight[id(envelope)]
+                    watch = False
                 try:
                     await delivery.ack()
                     acked = True
                 except MessageBusError:
-                    logger.warning(
-                        "ack failed; the broker will redeliver", exc_info=True, extra=log_fields(envelope)
+                    logger.warning("ack failed; the broker will redeliver", exc_info=True, extra=log_fields(envelope))
+                except Exception:
+                    logger.exception(
+                        "ack failed unexpectedly; the broker will redeliver", extra=log_fields(envelope)
                     )
         finally:
+            if watch:
+                self._inflight.pop(id(envelope), None)
             watchers = envelope._watchers
             if watchers:  # no settlement when cancelled: never acked, so redelivered
                 if settlement is None:
                     settlement = Settlement(Outcome.ACK if acked else Outcome.UNSETTLED, envelope.attempt)
                 _notify(watchers, settlement, envelope)
 
+    def _arm_watchdog(self) -> None:
+        assert self._warn_after is not None
+        self._watching = True
+        # Checked at half the threshold: one timer per consumer while handlers run, not per message.
+        asyncio.get_running_loop().call_later(self._warn_after / 2, self._watchdog)
+
+    def _watchdog(self) -> None:
+        self._watching = False
+        if not self._inflight:
+            return
+        assert self._warn_after is not None
+        now = time.monotonic()
+        for entry in self._inflight.values():
+            started, envelope, warned = entry
+            if not warned and now - started >= self._warn_after:
+                entry[2] = True
+                logger.warning(
+                    "handler of %s (group %s) still running message %s after %.0fs",
+                    envelope.destination,
+                    envelope.group or "-",
+                    envelope.id,
+                    now - started,
+                    extra=log_fields(envelope),
+                )
+        self._arm_watchdog()
+
     async def _failed(self, delivery: Delivery, envelope: Envelope, error: Exception) -> Settlement:
         fields = log_fields(envelope)
         attempt = envelope.attempt
+        headers = delivery.headers
+        nacks = _count(headers, h.NACKS, attempt - 1)
         try:
+            # Counters go along on every redelivery: a transport that keeps headers only from
+            # the last retry call (SQS, natively redelivering) must not lose them.
+            first = headers.get(h.FIRST_FAILURE)
             if isinstance(error, Nack):
-                await delivery.retry(error.delay, {})
+                carried = {h.NACKS: str(nacks + 1)}
+                if first:
+                    carried[h.FIRST_FAILURE] = first
+                await delivery.retry(error.delay, carried)
+                # A zero-delay Nack redelivers at once; yield so that a handler that nacks
+                # forever cannot starve other work (or stop()) on this event loop.
+                await asyncio.sleep(0)
                 return Settlement(Outcome.RETRY, attempt, delay=error.delay, error=error)
-            if self._retry.should_retry(error, attempt):
-                delay = self._retry.delay(attempt)
+            failures = attempt - nacks
+            if self._retry.should_retry(error, failures):
+                delay = self._retry.delay(failures)
                 logger.warning(
                     "handler failed (%s: %s); retry %d of %d in %.3fs",
                     error_type_name(error),
-                    error,
-                    attempt,
+                    error_message(error),
+                    failures,
                     self._retry.max_attempts - 1,
                     delay,
                     extra=fields,
                 )
-                first = delivery.headers.get(h.FIRST_FAILURE) or utc_now()
-                await delivery.retry(delay, {h.FIRST_FAILURE: first})
+                carried = {h.FIRST_FAILURE: first or utc_now()}
+                if nacks:
+                    carried[h.NACKS] = str(nacks)
+                await delivery.retry(delay, carried)
                 return Settlement(Outcome.RETRY, attempt, delay=delay, error=error)
-            await self._dead_letter(delivery, envelope, error, fields)
+            await self._dead_letter(delivery, envelope, error, failures, fields)
             return Settlement(Outcome.DEAD_LETTER, attempt, dead_letter_queue=self._dlq.name, error=error)
         except MessageBusError:
             logger.error(
@@ -180,9 +283,21 @@ class Settler:
                 extra=fields,
             )
             return Settlement(Outcome.UNSETTLED, attempt, error=error)
+        except Exception:
+            # A bug in settling (a policy that raises, a broken transport) must not leave the
+            # delivery unsettled: its consumer slot would be taken for good.
+            logger.exception("settling a failed message raised; handing it back for redelivery", extra=fields)
+            await self._hand_back(delivery, fields)
+            return Settlement(Outcome.UNSETTLED, attempt, error=error)
+
+    async def _hand_back(self, delivery: Delivery, fields: dict[str, Any]) -> None:
+        try:
+            await delivery.retry(_HAND_BACK_DELAY, {})
+        except Exception:
+            logger.exception("handing a message back failed; it is redelivered when its consumer stops", extra=fields)
 
     async def _dead_letter(
-        self, delivery: Delivery, envelope: Envelope, error: Exception, fields: dict[str, Any]
+        self, delivery: Delivery, envelope: Envelope, error: Exception, failures: int, fields: dict[str, Any]
     ) -> None:
         reason = (
             "rejected" if isinstance(error, Reject) else "undecodable" if isinstance(error, DecodeError) else "failed"
@@ -190,21 +305,21 @@ class Settler:
         logger.error(
             "message %s after %d attempt(s) (%s: %s); dead-lettered to %s",
             reason,
-            envelope.attempt,
+            failures,
             error_type_name(error),
-            error,
+            error_message(error),
             self._dlq.name,
             exc_info=not isinstance(error, Reject | DecodeError),
             extra=fields,
         )
         headers = dead_letter_headers(
-            delivery.headers, destination=self._name, group=self._group, error=error, attempts=envelope.attempt
+            delivery.headers, destination=self._name, group=self._group, error=error, attempts=failures
         )
         message = OutgoingMessage(self._dlq, delivery.body, headers, delivery.key)
         try:
             await self._publish([message])
         except MessageBusError:
             # Not dead-lettered, so not acked: it comes back and is dead-lettered then.
-            await delivery.retry(self._retry.delay(envelope.attempt), {})
+            await delivery.retry(self._retry.delay(max(failures, 1)), {})
             raise
         await delivery.ack()

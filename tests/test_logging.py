@@ -61,6 +61,9 @@ async def test_records_about_a_message_carry_its_fields_and_no_payload(
         assert record.messaging_group == "billing"
         assert record.messaging_message_id
         assert SECRET not in rendered(record), f"payload leaked into the log: {rendered(record)!r}"
+        # Catches 'messagebus: messagebus: ...' under a '%(name)s: %(message)s' format: the
+        # logger name already says where a record comes from.
+        assert not record.getMessage().startswith("messagebus"), record.getMessage()
     retry = [r for r in records if r.levelno == logging.WARNING]
     assert [r.messaging_attempt for r in retry] == [1]
     assert retry[0].messaging_message_id in ids
