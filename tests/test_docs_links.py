@@ -79,3 +79,43 @@ def test_the_checker_sees_dead_links() -> None:
     )
     problems = _problems(ROOT / "README.md", text)
     assert [p.split(":")[0] for p in problems] == ["../shared/DESIGN.md", "#nope", "`../x/Y.md`"]
+
+
+_CITATION = re.compile(r"\b(kit|transport)::(test_\w+)|\b(tests/[\w/]+\.py)(?:::(test_\w+))?")
+
+
+def _cited_tests_missing(text: str) -> list[str]:
+    from messagebus.testing.conformance import TransportConformance
+    from messagebus.testing.transport_kit import TransportKit
+
+    layers: dict[str, type] = {"kit": TransportConformance, "transport": TransportKit}
+    missing = []
+    for layer, name, path, function in _CITATION.findall(text):
+        if layer:
+            if not callable(getattr(layers[layer], name, None)):
+                missing.append(f"{layer}::{name}")
+        elif not (ROOT / path).is_file():
+            missing.append(path)
+        elif function and not re.search(
+            rf"^(async )?def {function}\(", (ROOT / path).read_text(encoding="utf-8"), re.MULTILINE
+        ):
+            missing.append(f"{path}::{function}")
+    return missing
+
+
+def test_every_guarantee_names_tests_that_exist() -> None:
+    """Catches docs/guarantees.md citing a test that was renamed or removed (the guarantee is
+    then proved by nothing), and a guarantee row that cites no test at all."""
+    text = (ROOT / "docs" / "guarantees.md").read_text(encoding="utf-8")
+    assert _cited_tests_missing(text) == []
+    section = text.split("## The same on every transport", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| guarantee")]
+    assert rows
+    uncited = [row.split("|")[1].strip() for row in rows if not _CITATION.search(row.split("|")[2])]
+    assert uncited == [], f"guarantees without a test: {uncited}"
+
+
+def test_the_citation_checker_sees_a_missing_test() -> None:
+    """Catches a citation checker that accepts anything."""
+    text = "kit::test_no_such_thing transport::test_ack_settles_for_good tests/test_bus.py::test_gone tests/nope.py"
+    assert _cited_tests_missing(text) == ["kit::test_no_such_thing", "tests/test_bus.py::test_gone", "tests/nope.py"]
