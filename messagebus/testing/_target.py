@@ -15,6 +15,7 @@ from .._bus import Bus
 from .._config import TransportURL
 from .._discovery import load_transport
 from .._transport import Capabilities, Transport
+from ._brokers import CrashableBroker
 
 __all__ = ["ConformanceTarget"]
 
@@ -33,6 +34,8 @@ class ConformanceTarget:
       the broker-restart fault test. Messages must survive it when the transport declares
       ``persistence``, unless ``restart_keeps_messages`` says otherwise (an in-memory
       emulator of a persistent broker loses everything when restarted).
+    - ``crash_broker``: returns a private broker (started on first call) that the crash tests
+      may kill with SIGKILL and start again; never give a shared broker here.
     - ``transport``: builds the transport for a URL instead of the transport registered for
       its scheme (a transport under development, or the kit's own deliberately broken ones).
     """
@@ -45,6 +48,7 @@ class ConformanceTarget:
     restart: Callable[[], Awaitable[None]] | None = None
     restart_keeps_messages: bool | None = None
     transport: Callable[[str], Transport] | None = None
+    crash_broker: Callable[[], CrashableBroker] | None = None
 
     def count(self, n: int, minimum: int = 10) -> int:
         """``n`` scaled, at least ``minimum``."""

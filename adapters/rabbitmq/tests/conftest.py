@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -20,9 +21,10 @@ import aiormq
 import pytest
 from messagebus_rabbitmq import physical_name, queue_name
 from messagebus_rabbitmq._topology import Topology
-from rmq_helpers import DEFAULT_URL
+from rmq_helpers import DEFAULT_URL, private_rabbitmq
 
 from messagebus.testing import missing_broker, wait_for_port
+from messagebus.testing._brokers import BrokerProcess
 from messagebus.transports import Destination, DestinationKind, TransportURL
 
 
@@ -39,6 +41,19 @@ def rabbitmq_url() -> str:
         if wait_for_port(host, port, timeout=60.0):
             return url
     missing_broker("RabbitMQ", f"nothing listens on {host}:{port} (set MESSAGEBUS_TEST_RABBITMQ_URL)")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_crash_node() -> Iterator[BrokerProcess]:
+    """A private RabbitMQ node for the crash tests, started on first use and killed at the end
+    of the session: the shared broker on 5672 is never stopped or restarted by a test."""
+    with tempfile.TemporaryDirectory(prefix="messagebus-rmq-") as base:
+        node = private_rabbitmq(base)
+        try:
+            node.start_sync()
+            yield node
+        finally:
+            node.close()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,14 +4,68 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from messagebus.testing import free_port, missing_broker
+from messagebus.testing._brokers import BrokerProcess
 from messagebus.transports import Delivery, Destination, DestinationKind, OutgoingMessage
 
 #: The RabbitMQ server of the project machines.
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+#: Debian's ``/usr/sbin/rabbitmq-server`` is a wrapper that switches to the ``rabbitmq`` user
+#: (who cannot write the test's directory); the script behind it runs as whoever calls it.
+_SERVER_SCRIPTS = ("/usr/lib/rabbitmq/bin/rabbitmq-server",)
+
+
+def private_rabbitmq(base: str) -> BrokerProcess:
+    """A private RabbitMQ node (never the shared one) with its data, logs, cookie and config
+    in ``base``, on free AMQP and distribution ports: a broker the crash tests may kill with
+    SIGKILL and start again on the same ports and data. Not started yet.
+
+    ``RABBITMQ_ALLOW_INPUT`` makes the start script ``exec`` the Erlang VM instead of
+    supervising it from a shell, so the launched pid is ``beam.smp`` itself (what a crash
+    kills); ``-noinput`` keeps that VM from reading a shell from stdin."""
+    script = next((s for s in _SERVER_SCRIPTS if os.access(s, os.X_OK)), None) or shutil.which("rabbitmq-server")
+    if script is None:
+        missing_broker("RabbitMQ (private node)", "rabbitmq-server is not installed")
+    port, dist = free_port(), free_port()
+    root = Path(base)
+    (root / "enabled_plugins").write_text("[].\n")
+    # The system's rabbitmq.conf names the shared node's listener (5672): never read it.
+    (root / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{port}\n")
+    (root / "rabbitmq-env.conf").write_text("ERL_EPMD_ADDRESS=127.0.0.1\n")
+    env = {
+        **os.environ,
+        "HOME": base,  # the Erlang cookie is made here, not in the user's home
+        "RABBITMQ_NODENAME": f"mb{port}@localhost",
+        "RABBITMQ_NODE_PORT": str(port),
+        "RABBITMQ_DIST_PORT": str(dist),
+        "RABBITMQ_MNESIA_BASE": base,
+        "RABBITMQ_LOG_BASE": base,
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(root / "enabled_plugins"),
+        "RABBITMQ_CONFIG_FILE": str(root / "rabbitmq.conf"),
+        "RABBITMQ_CONF_ENV_FILE": str(root / "rabbitmq-env.conf"),
+        "RABBITMQ_PID_FILE": str(root / "node.pid"),
+        "RABBITMQ_ALLOW_INPUT": "1",
+        "RABBITMQ_SERVER_START_ARGS": "-noinput",
+    }
+    return BrokerProcess(
+        "RabbitMQ (private node)",
+        [script],
+        port,
+        f"amqp://guest:guest@127.0.0.1:{port}/",
+        keeps_messages=True,  # durable queues, persistent messages, confirms after fsync
+        log_path=str(root / "server.log"),
+        env=env,
+        cwd=base,
+        start_timeout=90.0,
+    )
 
 
 def topic(name: str) -> Destination:
