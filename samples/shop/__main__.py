@@ -121,8 +121,11 @@ def main() -> int:
             return asyncio.run(run_all(args.url, args.orders, args.timeout))
         try:
             from messagebus.testing.telemetry import capture_telemetry
-        except ImportError:
-            print("--trace needs the OpenTelemetry SDK: pip install opentelemetry-sdk", file=sys.stderr)
+        except ImportError as exc:
+            # Only a missing SDK gets the install hint; any other ImportError is a bug to show.
+            if not (exc.name or "").startswith("opentelemetry"):
+                raise
+            print(f"--trace needs the OpenTelemetry SDK ({exc}): pip install opentelemetry-sdk", file=sys.stderr)
             return 2
         with capture_telemetry():
             status = asyncio.run(run_all(args.url, args.orders, args.timeout))
