@@ -204,7 +204,7 @@ class TransportKit:
                 # that stays below it fails on the peak below rather than by hanging.
                 await asyncio.wait_for(full.wait(), target.timeout)
             except TimeoutError:
-                pass
+                full.set()  # never reached: let the rest through, the peak check fails
             finally:
                 running -= 1
             got.add(_seen(delivery))
