@@ -14,7 +14,6 @@ it (a redelivery's ``_Stored``, a consumer's ordering flag): they are test fixtu
 from __future__ import annotations
 
 import asyncio
-import sys
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -264,6 +263,20 @@ MUST_FAIL: dict[str, list[str]] = {
     ],
 }
 
+_KIT_CLASSES = """
+
+class TestBus_{kind}(TransportConformance):
+    @pytest.fixture
+    def target(self) -> ConformanceTarget:
+        return broken.target({kind!r})
+
+
+class TestKit_{kind}(TransportKit):
+    @pytest.fixture
+    def target(self) -> ConformanceTarget:
+        return broken.target({kind!r})
+"""
+
 _KIT_MODULE = """
 import sys
 
@@ -273,26 +286,17 @@ from messagebus.testing.conformance import ConformanceTarget, TransportConforman
 from messagebus.testing.transport_kit import TransportKit
 
 broken = sys.modules[{module!r}]
-
-
-class TestBus(TransportConformance):
-    @pytest.fixture
-    def target(self) -> ConformanceTarget:
-        return broken.target({kind!r})
-
-
-class TestKit(TransportKit):
-    @pytest.fixture
-    def target(self) -> ConformanceTarget:
-        return broken.target({kind!r})
 """
 
 
-def _run_kit(pytester: pytest.Pytester, kind: str, tests: list[str]) -> tuple[set[str], set[str]]:
-    """Run the selected kit tests on transport ``kind``; return (passed, failed) as
-    ``Layer::test`` names."""
-    pytester.makepyfile(**{f"test_kit_{kind}": _KIT_MODULE.format(module=__name__, kind=kind)})
-    selection = " or ".join(f"(Test{t.split('::')[0]} and {t.split('::')[1]})" for t in tests)
+def _run_kit(pytester: pytest.Pytester, runs: dict[str, list[str]]) -> tuple[set[str], set[str]]:
+    """Run, in one in-process pytest session, the kit tests ``runs[kind]`` (``Layer::test``
+    names) on each transport ``kind``; return the (passed, failed) ``kind:Layer::test``s."""
+    source = _KIT_MODULE.format(module=__name__) + "".join(_KIT_CLASSES.format(kind=kind) for kind in runs)
+    pytester.makepyfile(test_broken_kit=source)
+    selection = " or ".join(
+        f"(Test{t.split('::')[0]}_{kind} and {t.split('::')[1]})" for kind, tests in runs.items() for t in tests
+    )
     recorder = pytester.inline_run(
         "-k",
         selection,
@@ -309,34 +313,32 @@ def _run_kit(pytester: pytest.Pytester, kind: str, tests: list[str]) -> tuple[se
         out = set()
         for report in reports:
             cls, test = report.nodeid.split("::")[-2:]
-            out.add(f"{cls.removeprefix('Test')}::{test}")
+            layer, kind = cls.removeprefix("Test").split("_", 1)
+            out.add(f"{kind}:{layer}::{test}")
         return out
 
     return names(passed), names(failed)
 
 
-@pytest.mark.parametrize("kind", sorted(MUST_FAIL))
-def test_kit_fails_the_broken_transport(pytester: pytest.Pytester, kind: str) -> None:
-    """Catches a kit too weak to see the broken promise of ``kind`` (see its class): each
-    listed kit test must fail on it. Before this kit, ordering, graceful stop and publish
-    confirmation bugs passed the whole kit."""
-    passed, failed = _run_kit(pytester, kind, MUST_FAIL[kind])
-    expected = set(MUST_FAIL[kind])
-    assert failed == expected, f"kit tests that passed the {kind} transport: {sorted(expected - failed)}"
-    assert not passed
-
-
-def test_the_same_selection_passes_on_the_healthy_transport(pytester: pytest.Pytester) -> None:
-    """Catches a kit test that fails every transport (then failing a broken one proves
-    nothing): every test the broken transports must fail passes on the memory transport."""
-    tests = sorted({t for names in MUST_FAIL.values() for t in names})
-    passed, failed = _run_kit(pytester, "healthy", tests)
-    assert not failed, f"kit tests failing the healthy memory transport: {sorted(failed)}"
-    assert passed == set(tests)
+def test_kit_fails_each_broken_transport_and_passes_the_healthy_one(pytester: pytest.Pytester) -> None:
+    """Catches a kit too weak to see a broken promise: every kit test listed for a broken
+    transport in ``MUST_FAIL`` must fail on it (before this kit, the ordering, graceful stop
+    and publish-confirmation bugs passed the whole kit). And catches a kit test that fails
+    every transport, which would prove nothing: the same tests pass on the healthy memory
+    transport. One pytest session runs them all (both layers), to keep the time down."""
+    runs = dict(MUST_FAIL)
+    runs["healthy"] = sorted({t for tests in MUST_FAIL.values() for t in tests})
+    passed, failed = _run_kit(pytester, runs)
+    missed = sorted(f"{kind}:{t}" for kind, tests in MUST_FAIL.items() for t in tests if f"{kind}:{t}" not in failed)
+    assert not missed, f"kit tests that passed a broken transport: {missed}"
+    healthy_failed = sorted(name for name in failed if name.startswith("healthy:"))
+    assert not healthy_failed, f"kit tests failing the healthy memory transport: {healthy_failed}"
+    assert {name for name in passed if name.startswith("healthy:")} == {f"healthy:{t}" for t in runs["healthy"]}
+    assert not {name for name in passed if not name.startswith("healthy:")}, "a broken transport passed a test"
 
 
 def test_the_broken_transports_are_memory_transports() -> None:
     """Catches a broken transport that is not what the kit runs (a typo in the table)."""
     assert all(issubclass(cls, MemoryTransport) for cls in BROKEN.values())
-    assert sys.modules[__name__].target("healthy").capabilities.network is False
+    assert target("healthy").capabilities.network is False
     assert target("replay_after_reconnect").capabilities.network is True
