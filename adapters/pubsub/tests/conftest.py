@@ -15,9 +15,10 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from pubsub_helpers import Emulator, url_for
+from pubsub_helpers import Emulator, crashable_emulator, url_for
 
 from messagebus.testing import free_port, missing_broker, wait_for_port
+from messagebus.testing._brokers import BrokerProcess
 from messagebus.transports import TransportURL
 
 
@@ -35,6 +36,19 @@ def emulator_process() -> Iterator[Emulator | None]:
         finally:
             emulator.kill()
             emulator.log.close()
+
+
+@pytest.fixture(scope="session")
+def pubsub_crash_emulator() -> Iterator[BrokerProcess]:
+    """An emulator of its own for the crash tests, started on first use and killed at the end
+    of the session (the session's emulator is left alone)."""
+    with tempfile.TemporaryDirectory(prefix="messagebus-pubsub-crash-") as data_dir:
+        emulator = crashable_emulator(data_dir)
+        try:
+            emulator.start_sync()
+            yield emulator
+        finally:
+            emulator.close()
 
 
 @pytest.fixture(scope="session")

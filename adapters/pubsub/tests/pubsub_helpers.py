@@ -10,7 +10,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-from messagebus.testing import missing_broker, wait_for_port
+from messagebus.testing import free_port, missing_broker, wait_for_port
+from messagebus.testing._brokers import BrokerProcess
 
 PROJECT = "messagebus-test"
 # Short ack deadline: a message lost with a dropped stream comes back within seconds.
@@ -88,6 +89,44 @@ class Emulator:
         """Kill and start again on the same port (everything in it is lost: it is in-memory)."""
         await asyncio.to_thread(self.kill)
         await asyncio.to_thread(self.start)
+
+
+class _EmulatorProcess(BrokerProcess):
+    """The emulator as a :class:`BrokerProcess`: a crash kills its Java process, which is the
+    launched process itself (the emulator script ``exec``s java) or, under the gcloud
+    wrapper, a descendant of it."""
+
+    def server_pid(self, proc: subprocess.Popen[bytes]) -> int:
+        pending, seen = [proc.pid], set()
+        while pending:
+            pid = pending.pop()
+            seen.add(pid)
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "java":
+                    return pid
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                continue
+            pending.extend(int(c) for c in children if int(c) not in seen)
+        return proc.pid
+
+
+def crashable_emulator(data_dir: str) -> BrokerProcess:
+    """An emulator of its own for the crash tests, on a free port, not started yet. It keeps
+    nothing across a crash (it lives in memory)."""
+    port = free_port()
+    cmd = _emulator_command(port, data_dir)
+    if cmd is None:
+        missing_broker("Pub/Sub emulator", "neither the emulator script nor gcloud is installed")
+    return _EmulatorProcess(
+        "Pub/Sub emulator (crashable)",
+        cmd,
+        port,
+        url_for(f"127.0.0.1:{port}"),
+        keeps_messages=False,
+        log_path=str(Path(data_dir) / "crash-emulator.log"),
+        start_timeout=60.0,
+    )
 
 
 class _suppress:

@@ -3,9 +3,12 @@ through a TCP proxy in front of it)."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 from pubsub_helpers import Emulator, url_via
 
+from messagebus.testing._brokers import CrashableBroker
 from messagebus.testing.conformance import ConformanceTarget, TransportConformance
 from messagebus.testing.transport_kit import TransportKit
 
@@ -14,7 +17,13 @@ class TestPubSubConformance(TransportConformance):
     """Every conformance test, on the session's emulator."""
 
     @pytest.fixture
-    def target(self, pubsub_url: str, pubsub_emulator: str, emulator_process: Emulator | None) -> ConformanceTarget:
+    def target(
+        self,
+        pubsub_url: str,
+        pubsub_emulator: str,
+        emulator_process: Emulator | None,
+        request: pytest.FixtureRequest,
+    ) -> ConformanceTarget:
         host, _, port = pubsub_emulator.rpartition(":")
         return ConformanceTarget(
             url=pubsub_url,
@@ -27,6 +36,8 @@ class TestPubSubConformance(TransportConformance):
             restart=emulator_process.restart if emulator_process is not None else None,
             # The emulator keeps everything in memory: a restart loses topics and messages.
             restart_keeps_messages=False,
+            # An emulator of its own that the crash tests kill; started only when they ask.
+            crash_broker=lambda: cast(CrashableBroker, request.getfixturevalue("pubsub_crash_emulator")),
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from messagebus_sqs import SqsTransport
 from sqs_helpers import MotoServer, make_url
 
 from messagebus.testing import free_port, missing_broker
+from messagebus.testing._brokers import BrokerProcess
 
 FAKE_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -50,6 +52,32 @@ def moto_server() -> Iterator[MotoServer | None]:
             yield server
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def sqs_crash_server(moto_server: MotoServer | None) -> Iterator[BrokerProcess]:
+    """A moto server of its own for the crash tests, started on first use and killed at the
+    end of the session. It keeps nothing across a crash (moto lives in memory): the tests
+    check that the transport recovers and what it confirmed afterwards arrives."""
+    command = _moto_server_command()
+    if command is None:
+        missing_broker("sqs", "moto's server not found; pip install 'moto[server]'")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="messagebus-moto-") as base:
+        server = BrokerProcess(
+            "sqs (crashable moto)",
+            [*command, "-H", "127.0.0.1", "-p", str(port)],
+            port,
+            make_url(f"http://127.0.0.1:{port}", "crash-"),
+            keeps_messages=False,
+            log_path=os.path.join(base, "moto.log"),
+            start_timeout=30.0,
+        )
+        try:
+            server.start_sync()
+            yield server
+        finally:
+            server.close()
 
 
 @pytest.fixture(scope="session")

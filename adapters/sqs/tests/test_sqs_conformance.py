@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 from sqs_helpers import MotoServer, endpoint_port, make_url
 
+from messagebus.testing._brokers import CrashableBroker
 from messagebus.testing.conformance import ConformanceTarget, TransportConformance
 from messagebus.testing.transport_kit import TransportKit
 
@@ -16,7 +19,9 @@ class TestSqsConformance(TransportConformance):
     """Standard (unordered) SNS topics and SQS queues."""
 
     @pytest.fixture
-    def target(self, moto_endpoint: str, moto_server: MotoServer | None, prefix: str) -> ConformanceTarget:
+    def target(
+        self, moto_endpoint: str, moto_server: MotoServer | None, prefix: str, request: pytest.FixtureRequest
+    ) -> ConformanceTarget:
         return ConformanceTarget(
             url=make_url(moto_endpoint, prefix),
             upstream=("127.0.0.1", endpoint_port(moto_endpoint)),
@@ -26,6 +31,8 @@ class TestSqsConformance(TransportConformance):
             restart=moto_server.restart if moto_server is not None else None,
             # moto keeps everything in memory: a restart loses queues, topics and messages.
             restart_keeps_messages=False,
+            # A moto server of its own that the crash tests kill; started only when they ask.
+            crash_broker=lambda: cast(CrashableBroker, request.getfixturevalue("sqs_crash_server")),
         )
 
 
