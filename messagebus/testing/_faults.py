@@ -673,32 +673,6 @@ class FaultTests:
             else:
                 ledger.report(0, why="a graceful stop acks every handled message")
 
-    @pytest.mark.faults
-    async def test_fault_broker_restart(self, target: ConformanceTarget, buses: BusFactory) -> None:
-        """Catches messages lost across a broker restart (where the broker keeps them)."""
-        if target.restart is None:
-            pytest.skip("target gives no way to restart its broker")
-        persistent = target.restart_keeps_messages
-        if persistent is None:
-            persistent = Bus.from_url(target.url).transport.capabilities.persistence
-        queue = _name("restart")
-        n = target.count(200, minimum=20)
-        ledger = _ledger("broker-restart", target)
-        producer = buses("producer")
-        consumer = buses()
-        consumer.consume(queue, concurrency=4)(ledger.handle_async)
-        async with producer:
-            await producer.send_many(queue, ledger.items(range(n)))
-            ledger.confirm(range(n))
-            await target.restart()
-            deadline = time.monotonic() + target.timeout * 4
-            resent = await _send_all(producer, queue, ledger, range(n, 2 * n), deadline)
-            if not persistent:
-                ledger.confirmed -= set(range(n))
-            async with consumer:
-                await ledger.wait_all()
-        ledger.report(resent, why=f"{resent} sent again after the restart; no consumer ran before it")
-
 
 def _order_violations(order: list[tuple[str, int, str]], window: int) -> list[str]:
     """Check per-key order in the order handlers started (``(key, seq, instance)``).
