@@ -7,7 +7,7 @@ other.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,12 +30,9 @@ class ConformanceTarget:
     - ``via_proxy``: builds a URL that reaches the broker through ``host:port`` of the proxy.
     - ``timeout``: seconds to wait for an expected message before failing.
     - ``scale``: multiplies the kit's message counts (0.1 for a slow local emulator).
-    - ``restart``: restarts the broker (returns once it accepts connections again); enables
-      the broker-restart fault test. Messages must survive it when the transport declares
-      ``persistence``, unless ``restart_keeps_messages`` says otherwise (an in-memory
-      emulator of a persistent broker loses everything when restarted).
-    - ``crash_broker``: returns a private broker (started on first call) that the crash tests
-      may kill with SIGKILL and start again; never give a shared broker here.
+    - ``crash_broker``: returns a private broker (started on first call) that the crash and
+      restart tests may kill with SIGKILL, stop and start again; never give a shared broker
+      here. The broker says whether confirmed messages survive (``keeps_messages``).
     - ``transport``: builds the transport for a URL instead of the transport registered for
       its scheme (a transport under development, or the kit's own deliberately broken ones).
     """
@@ -45,8 +42,6 @@ class ConformanceTarget:
     via_proxy: Callable[[str, int], str] | None = None
     timeout: float = 30.0
     scale: float = 1.0
-    restart: Callable[[], Awaitable[None]] | None = None
-    restart_keeps_messages: bool | None = None
     transport: Callable[[str], Transport] | None = None
     crash_broker: Callable[[], CrashableBroker] | None = None
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import cast
 
 import pytest
-from pubsub_helpers import Emulator, url_via
+from pubsub_helpers import url_via
 
 from messagebus.testing._brokers import CrashableBroker
 from messagebus.testing.conformance import ConformanceTarget, TransportConformance
@@ -17,13 +17,7 @@ class TestPubSubConformance(TransportConformance):
     """Every conformance test, on the session's emulator."""
 
     @pytest.fixture
-    def target(
-        self,
-        pubsub_url: str,
-        pubsub_emulator: str,
-        emulator_process: Emulator | None,
-        request: pytest.FixtureRequest,
-    ) -> ConformanceTarget:
+    def target(self, pubsub_url: str, pubsub_emulator: str, request: pytest.FixtureRequest) -> ConformanceTarget:
         host, _, port = pubsub_emulator.rpartition(":")
         return ConformanceTarget(
             url=pubsub_url,
@@ -32,10 +26,6 @@ class TestPubSubConformance(TransportConformance):
             timeout=30.0,
             # The emulator is a single JVM sharing two cores with the test process.
             scale=0.2,
-            # Restarted on the same port: topology is declared again and traffic resumes.
-            restart=emulator_process.restart if emulator_process is not None else None,
-            # The emulator keeps everything in memory: a restart loses topics and messages.
-            restart_keeps_messages=False,
             # An emulator of its own that the crash tests kill; started only when they ask.
             crash_broker=lambda: cast(CrashableBroker, request.getfixturevalue("pubsub_crash_emulator")),
         )

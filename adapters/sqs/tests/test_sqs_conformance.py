@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import cast
 
 import pytest
-from sqs_helpers import MotoServer, endpoint_port, make_url
+from sqs_helpers import endpoint_port, make_url
 
 from messagebus.testing._brokers import CrashableBroker
 from messagebus.testing.conformance import ConformanceTarget, TransportConformance
@@ -19,18 +19,13 @@ class TestSqsConformance(TransportConformance):
     """Standard (unordered) SNS topics and SQS queues."""
 
     @pytest.fixture
-    def target(
-        self, moto_endpoint: str, moto_server: MotoServer | None, prefix: str, request: pytest.FixtureRequest
-    ) -> ConformanceTarget:
+    def target(self, moto_endpoint: str, prefix: str, request: pytest.FixtureRequest) -> ConformanceTarget:
         return ConformanceTarget(
             url=make_url(moto_endpoint, prefix),
             upstream=("127.0.0.1", endpoint_port(moto_endpoint)),
             via_proxy=lambda host, port: make_url(f"http://{host}:{port}", prefix),
             timeout=30.0,
             scale=SCALE,
-            restart=moto_server.restart if moto_server is not None else None,
-            # moto keeps everything in memory: a restart loses queues, topics and messages.
-            restart_keeps_messages=False,
             # A moto server of its own that the crash tests kill; started only when they ask.
             crash_broker=lambda: cast(CrashableBroker, request.getfixturevalue("sqs_crash_server")),
         )
