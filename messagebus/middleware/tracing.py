@@ -39,7 +39,7 @@ from .._message import AttributeValue, Envelope, OutgoingMessage
 from .._middleware import Handler, Middleware, PublishFn, PublishMiddleware
 from .._settle import Outcome, Settlement, on_settled
 from .._signals import Nack
-from .dead_letter import error_type_name
+from .dead_letter import error_message, error_type_name
 
 __all__ = [
     "TRACER_NAME",
@@ -127,8 +127,12 @@ def _real_tracer(provider: object) -> Tracer | None:
 def _error(span: Span, error: BaseException) -> None:
     kind = error_type_name(error)
     span.set_attribute(ERROR_TYPE, kind)
-    span.record_exception(error)
-    span.set_status(Status(StatusCode.ERROR, f"{kind}: {error}"[:256]))
+    message = error_message(error)
+    try:
+        span.record_exception(error)
+    except Exception:  # the SDK calls str(error): an exception that cannot print itself
+        span.add_event("exception", {"exception.type": kind, "exception.message": message})
+    span.set_status(Status(StatusCode.ERROR, f"{kind}: {message}"[:256]))
 
 
 def _inject(message: OutgoingMessage) -> None:
