@@ -66,7 +66,21 @@ class _Traffic:
     confirmed_by_new: set[int] = field(default_factory=set)  # publish began once the old process was gone
     first_handled_in: dict[int, int] = field(default_factory=dict)  # n -> phase of its first handling
     unhandled: set[int] = field(default_factory=set)  # confirmed in this phase, not handled yet
-    progress: asyncio.Event = field(default_factory=asyncio.Event)
+    progress: asyncio.Event = field(default_factory=asyncio.Event)  # set on every publish and handling
+    gate: asyncio.Event = field(default_factory=asyncio.Event)  # handlers wait while it is clear
+
+    def __post_init__(self) -> None:
+        self.gate.set()
+
+    async def until(self, predicate: Callable[[], bool], what: str, timeout: float) -> None:
+        """Wait for ``predicate`` (checked after each publish and handling)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    self.progress.clear()
+                    await self.progress.wait()
+        except TimeoutError:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
     def enter(self, phase: int) -> None:
         self.phase = phase
@@ -80,6 +94,7 @@ class _Traffic:
         self.progress.set()
 
     async def handle(self, item: dict[str, Any]) -> None:
+        await self.gate.wait()
         n = item.get("n", -1)
         if isinstance(n, int):
             self.first_handled_in.setdefault(n, self.phase)
@@ -120,6 +135,7 @@ class _Traffic:
                         self.confirmed_after.add(n)
             finally:
                 self.in_progress.difference_update(ns)
+                self.progress.set()
 
 
 async def _crash_with_traffic(
@@ -148,11 +164,17 @@ async def _crash_with_traffic(
         async with consumer, producer:
             publishers = [asyncio.create_task(traffic.publish(producer, queue)) for _ in range(PUBLISHERS)]
             await traffic.ledger.wait_count(before, timeout=budget)  # traffic flows end to end
+            # Hold the handlers until the broker is back, so the crash finds a backlog of
+            # confirmed messages on the broker (what its durability must keep) as well as
+            # deliveries in the consumer's hands (what it must deliver again).
+            traffic.gate.clear()
+            await traffic.until(lambda: len(traffic.unhandled) >= WINDOW, f"a backlog of {WINDOW}", budget)
             traffic.enter(FAULT)
             await fault(broker)
             traffic.enter(DOWN)
             await broker.start()
             traffic.enter(AFTER)
+            traffic.gate.set()
             await traffic.confirmed_after.wait_for(after, timeout=budget)
             traffic.stop()
             _, hung = await asyncio.wait(publishers, timeout=target.timeout)
@@ -165,6 +187,7 @@ async def _crash_with_traffic(
                 await traffic.ledger.wait_all(timeout=budget)
     finally:
         traffic.stop()
+        traffic.gate.set()
         for task in publishers:
             task.cancel()
         await asyncio.gather(*publishers, return_exceptions=True)
