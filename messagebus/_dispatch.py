@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections import deque
 
-from ._transport import Delivery, DeliveryHandler
+from ._transport import DeliveryHandler, DeliveryLike
 
 __all__ = ["WorkerPool"]
 
@@ -72,9 +72,9 @@ class WorkerPool:
         self._capacity = max(concurrency, capacity or 0)
         self._ordered = ordered
         self._name = name
-        self._lanes: list[deque[Delivery]] = [deque() for _ in range(concurrency)]
-        self._shared: deque[Delivery] = deque()
-        self._running: list[Delivery | None] = [None] * concurrency
+        self._lanes: list[deque[DeliveryLike]] = [deque() for _ in range(concurrency)]
+        self._shared: deque[DeliveryLike] = deque()
+        self._running: list[DeliveryLike | None] = [None] * concurrency
         self._waiters: list[asyncio.Future[bool] | None] = [None] * concurrency
         self._idle: deque[int] = deque()
         self._space: deque[asyncio.Future[None]] = deque()
@@ -110,7 +110,7 @@ class WorkerPool:
             self._loop.create_task(self._work(i), name=f"messagebus-worker-{self._name}-{i}") for i in range(self._n)
         ]
 
-    def submit_nowait(self, delivery: Delivery) -> None:
+    def submit_nowait(self, delivery: DeliveryLike) -> None:
         """Queue ``delivery``; the caller must have checked :attr:`free` (or it overfills)."""
         self._count += 1
         key = delivery.key
@@ -141,7 +141,7 @@ class WorkerPool:
                 self._waking += 1
                 return
 
-    async def submit(self, delivery: Delivery) -> None:
+    async def submit(self, delivery: DeliveryLike) -> None:
         """Queue ``delivery``, waiting while the pool is full."""
         await self.wait_for_space()
         self.submit_nowait(delivery)
@@ -154,12 +154,12 @@ class WorkerPool:
             self._space.append(fut)
             await fut
 
-    async def stop(self, grace: float) -> list[Delivery]:
+    async def stop(self, grace: float) -> list[DeliveryLike]:
         """Stop taking work; let running calls finish for up to ``grace`` seconds; cancel the
         rest. Returns the deliveries that were never finished (queued, or cancelled mid-call),
         so the transport can hand them back to the broker. Idempotent."""
         self._closing = True
-        unhandled: list[Delivery] = list(self._shared)
+        unhandled: list[DeliveryLike] = list(self._shared)
         self._shared.clear()
         for lane in self._lanes:
             unhandled.extend(lane)

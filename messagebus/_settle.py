@@ -17,7 +17,7 @@ from ._errors import DecodeError, MessageBusError
 from ._message import Envelope, OutgoingMessage, delivered_envelope
 from ._middleware import Handler
 from ._signals import Nack, Reject
-from ._transport import Delivery, DeliveryHandler
+from ._transport import DeliveryHandler, DeliveryLike
 from .middleware.dead_letter import dead_letter_headers, error_message, error_type_name, utc_now
 from .middleware.retry import Retry
 
@@ -162,7 +162,7 @@ class Settler:
         """The ``DeliveryHandler`` to give the transport."""
         return self.handle
 
-    async def handle(self, delivery: Delivery) -> None:
+    async def handle(self, delivery: DeliveryLike) -> None:
         """Run the chain for ``delivery`` and settle it (the transport's ``DeliveryHandler``).
 
         Never raises but ``CancelledError``."""
@@ -201,9 +201,7 @@ class Settler:
                 except MessageBusError:
                     logger.warning("ack failed; the broker will redeliver", exc_info=True, extra=log_fields(envelope))
                 except Exception:
-                    logger.exception(
-                        "ack failed unexpectedly; the broker will redeliver", extra=log_fields(envelope)
-                    )
+                    logger.exception("ack failed unexpectedly; the broker will redeliver", extra=log_fields(envelope))
         finally:
             if watch:
                 self._inflight.pop(id(envelope), None)
@@ -239,7 +237,7 @@ class Settler:
                 )
         self._arm_watchdog()
 
-    async def _failed(self, delivery: Delivery, envelope: Envelope, error: Exception) -> Settlement:
+    async def _failed(self, delivery: DeliveryLike, envelope: Envelope, error: Exception) -> Settlement:
         fields = log_fields(envelope)
         attempt = envelope.attempt
         headers = delivery.headers
@@ -290,14 +288,14 @@ class Settler:
             await self._hand_back(delivery, fields)
             return Settlement(Outcome.UNSETTLED, attempt, error=error)
 
-    async def _hand_back(self, delivery: Delivery, fields: dict[str, Any]) -> None:
+    async def _hand_back(self, delivery: DeliveryLike, fields: dict[str, Any]) -> None:
         try:
             await delivery.retry(_HAND_BACK_DELAY, {})
         except Exception:
             logger.exception("handing a message back failed; it is redelivered when its consumer stops", extra=fields)
 
     async def _dead_letter(
-        self, delivery: Delivery, envelope: Envelope, error: Exception, failures: int, fields: dict[str, Any]
+        self, delivery: DeliveryLike, envelope: Envelope, error: Exception, failures: int, fields: dict[str, Any]
     ) -> None:
         reason = (
             "rejected" if isinstance(error, Reject) else "undecodable" if isinstance(error, DecodeError) else "failed"

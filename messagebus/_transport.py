@@ -1,9 +1,13 @@
 """The transport contract: what an adapter implements so the bus runs on its broker.
 
 The bus does everything broker-neutral (serialization, middleware, retry policy, dead
-letters, tracing); a transport only moves bytes: it publishes confirmed messages, delivers
-them to a handler with bounded concurrency, and settles each delivery (ack, or redeliver
-after a delay). Adapters import only ``messagebus`` and ``messagebus.transports``.
+letters, tracing); a transport only moves bytes. It implements four members of
+:class:`Transport` (``connect``, ``close``, ``publish``, ``subscribe``) and declares its
+:class:`Capabilities`; its consumers hand the bus concrete :class:`Delivery` objects and
+supply the broker primitives behind them (:class:`DeliverySource`: ack, redeliver after a
+delay, hand back). Shared consumer machinery is in :class:`ConsumerBase`. Optional
+capabilities are declared protocols (:class:`PublishAttributes`), never ``getattr`` hooks.
+Adapters import only ``messagebus`` and ``messagebus.transports``.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from ._message import AttributeValue, OutgoingMessage
 __all__ = [
     "Capabilities",
     "Consumer",
-    "Delivery",
     "DeliveryHandler",
+    "DeliveryLike",
+    "PublishAttributes",
     "Transport",
     "TransportFactory",
 ]
@@ -47,8 +52,12 @@ class Capabilities:
 
 
 @runtime_checkable
-class Delivery(Protocol):
-    """One received message, owned by the handler call it was given to.
+class DeliveryLike(Protocol):
+    """What the bus reads of a delivery: the concrete :class:`Delivery` has it all.
+
+    Adapters hand the bus :class:`Delivery` objects; this protocol types the bus's side
+    (worker pool, settler) so that an adapter still on its own delivery class type-checks
+    while it moves over. One received message, owned by the handler call it was given to.
 
     ``headers`` are the logical headers (CloudEvents under ``ce-`` names). ``attempt`` is 1 on
     the first delivery. Exactly one settle call (:meth:`ack` or :meth:`retry`) is made per
@@ -101,7 +110,7 @@ class Delivery(Protocol):
         ...
 
 
-DeliveryHandler = Callable[[Delivery], Awaitable[None]]
+DeliveryHandler = Callable[[DeliveryLike], Awaitable[None]]
 
 
 @runtime_checkable
@@ -115,15 +124,30 @@ class Consumer(Protocol):
 
 
 @runtime_checkable
+class PublishAttributes(Protocol):
+    """Optional capability: telemetry attributes of publishing to a destination."""
+
+    def publish_attributes(self, destination: Destination) -> Mapping[str, AttributeValue]:
+        """Attributes put on the ``send`` span of a publish to ``destination``; they may
+        override ``messaging.system`` (SNS topics of the SQS transport do). Pure, cheap
+        (called per publish call), thread-safe."""
+        ...
+
+
+@runtime_checkable
 class Transport(Protocol):
-    """A broker connection. One per :class:`~messagebus.Bus`; used from one event loop.
+    """A broker connection. One per :class:`~messagebus.Bus`; used from one event loop and
+    not thread-safe.
 
-    ``connect`` and ``close`` are idempotent. Errors are mapped to the messagebus error tree
-    with the native error chained; passwords never appear in messages.
+    ``connect`` and ``close`` are idempotent; ``publish`` and ``subscribe`` before
+    ``connect`` (or after ``close``) raise :class:`LifecycleError` or :class:`ConnectError`.
+    ``publish`` may be called concurrently from many tasks. Errors are mapped to the
+    messagebus error tree with the native error chained; passwords never appear in messages.
 
-    A transport may also define ``publish_attributes(destination) -> Mapping[str,
-    AttributeValue]``: telemetry attributes of publishing there, put on the ``send`` span
-    (it may override ``messaging.system``, as SNS topics of the SQS transport do).
+    ``Delivery.attempt`` is 1 on the first delivery and grows by one per ``retry``; whether
+    a redelivery by the broker itself (after a crash, a lost connection or a cancelled
+    handler) also counts is stated in each adapter's README (memory, RabbitMQ and SQS count
+    it; Kafka does not, since an uncommitted offset carries no count).
     """
 
     capabilities: Capabilities
@@ -142,9 +166,12 @@ class Transport(Protocol):
         """Publish and return once the broker confirmed every message.
 
         Topic messages go to every group subscribed at that time; queue messages are kept
-        until a consumer takes them (the queue is created if needed). Raises
-        :class:`MessageTooLarge` before sending anything too big, :class:`PublishError` when a
-        message was not confirmed.
+        until a consumer takes them (the queue is created if needed). A batch is not atomic:
+        when it raises, any prefix of it may have been stored (a retry may duplicate those).
+        Messages of one key keep their order within a batch. Raises
+        :class:`MessageTooLarge` or :class:`InvalidHeaders` before sending anything too big,
+        :class:`PublishError` when a message was not confirmed, :class:`ConnectError` when the
+        broker cannot be reached.
         """
         ...
 

@@ -32,7 +32,7 @@ from messagebus.transports import (
     OutgoingMessage,
     TransportURL,
 )
-from messagebus.transports.memory import MemoryTransport, _MemConsumer, _MemDelivery, _MemoryConsumerHandle, _Stored
+from messagebus.transports.memory import MemoryTransport, _MemConsumer, _Stored
 
 pytest_plugins = ["pytester"]
 
@@ -81,10 +81,10 @@ class UnorderedTransport(MemoryTransport):
     async def subscribe(self, source: Destination, handler: DeliveryHandler, *, concurrency: int) -> Consumer:
         queue = self.broker.declare(source)
         consumer = _MemConsumer(queue, handler, concurrency, ordered=False)
-        consumer.pool.start()
+        consumer.start()
         self._consumers.append(consumer)
         self.broker.attach(queue, consumer)
-        return _MemoryConsumerHandle(consumer)
+        return consumer
 
 
 class _ImpatientConsumer:
@@ -130,10 +130,11 @@ class _AckedOnReceipt(_DeliveryProxy):
     async def retry(self, delay: float, headers: Mapping[str, str]) -> None:
         # The broker forgot the original, so a retry re-publishes a copy (attempt + 1).
         inner = self._inner
-        assert isinstance(inner, _MemDelivery)
-        old = inner.raw
+        consumer = inner.source
+        assert isinstance(consumer, _MemConsumer)
+        old: _Stored = inner.native
         copy = _Stored(old.body, {**old.headers, **headers}, old.key, old.attempt + 1)
-        inner.consumer.queue.broker.schedule(inner.consumer.queue, copy, delay)
+        consumer.queue.broker.schedule(consumer.queue, copy, delay)
 
 
 class EarlyAckTransport(MemoryTransport):

@@ -43,7 +43,8 @@ import pytest
 from .. import _headers as h
 from .._destination import Destination, DestinationKind
 from .._message import OutgoingMessage
-from .._transport import Consumer, Delivery, Transport
+from .._transport import Consumer, Transport
+from .._transport import DeliveryLike as Delivery
 from ._collect import Collector
 from ._target import ConformanceTarget
 

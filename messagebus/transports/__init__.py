@@ -3,29 +3,43 @@
 Adapter authors import from here and from :mod:`messagebus`; nothing else is public.
 """
 
+from .._backoff import Backoff
+from .._batcher import BatchCall, Batcher
 from .._config import TransportOptions, TransportURL, parse_options
+from .._consumer import ConsumerBase
+from .._delivery import Delivery, DeliverySource
 from .._destination import Destination, DestinationKind, dead_letter_name, sanitize_name, validate_name
 from .._dispatch import WorkerPool
+from .._error_map import ErrorMap, ErrorRule, describe_error
 from .._headers import from_wire, to_wire
 from .._message import AttributeValue, OutgoingMessage
-from .._transport import Capabilities, Consumer, Delivery, DeliveryHandler, Transport, TransportFactory
+from .._transport import Capabilities, Consumer, DeliveryHandler, PublishAttributes, Transport, TransportFactory
 from . import headers
 
 __all__ = [
     "AttributeValue",
+    "Backoff",
+    "BatchCall",
+    "Batcher",
     "Capabilities",
     "Consumer",
+    "ConsumerBase",
     "Delivery",
     "DeliveryHandler",
+    "DeliverySource",
     "Destination",
     "DestinationKind",
+    "ErrorMap",
+    "ErrorRule",
     "OutgoingMessage",
+    "PublishAttributes",
     "Transport",
     "TransportFactory",
     "TransportOptions",
     "TransportURL",
     "WorkerPool",
     "dead_letter_name",
+    "describe_error",
     "from_wire",
     "headers",
     "parse_options",

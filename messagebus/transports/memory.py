@@ -23,11 +23,12 @@ from typing import ClassVar
 
 from .._clock import Clock, SystemClock
 from .._config import TransportOptions, TransportURL, parse_options
+from .._consumer import ConsumerBase
+from .._delivery import Delivery
 from .._destination import Destination, DestinationKind
-from .._dispatch import WorkerPool
 from .._errors import ConnectError, LifecycleError, MessageTooLarge
-from .._message import AttributeValue, OutgoingMessage
-from .._transport import Capabilities, DeliveryHandler
+from .._message import OutgoingMessage
+from .._transport import Capabilities, Consumer, DeliveryHandler
 
 __all__ = ["MemoryBroker", "MemoryOptions", "MemoryTransport"]
 
@@ -49,47 +50,6 @@ class _Stored:
     headers: Mapping[str, str]
     key: str | None
     attempt: int = 1
-
-
-_NO_ATTRIBUTES: Mapping[str, AttributeValue] = {}
-
-
-class _MemDelivery:
-    """A delivery from the memory broker; ``raw`` is the broker's stored message.
-
-    Plain attributes rather than properties: this object is made once per delivery on the
-    hot path, and reading fields is what the bus does with it.
-    """
-
-    __slots__ = ("attempt", "body", "consumer", "headers", "key", "raw", "settled")
-
-    messaging_attributes = _NO_ATTRIBUTES
-
-    def __init__(self, stored: _Stored, consumer: _MemConsumer) -> None:
-        self.raw = stored
-        self.body = stored.body
-        self.headers = stored.headers
-        self.key = stored.key
-        self.attempt = stored.attempt
-        self.consumer = consumer
-        self.settled = False
-
-    async def ack(self) -> None:
-        """Forget the message. Idempotent."""
-        if not self.settled:
-            self.settled = True
-            self.consumer.settled(self)
-
-    async def retry(self, delay: float, headers: Mapping[str, str]) -> None:
-        """Redeliver to the same queue after ``delay`` on the broker clock, attempt + 1."""
-        if self.settled:
-            return
-        self.settled = True
-        old: _Stored = self.raw
-        again = _Stored(old.body, {**old.headers, **headers} if headers else old.headers, old.key, old.attempt + 1)
-        queue = self.consumer.queue
-        queue.broker.schedule(queue, again, delay)
-        self.consumer.settled(self)
 
 
 class _MemQueue:
@@ -141,55 +101,68 @@ class _MemQueue:
             ready.popleft()
 
 
-class _MemConsumer:
-    """One subscriber of a queue, with ``credit`` = how many more messages it may hold."""
+class _MemConsumer(ConsumerBase):
+    """One subscriber of a queue, with ``credit`` = how many more messages it may hold.
+
+    Its deliveries' ``native`` is the broker's stored message. Broker primitives: an ack
+    forgets the message, a redelivery stores a copy with ``attempt + 1`` on the broker
+    clock, a hand-back puts messages back at the head of the queue with ``attempt + 1``.
+    """
 
     def __init__(self, queue: _MemQueue, handler: DeliveryHandler, concurrency: int, ordered: bool) -> None:
+        super().__init__(handler, concurrency, name=queue.name, ordered=ordered)
         self.queue = queue
         self.credit = concurrency
-        self.pool = WorkerPool(handler, concurrency, ordered=ordered, name=queue.name)
         self.loop = asyncio.get_running_loop()
         self.thread = get_ident()
-        self.stopped = False
+
+    def describe(self) -> str:
+        """The queue, for messages."""
+        return f"memory queue {self.queue.name!r}"
 
     def dispatch(self, stored: _Stored) -> None:
         # Broker lock held: account now, hand over on the consumer's own loop.
         self.credit -= 1
         self.queue.unacked += 1
-        delivery = _MemDelivery(stored, self)
+        delivery = Delivery(self, stored, stored.body, stored.headers, stored.key, stored.attempt)
         # Same thread as the consumer's loop: hand over directly; else through its loop.
         if get_ident() == self.thread:
             self.pool.submit_nowait(delivery)
         else:
             self.loop.call_soon_threadsafe(self.pool.submit_nowait, delivery)
 
-    def settled(self, delivery: _MemDelivery) -> None:
-        broker = self.queue.broker
-        with broker.lock:
-            self.credit += 1
-            self.queue.unacked -= 1
+    def settle_ack(self, delivery: Delivery) -> None:
+        """Forget the message."""
+        self._returned(1)
+
+    def settle_redeliver(self, delivery: Delivery, delay: float, headers: Mapping[str, str]) -> None:
+        """Store a copy with ``attempt + 1`` and ``headers`` added, due after ``delay`` seconds."""
+        old: _Stored = delivery.native
+        again = _Stored(old.body, {**old.headers, **headers} if headers else old.headers, old.key, old.attempt + 1)
+        queue = self.queue
+        queue.broker.schedule(queue, again, delay)
+        self._returned(1)
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Put the messages back at the head of the queue, in order, as redeliveries."""
+        queue = self.queue
+        with queue.broker.lock:
+            for d in reversed(deliveries):
+                s: _Stored = d.native
+                queue.ready.appendleft(_Stored(s.body, s.headers, s.key, s.attempt + 1))
+            self._returned(len(deliveries))
+
+    def _returned(self, n: int) -> None:
+        with self.queue.broker.lock:
+            self.credit += n
+            self.queue.unacked -= n
             self.queue.pump()
 
-    async def stop(self, grace: float) -> None:
-        """Stop taking messages; wait up to ``grace`` for running handlers; requeue the rest."""
-        broker = self.queue.broker
-        with broker.lock:
-            if self.stopped:
-                return
-            self.stopped = True
+    async def stop_fetching(self) -> None:
+        """Detach from the queue: it hands this consumer nothing more."""
+        with self.queue.broker.lock:
             if self in self.queue.consumers:
                 self.queue.consumers.remove(self)
-        unhandled = await self.pool.stop(grace)
-        with broker.lock:
-            back = [d for d in unhandled if isinstance(d, _MemDelivery) and not d.settled]
-            for d in back:
-                d.settled = True
-                self.queue.unacked -= 1
-            # Unsettled messages return to the head of the queue, in order, as redeliveries.
-            for d in reversed(back):
-                s = d.raw
-                self.queue.ready.appendleft(_Stored(s.body, s.headers, s.key, s.attempt + 1))
-            self.queue.pump()
 
 
 class MemoryBroker:
@@ -353,15 +326,6 @@ class MemoryBroker:
             self._delayed.clear()
 
 
-class _MemoryConsumerHandle:
-    def __init__(self, consumer: _MemConsumer) -> None:
-        self._consumer = consumer
-
-    async def stop(self, grace: float) -> None:
-        """Stop the subscription; unsettled deliveries go back to the queue. Idempotent."""
-        await self._consumer.stop(grace)
-
-
 class MemoryTransport:
     """The transport for ``memory://NAME``: a client of the shared :class:`MemoryBroker`.
 
@@ -419,13 +383,13 @@ class MemoryTransport:
 
     async def subscribe(
         self, source: Destination, handler: DeliveryHandler, *, concurrency: int
-    ) -> _MemoryConsumerHandle:
+    ) -> Consumer:
         """Attach a consumer with ``concurrency`` workers to the source's queue."""
         if not self._connected:
             raise LifecycleError("memory transport is not connected")
         queue = self.broker.declare(source)
         consumer = _MemConsumer(queue, handler, concurrency, ordered=True)
-        consumer.pool.start()
+        consumer.start()
         self._consumers.append(consumer)
         self.broker.attach(queue, consumer)
-        return _MemoryConsumerHandle(consumer)
+        return consumer

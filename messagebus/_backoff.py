@@ -1,0 +1,68 @@
+"""Backoff: the one exponential back-off with jitter that every retry loop of a transport uses
+(reconnects, failed fetches, re-declarations)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+
+__all__ = ["Backoff"]
+
+
+class Backoff:
+    """Delays ``initial``, ``initial * multiplier``, ... capped at ``maximum``, each spread by
+    ``±jitter`` (a fraction) so that many clients do not retry in step.
+
+    :meth:`next` gives the next delay; :meth:`reset` starts over after a success;
+    :meth:`wait` sleeps the next delay unless ``stop`` is set first. Not thread-safe; cheap to
+    make (one per loop). Raises ``ValueError`` for impossible settings.
+    """
+
+    __slots__ = ("_current", "initial", "jitter", "maximum", "multiplier")
+
+    def __init__(
+        self, initial: float = 0.05, maximum: float = 5.0, *, multiplier: float = 2.0, jitter: float = 0.1
+    ) -> None:
+        if initial <= 0 or maximum < initial or multiplier < 1 or not 0 <= jitter < 1:
+            raise ValueError(
+                f"Backoff needs 0 < initial <= maximum, multiplier >= 1 and 0 <= jitter < 1; "
+                f"got initial={initial}, maximum={maximum}, multiplier={multiplier}, jitter={jitter}"
+            )
+        self.initial = initial
+        self.maximum = maximum
+        self.multiplier = multiplier
+        self.jitter = jitter
+        self._current = 0.0
+
+    @property
+    def failures(self) -> bool:
+        """True after :meth:`next` was called since the last :meth:`reset`."""
+        return self._current > 0
+
+    def next(self) -> float:
+        """The delay before the next try, in seconds."""
+        current = self._current
+        current = self.initial if current == 0 else min(current * self.multiplier, self.maximum)
+        self._current = current
+        if self.jitter:
+            return current * (1 + random.uniform(-self.jitter, self.jitter))
+        return current
+
+    def reset(self) -> None:
+        """Start over at ``initial`` (call after a success)."""
+        self._current = 0.0
+
+    async def wait(self, stop: asyncio.Event | None = None) -> bool:
+        """Sleep the next delay; return ``False`` early (without waiting the rest) once
+        ``stop`` is set, else ``True``."""
+        delay = self.next()
+        if stop is None:
+            await asyncio.sleep(delay)
+            return True
+        if stop.is_set():
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+            return False
+        return True
