@@ -197,16 +197,18 @@ class BrokerProcess:
             proc.kill()  # the launcher too, when the server was its child
         proc.wait(30)
 
-    def stop_sync(self, timeout: float = 60.0) -> None:
-        """SIGTERM (a graceful shutdown), SIGKILL after ``timeout`` seconds."""
+    def stop_sync(self, timeout: float = 15.0) -> None:
+        """SIGTERM (a graceful shutdown), SIGKILL after ``timeout`` seconds (said on stdout:
+        some servers drain their clients first and never finish while they reconnect)."""
         proc = self.proc
         if proc is None or proc.poll() is not None:
             self.proc = None
             return
-        proc.terminate()
+        os.kill(self.server_pid(proc), signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            print(f"\n{self.name}: still running {timeout}s after SIGTERM; killed")
             self.kill_sync()
         self.proc = None
 

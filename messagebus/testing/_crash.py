@@ -43,9 +43,10 @@ BEFORE, FAULT, DOWN, AFTER = 0, 1, 2, 3
 PUBLISHERS = 4
 #: Messages per publish (``send_many``): a few batches in flight, as a real producer has.
 BATCH = 10
-#: While the broker is up, publishers wait when this many messages they got confirmed since
-#: the last phase change are not handled yet: the volume follows the consumer, so a slow
-#: broker (Tansu on S3, moto) is not buried under a backlog it needs minutes to drain.
+#: Unless the broker process is gone, publishers wait when this many messages they got
+#: confirmed since the last phase change are not handled yet: the volume follows the
+#: consumer, so a slow broker (Tansu on S3, moto) is not buried under a backlog it needs
+#: minutes to drain, nor flooded while a graceful stop drains its clients.
 WINDOW = 100
 CONCURRENCY = 4
 
@@ -105,7 +106,8 @@ class _Traffic:
     async def publish(self, bus: Bus, queue: str) -> None:
         """Publish batches until :meth:`stop`; record how each publish ended."""
         while not self.stopped:
-            while not self.stopped and self.phase in (BEFORE, AFTER) and len(self.unhandled) >= WINDOW:
+            # No window while the old process is gone: publishes then wait or fail on their own.
+            while not self.stopped and self.phase != DOWN and len(self.unhandled) >= WINDOW:
                 self.progress.clear()
                 await self.progress.wait()
             if self.stopped:
