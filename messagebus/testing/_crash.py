@@ -177,7 +177,11 @@ async def _crash_with_traffic(
             await broker.start()
             traffic.enter(AFTER)
             traffic.gate.set()
-            await traffic.confirmed_after.wait_for(after, timeout=budget)
+            await traffic.confirmed_after.wait_until(
+                lambda items: len(items) >= after,
+                f"{after} messages confirmed after the restart (none: publish hangs or keeps failing)",
+                timeout=budget,
+            )
             traffic.stop()
             _, hung = await asyncio.wait(publishers, timeout=target.timeout)
             confirmed_total = len(traffic.ledger.confirmed)
