@@ -41,8 +41,8 @@ from ._errors import (
 )
 from ._message import Envelope, OutgoingMessage
 from ._middleware import Handler, Middleware, PublishFn, PublishMiddleware
+from ._retry import Retry
 from ._signals import Nack, Reject
-from .middleware.retry import Retry
 
 __version__ = "0.1.0"
 

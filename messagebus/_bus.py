@@ -22,10 +22,10 @@ from ._handler import UserHandler, bind_handler
 from ._message import OutgoingMessage
 from ._middleware import Middleware, PublishFn, PublishMiddleware, compose
 from ._observability import default_consume_middleware, default_publish_middleware
+from ._retry import Retry
 from ._serialization import encode, type_name
 from ._settle import Settler
-from ._transport import Consumer, Transport
-from .middleware.retry import Retry
+from ._transport import Consumer, PublishAttributes, Transport
 
 __all__ = ["Bus", "BusState"]
 
@@ -103,8 +103,14 @@ class Bus:
             )
         self._slow_handler_warning = slow_handler_warning
         self._url = url
-        self._middleware = (*default_consume_middleware(self), *middleware)
-        self._publish_middleware = (*default_publish_middleware(self), *publish_middleware)
+        system = transport.messaging_system
+        server = self._telemetry_server()
+        attributes_for = transport.publish_attributes if isinstance(transport, PublishAttributes) else None
+        self._middleware = (*default_consume_middleware(system, service=self.service, server=server), *middleware)
+        self._publish_middleware = (
+            *default_publish_middleware(system, service=self.service, server=server, attributes_for=attributes_for),
+            *publish_middleware,
+        )
         self._state = BusState.NEW
         self._registrations: list[_Registration] = []
         self._sources: set[Destination] = set()
@@ -114,6 +120,14 @@ class Bus:
         self._types: dict[type, str] = {}
         base: PublishFn = self._publish_to_transport
         self._publish: PublishFn = compose(base, self._publish_middleware)
+
+    def _telemetry_server(self) -> tuple[str, int | None] | None:
+        """The first broker host and port of the URL (``server.address``/``server.port``);
+        none for the in-process memory transport."""
+        url = self._url
+        if url is None or not url.hosts or self.transport.messaging_system == "memory":
+            return None
+        return url.hosts[0]
 
     # -- construction ------------------------------------------------------------------
 
@@ -230,7 +244,8 @@ class Bus:
                     reg.source,
                     chain,
                     reg.retry or self.retry,
-                    self._publish_to_transport,
+                    # Dead-letter copies go through the publish middleware: a send span and metric.
+                    self._publish,
                     self.transport.messaging_system,
                     warn_after=self._slow_handler_warning,
                 )

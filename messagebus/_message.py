@@ -73,9 +73,9 @@ class Envelope:
 
     __slots__ = (
         "_attributes",
+        "_observers",
         "_raw",
         "_source",
-        "_watchers",
         "attempt",
         "body",
         "destination",
@@ -113,10 +113,34 @@ class Envelope:
         self.attempt = attempt
         self.messaging_system = messaging_system
         self._source: _Source | None = None
-        #: Settle callbacks (see ``messagebus._settle.on_settled``); None: not settled by a bus.
-        self._watchers: list[Callable[[Any], None]] | None = None
+        #: Settle observers (see :meth:`on_settled`); None: not settled by a bus.
+        self._observers: list[Callable[[Any], None]] | None = None
         self._raw = raw
         self._attributes = messaging_attributes if messaging_attributes is not None else _NO_ATTRIBUTES
+
+    def on_settled(self, observer: Callable[[Any], None]) -> bool:
+        """Ask for ``observer(settlement)`` (a :class:`messagebus._settle.Settlement`) once the
+        bus settled this message: after the ack, the scheduled retry or the dead-letter
+        publish, or when it is found unsettled. For middleware (tracing and metrics use it).
+        The observer is called once, on the delivery's event loop; it must not block, and
+        what it raises is logged, never propagated.
+
+        Returns ``False`` (and never calls ``observer``) when no bus settles this envelope:
+        one built by hand, e.g. in a test or by middleware that hands a new envelope down.
+        """
+        observers = self._observers
+        if observers is None:
+            return False
+        observers.append(observer)
+        return True
+
+    def _take_observers(self) -> list[Callable[[Any], None]]:
+        """The registered observers, handed to the settler once (then forgotten)."""
+        observers = self._observers
+        if not observers:
+            return []
+        self._observers = []
+        return observers
 
     def _read_source(self) -> None:
         source = self._source
@@ -207,5 +231,5 @@ def delivered_envelope(
     envelope.attempt = attempt
     envelope.messaging_system = messaging_system
     envelope._source = source
-    envelope._watchers = []
+    envelope._observers = []
     return envelope

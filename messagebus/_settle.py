@@ -12,14 +12,14 @@ from enum import StrEnum
 from typing import Any
 
 from . import _headers as h
+from ._dead_letter import dead_letter_headers, error_message, error_type_name, utc_now
 from ._destination import Destination, DestinationKind
 from ._errors import DecodeError, MessageBusError
 from ._message import Envelope, OutgoingMessage, delivered_envelope
 from ._middleware import Handler
+from ._retry import Retry
 from ._signals import Nack, Reject
 from ._transport import DeliveryHandler, DeliveryLike
-from .middleware.dead_letter import dead_letter_headers, error_message, error_type_name, utc_now
-from .middleware.retry import Retry
 
 __all__ = ["Outcome", "SettleCallback", "Settlement", "Settler", "log_fields", "on_settled"]
 
@@ -62,19 +62,10 @@ SettleCallback = Callable[[Settlement], None]
 
 
 def on_settled(envelope: Envelope, callback: SettleCallback) -> bool:
-    """From inside a handler chain, ask for ``callback(settlement)`` once the delivery of
-    ``envelope`` (the envelope the middleware was given) is settled: after the ack, the
-    scheduled retry or the dead-letter publish, or when it is found unsettled. Called once,
-    on the delivery's event loop; it must not raise or block.
-
-    Returns ``False`` (and never calls ``callback``) when no bus is settling ``envelope``:
-    one built by hand, e.g. in a test or by middleware that hands a new envelope down.
-    """
-    watchers = envelope._watchers
-    if watchers is None:
-        return False
-    watchers.append(callback)
-    return True
+    """Same as ``envelope.on_settled(callback)`` (see :meth:`Envelope.on_settled`): call
+    ``callback(settlement)`` once the bus settled ``envelope``'s delivery. Returns ``False``
+    when no bus settles ``envelope``."""
+    return envelope.on_settled(callback)
 
 
 def _notify(watchers: list[Callable[[Any], None]], settlement: Settlement, envelope: Envelope) -> None:
@@ -205,11 +196,11 @@ class Settler:
         finally:
             if watch:
                 self._inflight.pop(id(envelope), None)
-            watchers = envelope._watchers
-            if watchers:  # no settlement when cancelled: never acked, so redelivered
+            observers = envelope._take_observers()
+            if observers:  # no settlement when cancelled: never acked, so redelivered
                 if settlement is None:
                     settlement = Settlement(Outcome.ACK if acked else Outcome.UNSETTLED, envelope.attempt)
-                _notify(watchers, settlement, envelope)
+                _notify(observers, settlement, envelope)
 
     def _arm_watchdog(self) -> None:
         assert self._warn_after is not None

@@ -74,7 +74,7 @@ async def test_records_about_a_message_carry_its_fields_and_no_payload(
 
 def _decode_error_type() -> str:
     from messagebus import DecodeError
-    from messagebus.middleware.dead_letter import error_type_name
+    from messagebus._dead_letter import error_type_name
 
     return error_type_name(DecodeError("x"))
 

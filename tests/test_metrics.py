@@ -7,7 +7,7 @@ import opentelemetry.metrics._internal as metrics_internal
 import pytest
 
 from messagebus import Bus, Envelope, MessageTooLarge, Retry
-from messagebus.middleware.dead_letter import error_type_name
+from messagebus._dead_letter import error_type_name
 from messagebus.middleware.metrics import MeterGate
 from messagebus.testing import Collector, wait_idle
 from messagebus.testing._otel import MetricPoint, TelemetryCapture, capture_telemetry

@@ -7,7 +7,7 @@ logic where it is cheapest to break and watch fail.
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -277,3 +277,34 @@ async def test_fast_handlers_are_not_logged_as_slow(bus_factory: BusFactory, slo
         gate.set()
         await done.wait_for(20)
     assert len(slow_warnings.records) == 1, [r.getMessage() for r in slow_warnings.records]
+
+
+async def test_dead_letter_copies_go_through_the_publish_middleware(bus_factory: BusFactory) -> None:
+    """Bug caught: dead-letter copies were published straight to the transport, so publish
+    middleware (and the send span and metric of the default telemetry) never saw them."""
+    from messagebus import OutgoingMessage, PublishFn
+
+    seen: list[str] = []
+
+    def record(inner: PublishFn) -> PublishFn:
+        async def publish(messages: Sequence[OutgoingMessage]) -> None:
+            seen.extend(m.destination.name for m in messages)
+            await inner(messages)
+
+        return publish
+
+    dead: Collector[bytes] = Collector(10)
+    bus = bus_factory("svc", retry=FAST, publish_middleware=[record])
+
+    @bus.consume("jobs")
+    async def work(job: dict[str, Any]) -> None:
+        raise ValueError("fails for good")
+
+    @bus.consume("jobs.dlq")
+    async def parked(body: bytes) -> None:
+        dead.add(body)
+
+    async with bus:
+        await bus.send("jobs", {"n": 1})
+        await dead.wait_for(1)
+    assert seen == ["jobs", "jobs.dlq"]

@@ -10,8 +10,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from messagebus import Bus, Envelope, Nack, Reject, Retry
+from messagebus._dead_letter import error_type_name
 from messagebus._observability import default_consume_middleware, default_publish_middleware
-from messagebus.middleware.dead_letter import error_type_name
 from messagebus.middleware.tracing import TracerGate, tracing_middleware, tracing_publish_middleware
 from messagebus.testing import Collector, wait_idle
 from messagebus.testing._otel import TelemetryCapture, capture_telemetry, format_trace_tree
@@ -249,6 +249,9 @@ async def test_dead_letter_event_and_the_dead_letter_hop_keeps_the_trace(
     dlq = one(spans, "process orders.created.billing.dlq")
     assert parent_id(dlq) == span_id(send)
     assert "ack" in events(dlq)
+    # Bug caught: the dead-letter copy bypassed the publish middleware (no send span, no metric).
+    dlq_send = one(spans, "send orders.created.billing.dlq")
+    assert parent_id(dlq_send) == span_id(send)  # continues the message's trace
 
 
 async def test_reject_is_dead_lettered_and_nack_is_not_an_error(
@@ -410,12 +413,13 @@ async def test_without_an_sdk_nothing_is_touched(monkeypatch: pytest.MonkeyPatch
 
 
 def test_telemetry_env_var_turns_the_default_middleware_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    bus = Bus.from_url("memory://", service="x")
-    assert len(default_consume_middleware(bus)) == 1  # tracing around metrics, bypassed as one
-    assert len(default_publish_middleware(bus)) == 2
+    assert len(default_consume_middleware("memory", service="x", server=None)) == 1  # one bypass for both
+    assert len(default_publish_middleware("memory", service="x", server=None)) == 2
     monkeypatch.setenv("MESSAGEBUS_TELEMETRY", "off")
-    assert default_consume_middleware(bus) == ()
-    assert default_publish_middleware(bus) == ()
+    assert default_consume_middleware("memory", service="x", server=None) == ()
+    assert default_publish_middleware("memory", service="x", server=None) == ()
+    bus = Bus.from_url("memory://", service="x")  # and a bus built now has none
+    assert bus._middleware == ()
 
 
 async def test_system_specific_key_and_server_attributes(telemetry: TelemetryCapture) -> None:

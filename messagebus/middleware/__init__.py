@@ -1,7 +1,11 @@
-"""Built-in middleware and policies: retry, timeout, dead-letter headers."""
+"""Built-in middleware: handler timeout, tracing and metrics.
 
-from .dead_letter import dead_letter_headers
-from .retry import Retry
+``Retry`` and ``dead_letter_headers`` are re-exported here for code written against the
+first release; they are policies of the bus, not middleware, and live in the core.
+"""
+
+from .._dead_letter import dead_letter_headers
+from .._retry import Retry
 from .timeout import HandlerTimeout, timeout
 
 __all__ = ["HandlerTimeout", "Retry", "dead_letter_headers", "timeout"]

@@ -23,13 +23,13 @@ import time
 from collections.abc import Awaitable, Sequence
 
 import opentelemetry.metrics as _metrics_api
-import opentelemetry.metrics._internal as _metrics_internal
 from opentelemetry.metrics import Counter, Histogram, Meter
 
+from .._dead_letter import error_type_name
 from .._message import AttributeValue, Envelope, OutgoingMessage
 from .._middleware import Handler, Middleware, PublishFn, PublishMiddleware
+from .._otel_globals import meter_provider, no_meter_provider
 from .._signals import Nack
-from .dead_letter import error_type_name
 from .tracing import (
     CONSUMER_GROUP,
     DESTINATION,
@@ -67,8 +67,6 @@ DURATION_BUCKETS: tuple[float, ...] = (
     7.5,
     10.0,
 )
-
-_HAS_GLOBAL = hasattr(_metrics_internal, "_METER_PROVIDER")
 
 
 class MessagingInstruments:
@@ -115,18 +113,13 @@ class MeterGate:
 
     def instruments(self) -> MessagingInstruments | None:
         """The instruments to record on for this call, or ``None`` to skip metrics."""
-        provider: object = _metrics_internal._METER_PROVIDER if _HAS_GLOBAL else _slow_provider()
+        provider = meter_provider()
         if provider is None:
             return None
         if provider is not self._provider:
             self._provider = provider
             self._instruments = _real_instruments(provider)
         return self._instruments
-
-
-def _slow_provider() -> object:
-    provider = _metrics_api.get_meter_provider()
-    return None if type(provider).__name__ == "_ProxyMeterProvider" else provider
 
 
 def _real_instruments(provider: object) -> MessagingInstruments | None:
@@ -148,7 +141,7 @@ def metrics_publish_middleware(messaging_system: str, gate: MeterGate | None = N
     def middleware(inner: PublishFn) -> PublishFn:
         def publish(messages: Sequence[OutgoingMessage]) -> Awaitable[None]:
             # No SDK: hand back the inner call itself, so not even a coroutine frame is added.
-            if _HAS_GLOBAL and _metrics_internal._METER_PROVIDER is None:
+            if no_meter_provider():
                 return inner(messages)
             instruments = gate.instruments()
             if instruments is None or not messages:
@@ -191,7 +184,7 @@ def metrics_middleware(messaging_system: str | None = None, gate: MeterGate | No
     def middleware(handler: Handler) -> Handler:
         def entry(envelope: Envelope) -> Awaitable[None]:
             # No SDK: hand back the inner call itself, so not even a coroutine frame is added.
-            if _HAS_GLOBAL and _metrics_internal._METER_PROVIDER is None:
+            if no_meter_provider():
                 return handler(envelope)
             instruments = gate.instruments()
             if instruments is None:

@@ -34,12 +34,13 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 
+from .._dead_letter import error_message, error_type_name
 from .._destination import Destination
 from .._message import AttributeValue, Envelope, OutgoingMessage
 from .._middleware import Handler, Middleware, PublishFn, PublishMiddleware
+from .._otel_globals import no_tracer_provider, tracer_provider
 from .._settle import Outcome, Settlement, on_settled
 from .._signals import Nack
-from .dead_letter import error_message, error_type_name
 
 __all__ = [
     "TRACER_NAME",
@@ -79,8 +80,6 @@ RETRY_ATTEMPT = "messagebus.retry.attempt"
 DEAD_LETTER_QUEUE = "messagebus.dead_letter.queue"
 SERVICE = "messagebus.service"
 
-_HAS_GLOBAL = hasattr(_trace_api, "_TRACER_PROVIDER")
-
 
 class TracerGate:
     """Hands out the messagebus tracer when a real tracer provider is installed, else ``None``.
@@ -101,18 +100,13 @@ class TracerGate:
 
     def tracer(self) -> Tracer | None:
         """The tracer to use for this call, or ``None`` to skip tracing entirely."""
-        provider: object = _trace_api._TRACER_PROVIDER if _HAS_GLOBAL else _slow_provider()
+        provider = tracer_provider()
         if provider is None:
             return None
         if provider is not self._provider:
             self._provider = provider
             self._tracer = _real_tracer(provider)
         return self._tracer
-
-
-def _slow_provider() -> object:
-    provider = _trace_api.get_tracer_provider()
-    return None if isinstance(provider, _trace_api.ProxyTracerProvider) else provider
 
 
 def _real_tracer(provider: object) -> Tracer | None:
@@ -176,7 +170,7 @@ def tracing_publish_middleware(
     def middleware(inner: PublishFn) -> PublishFn:
         def publish(messages: Sequence[OutgoingMessage]) -> Awaitable[None]:
             # No SDK: hand back the inner call itself, so not even a coroutine frame is added.
-            if _HAS_GLOBAL and _trace_api._TRACER_PROVIDER is None:
+            if no_tracer_provider():
                 return inner(messages)
             tracer = gate.tracer()
             if tracer is None or not messages:
@@ -219,7 +213,14 @@ def tracing_publish_middleware(
                         propagate.inject(message.headers, context=_trace_api.set_span_in_context(span))
                     span.end()
                     links.append(Link(span.get_span_context()))
-            send = tracer.start_span(f"send {name}", kind=SpanKind.PRODUCER, attributes=attributes, links=links)
+            parent = None
+            if _TRACEPARENT in first.headers and not _trace_api.get_current_span().get_span_context().is_valid:
+                # Outside any span (a dead-letter copy sent while settling): the send continues
+                # the trace the message already carries instead of starting a new one.
+                parent = propagate.extract(first.headers)
+            send = tracer.start_span(
+                f"send {name}", context=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links
+            )
             token = otel_context.attach(_trace_api.set_span_in_context(send))
             try:
                 if len(messages) == 1:
@@ -315,7 +316,7 @@ def tracing_middleware(
     def middleware(handler: Handler) -> Handler:
         def entry(envelope: Envelope) -> Awaitable[None]:
             # No SDK: hand back the inner call itself, so not even a coroutine frame is added.
-            if _HAS_GLOBAL and _trace_api._TRACER_PROVIDER is None:
+            if no_tracer_provider():
                 return handler(envelope)
             tracer = gate.tracer()
             if tracer is None:

@@ -19,7 +19,7 @@ from ._collect import Collector
 from ._proxy import TcpProxy
 
 if TYPE_CHECKING:
-    from .conformance import ConformanceTarget
+    from ._target import ConformanceTarget
 
 __all__ = ["HeaderLimitTests"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .._errors import ConfigurationError, DecodeError
-from .._signals import Reject
+from ._errors import ConfigurationError, DecodeError
+from ._signals import Reject
 
 __all__ = ["Retry"]
 

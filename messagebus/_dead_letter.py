@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from .. import _headers as h
+from . import _headers as h
 
 __all__ = ["dead_letter_headers", "error_message", "error_type_name", "utc_now"]
 
