@@ -381,9 +381,7 @@ class MemoryTransport:
                 )
         self.broker.publish(messages)
 
-    async def subscribe(
-        self, source: Destination, handler: DeliveryHandler, *, concurrency: int
-    ) -> Consumer:
+    async def subscribe(self, source: Destination, handler: DeliveryHandler, *, concurrency: int) -> Consumer:
         """Attach a consumer with ``concurrency`` workers to the source's queue."""
         if not self._connected:
             raise LifecycleError("memory transport is not connected")
