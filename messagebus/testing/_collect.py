@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Collector"]
+__all__ = ["Collector", "PeakGate"]
 
 T = TypeVar("T")
 
@@ -53,3 +53,31 @@ class Collector(Generic[T]):
     def duplicates(self, key: Callable[[T], Any] = lambda x: x) -> dict[Any, int]:
         """Items seen more than once, with their counts."""
         return {k: n for k, n in Counter(key(i) for i in self.items).items() if n > 1}
+
+
+class PeakGate:
+    """Measures how many handler calls run at once: :meth:`hold` counts a call in, keeps it
+    until ``target`` calls run together (never longer than ``timeout`` seconds, so a
+    consumer that stays below ``target`` shows a low :attr:`peak` instead of hanging), and
+    counts it out. Use from one event loop."""
+
+    def __init__(self, target: int, timeout: float) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.running = 0
+        self.peak = 0
+        self._full = asyncio.Event()
+
+    async def hold(self) -> None:
+        """Count this call in, wait for the others (bounded), count it out."""
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        if self.running >= self.target:
+            self._full.set()
+        try:
+            await asyncio.wait_for(self._full.wait(), self.timeout)
+        except TimeoutError:
+            self._full.set()  # never reached: let the rest through; the peak check fails
+        finally:
+            self.running -= 1
+

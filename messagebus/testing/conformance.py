@@ -62,7 +62,7 @@ from typing_extensions import TypedDict
 
 from .. import Bus, Envelope, MessageTooLarge, Nack, Reject, Retry
 from .._bus import BusState
-from ._collect import Collector
+from ._collect import Collector, PeakGate
 from ._crash import CrashFaultTests
 from ._faults import FaultTests
 from ._header_kit import HeaderLimitTests
@@ -206,27 +206,13 @@ class TransportConformance(FaultTests, CrashFaultTests, HeaderLimitTests):
         concurrency = 4
         queue = _names("peak")
         n = concurrency * 3
-        running = 0
-        peak = 0
-        full = asyncio.Event()
+        gate = PeakGate(concurrency, target.timeout)
         got: Collector[int] = Collector(target.timeout * 2)
         bus = buses()
 
         @bus.consume(queue, concurrency=concurrency)
         async def handle(item: Item) -> None:
-            nonlocal running, peak
-            running += 1
-            peak = max(peak, running)
-            if running >= concurrency:
-                full.set()
-            try:
-                # Held until ``concurrency`` handlers run at once; never forever, so a
-                # consumer that stays below it fails on the peak rather than by hanging.
-                await asyncio.wait_for(full.wait(), target.timeout)
-            except TimeoutError:
-                full.set()  # never reached: let the rest through, the peak check fails
-            finally:
-                running -= 1
+            await gate.hold()
             got.add(item["n"])
 
         producer = buses("orders")
@@ -234,7 +220,7 @@ class TransportConformance(FaultTests, CrashFaultTests, HeaderLimitTests):
             await producer.send_many(queue, [Item(n=i, run="p") for i in range(n)])
         async with bus:
             await got.wait_for(n)
-        assert peak == concurrency, f"peak concurrency {peak}, asked for {concurrency}"
+        assert gate.peak == concurrency, f"peak concurrency {gate.peak}, asked for {concurrency}"
         assert sorted(got.items) == list(range(n))
 
     async def test_str_and_bytes_payloads(self, target: ConformanceTarget, buses: BusFactory) -> None:

@@ -45,7 +45,7 @@ from .._destination import Destination, DestinationKind
 from .._message import OutgoingMessage
 from .._transport import Consumer, Transport
 from .._transport import DeliveryLike as Delivery
-from ._collect import Collector
+from ._collect import Collector, PeakGate
 from ._target import ConformanceTarget
 
 __all__ = ["ConformanceTarget", "TransportKit"]
@@ -189,25 +189,11 @@ class TransportKit:
         concurrency = 4
         queue = _queue(_name("concurrency"))
         n = concurrency * 3
-        running = 0
-        peak = 0
-        full = asyncio.Event()
+        gate = PeakGate(concurrency, target.timeout)
         got: Collector[Seen] = Collector(target.timeout)
 
         async def handle(delivery: Delivery) -> None:
-            nonlocal running, peak
-            running += 1
-            peak = max(peak, running)
-            if running >= concurrency:
-                full.set()
-            try:
-                # Held until ``concurrency`` calls run at once; never forever, so a transport
-                # that stays below it fails on the peak below rather than by hanging.
-                await asyncio.wait_for(full.wait(), target.timeout)
-            except TimeoutError:
-                full.set()  # never reached: let the rest through, the peak check fails
-            finally:
-                running -= 1
+            await gate.hold()
             got.add(_seen(delivery))
             await delivery.ack()
 
@@ -215,7 +201,7 @@ class TransportKit:
         await transport.publish([message(queue, i) for i in range(n)])
         await transport.subscribe(queue, handle, concurrency=concurrency)
         await got.wait_for(n, timeout=target.timeout * 2)
-        assert peak == concurrency, f"peak concurrency {peak}, asked for {concurrency}"
+        assert gate.peak == concurrency, f"peak concurrency {gate.peak}, asked for {concurrency}"
         assert sorted(s.n for s in got.items) == list(range(n))
 
     async def test_per_key_order_with_random_handler_delays(
