@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 import pytest
 from kafka_broker import Tansu
-from messagebus_kafka import KafkaTransport, kafka_name
+from messagebus_kafka import KafkaTransport
+from messagebus_kafka._topology import kafka_name
 from test_kafka_transport import Collector, msg, queue, topic
 
 from messagebus import ConnectError, MessageTooLarge

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from messagebus_kafka import kafka_name
+from messagebus_kafka._topology import kafka_name
 
 from messagebus import Bus, Envelope, InvalidHeaders, MessageTooLarge
 from messagebus.testing import Collector

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from messagebus_kafka import KafkaTransport, kafka_name, subscription_names
+from messagebus_kafka import KafkaTransport, physical_names
+from messagebus_kafka._topology import kafka_name
 
 from messagebus import ConfigurationError, InvalidOption, InvalidURL
 from messagebus.transports import Destination, DestinationKind, TransportURL
@@ -16,7 +17,7 @@ def make(url: str) -> KafkaTransport:
 def test_defaults_and_several_bootstrap_hosts() -> None:
     t = make("kafka://k1:9093,k2,[::1]:9094")
     assert t.bootstrap_servers == ["k1:9093", "k2:9092", "[::1]:9094"]
-    kw = t.client_kwargs()
+    kw = t._connection.client_kwargs()
     assert kw["security_protocol"] == "PLAINTEXT"
     assert "sasl_mechanism" not in kw
     assert t.options.idempotence is True
@@ -59,7 +60,7 @@ def test_bad_option_values(query: str, fragment: str) -> None:
 
 def test_sasl_from_userinfo_and_password_never_shown() -> None:
     t = make("kafka://alice:s3cr%40t@h:9092?sasl_mechanism=SCRAM-SHA-512")
-    kw = t.client_kwargs()
+    kw = t._connection.client_kwargs()
     assert kw["security_protocol"] == "SASL_PLAINTEXT"
     assert (kw["sasl_mechanism"], kw["sasl_plain_username"], kw["sasl_plain_password"]) == (
         "SCRAM-SHA-512",
@@ -93,7 +94,7 @@ def test_ssl_protocol_derived_from_files(tmp_path: pytest.TempPathFactory) -> No
     t = make(f"kafka://u:pw@h?ssl_cafile={ca}")
     assert t.options.effective_protocol == "SASL_SSL"
     with pytest.raises(ConfigurationError, match="TLS files"):
-        t.client_kwargs()  # the file is read when connecting: a clear error, not a traceback
+        t._connection.client_kwargs()  # the file is read when connecting: a clear error, not a traceback
 
 
 @pytest.mark.parametrize(
@@ -120,7 +121,18 @@ def test_kafka_names_are_legal_and_distinct() -> None:
 
 
 def test_subscription_and_queue_mapping() -> None:
-    sub = subscription_names(Destination(DestinationKind.TOPIC, "orders", "billing"))
-    assert (sub.topic, sub.group_id, sub.retry_topic) == ("orders", "orders.billing", "orders.billing.retry")
-    q = subscription_names(Destination(DestinationKind.QUEUE, "emails"))
-    assert (q.topic, q.group_id, q.retry_topic) == ("emails", "messagebus.queue.emails", "emails.retry")
+    """Catches physical_names drifting from what the transport uses (groups, retry and
+    dead-letter topics) or giving roles to a plain topic, which has no group."""
+    assert physical_names(Destination(DestinationKind.TOPIC, "orders", "billing")) == {
+        "topic": "orders",
+        "group": "orders.billing",
+        "retry": "orders.billing.retry",
+        "dead_letter": "orders.billing.dlq",
+    }
+    assert physical_names(Destination(DestinationKind.QUEUE, "emails")) == {
+        "topic": "emails",
+        "group": "messagebus.queue.emails",
+        "retry": "emails.retry",
+        "dead_letter": "emails.dlq",
+    }
+    assert physical_names(Destination(DestinationKind.TOPIC, "orders")) == {"topic": "orders"}

@@ -5,14 +5,7 @@ it by URL scheme. See the package README for URL options and the topology mappin
 """
 
 from ._options import KafkaOptions
-from ._topology import kafka_name, subscription_names
-from ._transport import KafkaConsumer, KafkaDelivery, KafkaTransport
+from ._topology import physical_names
+from ._transport import KafkaTransport
 
-__all__ = [
-    "KafkaConsumer",
-    "KafkaDelivery",
-    "KafkaOptions",
-    "KafkaTransport",
-    "kafka_name",
-    "subscription_names",
-]
+__all__ = ["KafkaOptions", "KafkaTransport", "physical_names"]

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from aiokafka import errors as kerr
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from messagebus.transports import Destination, DestinationKind, sanitize_name
+from messagebus import TopologyError
+from messagebus.transports import Destination, DestinationKind, dead_letter_name, sanitize_name
 
-from ._errors import topology_error
+from ._errors import errors
+from ._options import KafkaOptions
 
-__all__ = ["MAX_TOPIC_LENGTH", "SubscriptionNames", "TopicAdmin", "kafka_name", "subscription_names"]
+__all__ = ["MAX_TOPIC_LENGTH", "SubscriptionNames", "TopicAdmin", "kafka_name", "physical_names", "subscription_names"]
 
 logger = logging.getLogger("messagebus.kafka")
 
@@ -58,6 +60,18 @@ def subscription_names(source: Destination) -> SubscriptionNames:
         return SubscriptionNames(kafka_name(base), kafka_name(QUEUE_GROUP_PREFIX + base), kafka_name(base + ".retry"))
     base = f"{source.name}.{source.group}"
     return SubscriptionNames(kafka_name(source.name), kafka_name(base), kafka_name(base + ".retry"))
+
+
+def physical_names(destination: Destination, options: KafkaOptions | None = None) -> dict[str, str]:
+    """Role -> Kafka name for ``destination``: ``topic`` always; for a queue or a topic with a
+    group also ``group`` (the consumer group id), ``retry`` (its retry topic) and
+    ``dead_letter`` (the topic the core dead-letters to). Names do not depend on
+    ``options``. Pure."""
+    if destination.kind is DestinationKind.TOPIC and not destination.group:
+        return {"topic": kafka_name(destination.name)}
+    names = subscription_names(destination)
+    dead_letter = kafka_name(dead_letter_name(destination.name, destination.group))
+    return {"topic": names.topic, "group": names.group_id, "retry": names.retry_topic, "dead_letter": dead_letter}
 
 
 class TopicAdmin:
@@ -100,7 +114,11 @@ class TopicAdmin:
                 for topic in create:
                     fut = self._creating.pop(topic)
                     if not fut.done():
-                        fut.set_exception(exc if isinstance(exc, Exception) else topology_error(exc, topic))
+                        fut.set_exception(
+                            exc
+                            if isinstance(exc, Exception)
+                            else TopologyError(f"creating Kafka topic {topic!r} was cancelled")
+                        )
                         # Every waiter gets the error; mark it retrieved for the ones that left.
                         fut.exception()
                 raise
@@ -117,12 +135,12 @@ class TopicAdmin:
         try:
             response = await self._admin.create_topics(new)
         except kerr.KafkaError as exc:
-            raise topology_error(exc, ", ".join(topics)) from exc
+            raise errors.map(exc, TopologyError, f"cannot create Kafka topics {', '.join(topics)}") from exc
         for topic, code, message in _topic_errors(response):
             if code in (0, kerr.TopicAlreadyExistsError.errno):
                 continue
-            error_type = kerr.for_code(code)
-            raise topology_error(error_type(message or ""), topic) from error_type(message or "")
+            error = kerr.for_code(code)(message or "")
+            raise errors.map(error, TopologyError, f"cannot create Kafka topic {topic!r}") from error
         logger.debug("kafka topics ensured: %s", topics)
 
 

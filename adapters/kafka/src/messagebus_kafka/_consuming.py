@@ -1,0 +1,498 @@
+"""Consuming: one aiokafka consumer per subscription (its own consumer group), subscribed to
+the main topic and the group's retry topic.
+
+Offsets are committed manually: ``offset + 1`` of the lowest contiguous settled record of each
+partition, never past a record whose handler has not settled (or was cancelled). Retries are
+re-published to the retry topic with a due time; the consumer holds due-later records and
+pauses that retry partition until they are due, so nothing seeks back and no main partition
+is blocked. Each delivery's ``token`` is its partition's :class:`_Partition`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeAlias
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka import errors as kerr
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from messagebus.transports import (
+    AttributeValue,
+    Backoff,
+    ConsumerBase,
+    Delivery,
+    DeliveryHandler,
+    Destination,
+    DestinationKind,
+    headers,
+)
+
+from ._codec import DUE, RecordHeaders, encode_headers
+from ._connection import Connection, quietly
+from ._publishing import Publisher
+from ._telemetry import delivery_attributes
+from ._topology import SubscriptionNames
+
+__all__ = ["KafkaConsumer"]
+
+logger = logging.getLogger("messagebus.kafka")
+
+_ATTEMPT = headers.ATTEMPT
+_INTERNAL = frozenset({_ATTEMPT, DUE})
+_Record: TypeAlias = ConsumerRecord[Any, Any]
+
+
+class _Partition:
+    """Commit bookkeeping of one assigned partition (one assignment generation)."""
+
+    __slots__ = ("active", "committed", "done", "drained", "held", "pending", "position", "revoked", "tp")
+
+    def __init__(self, tp: TopicPartition) -> None:
+        self.tp = tp
+        self.pending: deque[int] = deque()  # received offsets not yet covered by position
+        self.done: set[int] = set()  # settled offsets above the lowest unsettled one
+        self.position: int | None = None  # next offset to commit (last contiguous settled + 1)
+        self.committed: int | None = None
+        self.revoked = False
+        self.active = 0  # dispatched deliveries whose handler call has not returned
+        self.held: set[Delivery] = set()  # retry records waiting for their due time
+        self.drained: asyncio.Future[None] | None = None
+
+    def settle(self, offset: int) -> bool:
+        """Mark ``offset`` settled; True when the commit position moved."""
+        pending = self.pending
+        if pending and pending[0] == offset:
+            pending.popleft()
+            position = offset + 1
+            done = self.done
+            while pending and pending[0] in done:
+                position = pending.popleft()
+                done.discard(position)
+                position += 1
+            self.position = position
+            return True
+        self.done.add(offset)
+        return False
+
+    def finished(self) -> None:
+        """A dispatched delivery's handler call returned (or never ran)."""
+        self.active -= 1
+        if not self.active and self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+
+def _delivery(source: KafkaConsumer, st: _Partition, record: _Record, attempt: int) -> Delivery:
+    value: bytes | None = record.value
+    key: bytes | None = record.key
+    return Delivery(
+        source,
+        record,
+        value if value is not None else b"",
+        RecordHeaders(record.headers),
+        key.decode("utf-8", "replace") if key is not None else None,
+        attempt,
+        st,
+    )
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, consumer: KafkaConsumer) -> None:
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        try:
+            await self._consumer._on_revoked(set(revoked))
+        except Exception:
+            logger.exception("handling revoked partitions failed")
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        try:
+            await self._consumer._on_assigned(set(assigned))
+        except Exception:
+            logger.exception("handling assigned partitions failed")
+
+
+class KafkaConsumer(ConsumerBase):
+    """A running subscription: one aiokafka consumer in the subscription's consumer group.
+
+    Returned by :meth:`KafkaTransport.subscribe`; use from its event loop. ``stop`` is
+    idempotent. With ``concurrency=1`` handlers run inline in the fetch task (no worker, no
+    task switch per message); otherwise in the core's worker pool, which may queue a whole
+    fetch hand-over. Deliveries' ``raw`` is the aiokafka ``ConsumerRecord``; ``attempt``
+    counts retries only (an uncommitted record the group gets again keeps its count).
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        publisher: Publisher,
+        source: Destination,
+        names: SubscriptionNames,
+        handler: DeliveryHandler,
+        concurrency: int,
+        on_stopped: Callable[[KafkaConsumer], None],
+    ) -> None:
+        o = connection.options
+        # One fetch hand-over may wait whole in the pool: the records are in memory anyway.
+        super().__init__(
+            handler, concurrency, name=names.group_id, capacity=concurrency + o.fetch_max_records, log=logger
+        )
+        self._connection = connection
+        self._publisher = publisher
+        self._on_stopped = on_stopped
+        self.source = source
+        self.names = names
+        self.group_id = names.group_id
+        self.inline = concurrency == 1
+        self._max_records = o.fetch_max_records
+        self._revoke_wait = o.rebalance_timeout_ms / 2000
+        self._consumer: AIOKafkaConsumer | None = None
+        self._parts: dict[TopicPartition, _Partition] = {}
+        self._start_offsets: dict[TopicPartition, int] = {}
+        self._ready: deque[Delivery] = deque()
+        self._dirty = asyncio.Event()
+        self._polling = False
+        self._grace = 0.0
+        self._fetch_task: asyncio.Task[None] | None = None
+
+    @property
+    def assignment(self) -> set[TopicPartition]:
+        """Partitions currently assigned to this consumer."""
+        return set(self._parts)
+
+    # -- DeliverySource ------------------------------------------------------------------
+
+    def describe(self) -> str:
+        """The consumer group, for messages."""
+        return f"Kafka group {self.group_id!r}"
+
+    def attributes_of(self, delivery: Delivery) -> Mapping[str, AttributeValue]:
+        """Kafka telemetry attributes: key, offset, partition, topic, consumer group."""
+        return delivery_attributes(delivery.native, self.group_id)
+
+    def settle_ack(self, delivery: Delivery) -> None:
+        """Mark the record done; its offset is committed (in the background) once every
+        earlier record of its partition is settled too. Never waits for the broker."""
+        st: _Partition = delivery.token
+        if st.settle(delivery.native.offset) and not st.revoked:
+            self._dirty.set()
+
+    async def settle_redeliver(self, delivery: Delivery, delay: float, headers: Mapping[str, str]) -> None:
+        """Re-publish the record to the group's retry topic with ``attempt + 1``, a due time
+        and ``headers``; once Kafka confirmed it, settle the original. The main partition is
+        never held up."""
+        record: _Record = delivery.native
+        extra_wire = encode_headers({k: v for k, v in headers.items() if k not in _INTERNAL})
+        replaced = {k for k, _ in extra_wire} | _INTERNAL
+        wire = [(k, v) for k, v in record.headers if k not in replaced]
+        wire.extend(extra_wire)
+        wire.append((_ATTEMPT, str(delivery.attempt + 1).encode()))
+        wire.append((DUE, str(int((time.time() + delay) * 1000)).encode()))
+        await self._publisher.send_record(self.names.retry_topic, record.value, record.key, wire)
+        self.settle_ack(delivery)
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Nothing to send: an unsettled record stays uncommitted, so the group gets it again
+        after a rebalance or restart (commits never pass it)."""
+
+    # -- starting and rebalancing --------------------------------------------------------
+
+    async def start_consuming(self) -> None:
+        """Start the aiokafka consumer and the fetch/commit tasks (the group join goes on in
+        the background). Raises :class:`ConnectError`."""
+        o = self._connection.options
+        consumer = AIOKafkaConsumer(
+            **self._connection.client_kwargs(),
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=o.session_timeout_ms,
+            heartbeat_interval_ms=o.heartbeat_interval_ms,
+            rebalance_timeout_ms=o.rebalance_timeout_ms,
+            max_poll_interval_ms=o.max_poll_interval_ms,
+            max_poll_records=o.fetch_max_records,
+            fetch_max_wait_ms=o.fetch_max_wait_ms,
+            max_partition_fetch_bytes=o.max_partition_fetch_bytes,
+        )
+        try:
+            await consumer.start()
+            if self.source.kind is DestinationKind.TOPIC and self.source.group:
+                # A new group starts where the topic ends now, not at its history (see subscribe).
+                producer, _ = self._connection.require()
+                parts = await producer.partitions_for(self.names.topic)
+                tps = [TopicPartition(self.names.topic, p) for p in sorted(parts)]
+                self._start_offsets = dict(await consumer.end_offsets(tps))
+        except Exception as exc:
+            await quietly(consumer.stop())
+            raise self._connection.connect_error(exc) from exc
+        consumer.subscribe([self.names.topic, self.names.retry_topic], listener=_Listener(self))
+        self._consumer = consumer
+        if not self.inline:
+            self.start()
+        self._fetch_task = self.spawn(self._fetch_loop(), name=f"kafka-fetch-{self.group_id}", loop=True)
+        self.spawn(self._commit_loop(), name=f"kafka-commit-{self.group_id}", loop=True)
+
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        for tp in assigned:
+            self._parts[tp] = _Partition(tp)
+        if not self._start_offsets:
+            return
+        initial: dict[TopicPartition, int] = {}
+        for tp in assigned:
+            start = self._start_offsets.get(tp)
+            if start is not None and await consumer.committed(tp) is None:
+                consumer.seek(tp, start)
+                initial[tp] = start
+        if initial:
+            # Commit the starting point at once so another member taking the partition over
+            # later starts here too, not at its own (later) subscribe time.
+            try:
+                await consumer.commit(initial)
+            except kerr.KafkaError as exc:
+                self.log.warning("cannot commit start offsets of %s: %s", self.group_id, exc)
+            for tp, offset in initial.items():
+                self._parts[tp].committed = offset
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        states = [self._parts.pop(tp) for tp in revoked if tp in self._parts]
+        if not states:
+            return
+        for st in states:
+            # The new owner reads held retry records again from the last commit.
+            self.drop_held(list(st.held))
+            st.held.clear()
+            st.revoked = True
+        if not self.stopping.is_set():
+            # Let handlers of these partitions finish (bounded) so their offsets are
+            # committed before another member takes over; queued ones are skipped.
+            loop = asyncio.get_running_loop()
+            busy: list[asyncio.Future[None]] = []
+            for st in states:
+                if st.active:
+                    st.drained = loop.create_future()
+                    busy.append(st.drained)
+            if busy:
+                await asyncio.wait(busy, timeout=self._revoke_wait)
+        await self._commit(states)
+
+    # -- fetching and dispatch -----------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        retry_topic = self.names.retry_topic
+        parts = self._parts
+        inline = self.inline
+        stopping = self.stopping
+        # aiokafka retries connection problems itself; whatever reaches us is logged and
+        # retried with back-off, so the consumer never dies silently nor spins.
+        backoff = Backoff(0.1, 5.0)
+        while not stopping.is_set():
+            if self._ready:
+                ready, self._ready = self._ready, deque()
+                for delivery in ready:
+                    if stopping.is_set():
+                        return
+                    if not delivery.token.revoked:
+                        await self._dispatch(delivery)
+                continue
+            self._polling = True
+            try:
+                batch = await consumer.getmany(timeout_ms=50 if self.held else 500, max_records=self._max_records)
+            except Exception as exc:
+                self.log.warning("fetch failed for group %s: %r; retrying", self.group_id, exc)
+                await backoff.wait(stopping)
+                continue
+            finally:
+                self._polling = False
+            backoff.reset()
+            if not batch:
+                continue
+            # Look the partition states up before any await: a rebalance may run in between.
+            work = [(parts.get(tp), tp.topic == retry_topic, records) for tp, records in batch.items()]
+            now_ms = time.time() * 1000
+            for st, is_retry, records in work:
+                if st is None:
+                    continue
+                if inline and not is_retry:
+                    await self._handle_in_order(st, records)
+                    continue
+                for record in records:
+                    if st.revoked or stopping.is_set():
+                        break
+                    st.pending.append(record.offset)
+                    if is_retry:
+                        delivery, due = self._retry_delivery(st, record)
+                        if due > now_ms:
+                            self._hold(delivery, due)
+                            continue
+                    else:
+                        delivery = _delivery(self, st, record, 1)
+                    if inline or not self.submit_nowait(delivery):
+                        await self._dispatch(delivery)
+
+    async def _handle_in_order(self, st: _Partition, records: list[_Record]) -> None:
+        """Concurrency 1: handle ``records`` of one main partition one after another, right
+        in the fetch task (no task switch, no queue: the hot path of a single consumer)."""
+        handler = self.handler
+        pending = st.pending
+        stopping = self.stopping
+        # Counted active for the whole run: a revoke waits for the handler in progress, and
+        # the loop stops at the next record once it sees the partition revoked.
+        st.active += 1
+        try:
+            for record in records:
+                if st.revoked or stopping.is_set():
+                    return
+                pending.append(record.offset)
+                try:
+                    await handler(_delivery(self, st, record, 1))
+                except Exception:
+                    # The bus's handler settles every outcome itself; this is a bug guard. The
+                    # record stays unsettled, so it is redelivered later.
+                    self.log.exception("delivery handler failed unexpectedly")
+        finally:
+            st.finished()
+
+    def _retry_delivery(self, st: _Partition, record: _Record) -> tuple[Delivery, float]:
+        attempt, due = 2, 0.0
+        for k, v in record.headers:
+            if k == _ATTEMPT:
+                with contextlib.suppress(ValueError):
+                    attempt = max(int(v), 1)
+            elif k == DUE:
+                with contextlib.suppress(ValueError):
+                    due = float(v)
+        return _delivery(self, st, record, attempt), due
+
+    def _hold(self, delivery: Delivery, due_ms: float) -> None:
+        st: _Partition = delivery.token
+        if not st.held:
+            # Stop fetching this retry partition until its held records are due: no seek,
+            # no busy loop, bounded memory. Main partitions keep flowing.
+            assert self._consumer is not None
+            self._consumer.pause(st.tp)
+        st.held.add(delivery)
+        self.hold(delivery, due_ms / 1000 - time.time(), self._due)
+
+    def _due(self, delivery: Delivery) -> None:
+        # Not called after stop began nor for a revoked partition (drop_held).
+        st: _Partition = delivery.token
+        st.held.discard(delivery)
+        self._ready.append(delivery)  # the fetch loop dispatches it (inline or to the pool)
+        if not st.held and self._consumer is not None:
+            with contextlib.suppress(kerr.IllegalStateError):
+                self._consumer.resume(st.tp)
+
+    def submit_nowait(self, delivery: Delivery) -> bool:
+        """Hand ``delivery`` to the pool if it has room (no coroutine per message on the
+        fetch task's hot path), counting it active on its partition; ``False`` when the
+        caller must ``await _dispatch`` instead."""
+        pool = self.pool
+        if not pool.free:
+            return False
+        delivery.token.active += 1
+        pool.submit_nowait(delivery)
+        return True
+
+    async def _dispatch(self, delivery: Delivery) -> None:
+        st: _Partition = delivery.token
+        st.active += 1
+        if self.inline:
+            try:
+                await self._run(delivery)
+            except Exception:
+                self.log.exception("delivery handler failed unexpectedly")
+            return
+        await self.pool.wait_for_space()
+        if self.stopping.is_set() or st.revoked:
+            st.finished()
+            return
+        self.pool.submit_nowait(delivery)
+
+    async def _run(self, delivery: Any) -> None:
+        # The pool's handler (ConsumerBase._run's place): skips records of revoked
+        # partitions and keeps the partition's active count. An unsettled delivery needs no
+        # hand-back on Kafka (see release).
+        st: _Partition = delivery.token
+        try:
+            if not st.revoked:
+                await self.handler(delivery)
+        finally:
+            st.finished()
+
+    # -- committing ----------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        # One commit in flight at a time: acks that arrive meanwhile are batched into the
+        # next one, so the commit rate adapts to the load.
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            await self._commit(list(self._parts.values()))
+
+    async def _commit(self, states: Sequence[_Partition]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for st in states:
+            position = st.position
+            if position is not None and position != st.committed:
+                offsets[st.tp] = position
+        if not offsets or self._consumer is None:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except (kerr.CommitFailedError, kerr.IllegalStateError) as exc:
+            # The group rebalanced: the partitions' new owner resumes from the last commit.
+            self.log.info("commit skipped for group %s after a rebalance: %s", self.group_id, exc)
+            return
+        except kerr.KafkaError as exc:
+            self.log.warning("commit failed for group %s: %s", self.group_id, exc)
+            self._dirty.set()
+            return
+        for st in states:
+            if st.tp in offsets:
+                st.committed = max(offsets[st.tp], st.committed or 0)
+
+    # -- stopping ------------------------------------------------------------------------
+
+    async def stop(self, grace: float) -> None:
+        """Stop fetching, give in-flight handlers up to ``grace`` seconds, cancel the rest,
+        commit what was settled and leave the group. Unsettled records stay uncommitted and
+        are redelivered to the group. Idempotent; concurrent calls wait for the first."""
+        # Inline handlers run in the fetch task, outside the pool: stop_fetching gives them the grace.
+        self._grace = max(grace, 0.0)
+        await super().stop(grace)
+
+    async def stop_fetching(self) -> None:
+        """Interrupt a poll in progress; with inline handlers, let the one running finish
+        within the grace."""
+        fetch = self._fetch_task
+        if fetch is None or fetch.done():
+            return
+        if self._polling:
+            fetch.cancel()
+        elif self.inline:
+            _, pending = await asyncio.wait({fetch}, timeout=self._grace)
+            if pending:
+                fetch.cancel()
+
+    async def close(self) -> None:
+        """Commit what settled and leave the group (bounded by ``request_timeout_ms``)."""
+        try:
+            consumer = self._consumer
+            if consumer is not None:
+                timeout = self._connection.options.request_timeout_ms / 1000
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._commit(list(self._parts.values())), timeout)
+                await quietly(asyncio.wait_for(consumer.stop(), timeout))
+                self._parts.clear()
+        finally:
+            self._on_stopped(self)
