@@ -15,7 +15,14 @@ values = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_s
 
 
 @settings(max_examples=200)
-@given(headers=st.dictionaries(names.filter(lambda n: not n.startswith(("cloudEvents:", "cloudEvents_"))), values, max_size=40))
+@given(
+    headers=st.dictionaries(
+        # Reserved names (the bus refuses them in user headers) carry the key and the envelope.
+        names.filter(lambda n: not n.startswith(("cloudEvents:", "cloudEvents_", "messagebus-"))),
+        values,
+        max_size=40,
+    )
+)
 def test_headers_survive_an_amqp_frame(headers: dict[str, str]) -> None:
     headers = {**headers, h.CE_CONTENT_TYPE: "application/json", h.CE_ID: "abc"}
     properties = encode_properties(headers, key="order-1")

@@ -10,8 +10,8 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from messagebus_rabbitmq import RabbitMQTransport
 from messagebus_rabbitmq._codec import encode_properties, header_frame_size
+from messagebus_rabbitmq._publishing import Publisher
 
 from messagebus import Bus, InvalidHeaders, MessageTooLarge
 from messagebus.testing import Collector, TcpProxy
@@ -72,7 +72,7 @@ async def test_message_the_broker_refuses_fails_once_and_is_not_resent(
     negotiated), the refused publish must fail with MessageTooLarge, the connection be
     re-established once, every good message be handled, and duplicates stay within what was
     in flight at that one cut (one publish and the handlers running)."""
-    monkeypatch.setattr(RabbitMQTransport, "_check_frames", lambda self, pending, raw: None)
+    monkeypatch.setattr(Publisher, "_check_frames", lambda self, pending, raw: None)
     admin.cleanup_later(queues=(name,))
     concurrency = 4
     got: Collector[int] = Collector(60)

@@ -11,6 +11,7 @@ from messagebus_rabbitmq import (
     RabbitMQTransport,
     bucket_for,
     physical_name,
+    physical_names,
     queue_name,
     retry_exchange,
 )
@@ -22,6 +23,20 @@ from messagebus.transports import TransportURL
 
 def transport(url: str) -> RabbitMQTransport:
     return RabbitMQTransport.from_url(TransportURL.parse(url))
+
+
+async def first_message(admin, qname: str) -> aiormq.abc.DeliveredMessage:  # type: ignore[no-untyped-def]
+    """The first message of ``qname``, by a bounded blocking read (basic_consume), no sleeping."""
+    ch = await admin.conn.channel()
+    got: asyncio.Future[aiormq.abc.DeliveredMessage] = asyncio.get_running_loop().create_future()
+
+    async def on_message(msg: aiormq.abc.DeliveredMessage) -> None:
+        if not got.done():
+            got.set_result(msg)
+
+    await ch.queue_declare(qname, durable=True)  # exists already, or is created the same way
+    await ch.basic_consume(qname, on_message, no_ack=True)
+    return await asyncio.wait_for(got, 20)
 
 
 async def test_subscription_declares_exchange_durable_queue_and_binding(rabbitmq_url: str, name: str, admin) -> None:
@@ -81,17 +96,7 @@ async def test_dead_letter_queue_is_created_on_first_dead_letter(rabbitmq_url: s
     async with bus:
         assert not await admin.queue_exists(dlq)
         await bus.publish(name, {"n": 1})
-        ch = await admin.conn.channel()
-        # Wait for the dead letter with a bounded blocking read (basic_consume), no sleeping.
-        got: asyncio.Future[aiormq.abc.DeliveredMessage] = asyncio.get_running_loop().create_future()
-
-        async def on_dead(msg: aiormq.abc.DeliveredMessage) -> None:
-            if not got.done():
-                got.set_result(msg)
-
-        await ch.queue_declare(dlq, durable=True)  # exists already, or is created the same way
-        await ch.basic_consume(dlq, on_dead, no_ack=True)
-        msg = await asyncio.wait_for(got, 20)
+        msg = await first_message(admin, dlq)
         assert msg.header.properties.headers is not None
         assert msg.header.properties.headers["dlq-error-type"] == "messagebus.Reject"
         assert msg.header.properties.delivery_mode == 2
@@ -185,3 +190,29 @@ async def test_existing_non_durable_queue_is_explained_by_bus(rabbitmq_url: str,
     with pytest.raises(TopologyError, match="durable"):
         await bus.start()
     await bus.stop()
+
+
+async def test_physical_names_are_the_objects_declared_and_dead_lettered_to(
+    rabbitmq_url: str, name: str, admin
+) -> None:
+    """Catches physical_names naming other objects than the transport declares, consumes and
+    dead-letters to (an operator or a tool reading them would look at the wrong queue)."""
+    names = physical_names(group(name, "billing"))
+    assert names == {"exchange": name, "queue": f"{name}.billing", "dead_letter": f"{name}.billing.dlq"}
+    assert physical_names(topic(name)) == {"exchange": name}
+    assert physical_names(queue(name)) == {"queue": name, "dead_letter": f"{name}.dlq"}
+    long = group("t" * 200, "g" * 200)
+    assert physical_names(long)["queue"] == queue_name(long)
+    assert all(len(n.encode()) <= 255 for n in physical_names(long).values())
+    admin.cleanup_later(queues=(names["queue"], names["dead_letter"]), exchanges=(name,))
+    bus = Bus.from_url(rabbitmq_url, service="billing")
+
+    @bus.subscribe(name)
+    async def handle(item: dict[str, int]) -> None:
+        raise Reject("no")
+
+    async with bus:
+        await admin.wait_consumers({names["queue"]: 1})
+        assert await admin.exchange_exists(names["exchange"])
+        await bus.publish(name, {"n": 1})
+        await first_message(admin, names["dead_letter"])

@@ -6,18 +6,17 @@ See the package README for the URL options, the topology it declares and its gua
 
 from ._codec import CE_AMQP_PREFIX
 from ._options import RabbitMQOptions
-from ._topology import RETRY_BUCKETS_MS, bucket_for, physical_name, queue_name, retry_exchange
-from ._transport import RabbitMQConsumer, RabbitMQDelivery, RabbitMQTransport
+from ._topology import RETRY_BUCKETS_MS, bucket_for, physical_name, physical_names, queue_name, retry_exchange
+from ._transport import RabbitMQTransport
 
 __all__ = [
     "CE_AMQP_PREFIX",
     "RETRY_BUCKETS_MS",
-    "RabbitMQConsumer",
-    "RabbitMQDelivery",
     "RabbitMQOptions",
     "RabbitMQTransport",
     "bucket_for",
     "physical_name",
+    "physical_names",
     "queue_name",
     "retry_exchange",
 ]

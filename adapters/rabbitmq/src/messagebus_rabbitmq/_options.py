@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 from messagebus import InvalidOption, InvalidURL
 from messagebus.transports import TransportOptions, TransportURL, parse_options
 
-__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "RabbitMQOptions", "parse_url"]
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "RabbitMQOptions", "parse_url", "vhost_of"]
 
 #: RabbitMQ 4's default ``max_message_size`` (16 MiB); 3.x allowed 128 MiB by default.
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
@@ -51,8 +51,8 @@ class RabbitMQOptions(TransportOptions):
         return value
 
 
-def parse_url(url: TransportURL) -> tuple[RabbitMQOptions, str]:
-    """Validate ``url`` for this transport; return its options and the virtual host.
+def parse_url(url: TransportURL) -> RabbitMQOptions:
+    """Validate ``url`` for this transport; return its options.
 
     Raises :class:`InvalidURL` (wrong scheme, no host) or :class:`InvalidOption` (bad query),
     always with the password redacted. Performs no network I/O.
@@ -73,7 +73,7 @@ def parse_url(url: TransportURL) -> tuple[RabbitMQOptions, str]:
             f"option 'keyfile' is given without 'certfile' in {url.render()!r}; a client key needs its "
             "certificate (certfile=...)"
         )
-    return options, vhost_of(url)
+    return options
 
 
 def vhost_of(url: TransportURL) -> str:

@@ -1,24 +1,15 @@
-"""Logical names -> RabbitMQ objects, and the idempotent declarations behind them.
-
-Mapping (DESIGN section 3):
-
-- topic ``T``           -> durable topic exchange ``T``
-- group ``G`` of ``T``  -> durable queue ``T.G`` bound to exchange ``T`` with binding key ``#``
-- queue ``Q``           -> durable queue ``Q`` (published through the default exchange)
-- dead letters          -> the durable queues ``T.G.dlq`` / ``Q.dlq`` (plain queues)
-- retry after ``d``     -> a shared delay bucket: fanout exchange + queue ``messagebus.retry.<ms>ms``
-  with a queue-level ``x-message-ttl`` and ``x-dead-letter-exchange=""``: a retried message is
-  published to the bucket with the source queue's name as routing key, waits out the bucket's
-  TTL, and is dead-lettered through the default exchange straight back to its source queue.
-"""
+"""Logical names -> RabbitMQ objects (see the README's topology table), and the idempotent
+declarations behind them. A retry waits in a shared delay bucket (a fanout exchange and a
+queue with ``x-message-ttl`` and ``x-dead-letter-exchange=""``), published with the source
+queue as routing key, so it is dead-lettered straight back to that queue when due."""
 
 from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import functools
 import hashlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiormq
@@ -26,42 +17,34 @@ import aiormq.exceptions
 from pamqp.common import FieldValue
 
 from messagebus import TopologyError
-from messagebus.transports import Destination, DestinationKind, sanitize_name
+from messagebus.transports import Destination, DestinationKind, dead_letter_name, sanitize_name
 
-from ._errors import explain_channel_error
+from ._connection import close_quietly
+from ._errors import CONFLICTS, ERRORS
+from ._options import RabbitMQOptions
 
 __all__ = [
     "RETRY_BUCKETS_MS",
     "Topology",
     "bucket_for",
     "physical_name",
+    "physical_names",
     "queue_name",
     "retry_exchange",
 ]
 
+_Step = Callable[[aiormq.abc.AbstractChannel], Awaitable[Any]]
 #: RabbitMQ's limit for exchange and queue names (bytes; our names are ASCII).
 MAX_NAME = 255
-_ALLOWED = r"A-Za-z0-9._\-"
-
-
-def _make_buckets() -> tuple[int, ...]:
-    # 10 steps per decade (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8): a delay is rounded up by at
-    # most a third, and a busy service uses only a handful of buckets.
-    steps = (10, 12, 15, 20, 25, 30, 40, 50, 60, 80)
-    out: list[int] = []
-    scale = 1
-    while True:
-        for s in steps:
-            ms = s * scale
-            if ms > 7 * 24 * 3600 * 1000:
-                return tuple(out)
-            out.append(ms)
-        scale *= 10
-
-
-#: Delay buckets in milliseconds, 10 ms to 7 days.
-RETRY_BUCKETS_MS = _make_buckets()
-_RETRY_PREFIX = "messagebus.retry."
+#: Delay buckets in milliseconds, 10 ms to 7 days: 10 steps per decade (1, 1.2, 1.5, 2, 2.5,
+#: 3, 4, 5, 6, 8), so a delay is rounded up by at most a third and a busy service uses only a
+#: handful of buckets.
+RETRY_BUCKETS_MS = tuple(
+    ms
+    for scale in (1, 10, 100, 1000, 10**4, 10**5, 10**6, 10**7)
+    for ms in (s * scale for s in (10, 12, 15, 20, 25, 30, 40, 50, 60, 80))
+    if ms <= 7 * 24 * 3600 * 1000
+)
 
 
 def bucket_for(delay: float) -> int:
@@ -79,7 +62,7 @@ def bucket_for(delay: float) -> int:
 
 def retry_exchange(bucket_ms: int) -> str:
     """Name of the exchange (and of its queue) of one delay bucket."""
-    return f"{_RETRY_PREFIX}{bucket_ms}ms"
+    return f"messagebus.retry.{bucket_ms}ms"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -93,7 +76,7 @@ def physical_name(logical: str) -> str:
         # ``amq.`` is reserved by the broker (ACCESS_REFUSED): move it out of the way.
         digest = hashlib.sha256(logical.encode()).hexdigest()[:8]
         return f"mb-{digest}-{logical}"[:MAX_NAME]
-    return sanitize_name(logical, max_length=MAX_NAME, allowed=_ALLOWED)
+    return sanitize_name(logical, max_length=MAX_NAME, allowed=r"A-Za-z0-9._\-")
 
 
 def queue_name(source: Destination) -> str:
@@ -103,128 +86,121 @@ def queue_name(source: Destination) -> str:
     return physical_name(source.name)
 
 
-class Topology:
-    """What this transport declared, so every object is declared once per process.
+def physical_names(destination: Destination, options: RabbitMQOptions | None = None) -> dict[str, str]:
+    """The RabbitMQ objects behind ``destination``, by role: ``exchange`` (a topic's topic
+    exchange), ``queue`` (the queue consumed: ``T.G`` or ``Q``) and ``dead_letter`` (its
+    dead-letter queue). A topic without a group names its exchange only. Retries go through
+    the shared delay buckets (:func:`retry_exchange`), which belong to no one destination.
+    ``options`` change no name on this broker. Pure."""
+    names: dict[str, str] = {}
+    if destination.kind is DestinationKind.TOPIC:
+        names["exchange"] = physical_name(destination.name)
+        if destination.group is None:
+            return names
+    names["queue"] = queue_name(destination)
+    names["dead_letter"] = physical_name(dead_letter_name(destination.name, destination.group))
+    return names
 
-    Declarations run one at a time on a dedicated channel (a failed declaration closes its
-    channel; the publishing channel must never pay for that). Not thread-safe.
+
+class Topology:
+    """What this transport declared, so each object is declared once per process.
+
+    Declarations run one at a time on a channel of their own: a failed declaration closes
+    its channel, and the publishing channel must never pay for that. Not thread-safe.
     """
 
     def __init__(self) -> None:
-        self.exchanges: set[str] = set()
+        self.exchanges: set[str] = set()  # topic exchanges and delay buckets
         self.queues: set[str] = set()
-        self.buckets: set[int] = set()
         self._lock = asyncio.Lock()
         self._channel: aiormq.abc.AbstractChannel | None = None
 
     def forget(self, exchange: str, routing_key: str) -> None:
         """Drop cached declarations behind a publish that came back unroutable or hit a
         missing exchange, so the next attempt declares them again."""
-        if exchange == "":
-            self.queues.discard(routing_key)
-        elif exchange.startswith(_RETRY_PREFIX):
-            self.buckets.discard(int(exchange[len(_RETRY_PREFIX) : -2]))
-        else:
+        if exchange:
             self.exchanges.discard(exchange)
+        else:
+            self.queues.discard(routing_key)
 
-    def reset_channel(self) -> None:
-        """Forget the declaring channel (after its connection was lost)."""
-        self._channel = None
-
-    async def _chan(self, connection: aiormq.abc.AbstractConnection) -> aiormq.abc.AbstractChannel:
-        ch = self._channel
-        if ch is None or ch.is_closed or ch.connection is not connection:
-            ch = self._channel = await connection.channel(publisher_confirms=False)
-        return ch
-
-    async def _run(self, connection: aiormq.abc.AbstractConnection, what: str, op: Any) -> Any:
-        ch = await self._chan(connection)
-        try:
-            return await op(ch)
-        except (aiormq.exceptions.ChannelPreconditionFailed, aiormq.exceptions.ChannelAccessRefused) as exc:
-            self._channel = None
-            raise TopologyError(explain_channel_error(exc, what)) from exc
-        except aiormq.exceptions.ChannelClosed as exc:
-            self._channel = None
-            if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
-                raise TopologyError(explain_channel_error(exc, what)) from exc
-            raise
+    async def _declare(
+        self, connection: aiormq.abc.AbstractConnection, known: set[Any], key: Any, what: str, *steps: _Step
+    ) -> None:
+        if key in known:
+            return
+        async with self._lock:
+            if key in known:
+                return
+            ch = self._channel
+            if ch is None or ch.is_closed or ch.connection is not connection:
+                ch = self._channel = await connection.channel(publisher_confirms=False)
+            try:
+                for step in steps:
+                    await step(ch)
+            except CONFLICTS as exc:
+                self._channel = None  # a failed declaration closes its channel
+                raise ERRORS.map(exc, TopologyError, what) from exc
+            except aiormq.exceptions.ChannelClosed:
+                self._channel = None
+                raise  # the channel or connection went away: the caller tries again
+            known.add(key)
 
     async def exchange(self, connection: aiormq.abc.AbstractConnection, name: str) -> None:
         """Declare the durable topic exchange ``name`` (once). Raises :class:`TopologyError`."""
-        if name in self.exchanges:
-            return
-        async with self._lock:
-            if name in self.exchanges:
-                return
-            await self._run(
-                connection,
-                f"topic exchange {name!r} (type topic, durable)",
-                lambda ch: ch.exchange_declare(exchange=name, exchange_type="topic", durable=True),
-            )
-            self.exchanges.add(name)
+        await self._declare(
+            connection,
+            self.exchanges,
+            name,
+            f"topic exchange {name!r} (type topic, durable)",
+            lambda ch: ch.exchange_declare(exchange=name, exchange_type="topic", durable=True),
+        )
 
     async def queue(self, connection: aiormq.abc.AbstractConnection, name: str) -> None:
-        """Declare the durable queue ``name`` without arguments (once)."""
-        if name in self.queues:
-            return
-        async with self._lock:
-            if name in self.queues:
-                return
-            await self._run(
-                connection,
-                f"queue {name!r} (durable, no arguments)",
-                lambda ch: ch.queue_declare(queue=name, durable=True),
-            )
-            self.queues.add(name)
+        """Declare the durable queue ``name`` without arguments (once). Raises :class:`TopologyError`."""
+        await self._declare(
+            connection,
+            self.queues,
+            name,
+            f"queue {name!r} (durable, no arguments)",
+            lambda ch: ch.queue_declare(queue=name, durable=True),
+        )
 
     async def subscription(self, connection: aiormq.abc.AbstractConnection, source: Destination) -> str:
-        """Declare what consuming ``source`` needs; return the physical queue name.
-
-        A subscription declares its topic exchange, its group queue and the ``#`` binding,
-        always (a binding may have been removed by an operator), so this is safe to call again
-        after a reconnect.
-        """
+        """Declare what consuming ``source`` needs, always (an operator may have removed a
+        queue or binding), so it is safe to call again after a reconnect; return the queue.
+        A subscription gets its topic exchange, its group queue and the ``#`` binding."""
         qname = queue_name(source)
-        if source.kind is DestinationKind.QUEUE:
-            self.queues.discard(qname)
-            await self.queue(connection, qname)
-            return qname
-        exchange = physical_name(source.name)
-        self.exchanges.discard(exchange)
         self.queues.discard(qname)
-        await self.exchange(connection, exchange)
+        if source.kind is DestinationKind.TOPIC:
+            exchange = physical_name(source.name)
+            self.exchanges.discard(exchange)
+            await self.exchange(connection, exchange)
         await self.queue(connection, qname)
-        async with self._lock:
-            await self._run(
+        if source.kind is DestinationKind.TOPIC:
+            await self._declare(
                 connection,
+                set(),
+                qname,
                 f"binding of queue {qname!r} to exchange {exchange!r}",
                 lambda ch: ch.queue_bind(queue=qname, exchange=exchange, routing_key="#"),
             )
         return qname
 
-    async def bucket(self, connection: aiormq.abc.AbstractConnection, bucket_ms: int) -> str:
-        """Declare the delay bucket ``bucket_ms`` (once); return its exchange name."""
+    async def bucket(self, connection: aiormq.abc.AbstractConnection, bucket_ms: int) -> None:
+        """Declare the delay bucket ``bucket_ms`` (once): exchange and queue :func:`retry_exchange`."""
         name = retry_exchange(bucket_ms)
-        if bucket_ms in self.buckets:
-            return name
-        async with self._lock:
-            if bucket_ms in self.buckets:
-                return name
-            args: dict[str, FieldValue] = {"x-message-ttl": bucket_ms, "x-dead-letter-exchange": ""}
-
-            async def declare(ch: aiormq.abc.AbstractChannel) -> None:
-                await ch.exchange_declare(exchange=name, exchange_type="fanout", durable=True)
-                await ch.queue_declare(queue=name, durable=True, arguments=args)
-                await ch.queue_bind(queue=name, exchange=name, routing_key="")
-
-            await self._run(connection, f"retry queue {name!r} (durable, arguments {args})", declare)
-            self.buckets.add(bucket_ms)
-        return name
+        args: dict[str, FieldValue] = {"x-message-ttl": bucket_ms, "x-dead-letter-exchange": ""}
+        await self._declare(
+            connection,
+            self.exchanges,
+            name,
+            f"retry queue {name!r} (durable, arguments {args})",
+            lambda ch: ch.exchange_declare(exchange=name, exchange_type="fanout", durable=True),
+            lambda ch: ch.queue_declare(queue=name, durable=True, arguments=args),
+            lambda ch: ch.queue_bind(queue=name, exchange=name, routing_key=""),
+        )
 
     async def close(self) -> None:
         """Close the declaring channel, if open."""
         ch, self._channel = self._channel, None
-        if ch is not None and not ch.is_closed:
-            with contextlib.suppress(Exception):  # a channel on a dying connection: nothing to save
-                await ch.close()
+        await close_quietly(ch)
