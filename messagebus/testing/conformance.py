@@ -395,6 +395,32 @@ class TransportConformance(FaultTests, CrashFaultTests, HeaderLimitTests):
         )
         assert [a for k, a in events.items if k == "delivered"] == [1, 2, 3]
 
+    async def test_nacks_beyond_max_attempts_never_dead_letter(
+        self, target: ConformanceTarget, buses: BusFactory
+    ) -> None:
+        """Catches a ``Nack`` that dead-letters (DESIGN 3, "nack": it never does): four Nacks
+        under ``Retry(max_attempts=2)`` - more than the policy allows failures, and on
+        brokers that count receives (SQS) more than the receive count allows - then the
+        fifth delivery succeeds; nothing is dead-lettered."""
+        queue = _names("nacks")
+        events: Collector[tuple[str, int]] = Collector(target.timeout)
+        bus = buses(retry=Retry(max_attempts=2, initial_delay=0.05, max_delay=0.5, jitter=0.0))
+
+        @bus.consume(queue)
+        async def handle(item: Item, envelope: Envelope) -> None:
+            if envelope.attempt <= 4:
+                raise Nack()
+            events.add(("handled", envelope.attempt))
+
+        @bus.consume(f"{queue}.dlq")
+        async def dlq(envelope: Envelope) -> None:
+            events.add(("dead-lettered", envelope.attempt))
+
+        async with bus:
+            await bus.send(queue, Item(n=1, run="n"))
+            await events.wait_for(1)
+        assert events.items == [("handled", 5)], f"Nacks alone led to {events.items}"
+
     async def test_nack_is_not_counted_in_dlq_attempts(self, target: ConformanceTarget, buses: BusFactory) -> None:
         """Catches a ``Nack`` counted in ``dlq-attempts``: a Nack, then failures until the
         message is dead-lettered with ``Retry(max_attempts=2)``: two failures, so
