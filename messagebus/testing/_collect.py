@@ -80,4 +80,3 @@ class PeakGate:
             self._full.set()  # never reached: let the rest through; the peak check fails
         finally:
             self.running -= 1
-
