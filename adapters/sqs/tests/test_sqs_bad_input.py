@@ -57,6 +57,7 @@ def test_no_region_is_a_configuration_error_naming_the_fix() -> None:
         ("sqs://?region=us-east-1&wait_time=21", InvalidOption, "wait_time"),
         ("sqs://?region=us-east-1&fifo=maybe", InvalidOption, "fifo"),
         ("sqs://?region=us-east-1&max_workers=0", InvalidOption, "max_workers"),
+        ("sqs://?region=us-east-1&publish_timeout=0", InvalidOption, "publish_timeout"),
         ("sqs://?region=us-east-1&endpoint_url=ftp://host", InvalidOption, "http"),
         ("sqs://?region=us-east-1&endpoint_url=http://user:pw@host:1", InvalidOption, "credentials"),
         ("sqs://?region=us-east-1&queue_prefix=bad.prefix", InvalidOption, "queue_prefix"),
@@ -141,7 +142,7 @@ async def test_secrets_never_show_in_repr_or_errors(
     try:
         assert "very-secret-value" not in repr(transport)
         assert "very-secret-value" not in repr(transport.options)
-        assert transport.messaging_system_for(Destination(DestinationKind.TOPIC, "t")) == "aws.sns"
+        assert transport.publish_attributes(Destination(DestinationKind.TOPIC, "t"))["messaging.system"] == "aws.sns"
     finally:
         await transport.close()
 

@@ -357,7 +357,9 @@ async def test_telemetry_attributes_and_raw_message(transport: SqsTransport) -> 
 @pytest.mark.faults
 async def test_consumer_and_publisher_resume_after_the_endpoint_was_down(moto_endpoint: str, prefix: str) -> None:
     with TcpProxy(("127.0.0.1", endpoint_port(moto_endpoint))) as proxy:
-        url = make_url(f"http://{proxy.host}:{proxy.port}", prefix, max_attempts=2, visibility_timeout=3)
+        url = make_url(
+            f"http://{proxy.host}:{proxy.port}", prefix, max_attempts=2, visibility_timeout=3, publish_timeout=1
+        )
         transport = SqsTransport.from_url(url)
         await transport.connect()
         try:

@@ -5,9 +5,9 @@ SQS queue subscribed with raw delivery, work queues and dead-letter queues plain
 ``fifo=true`` makes everything FIFO with ordering by key. See the README for every option.
 """
 
-from ._codec import MAX_WIRE_SIZE
+from ._codec import MAX_BODY_SIZE, MAX_WIRE_SIZE
 from ._options import SqsOptions
-from ._topology import queue_name, topic_name
-from ._transport import MAX_BODY_SIZE, SqsTransport
+from ._topology import physical_names, queue_name, topic_name
+from ._transport import SqsTransport
 
-__all__ = ["MAX_BODY_SIZE", "MAX_WIRE_SIZE", "SqsOptions", "SqsTransport", "queue_name", "topic_name"]
+__all__ = ["MAX_BODY_SIZE", "MAX_WIRE_SIZE", "SqsOptions", "SqsTransport", "physical_names", "queue_name", "topic_name"]

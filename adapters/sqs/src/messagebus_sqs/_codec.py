@@ -27,6 +27,7 @@ from messagebus.transports import headers as h
 __all__ = [
     "BODY_ENCODING",
     "MAX_ATTRIBUTES",
+    "MAX_BODY_SIZE",
     "MAX_WIRE_SIZE",
     "PACKED",
     "WireMessage",
@@ -36,6 +37,8 @@ __all__ = [
 
 #: SQS and SNS limit: body plus every attribute name, type and value (256 KiB).
 MAX_WIRE_SIZE = 262_144
+#: Largest body accepted: the 256 KiB SQS/SNS limit minus 8 KiB kept for the attributes.
+MAX_BODY_SIZE = MAX_WIRE_SIZE - 8192
 #: SQS and SNS allow this many message attributes.
 MAX_ATTRIBUTES = 10
 PACKED = "messagebus-headers"

@@ -1,12 +1,18 @@
-"""Translation of botocore errors into the messagebus error tree (always chained)."""
+"""The one table that turns botocore errors into the messagebus error tree (always chained).
+
+Raise sites read ``raise errors.map(exc, PublishError, "publishing to x") from exc``: a missing
+region becomes :class:`ConfigurationError`, an unknown profile :class:`InvalidOption`, the rest
+the caller's class with a message saying what was wrong. Messages never contain secrets
+(botocore's do not, and the endpoint URL cannot carry credentials).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from botocore.exceptions import (
-    BotoCoreError,
     ClientError,
     ConnectionError,
-    EndpointConnectionError,
     HTTPClientError,
     NoCredentialsError,
     NoRegionError,
@@ -14,9 +20,10 @@ from botocore.exceptions import (
     ProfileNotFound,
 )
 
-from messagebus import ConfigurationError, InvalidOption, MessageBusError, TransportError
+from messagebus import ConfigurationError, InvalidOption, MessageBusError
+from messagebus.transports import ErrorMap
 
-__all__ = ["AUTH_CODES", "MISSING_CODES", "error_code", "is_connection_error", "is_missing", "map_error"]
+__all__ = ["AUTH_CODES", "CONNECTION_ERRORS", "MISSING_CODES", "error_code", "errors", "is_missing"]
 
 #: Error codes that mean the credentials are missing, wrong or not allowed.
 AUTH_CODES = frozenset(
@@ -42,6 +49,9 @@ MISSING_CODES = frozenset(
     {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NotFound", "NotFoundException"}
 )
 
+#: The endpoint could not be reached, or the connection dropped (botocore retried already).
+CONNECTION_ERRORS = (ConnectionError, HTTPClientError)
+
 _NO_CREDENTIALS = (
     "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, choose a profile "
     "with ?profile=NAME or AWS_PROFILE, or run where an instance/container role is available"
@@ -50,10 +60,7 @@ _NO_CREDENTIALS = (
 
 def error_code(exc: BaseException) -> str:
     """The AWS error code of a :class:`ClientError` (``""`` for other errors)."""
-    if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "")
-        return str(code)
-    return ""
+    return str(exc.response.get("Error", {}).get("Code", "")) if isinstance(exc, ClientError) else ""
 
 
 def is_missing(exc: BaseException | None) -> bool:
@@ -67,11 +74,6 @@ def is_missing(exc: BaseException | None) -> bool:
     return False
 
 
-def is_connection_error(exc: BaseException) -> bool:
-    """True when ``exc`` means the endpoint could not be reached or the connection dropped."""
-    return isinstance(exc, ConnectionError | HTTPClientError | EndpointConnectionError)
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
@@ -80,28 +82,21 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def map_error(exc: BaseException, during: type[TransportError], what: str) -> MessageBusError:
-    """Translate a botocore error raised while doing ``what``.
+def _message(text: str) -> Callable[[BaseException, str, type[MessageBusError]], MessageBusError]:
+    """A rule target giving ``default("<what>: <text>")``; ``{exc}`` / ``{described}`` are filled in."""
 
-    Everything becomes ``during`` (the operation's class: ConnectError, PublishError,
-    ConsumeError, TopologyError ...) with a message saying what was wrong, except a missing
-    region (:class:`ConfigurationError`) and an unknown profile (:class:`InvalidOption`). The
-    caller chains it: ``raise map_error(exc, ...) from exc``. Messages never contain secrets
-    (botocore's do not, and the endpoint URL cannot carry credentials).
-    """
-    if isinstance(exc, MessageBusError):
-        return exc
-    if isinstance(exc, NoRegionError):
-        return ConfigurationError(f"{what}: no AWS region configured; add ?region=NAME to the sqs:// URL")
-    if isinstance(exc, ProfileNotFound):
-        return InvalidOption(f"{what}: {exc}; check ?profile= / AWS_PROFILE")
-    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-        return during(f"{what}: {_NO_CREDENTIALS}")
-    if is_connection_error(exc):
-        return during(f"{what}: cannot reach the AWS endpoint: {exc}")
-    code = error_code(exc)
-    if code in AUTH_CODES:
-        return during(f"{what}: AWS rejected the credentials ({_describe(exc)})")
-    if isinstance(exc, ClientError | BotoCoreError):
-        return during(f"{what}: {_describe(exc)}")
-    return during(f"{what}: {type(exc).__name__}: {exc}")
+    def target(exc: BaseException, what: str, default: type[MessageBusError]) -> MessageBusError:
+        return default(f"{what}: " + text.format(exc=exc, described=_describe(exc)))
+
+    return target
+
+
+errors = ErrorMap(
+    (NoRegionError, lambda _, what, __: ConfigurationError(f"{what}: no AWS region; add ?region=NAME to the URL")),
+    (ProfileNotFound, lambda exc, what, _: InvalidOption(f"{what}: {exc}; check ?profile= / AWS_PROFILE")),
+    ((NoCredentialsError, PartialCredentialsError), _message(_NO_CREDENTIALS)),
+    (CONNECTION_ERRORS, _message("cannot reach the AWS endpoint: {exc}")),
+    (lambda exc: error_code(exc) in AUTH_CODES, _message("AWS rejected the credentials ({described})")),
+    describe=_describe,
+)
+"""botocore error -> messagebus error (see the module docstring)."""

@@ -43,6 +43,8 @@ class SqsOptions(TransportOptions):
     #: Seconds to wait for a TCP connection / a response (beyond the long poll).
     connect_timeout: float = Field(default=5.0, gt=0, le=300)
     read_timeout: float = Field(default=30.0, gt=0, le=900)
+    #: Seconds a publish may wait for an unreachable endpoint before PublishError.
+    publish_timeout: float = Field(default=30.0, gt=0, le=3600)
     #: botocore attempts per call for transient failures (throttling, dropped connections).
     max_attempts: int = Field(default=5, ge=1, le=20)
 

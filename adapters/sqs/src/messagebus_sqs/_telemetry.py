@@ -6,6 +6,8 @@ from typing import Any
 
 from messagebus.transports import AttributeValue, Destination, DestinationKind
 
+from ._topology import Topology
+
 __all__ = ["SNS_SYSTEM", "SQS_SYSTEM", "consume_attributes", "publish_attributes", "system_for"]
 
 SQS_SYSTEM = "aws_sqs"
@@ -17,15 +19,19 @@ def system_for(destination: Destination) -> str:
     return SNS_SYSTEM if destination.kind is DestinationKind.TOPIC and destination.group is None else SQS_SYSTEM
 
 
-def publish_attributes(
-    destination: Destination, *, queue_url: str | None, topic_arn: str | None
-) -> dict[str, AttributeValue]:
-    """Attributes of a publish span for ``destination``."""
+def publish_attributes(destination: Destination, topology: Topology | None) -> dict[str, AttributeValue]:
+    """Attributes of a publish span for ``destination`` (names from ``topology``'s cache)."""
     attrs: dict[str, AttributeValue] = {"messaging.system": system_for(destination)}
-    if topic_arn:
-        attrs["aws.sns.topic.arn"] = topic_arn
-    if queue_url:
-        attrs["aws.sqs.queue.url"] = queue_url
+    if topology is None:
+        return attrs
+    if destination.kind is DestinationKind.TOPIC and destination.group is None:
+        arn = topology.cached_topic(destination.name)
+        if arn:
+            attrs["aws.sns.topic.arn"] = arn
+    else:
+        url = topology.cached_queue(destination.name)
+        if url:
+            attrs["aws.sqs.queue.url"] = url
     return attrs
 
 

@@ -21,11 +21,12 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from messagebus import TopologyError
-from messagebus.transports import Destination, DestinationKind, sanitize_name
+from messagebus.transports import Destination, DestinationKind, dead_letter_name, sanitize_name
 
-from ._errors import error_code, map_error
+from ._errors import error_code, errors
+from ._options import SqsOptions
 
-__all__ = ["RETENTION_SECONDS", "Topology", "queue_name", "topic_name"]
+__all__ = ["RETENTION_SECONDS", "Topology", "logical_queue", "physical_names", "queue_name", "topic_name"]
 
 #: Messages are kept as long as SQS allows (14 days), not the 4-day default.
 RETENTION_SECONDS = 1_209_600
@@ -51,6 +52,23 @@ def logical_queue(destination: Destination) -> str:
             raise TopologyError(f"subscribing to topic {destination.name!r} needs a group")
         return f"{destination.name}.{destination.group}"
     return destination.name
+
+
+def physical_names(destination: Destination, options: SqsOptions | None = None) -> dict[str, str]:
+    """Role -> physical AWS name of ``destination`` under ``options`` (default options). A topic
+    gives ``topic`` (the SNS topic); a subscription also, and a queue only, ``queue`` (the SQS
+    queue it is consumed from) and ``dead_letter`` (the SQS queue its dead letters go to).
+    There is no retry queue: a retry is a visibility change. Pure."""
+    o = options or SqsOptions()
+    names: dict[str, str] = {}
+    if destination.kind is DestinationKind.TOPIC:
+        names["topic"] = topic_name(destination.name, prefix=o.topic_prefix, fifo=o.fifo)
+        if not destination.group:
+            return names
+    dead_letter = dead_letter_name(destination.name, destination.group)
+    names["queue"] = queue_name(logical_queue(destination), prefix=o.queue_prefix, fifo=o.fifo)
+    names["dead_letter"] = queue_name(dead_letter, prefix=o.queue_prefix, fifo=o.fifo)
+    return names
 
 
 class Topology:
@@ -79,22 +97,13 @@ class Topology:
         """The topic ARN if already declared, else ``None``."""
         return self._topics.get(logical)
 
-    def forget_queue(self, logical: str) -> None:
-        """Drop the cached URL of a queue found missing (and the subscription it carried), so
-        the next :meth:`queue_url` / :meth:`subscription_queue` declares it again."""
-        with self._lock:
-            self._queues.pop(logical, None)
-            self._subscribed = {s for s in self._subscribed if f"{s[0]}.{s[1]}" != logical}
-
-    def forget_topic(self, logical: str) -> None:
-        """Drop the cached ARN of a topic found missing, and its subscriptions, so the next
-        :meth:`topic_arn` / :meth:`subscription_queue` declares them again."""
-        with self._lock:
-            self._topics.pop(logical, None)
-            self._subscribed = {s for s in self._subscribed if s[0] != logical}
-
-    def queue_url(self, logical: str) -> str:
-        """Create (if needed) the queue for ``logical`` and return its URL. Raises TopologyError."""
+    def queue_url(self, logical: str, *, fresh: bool = False) -> str:
+        """Create (if needed) the queue for ``logical`` and return its URL; ``fresh`` declares it
+        again even if cached (it was found missing). Raises TopologyError."""
+        if fresh:
+            with self._lock:
+                self._queues.pop(logical, None)
+                self._subscribed = {s for s in self._subscribed if f"{s[0]}.{s[1]}" != logical}
         url = self._queues.get(logical)
         if url is not None:
             return url
@@ -112,13 +121,18 @@ class Topology:
                     raise
                 url = str(self._sqs.get_queue_url(QueueName=name)["QueueUrl"])
         except Exception as exc:
-            raise map_error(exc, TopologyError, f"declaring SQS queue {name!r} (for {logical!r})") from exc
+            raise errors.map(exc, TopologyError, f"declaring SQS queue {name!r} (for {logical!r})") from exc
         with self._lock:
             self._queues[logical] = url
         return url
 
-    def topic_arn(self, logical: str) -> str:
-        """Create (if needed) the SNS topic for ``logical`` and return its ARN. Raises TopologyError."""
+    def topic_arn(self, logical: str, *, fresh: bool = False) -> str:
+        """Create (if needed) the SNS topic for ``logical`` and return its ARN; ``fresh`` declares
+        it (and later its subscriptions) again even if cached. Raises TopologyError."""
+        if fresh:
+            with self._lock:
+                self._topics.pop(logical, None)
+                self._subscribed = {s for s in self._subscribed if s[0] != logical}
         arn = self._topics.get(logical)
         if arn is not None:
             return arn
@@ -127,16 +141,17 @@ class Topology:
         try:
             arn = str(self._sns.create_topic(Name=name, Attributes=attributes)["TopicArn"])
         except Exception as exc:
-            raise map_error(exc, TopologyError, f"declaring SNS topic {name!r} (for {logical!r})") from exc
+            raise errors.map(exc, TopologyError, f"declaring SNS topic {name!r} (for {logical!r})") from exc
         with self._lock:
             self._topics[logical] = arn
         return arn
 
-    def subscription_queue(self, topic: str, group: str) -> tuple[str, str]:
+    def subscription_queue(self, topic: str, group: str, *, fresh: bool = False) -> tuple[str, str]:
         """Declare the group's queue, allow the topic to send to it, subscribe it with raw
-        delivery. Returns ``(queue_url, topic_arn)``. Idempotent; raises TopologyError."""
-        arn = self.topic_arn(topic)
-        url = self.queue_url(f"{topic}.{group}")
+        delivery (``fresh``: all of it again). Returns ``(queue_url, topic_arn)``. Idempotent;
+        raises TopologyError."""
+        arn = self.topic_arn(topic, fresh=fresh)
+        url = self.queue_url(f"{topic}.{group}", fresh=fresh)
         if (topic, group) in self._subscribed:
             return url, arn
         what = f"subscribing the queue of group {group!r} to topic {topic!r}"
@@ -150,7 +165,7 @@ class Topology:
         except TopologyError:
             raise
         except Exception as exc:
-            raise map_error(exc, TopologyError, what) from exc
+            raise errors.map(exc, TopologyError, what) from exc
         with self._lock:
             self._subscribed.add((topic, group))
         return url, arn

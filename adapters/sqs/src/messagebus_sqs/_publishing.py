@@ -1,0 +1,190 @@
+"""Publishing: check and encode each message, send it in batches, wait for every confirmation.
+
+Topic messages go to the SNS topic (``PublishBatch``), queue messages to the SQS queue
+(``SendMessageBatch``); both are declared on first use, and declared again when a batch finds
+them missing (deleted, or an emulator restarted without its state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from messagebus import MessageTooLarge, PublishError, UnsupportedFeature
+from messagebus.transports import Backoff, Batcher, Destination, DestinationKind, OutgoingMessage
+
+from ._codec import MAX_BODY_SIZE, MAX_WIRE_SIZE, encode_message
+from ._connection import BatchKind, Connection, Entry
+from ._errors import CONNECTION_ERRORS, is_missing
+from ._options import SqsOptions
+from ._topology import logical_queue
+
+if TYPE_CHECKING:
+    from ._consuming import SqsConsumer
+
+__all__ = ["Publisher", "encode_entry"]
+
+logger = logging.getLogger("messagebus.sqs")
+
+_ID_CHARS = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def _fifo_id(value: str) -> str:
+    """A MessageGroupId / MessageDeduplicationId (1-128 printable ASCII) for any string."""
+    if value and _ID_CHARS.fullmatch(value):
+        return value
+    return "h-" + hashlib.sha256(value.encode()).hexdigest()
+
+
+def encode_entry(message: OutgoingMessage, options: SqsOptions) -> tuple[Entry, int]:
+    """The batch entry of ``message`` and its size as SQS counts it. Raises
+    :class:`MessageTooLarge` or :class:`UnsupportedFeature` (a key on a standard destination
+    with ``strict_keys``). Pure."""
+    dest = message.destination
+    if len(message.body) > MAX_BODY_SIZE:
+        raise MessageTooLarge(
+            f"message to {dest} has a {len(message.body)}-byte body; the sqs transport "
+            f"allows {MAX_BODY_SIZE} bytes (SQS/SNS 256 KiB minus room for attributes). Nothing was sent"
+        )
+    if message.key is not None and not options.fifo and options.strict_keys:
+        raise UnsupportedFeature(
+            f"message to {dest} has key {message.key!r} but the destination is a standard (unordered) "
+            "SQS/SNS destination; use sqs://?fifo=true for ordering by key, "
+            "or drop strict_keys=true to carry the key without ordering"
+        )
+    wire = encode_message(message.body, message.headers, message.key)
+    if wire.size > MAX_WIRE_SIZE:
+        raise MessageTooLarge(
+            f"message to {dest} is {wire.size} bytes with its attributes "
+            f"(base64 for binary bodies); SQS/SNS allow {MAX_WIRE_SIZE}. Nothing was sent"
+        )
+    entry: Entry = {("Message" if _is_topic(dest) else "MessageBody"): wire.body}
+    if wire.attributes:
+        entry["MessageAttributes"] = wire.attributes
+    if options.fifo:
+        # A message without an id (a foreign producer's) gets a fresh one: a constant would
+        # make SQS drop every later message as a duplicate for five minutes.
+        dedup = _fifo_id(message.id) if message.id else uuid.uuid4().hex
+        entry["MessageGroupId"] = _fifo_id(message.key) if message.key is not None else dedup
+        entry["MessageDeduplicationId"] = dedup
+    return entry, wire.size
+
+
+def _is_topic(destination: Destination) -> bool:
+    return destination.kind is DestinationKind.TOPIC and destination.group is None
+
+
+class Publisher:
+    """Publishes for one transport. ``consumers`` are the transport's live consumers: a topic
+    declared again waits for the groups consumed here to subscribe again."""
+
+    def __init__(self, conn: Connection, consumers: Iterable[SqsConsumer]) -> None:
+        self._conn = conn
+        self._consumers = consumers
+        self._resolving: dict[tuple[str, str], asyncio.Future[str]] = {}
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        """See :meth:`SqsTransport.publish`."""
+        self._conn.require()
+        options = self._conn.options
+        prepared = [(m.destination, *encode_entry(m, options), m.key is not None) for m in messages]
+        if not prepared:
+            return
+        targets: dict[Destination, tuple[BatchKind, str, str]] = {}
+        for destination, *_ in prepared:
+            if destination not in targets:
+                targets[destination] = await self._resolve(destination)
+        futures = [self._batcher(*targets[d]).add(entry, size, ordered=keyed) for d, entry, size, keyed in prepared]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            first = failures[0]
+            if len(failures) > 1 and isinstance(first, PublishError) and not isinstance(first, MessageTooLarge):
+                raise PublishError(
+                    f"{len(failures)} of {len(futures)} messages were not confirmed; first: {first}"
+                ) from first
+            raise first
+
+    async def _resolve(self, destination: Destination) -> tuple[BatchKind, str, str]:
+        """The batch kind, target (topic ARN / queue URL) and logical name of ``destination``,
+        declaring it on first use. Concurrent first uses share one declaration."""
+        topology = self._conn.require()
+        is_topic = _is_topic(destination)
+        logical = destination.name if is_topic else logical_queue(destination)
+        kind: BatchKind = "publish" if is_topic else "send"
+        known = topology.cached_topic(logical) if is_topic else topology.cached_queue(logical)
+        if known is not None:
+            return kind, known, logical
+        key = (kind, logical)
+        pending = self._resolving.get(key)
+        if pending is None:
+            declare = topology.topic_arn if is_topic else topology.queue_url
+            pending = self._resolving[key] = asyncio.ensure_future(self._conn.run(declare, logical))
+            pending.add_done_callback(lambda _: self._resolving.pop(key, None))
+        return kind, await asyncio.shield(pending), logical
+
+    def _batcher(self, kind: BatchKind, target: str, logical: str) -> Batcher[Entry, Entry]:
+        async def send(entries: list[Entry]) -> dict[str, Any]:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._conn.options.publish_timeout
+            backoff = Backoff(0.1, 2.0)
+            while True:
+                try:
+                    return await self._send(kind, target, logical, entries)
+                except CONNECTION_ERRORS as exc:
+                    # An outage shorter than publish_timeout delays the publish, it does not fail
+                    # it. A batch cut off after SQS stored it is stored twice (at least once);
+                    # FIFO deduplication ids drop the copy.
+                    delay = min(backoff.next(), deadline - loop.time())
+                    if delay <= 0:
+                        raise
+                    logger.info("%s to %s: %s; sending again in %.1fs", kind, target, exc, delay)
+                    await asyncio.sleep(delay)
+
+        return self._conn.batcher(kind, target, send)
+
+    async def _send(self, kind: BatchKind, target: str, logical: str, entries: list[Entry]) -> dict[str, Any]:
+        if kind == "publish":
+            # A group of this process declaring its queue again (it found it gone) declares the
+            # topic first and subscribes last; SNS drops what is published in between.
+            await self._groups_redeclared(logical, start=False)
+        try:
+            return await self._conn.request(kind, target, entries)
+        except ClientError as exc:
+            if not is_missing(exc):
+                raise
+            logger.warning("%s to %s: %s is gone; declaring it again", kind, target, logical)
+        # Nothing of a batch refused for a missing destination was stored: sending it again
+        # once to the queue/topic declared again cannot duplicate anything.
+        return await self._conn.request(kind, await self._redeclare(kind, logical), entries)
+
+    async def _redeclare(self, kind: BatchKind, logical: str) -> str:
+        """Declare a queue or topic found missing again; returns its new URL / ARN."""
+        topology = self._conn.require()
+        if kind == "send":
+            return await self._conn.run(topology.queue_url, logical, fresh=True)
+        arn = await self._conn.run(topology.topic_arn, logical, fresh=True)
+        # A new topic has no subscriptions: groups consumed in this process subscribe again
+        # before the batch goes again, so it reaches them. Groups consumed elsewhere do when
+        # their consumer finds its queue gone.
+        await self._groups_redeclared(logical, start=True)
+        return arn
+
+    async def _groups_redeclared(self, topic: str, *, start: bool) -> None:
+        """Wait until the groups of ``topic`` consumed here have declared their queue and
+        subscription again: every one (``start``), or those already doing so."""
+        groups = [
+            c.redeclare() if start else c.redeclaring
+            for c in list(self._consumers)
+            if c.source.kind is DestinationKind.TOPIC and c.source.name == topic
+        ]
+        pending = [g for g in groups if g is not None]
+        if pending:
+            await asyncio.gather(*(asyncio.shield(g) for g in pending))
