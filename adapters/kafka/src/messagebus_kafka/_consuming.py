@@ -101,24 +101,7 @@ def _delivery(source: KafkaConsumer, st: _Partition, record: _Record, attempt: i
     )
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, consumer: KafkaConsumer) -> None:
-        self._consumer = consumer
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        try:
-            await self._consumer._on_revoked(set(revoked))
-        except Exception:
-            logger.exception("handling revoked partitions failed")
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        try:
-            await self._consumer._on_assigned(set(assigned))
-        except Exception:
-            logger.exception("handling assigned partitions failed")
-
-
-class KafkaConsumer(ConsumerBase):
+class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[misc]
     """A running subscription: one aiokafka consumer in the subscription's consumer group.
 
     Returned by :meth:`KafkaTransport.subscribe`; use from its event loop. ``stop`` is
@@ -231,12 +214,26 @@ class KafkaConsumer(ConsumerBase):
         except Exception as exc:
             await quietly(consumer.stop())
             raise self._connection.connect_error(exc) from exc
-        consumer.subscribe([self.names.topic, self.names.retry_topic], listener=_Listener(self))
+        consumer.subscribe([self.names.topic, self.names.retry_topic], listener=self)
         self._consumer = consumer
         if not self.inline:
             self.start()
         self._fetch_task = self.spawn(self._fetch_loop(), name=f"kafka-fetch-{self.group_id}", loop=True)
         self.spawn(self._commit_loop(), name=f"kafka-commit-{self.group_id}", loop=True)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        """aiokafka's rebalance callback: new partition states; a new group's start offsets."""
+        try:
+            await self._on_assigned(set(assigned))
+        except Exception:
+            self.log.exception("handling assigned partitions of %s failed", self.group_id)
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        """aiokafka's rebalance callback: let the partitions' handlers finish, then commit."""
+        try:
+            await self._on_revoked(set(revoked))
+        except Exception:
+            self.log.exception("handling revoked partitions of %s failed", self.group_id)
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         consumer = self._consumer

@@ -51,13 +51,6 @@ class Publisher:
         self._limit = connection.options.max_request_size
         self._names: dict[str, str] = {}
 
-    def topic_for(self, name: str) -> str:
-        """The Kafka topic of a logical topic or queue name (cached, pure)."""
-        topic = self._names.get(name)
-        if topic is None:
-            topic = self._names[name] = kafka_name(name)
-        return topic
-
     async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
         """See :meth:`KafkaTransport.publish`."""
         producer, topics = self._connection.require()
@@ -70,7 +63,7 @@ class Publisher:
         encode = HeaderEncoder().encode
         for message in messages:
             name = message.destination.name
-            topic = names.get(name) or self.topic_for(name)
+            topic = names.get(name) or names.setdefault(name, kafka_name(name))
             wire_headers, header_bytes = encode(message.headers)
             key = message.key.encode() if message.key is not None else None
             body = message.body

@@ -78,76 +78,33 @@ class TopicAdmin:
     """Creates topics on demand, once per process and transport.
 
     Not thread-safe (one event loop). ``ensure`` is idempotent and cheap once a topic is
-    known; concurrent calls for one topic share one creation request.
+    known; creation requests go one at a time, so concurrent calls for one topic send one.
     """
 
     def __init__(self, admin: AIOKafkaAdminClient, *, partitions: int, replication_factor: int) -> None:
         self._admin = admin
         self._partitions = partitions
         self._replication = replication_factor
-        self._known: set[str] = set()
-        self._creating: dict[str, asyncio.Future[None]] = {}
-
-    @property
-    def known(self) -> set[str]:
-        """Topics known to exist (read-only view for the fast path)."""
-        return self._known
+        self._lock = asyncio.Lock()
+        #: Topics known to exist (read it for the fast path; never modify it).
+        self.known: set[str] = set()
 
     async def ensure(self, topics: set[str]) -> None:
         """Make sure every topic in ``topics`` exists. Raises :class:`TopologyError`."""
-        missing = [t for t in topics if t not in self._known]
-        if not missing:
+        if topics <= self.known:
             return
-        waits: list[asyncio.Future[None]] = []
-        create: list[str] = []
-        for topic in missing:
-            fut = self._creating.get(topic)
-            if fut is None:
-                fut = asyncio.get_running_loop().create_future()
-                self._creating[topic] = fut
-                create.append(topic)
-            waits.append(fut)
-        if create:
+        async with self._lock:
+            missing = [t for t in topics if t not in self.known]  # again: others may have made them
+            if not missing:
+                return
+            new = [NewTopic(t, self._partitions, self._replication) for t in missing]
             try:
-                await self._create(create)
-            except BaseException as exc:
-                for topic in create:
-                    fut = self._creating.pop(topic)
-                    if not fut.done():
-                        fut.set_exception(
-                            exc
-                            if isinstance(exc, Exception)
-                            else TopologyError(f"creating Kafka topic {topic!r} was cancelled")
-                        )
-                        # Every waiter gets the error; mark it retrieved for the ones that left.
-                        fut.exception()
-                raise
-            for topic in create:
-                self._known.add(topic)
-                fut = self._creating.pop(topic)
-                if not fut.done():
-                    fut.set_result(None)
-        for fut in waits:
-            await fut
-
-    async def _create(self, topics: list[str]) -> None:
-        new = [NewTopic(t, self._partitions, self._replication) for t in topics]
-        try:
-            response = await self._admin.create_topics(new)
-        except kerr.KafkaError as exc:
-            raise errors.map(exc, TopologyError, f"cannot create Kafka topics {', '.join(topics)}") from exc
-        for topic, code, message in _topic_errors(response):
-            if code in (0, kerr.TopicAlreadyExistsError.errno):
-                continue
-            error = kerr.for_code(code)(message or "")
-            raise errors.map(error, TopologyError, f"cannot create Kafka topic {topic!r}") from error
-        logger.debug("kafka topics ensured: %s", topics)
-
-
-def _topic_errors(response: object) -> list[tuple[str, int, str | None]]:
-    out: list[tuple[str, int, str | None]] = []
-    for item in getattr(response, "topic_errors", []):
-        topic, code = item[0], item[1]
-        message = item[2] if len(item) > 2 else None
-        out.append((topic, code, message))
-    return out
+                response = await self._admin.create_topics(new)
+            except kerr.KafkaError as exc:
+                raise errors.map(exc, TopologyError, f"cannot create Kafka topics {', '.join(missing)}") from exc
+            for topic, code, *message in getattr(response, "topic_errors", []):
+                if code not in (0, kerr.TopicAlreadyExistsError.errno):
+                    error = kerr.for_code(code)(message[0] if message and message[0] else "")
+                    raise errors.map(error, TopologyError, f"cannot create Kafka topic {topic!r}") from error
+            self.known.update(missing)
+            logger.debug("kafka topics ensured: %s", missing)

@@ -82,9 +82,7 @@ class KafkaTransport:
         return f"KafkaTransport({self._url.render()!r})"
 
     async def connect(self) -> None:
-        """Connect the producer and the admin client. Keeps trying for ``connect_timeout``
-        seconds, then raises :class:`ConnectError` saying which servers were tried and why it
-        failed. Idempotent."""
+        """Connect the producer and the admin client, trying for ``connect_timeout`` seconds."""
         await self._connection.open()
 
     async def close(self) -> None:
@@ -95,24 +93,17 @@ class KafkaTransport:
         await self._connection.close()
 
     async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
-        """Send every message and return once Kafka confirmed all of them (``acks=all``).
-
-        Sizes are checked first: :class:`MessageTooLarge` before anything is sent. Topics are
-        created on demand. Not atomic: raises :class:`PublishError` for the first failure
-        (others may have been stored), :class:`LifecycleError` when not connected.
-        """
+        """The contract's ``publish``: confirmed with ``acks=all``; every size (body, key and
+        headers against ``max_request_size``) checked before anything is sent; topics created
+        on demand."""
         await self._publisher.publish(messages)
 
     async def subscribe(self, source: Destination, handler: DeliveryHandler, *, concurrency: int) -> KafkaConsumer:
-        """Create the topics, start a consumer in the subscription's group and deliver to
-        ``handler`` with at most ``concurrency`` calls in flight (one at a time per key).
-
-        A topic subscription starts at the topic's end as of this call the first time its
-        group is seen (messages published after ``subscribe`` returns are delivered even
-        while the group is still joining); a queue's group starts at the earliest message.
-        Raises ``ValueError`` for a concurrency below 1, :class:`TopologyError`,
-        :class:`ConnectError`, :class:`LifecycleError`.
-        """
+        """The contract's ``subscribe``: one consumer in the source's Kafka group. A topic
+        group seen for the first time starts at the topic's end as of this call (messages
+        published after it returns are delivered although the join takes seconds); a queue's
+        group starts at the earliest message. Raises ``ValueError`` for a concurrency below 1,
+        :class:`TopologyError`, :class:`ConnectError`, :class:`LifecycleError`."""
         _, topics = self._connection.require()
         names = subscription_names(source)
         consumer = KafkaConsumer(
