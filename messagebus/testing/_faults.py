@@ -1,7 +1,8 @@
 """Fault tests of the conformance kit (pytest marker ``faults``): connections cut, stalled,
 half-open, cut repeatedly and refused for an outage, cut while retries and dead letters are
 being settled; consumer and producer processes killed; instances joining and leaving a group
-mid-stream; poison and fail-once messages in a stream; hanging handlers; broker restarts.
+mid-stream; poison and fail-once messages in a stream; hanging handlers (broker crashes and
+restarts are in :mod:`._crash`, on private brokers).
 
 Every test counts Jepsen's three with a :class:`~messagebus.testing._ledger.Ledger`: lost
 (confirmed, never handled), duplicated (handled more than once) and unexpected (never sent by
