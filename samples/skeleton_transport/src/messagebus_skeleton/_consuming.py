@@ -1,9 +1,11 @@
 """The consumer of one queue: a poll loop (``ConsumerBase.fetch_loop``) and the broker
 primitives behind its deliveries.
 
-Receiving leases messages: it stamps them with a fresh receipt and hides them for
-``visibility_timeout`` seconds. Only the oldest message of a key can be received, so a key's
-messages are handled one at a time in publish order, across every consumer of the group. An
+Receiving leases messages, in the order they became visible (so a redelivery queues behind
+what is already waiting, and a zero-delay ``Nack`` loop starves nothing): it stamps them with
+a fresh receipt and hides them for ``visibility_timeout`` seconds. Only the oldest message of
+a key can be received, so a key's messages are handled one at a time in publish order, across
+every consumer of the group (and a retried message holds back the rest of its key). An
 ack deletes the row, a redelivery makes it visible again after the delay, a hand-back makes
 it visible now; each matches the receipt, so a consumer whose lease ran out settles nothing.
 ``attempt`` counts every receive, so broker redeliveries (a hand-back, a lease that ran out)
