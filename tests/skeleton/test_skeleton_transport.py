@@ -69,15 +69,19 @@ def test_host_or_credentials_are_refused_without_the_password() -> None:
         SkeletonTransport.from_url("skeleton:///tmp/")
 
 
-async def test_a_file_that_is_not_a_database_fails_connect_clearly(tmp_path: Path) -> None:
+async def test_a_file_that_is_not_a_database_fails_connect_clearly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Catches a raw ``sqlite3.DatabaseError`` escaping connect, or connect retrying a file
     that will never become a database."""
     path = tmp_path / "notes.txt"
     path.write_text("not a database, " * 100)
-    transport = SkeletonTransport.from_url(f"skeleton://{path}?connect_retries=50")
+    transport = SkeletonTransport.from_url(f"skeleton://{path}?connect_retries=2")
     with pytest.raises(ConnectError, match="not a skeleton broker database") as caught:
         await transport.connect()
     assert caught.value.__cause__ is not None, "the native error must be chained"
+    retries = [r.getMessage() for r in caplog.records if r.name == "messagebus.skeleton"]
+    assert not retries, f"connect retried a file that will never become a database: {retries[:1]}"
 
 
 async def test_a_missing_directory_fails_connect_with_a_hint(tmp_path: Path) -> None:
@@ -109,38 +113,47 @@ async def test_use_before_connect_and_after_close_raises_lifecycle_error(skeleto
 
 
 async def test_a_settle_after_the_lease_ran_out_raises_and_deletes_nothing(tmp_path: Path) -> None:
-    """Catches an ack matched by message id alone: a consumer whose visibility timeout ran
+    """Catches a settle matched by message id alone: a consumer whose visibility timeout ran
     out would delete the message another consumer now holds. The late ack must raise
-    ConsumeError naming the queue, and the message must still be handled by its new holder."""
-    url = f"skeleton://{tmp_path / 'b.db'}?visibility_timeout=0.2&poll_interval=0.01"
+    ConsumeError naming the queue, and the new holder's ack must still succeed."""
+    url = f"skeleton://{tmp_path / 'b.db'}?visibility_timeout=1&poll_interval=0.01"
     transport = SkeletonTransport.from_url(url)
     await transport.connect()
     queue = Destination(DestinationKind.QUEUE, "leases")
-    again = asyncio.Event()
+    received_again = asyncio.Event()
+    late_ack_done = asyncio.Event()
+    done = asyncio.Event()
     attempts: list[int] = []
     late: list[BaseException] = []
-    settled = asyncio.Event()
+    holder_failed: list[BaseException] = []
 
     async def handle(delivery: Delivery) -> None:
         attempts.append(delivery.attempt)
         if delivery.attempt == 1:
-            await asyncio.wait_for(again.wait(), 10)  # held past the lease: received again meanwhile
+            # Held past its lease: the broker hands the message out again meanwhile.
+            await asyncio.wait_for(received_again.wait(), 10)
             try:
                 await delivery.ack()
             except ConsumeError as exc:
                 late.append(exc)
-            settled.set()
+            late_ack_done.set()
             return
-        again.set()
-        await delivery.ack()
+        received_again.set()
+        await asyncio.wait_for(late_ack_done.wait(), 10)
+        try:
+            await delivery.ack()
+        except ConsumeError as exc:
+            holder_failed.append(exc)
+        done.set()
 
     try:
         await transport.subscribe(queue, handle, concurrency=2)
         await transport.publish([OutgoingMessage(queue, b"{}", {})])
-        await asyncio.wait_for(settled.wait(), 10)
+        await asyncio.wait_for(done.wait(), 10)
     finally:
         await transport.close()
     assert attempts == [1, 2]
+    assert not holder_failed, f"the late ack deleted the message its new holder had: {holder_failed[0]}"
     assert late, "the ack after the lease ran out was taken"
     assert "skeleton queue 'leases'" in str(late[0]) and "no longer leased" in str(late[0])
 
