@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from messagebus_pubsub import PubSubTransport, resource_id
+from messagebus_pubsub import PubSubOptions, PubSubTransport, physical_names, resource_id
 from messagebus_pubsub._codec import MAX_BODY, check_size, decode_attributes, encode_attributes
 
 from messagebus import Bus, InvalidOption, InvalidURL, MessageTooLarge
-from messagebus.transports import TransportURL
+from messagebus.transports import Destination, DestinationKind, TransportURL
 
 
 def make(url: str) -> PubSubTransport:
@@ -156,3 +156,30 @@ def test_size_limits() -> None:
         check_size(topic, b"x" * (MAX_BODY + 1), {}, "")
     with pytest.raises(MessageTooLarge, match="request limit"):
         check_size(topic, b"x" * MAX_BODY, {f"h{i}": "v" * 1024 for i in range(130)}, "")
+
+
+def test_physical_names_give_every_resource_of_a_destination() -> None:
+    """Catches physical_names disagreeing with what the transport declares: a retry or
+    dead-letter id mapped other than by resource_id, or a subscription given to a bare topic."""
+    group = Destination(DestinationKind.TOPIC, "orders.created", "billing")
+    assert physical_names(group) == {
+        "topic": "orders.created",
+        "subscription": "orders.created.billing",
+        "retry_topic": "orders.created.billing~retry",
+        "retry_subscription": "orders.created.billing~retry",
+        "dead_letter": "orders.created.billing.dlq",
+    }
+    assert physical_names(Destination(DestinationKind.TOPIC, "orders.created")) == {"topic": "orders.created"}
+    queue = physical_names(Destination(DestinationKind.QUEUE, "1st"), PubSubOptions())
+    assert queue["topic"] == queue["subscription"] == resource_id("1st") != "1st"
+    assert queue["dead_letter"] == resource_id("1st.dlq")
+
+
+def test_options_given_to_the_constructor_replace_the_query() -> None:
+    """Catches the constructor ignoring its options argument (the common shape of every
+    adapter: XTransport(url, options))."""
+    url = TransportURL.parse("pubsub://my-project?emulator_host=127.0.0.1:8085")
+    t = PubSubTransport(url, PubSubOptions(emulator_host="127.0.0.1:9999", ordering=False))
+    assert t.emulator_host == "127.0.0.1:9999"
+    assert t.capabilities.ordering is False
+    assert PubSubTransport.from_url("pubsub://my-project?ordering=false").capabilities.ordering is False

@@ -1,11 +1,11 @@
 """Google Cloud Pub/Sub transport for messagebus: ``MESSAGEBUS_URL=pubsub://my-project``.
 
 Installed as the ``pubsub`` entry point of the ``messagebus.transports`` group; the bus finds
-it by URL scheme. See the package README for URL options, topology and guarantees.
+it by URL scheme. See the package README for options, topology and guarantees.
 """
 
 from ._options import PubSubOptions
-from ._topology import resource_id
-from ._transport import PubSubConsumer, PubSubDelivery, PubSubTransport
+from ._topology import physical_names, resource_id
+from ._transport import PubSubTransport
 
-__all__ = ["PubSubConsumer", "PubSubDelivery", "PubSubOptions", "PubSubTransport", "resource_id"]
+__all__ = ["PubSubOptions", "PubSubTransport", "physical_names", "resource_id"]

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Mapping
+from typing import Any
 
 from google.pubsub_v1.types import PublishRequest, PubsubMessage
 
@@ -27,9 +29,12 @@ __all__ = [
     "decode_attributes",
     "encode_attributes",
     "ordering_key_for",
+    "raw_message",
+    "read_retry",
+    "retry_attributes",
 ]
 
-#: Pub/Sub's limit on one publish request (the client library enforces it too).
+#: Pub/Sub's limit on one publish request.
 MAX_REQUEST = 10_000_000
 #: Largest body guaranteed to fit: the request limit minus room for 100 full attributes.
 MAX_BODY = MAX_REQUEST - 128 * 1024
@@ -44,8 +49,8 @@ _MAX_ATTRIBUTES = 100
 _MAX_KEY = 256
 _MAX_VALUE = 1024
 _MAX_ORDERING_KEY = 1024
-# Keyword names of PublisherClient.publish(); an attribute with one of these names would
-# collide with the argument, so such headers are packed instead.
+# Keyword names of the client library's PublisherClient.publish(**attributes): packed, so a
+# consumer re-publishing our attributes with that client never collides with its arguments.
 _RESERVED_KWARGS = frozenset({"topic", "data", "ordering_key", "retry", "timeout"})
 _RAW_MESSAGE = PubsubMessage.pb()
 _RAW_REQUEST = PublishRequest.pb()
@@ -103,18 +108,14 @@ def encode_attributes(headers: Mapping[str, str], key: str | None, ordering: boo
 
 def _utf8_chunks(text: str, limit: int) -> list[str]:
     """Split ``text`` into pieces of at most ``limit`` UTF-8 bytes, never inside a character."""
-    if len(text.encode()) <= limit:
-        return [text]
-    chunks: list[str] = []
-    start = size = 0
-    for i, char in enumerate(text):
-        width = len(char.encode())
-        if size + width > limit:
-            chunks.append(text[start:i])
-            start, size = i, 0
-        size += width
-    chunks.append(text[start:])
-    return chunks
+    data, chunks = text.encode(), []
+    while data:
+        cut = min(limit, len(data))
+        while cut < len(data) and data[cut] & 0xC0 == 0x80:  # a continuation byte: back up
+            cut -= 1
+        chunks.append(data[:cut].decode())
+        data = data[cut:]
+    return chunks or [""]
 
 
 def decode_attributes(attributes: Mapping[str, str]) -> dict[str, str]:
@@ -138,6 +139,11 @@ def decode_attributes(attributes: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+def raw_message(data: bytes, attributes: Mapping[str, str], ordering_key: str) -> Any:
+    """The protobuf ``PubsubMessage`` to publish (the raw message: no proto-plus wrapping)."""
+    return _RAW_MESSAGE(data=data, attributes=attributes, ordering_key=ordering_key)
+
+
 def check_size(topic: str, data: bytes, attributes: Mapping[str, str], ordering_key: str) -> None:
     """Raise :class:`MessageTooLarge` if the body exceeds :data:`MAX_BODY` or the publish
     request would exceed Pub/Sub's 10 MB limit. Cheap unless the message is near the limit."""
@@ -150,11 +156,37 @@ def check_size(topic: str, data: bytes, attributes: Mapping[str, str], ordering_
     estimate = size + len(topic) + len(ordering_key) + sum(len(k) + len(v) + 8 for k, v in attributes.items())
     if estimate < MAX_REQUEST - 64 * 1024:
         return
-    request = _RAW_REQUEST(
-        topic=topic, messages=[_RAW_MESSAGE(data=data, attributes=dict(attributes), ordering_key=ordering_key)]
-    )
+    request = _RAW_REQUEST(topic=topic, messages=[raw_message(data, attributes, ordering_key)])
     total = request.ByteSize()
     if total > MAX_REQUEST:
         raise MessageTooLarge(
             f"message of {total:,} bytes with its attributes exceeds Pub/Sub's {MAX_REQUEST:,}-byte request limit"
         )
+
+
+def retry_attributes(
+    headers: Mapping[str, str], extra: Mapping[str, str], attempt: int, delay: float, key: str | None
+) -> dict[str, str]:
+    """Attributes of a retry re-published with ``attempt`` and ``extra`` headers, not to be
+    handled before ``delay`` seconds from now (the key travels as an attribute: retry
+    subscriptions are unordered)."""
+    wire = {k: v for k, v in headers.items() if k not in INTERNAL_HEADERS}
+    wire.update(extra)
+    wire[h.ATTEMPT] = str(attempt)
+    if delay > 0:
+        wire[NOT_BEFORE] = str(int((time.time() + delay) * 1000))
+    return encode_attributes(wire, key, False)[0]
+
+
+def read_retry(wire: Mapping[str, str]) -> tuple[int, float]:
+    """The attempt of a received retry and the epoch seconds before which it must not be
+    handled (0 when it is due at once). Malformed values count as attempt 2, due now."""
+    try:
+        attempt = max(1, int(wire.get(h.ATTEMPT, "2")))
+    except ValueError:
+        attempt = 2
+    try:
+        due = float(wire.get(NOT_BEFORE, "0")) / 1000.0
+    except ValueError:
+        due = 0.0
+    return attempt, due

@@ -1,4 +1,5 @@
-"""URL options of the Pub/Sub transport, validated before any I/O."""
+"""Options of the Pub/Sub transport (the URL query) and the project and emulator a URL names,
+validated before any I/O."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import re
 from pydantic import Field, field_validator
 
 from messagebus import InvalidOption, InvalidURL
-from messagebus.transports import TransportOptions, TransportURL, parse_options
+from messagebus.transports import TransportOptions, TransportURL
 
-__all__ = ["EMULATOR_ENV", "PubSubOptions", "PubSubSettings", "parse_url"]
+__all__ = ["EMULATOR_ENV", "PubSubOptions", "emulator_of", "project_of"]
 
 #: Environment variable Google's clients read to find the emulator; honoured here too.
 EMULATOR_ENV = "PUBSUB_EMULATOR_HOST"
@@ -22,7 +23,8 @@ _HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})")
 
 
 class PubSubOptions(TransportOptions):
-    """Query options of a ``pubsub://PROJECT?...`` URL.
+    """Options of the Pub/Sub transport: the query of a ``pubsub://PROJECT?...`` URL, or given
+    to :class:`PubSubTransport` directly (immutable; invalid values raise ``InvalidOption``).
 
     - ``emulator_host``: ``host:port`` of a Pub/Sub emulator (plaintext, no credentials);
       defaults to ``$PUBSUB_EMULATOR_HOST``.
@@ -30,8 +32,8 @@ class PubSubOptions(TransportOptions):
       Application Default Credentials.
     - ``ack_deadline``: seconds (10-600) a delivered message stays leased before Pub/Sub
       redelivers it if this process dies; leases are extended while handlers run.
-    - ``max_messages``: flow control, the most messages leased at once per subscription
-      (default: ``concurrency`` plus a prefetch of ``max(concurrency, 10)``).
+    - ``max_messages``: flow control, the most messages leased at once per consumer
+      (default: ``concurrency + 100``; also capped at 100 MiB).
     - ``ordering``: use ordering keys (ordered publisher and ordered subscriptions).
     - ``connect_timeout``: seconds ``connect()`` and declarations may take before failing.
     - ``publish_timeout``: seconds a publish may wait for the broker's confirmation.
@@ -66,23 +68,11 @@ class PubSubOptions(TransportOptions):
         return value
 
 
-class PubSubSettings:
-    """Everything :meth:`PubSubTransport.from_url` resolved: project, emulator, options."""
+def project_of(url: TransportURL) -> str:
+    """The Google Cloud project id a ``pubsub://PROJECT`` URL names, validated without I/O.
 
-    __slots__ = ("emulator_host", "options", "project", "url")
-
-    def __init__(self, url: TransportURL, project: str, options: PubSubOptions, emulator_host: str | None) -> None:
-        self.url = url
-        self.project = project
-        self.options = options
-        self.emulator_host = emulator_host
-
-
-def parse_url(url: TransportURL) -> PubSubSettings:
-    """Validate a ``pubsub://`` URL without I/O.
-
-    Raises :class:`InvalidURL` for a wrong scheme, missing or malformed project id, a port,
-    user info or path, and :class:`InvalidOption` for bad query options (listing valid ones).
+    Raises :class:`InvalidURL` for a wrong scheme, a missing or malformed project id, a port,
+    user info or a path.
     """
     if url.scheme != "pubsub":
         raise InvalidURL(f"the Pub/Sub transport handles pubsub:// URLs, got {url.scheme}:// in {url.render()!r}")
@@ -102,27 +92,29 @@ def parse_url(url: TransportURL) -> PubSubSettings:
         )
     if url.path not in ("", "/"):
         raise InvalidURL(f"pubsub:// URL {url.render()!r} has a path {url.path!r}; expected pubsub://my-project")
-    project = url.host
-    if _PROJECT.fullmatch(project) is None:
+    if _PROJECT.fullmatch(url.host) is None:
         raise InvalidURL(
-            f"invalid Google Cloud project id {project!r} in {url.render()!r}: use 6-30 lowercase letters, "
+            f"invalid Google Cloud project id {url.host!r} in {url.render()!r}: use 6-30 lowercase letters, "
             "digits or hyphens, starting with a letter and not ending with a hyphen"
         )
-    options = parse_options(url, PubSubOptions)
+    return url.host
+
+
+def emulator_of(options: PubSubOptions, url: TransportURL) -> str | None:
+    """The emulator to use: ``emulator_host``, else ``$PUBSUB_EMULATOR_HOST`` unless a
+    ``credentials_file`` asks for the real service. Raises :class:`InvalidOption`."""
     emulator = options.emulator_host
-    # An explicit credentials_file in the URL beats the process-wide emulator variable.
-    if emulator is None and options.credentials_file is None:
-        env = os.environ.get(EMULATOR_ENV, "").strip()
-        if env:
-            try:
-                emulator = PubSubOptions._check_emulator_host(env)
-            except ValueError:
-                raise InvalidOption(
-                    f"environment variable {EMULATOR_ENV}={env!r} is not host:port such as 127.0.0.1:8085"
-                ) from None
-    if options.emulator_host is not None and options.credentials_file is not None:
+    if emulator is not None and options.credentials_file is not None:
         raise InvalidOption(
             f"credentials_file and an emulator ({emulator}) exclude each other in {url.render()!r}: "
             "the emulator takes no credentials"
         )
-    return PubSubSettings(url, project, options, emulator)
+    env = os.environ.get(EMULATOR_ENV, "").strip()
+    if emulator is None and options.credentials_file is None and env:
+        try:
+            emulator = PubSubOptions._check_emulator_host(env)
+        except ValueError:
+            raise InvalidOption(
+                f"environment variable {EMULATOR_ENV}={env!r} is not host:port such as 127.0.0.1:8085"
+            ) from None
+    return emulator

@@ -1,42 +1,29 @@
-"""Logical names -> Pub/Sub resources, and idempotent, cached declarations.
-
-Mapping (DESIGN section 3):
-
-- topic ``T``                  -> Pub/Sub topic ``T``
-- subscription group ``G``     -> subscription ``T.G`` on topic ``T``
-- queue ``Q``                  -> topic ``Q`` plus subscription ``Q`` (created on declare and on
-                                  first send, so messages sent before any consumer wait)
-- retries of subscription ``S`` -> topic ``S~retry`` plus subscription ``S~retry`` (``~`` never
-                                  occurs in logical names, so these never collide with yours)
-- dead letters                 -> the logical queue ``<T>.<G>.dlq`` / ``<Q>.dlq`` (a queue)
-
-Pub/Sub ids are 3-255 characters of ``[A-Za-z0-9-_.~+%]``, start with a letter and must
-not start with ``goog``; other names get a prefix and a hash (see :func:`resource_id`).
+"""Logical names -> Pub/Sub resources (see the README's topology table), and idempotent,
+cached declarations. Pub/Sub ids are 3-255 characters of ``[A-Za-z0-9-_.~+%]``, start with a
+letter and not with ``goog``; other names get a prefix and a hash (:func:`resource_id`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
-import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from google.api_core import exceptions as gexc
-from google.api_core.retry_async import AsyncRetry
 from google.protobuf import duration_pb2
 from google.pubsub_v1 import PublisherAsyncClient, SubscriberAsyncClient
 from google.pubsub_v1.types import ExpirationPolicy, Subscription
 
 from messagebus import TopologyError
-from messagebus.transports import Destination, DestinationKind, sanitize_name
+from messagebus.transports import Destination, DestinationKind, dead_letter_name, sanitize_name, validate_name
 
-from ._errors import map_error
+from ._errors import errors, transient_retry
+from ._options import PubSubOptions
 
-__all__ = ["RETRY_SUFFIX", "Names", "Topology", "names_for", "resource_id"]
-
-logger = logging.getLogger("messagebus.pubsub")
+__all__ = ["RETRY_SUFFIX", "Names", "Topology", "names_for", "physical_names", "resource_id"]
 
 RETRY_SUFFIX = "~retry"
 _ALLOWED = r"A-Za-z0-9._~+%-"
@@ -60,10 +47,9 @@ def resource_id(name: str) -> str:
 class Names:
     """Resource paths of one destination: its topic, and (for consumers) its subscriptions."""
 
-    __slots__ = ("project", "retry_subscription", "retry_topic", "subscription", "topic")
+    __slots__ = ("retry_subscription", "retry_topic", "subscription", "topic")
 
     def __init__(self, project: str, topic: str, subscription: str | None) -> None:
-        self.project = project
         self.topic = f"projects/{project}/topics/{resource_id(topic)}"
         self.subscription: str | None = None
         self.retry_topic: str | None = None
@@ -75,14 +61,37 @@ class Names:
             self.retry_subscription = f"projects/{project}/subscriptions/{retry}"
 
 
+@functools.lru_cache(maxsize=4096)
 def names_for(project: str, destination: Destination) -> Names:
     """Paths for ``destination``: a queue has its own subscription; a topic with a group has
-    ``topic.group``; a topic without a group (publishing) has none."""
+    ``topic.group``; a topic without a group (publishing) has none. Raises
+    :class:`InvalidDestination` for an illegal name (cached once valid)."""
+    validate_name(destination.name, destination.kind.value)
+    if destination.group is not None:
+        validate_name(destination.group, "group")
     if destination.kind is DestinationKind.QUEUE:
         return Names(project, destination.name, destination.name)
     if destination.group:
         return Names(project, destination.name, f"{destination.name}.{destination.group}")
     return Names(project, destination.name, None)
+
+
+def physical_names(destination: Destination, options: PubSubOptions | None = None) -> dict[str, str]:
+    """Role -> Pub/Sub resource id for ``destination``: ``topic``, and for a queue or a
+    topic's group also ``subscription``, ``retry_topic``/``retry_subscription`` (one id) and
+    ``dead_letter`` (the topic and subscription of its dead-letter queue). Pure; ``options``
+    change nothing on Pub/Sub. Raises :class:`InvalidDestination` for an illegal name."""
+    names = names_for("_", destination)
+    roles = {
+        "topic": names.topic,
+        "subscription": names.subscription,
+        "retry_topic": names.retry_topic,
+        "retry_subscription": names.retry_subscription,
+    }
+    out = {role: path.rsplit("/", 1)[-1] for role, path in roles.items() if path}
+    if names.subscription:
+        out["dead_letter"] = resource_id(dead_letter_name(destination.name, destination.group))
+    return out
 
 
 class Topology:
@@ -93,33 +102,15 @@ class Topology:
     """
 
     def __init__(
-        self,
-        publisher: PublisherAsyncClient,
-        subscriber: SubscriberAsyncClient,
-        *,
-        ack_deadline: int,
-        ordering: bool,
-        timeout: float,
-        where: str,
+        self, publisher: PublisherAsyncClient, subscriber: SubscriberAsyncClient, options: PubSubOptions, where: str
     ) -> None:
         self._publisher = publisher
         self._subscriber = subscriber
-        self._ack_deadline = ack_deadline
-        self._ordering = ordering
-        self._timeout = timeout
+        self._options = options
         self._where = where
         self._done: set[str] = set()
         self._sub_topics: dict[str, str] = {}
-        self._pending: dict[str, asyncio.Future[None]] = {}
-
-    def _retry(self) -> AsyncRetry:
-        return AsyncRetry(
-            initial=0.1,
-            maximum=2.0,
-            multiplier=2.0,
-            timeout=self._timeout,
-            predicate=lambda exc: isinstance(exc, gexc.ServiceUnavailable | gexc.DeadlineExceeded | gexc.Aborted),
-        )
+        self._pending: dict[str, asyncio.Task[None]] = {}
 
     def forget_all(self) -> None:
         """Drop the whole cache (the broker lost its state, e.g. an emulator restarted)."""
@@ -143,14 +134,9 @@ class Topology:
         if known is not None and known != topic:
             raise _clash(path, known, topic)
         await self.ensure_topic(topic)
-        want_order = self._ordering if ordered is None else ordered
+        want_order = self._options.ordering if ordered is None else ordered
         await self._once(path, lambda: self._create_subscription(path, topic, want_order))
         self._sub_topics[path] = topic
-
-    async def ensure_queue(self, names: Names) -> None:
-        """Declare a queue (topic + its subscription) or a topic's group subscription."""
-        assert names.subscription is not None
-        await self.ensure_subscription(names.subscription, names.topic)
 
     async def ensure_consumer(self, names: Names) -> None:
         """Declare everything a consumer reads: its subscription and its retry topic/subscription."""
@@ -162,34 +148,29 @@ class Topology:
             self.ensure_subscription(names.retry_subscription, names.retry_topic, ordered=False),
         )
 
-    async def _once(self, path: str, create: Callable[[], Awaitable[None]]) -> None:
+    async def _once(self, path: str, create: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        # Concurrent declarations of one path share one creation; a failed one is not cached.
         if path in self._done:
             return
-        pending = self._pending.get(path)
-        if pending is None:
-            pending = asyncio.get_running_loop().create_future()
-            self._pending[path] = pending
-            try:
-                await create()
-            except BaseException as exc:
-                del self._pending[path]
-                pending.set_exception(exc)
-                # Mark retrieved so a lone declarer does not log "exception never retrieved".
-                pending.exception()
-                raise
-            del self._pending[path]
+        task = self._pending.get(path)
+        if task is None:
+            task = self._pending[path] = asyncio.ensure_future(create())
+            task.add_done_callback(lambda t: self._created(path, t))
+        await asyncio.shield(task)
+
+    def _created(self, path: str, task: asyncio.Task[None]) -> None:
+        del self._pending[path]
+        if not task.cancelled() and task.exception() is None:
             self._done.add(path)
-            pending.set_result(None)
-            return
-        await asyncio.shield(pending)
 
     async def _call(self, what: str, fn: Callable[..., Awaitable[Any]], request: Any) -> Any:
         try:
-            return await fn(request=request, retry=self._retry(), timeout=self._timeout)
+            timeout = self._options.connect_timeout
+            return await fn(request=request, retry=transient_retry(timeout), timeout=timeout)
         except gexc.AlreadyExists:
             raise
         except Exception as exc:
-            raise map_error(exc, f"cannot {what}", where=self._where, default=TopologyError) from exc
+            raise errors.map(exc, TopologyError, f"cannot {what} at {self._where}") from exc
 
     async def _create_topic(self, path: str) -> None:
         with contextlib.suppress(gexc.AlreadyExists):
@@ -199,7 +180,7 @@ class Topology:
         sub = Subscription(
             name=path,
             topic=topic,
-            ack_deadline_seconds=self._ack_deadline,
+            ack_deadline_seconds=self._options.ack_deadline,
             enable_message_ordering=ordered,
             # Durable like a queue: never expire for inactivity (Pub/Sub's default is 31 days).
             expiration_policy=ExpirationPolicy(),

@@ -1,0 +1,302 @@
+"""The Pub/Sub consumer: unary pull loops on a subscription and its retry subscription on the
+bus's event loop, batched acks and ack-deadline changes, lease extension, flow control.
+
+Retries are re-published to the consumer's own retry topic with ``messagebus-attempt`` and
+``messagebus-not-before``; one that arrives early goes back to Pub/Sub with its ack deadline
+set to the remaining delay, the last second or two is held on the loop. Why unary pull, and
+why a stop lets a pending pull finish: see the README (the emulator's streaming pull).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.pubsub_v1 import PullResponse, ReceivedMessage
+
+from messagebus import ConsumeError, MessageBusError
+from messagebus.transports import (
+    AttributeValue,
+    Backoff,
+    Batcher,
+    ConsumerBase,
+    Delivery,
+    DeliveryHandler,
+    describe_error,
+)
+from messagebus.transports import headers as h
+
+from ._codec import INTERNAL_HEADERS, check_size, decode_attributes, read_retry, retry_attributes
+from ._connection import Connection
+from ._errors import errors, transient_retry
+from ._publishing import Publisher
+from ._telemetry import delivery_attributes
+from ._topology import Names
+
+__all__ = ["PubSubConsumer"]
+
+logger = logging.getLogger("messagebus.pubsub")
+
+# A retry due within this many seconds waits on the event loop (ack deadlines are whole
+# seconds); a later one goes back to Pub/Sub with its ack deadline set to the delay.
+_LOCAL_HOLD = 2.0
+_MAX_ACK_DEADLINE = 600
+# Seconds one Pull may wait for messages: short, since a stop lets a pending pull finish.
+_PULL_WAIT = 2.0
+_MAX_BYTES = 100 * 1024 * 1024
+# Ack ids per Acknowledge / ModifyAckDeadline request.
+_MAX_ACK_IDS = 2500
+# Leases are extended for at most this many seconds; then Pub/Sub redelivers.
+_MAX_LEASE = 3600.0
+
+#: A settle request: an ack id and the new ack deadline in seconds (``None``: acknowledge).
+Settle = tuple[str, int | None]
+
+
+class _Lane:
+    """One subscription a consumer reads (its own or its retry subscription) and the batcher
+    of its acks and ack-deadline changes."""
+
+    __slots__ = ("batcher", "name", "path", "pulling", "retried")
+
+    def __init__(self, path: str, retried: bool, call: Callable[[_Lane, list[Settle]], Any]) -> None:
+        self.path = path
+        self.name = path.rsplit("/", 1)[-1]
+        self.retried = retried
+        self.pulling = False
+        self.batcher: Batcher[Settle, None] = Batcher(
+            lambda entries: call(self, entries), max_entries=_MAX_ACK_IDS, map_error=lambda exc: exc
+        )
+
+    def failed(self, exc: Exception) -> str:
+        """What went wrong when a pull failed, for the log."""
+        return f"pulling from {self.path} failed ({describe_error(exc)})"
+
+
+class PubSubConsumer(ConsumerBase):
+    """A running subscription (the contract's ``Consumer``). A delivery's ``native`` is the
+    protobuf ``ReceivedMessage``, ``raw`` its :class:`google.pubsub_v1.ReceivedMessage`
+    wrapper and ``token`` the lane (subscription) it came on.
+
+    Flow control: at most ``max_messages`` (default ``concurrency + 100``) and 100 MiB are
+    leased at once; leases are extended every third of the ack deadline while messages are
+    queued, held or handled (up to an hour). Acks are sent right after the handler settled,
+    batched per loop turn; an ack lost with the connection means one more delivery.
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        publisher: Publisher,
+        names: Names,
+        handler: DeliveryHandler,
+        concurrency: int,
+        on_close: Callable[[PubSubConsumer], None],
+    ) -> None:
+        options = connection.options
+        assert names.subscription is not None and names.retry_subscription is not None
+        super().__init__(
+            handler,
+            concurrency,
+            name=names.subscription.rsplit("/", 1)[-1],
+            ordered=options.ordering,
+            capacity=options.max_messages or concurrency + 100,
+            log=logger,
+        )
+        self._conn = connection
+        self._publisher = publisher
+        self._names = names
+        self._on_close = on_close
+        self._deadline = options.ack_deadline
+        self._lanes = (
+            _Lane(names.subscription, False, self._settle),
+            _Lane(names.retry_subscription, True, self._settle),
+        )
+        # Leased and not yet settled, by ack id: (delivery, leased since).
+        self._leased: dict[str, tuple[Delivery, float]] = {}
+        self._bytes = 0
+        self._room = asyncio.Event()
+        self._pulls: list[asyncio.Task[Any]] = []
+        self.closed = False
+
+    def start(self) -> None:
+        """Start the workers, both pull loops and the lease keeper. Never blocks."""
+        super().start()
+        for lane in self._lanes:
+            pull = self.fetch_loop(
+                functools.partial(self._pull, lane), describe_error=lane.failed, backoff=Backoff(0.2)
+            )
+            self._pulls.append(self.spawn(pull, name=f"pubsub-pull-{lane.name}", loop=True))
+        self.spawn(self._keep_leases(), name=f"pubsub-lease-{self.name}", loop=True)
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    async def _pull(self, lane: _Lane, room: int) -> list[Delivery]:
+        while self._bytes >= _MAX_BYTES and not self.stopping.is_set():
+            self._room.clear()
+            await self._room.wait()
+        if self.stopping.is_set():
+            return []
+        clients = self._conn.require()
+        lane.pulling = True
+        try:
+            # A short long-poll: the server answers as soon as messages are there.
+            response = await clients.subscriber.pull(
+                request={"subscription": lane.path, "max_messages": max(1, min(room - self.held, 1000))},
+                timeout=_PULL_WAIT,
+                retry=None,
+            )
+        except gexc.DeadlineExceeded:
+            return []
+        except gexc.NotFound:
+            # Deleted behind our back: declare it again, then retry after the back-off.
+            clients.topology.forget(lane.path)
+            try:
+                await clients.topology.ensure_consumer(self._names)
+            except MessageBusError as exc:
+                self.log.warning("declaring %s again failed: %s", lane.path, exc)
+            raise
+        finally:
+            lane.pulling = False
+        return self._arrive(lane, PullResponse.pb(response).received_messages)
+
+    def _arrive(self, lane: _Lane, received: Sequence[Any]) -> list[Delivery]:
+        ready: list[Delivery] = []
+        now = time.monotonic()
+        for message in received:
+            wire = decode_attributes(message.message.attributes)
+            attempt, remaining = 1, 0.0
+            if lane.retried:
+                attempt, due = read_retry(wire)
+                remaining = due - time.time()
+                if remaining > _LOCAL_HOLD:
+                    # Back to Pub/Sub until shortly before it is due: it holds no flow-control
+                    # slot and no worker meanwhile, and other messages flow past it.
+                    seconds = min(_MAX_ACK_DEADLINE, max(1, int(remaining - 1.0)))
+                    lane.batcher.add((message.ack_id, seconds))
+                    continue
+            key = message.message.ordering_key or wire.get(h.KEY) or None
+            headers = {k: v for k, v in wire.items() if k not in INTERNAL_HEADERS}
+            delivery = Delivery(self, message, message.message.data, headers, key, attempt, lane)
+            self._leased[message.ack_id] = (delivery, now)
+            self._bytes += len(delivery.body)
+            if remaining > 0:
+                self.hold(delivery, remaining)
+            else:
+                ready.append(delivery)
+        return ready
+
+    # -- DeliverySource primitives -------------------------------------------------------------
+
+    def describe(self) -> str:
+        """The subscription, for messages."""
+        return f"Pub/Sub subscription {self.name!r}"
+
+    def raw_of(self, delivery: Delivery) -> ReceivedMessage:
+        """The :class:`google.pubsub_v1.ReceivedMessage` (``ack_id``, ``message``) the user sees."""
+        raw: ReceivedMessage = ReceivedMessage.wrap(delivery.native)
+        return raw
+
+    def attributes_of(self, delivery: Delivery) -> dict[str, AttributeValue]:
+        """Telemetry attributes of ``delivery`` (built on first use)."""
+        received = delivery.native
+        return delivery_attributes(
+            subscription=delivery.token.name,
+            message_id=received.message.message_id,
+            ack_id=received.ack_id,
+            ordering_key=received.message.ordering_key,
+            body_size=len(delivery.body),
+            attempt=delivery.attempt,
+        )
+
+    def settle_ack(self, delivery: Delivery) -> None:
+        """Queue the ack (sent with the others of this loop turn). Raises
+        :class:`ConsumeError` once the consumer is closed: Pub/Sub redelivers the message."""
+        if self.closed:
+            raise ConsumeError(f"the consumer of {self.describe()} is stopped; Pub/Sub will redeliver the message")
+        self._forget(delivery)
+        delivery.token.batcher.add((delivery.native.ack_id, None))
+
+    async def settle_redeliver(self, delivery: Delivery, delay: float, headers: Any) -> None:
+        """Re-publish to this consumer's retry topic with ``attempt + 1``, due after ``delay``
+        seconds, then ack the original once Pub/Sub confirmed the copy."""
+        topic = self._names.retry_topic
+        assert topic is not None
+        attributes = retry_attributes(delivery.headers, headers, delivery.attempt + 1, delay, delivery.key)
+        check_size(topic, delivery.body, attributes, "")
+        await self._publisher.send(topic, delivery.body, attributes, "")
+        self._forget(delivery)
+        delivery.token.batcher.add((delivery.native.ack_id, None))
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Hand back for immediate redelivery (ack deadline 0; order kept for ordering keys)."""
+        pending = []
+        for delivery in deliveries:
+            self._forget(delivery)
+            pending.append(delivery.token.batcher.add((delivery.native.ack_id, 0)))
+        await asyncio.gather(*pending)
+
+    def _forget(self, delivery: Delivery) -> None:
+        if self._leased.pop(delivery.native.ack_id, None) is not None:
+            self._bytes -= len(delivery.body)
+            if self._bytes < _MAX_BYTES:
+                self._room.set()
+
+    async def _settle(self, lane: _Lane, entries: list[Settle]) -> list[None]:
+        """The batch call of a lane: one Acknowledge, and one ModifyAckDeadline per deadline."""
+        groups: dict[int | None, list[str]] = {}
+        for ack_id, seconds in entries:
+            groups.setdefault(seconds, []).append(ack_id)
+        await asyncio.gather(*(self._send_settle(lane, seconds, ack_ids) for seconds, ack_ids in groups.items()))
+        return [None] * len(entries)
+
+    async def _send_settle(self, lane: _Lane, seconds: int | None, ack_ids: list[str]) -> None:
+        request: dict[str, Any] = {"subscription": lane.path, "ack_ids": ack_ids}
+        try:
+            subscriber = self._conn.require().subscriber
+            if seconds is None:
+                await subscriber.acknowledge(request=request, retry=transient_retry(10.0), timeout=10.0)
+            else:
+                request["ack_deadline_seconds"] = seconds
+                await subscriber.modify_ack_deadline(request=request, retry=transient_retry(10.0), timeout=10.0)
+        except Exception as exc:
+            # At least once: these messages come back after their ack deadline.
+            what = "acking" if seconds is None else f"setting the ack deadline to {seconds}s of"
+            self.log.warning("%s", errors.map(exc, ConsumeError, f"{what} {len(ack_ids)} messages on {lane.path}"))
+
+    async def _keep_leases(self) -> None:
+        while True:
+            await asyncio.sleep(max(1.0, self._deadline / 3))
+            cutoff = time.monotonic() - _MAX_LEASE
+            pending = [
+                delivery.token.batcher.add((ack_id, self._deadline))
+                for ack_id, (delivery, since) in list(self._leased.items())
+                if since > cutoff
+            ]
+            await asyncio.gather(*pending)
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    async def stop_fetching(self) -> None:
+        """Let pending pulls finish (what they return is handed back), wake the others."""
+        self._room.set()
+        busy = [task for task, lane in zip(self._pulls, self._lanes, strict=True) if lane.pulling]
+        if busy:
+            await asyncio.wait(busy, timeout=_PULL_WAIT + 0.5)
+
+    async def close(self) -> None:
+        """Hand back whatever is still leased and unsettled, send pending acks, detach."""
+        leftover = [d for d, _ in self._leased.values() if not d.settled]
+        for delivery in leftover:
+            delivery.settled = True
+        if leftover:
+            await self.release(leftover)
+        for lane in self._lanes:
+            await lane.batcher.drain()
+        self.closed = True
+        self._on_close(self)
