@@ -112,6 +112,15 @@ def _report(got: Collector[int], n: int | set[int]) -> None:
     assert not strange, f"{len(strange)} messages handled that were never sent, e.g. {sorted(strange)[:10]}"
 
 
+async def _bounded(task: asyncio.Task[int], seconds: float, what: str) -> int:
+    """``await task``, failing (and cancelling it) after ``seconds``: a client that never
+    notices a dead connection hangs in ``publish``, and the test must fail, not hang."""
+    try:
+        return await asyncio.wait_for(task, seconds)
+    except TimeoutError:
+        raise AssertionError(f"{what} hung for {seconds:.0f}s: the client never recovered from the fault") from None
+
+
 @dataclass
 class _PublishLog:
     """What each publish of a live publisher did, for the outage test."""
@@ -152,7 +161,7 @@ class FaultTests:
                 await ledger.wait_count(min(n // 4, 50))
                 cuts_before = proxy.cuts
                 await fault(proxy)
-                resent = await sending
+                resent = await _bounded(sending, target.timeout * 4, f"publishing {n} messages after the {label} fault")
                 await ledger.wait_all(range(n))
                 # A fault that is not a cut (a stall) may still end in one when a client gives up.
                 faults = max(1, proxy.cuts - cuts_before)
@@ -248,7 +257,7 @@ class FaultTests:
                         await ledger.wait_count(len(ledger.handled_ns()) + batch)
                 finally:
                     cuts_done.set()
-                resent = await sending
+                resent = await _bounded(sending, target.timeout * 4, "publishing after the last cut")
                 await ledger.wait_all()
         window = in_flight_window(url, concurrency)
         faults = len(offsets)
@@ -406,7 +415,12 @@ class FaultTests:
                     )
                 finally:
                     stop.set()
-                    await publishing  # a raw client error escaping publish fails the test here
+                    # A raw client error escaping publish fails the test here; a publish that
+                    # never returns fails it after the bound.
+                    try:
+                        await asyncio.wait_for(publishing, target.timeout * 2)
+                    except TimeoutError:
+                        raise AssertionError("publish hung after the outage ended") from None
                 await ledger.wait_all()
         begin, end = outage
         # Publishes the outage overlapped: started before it ended, not finished before it began.
