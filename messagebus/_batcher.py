@@ -27,7 +27,8 @@ class Batcher(Generic[E, R]):
     :meth:`add` returns a future resolved with the entry's result or failed with its error.
     Entries added in the same event-loop turn (plus ``linger`` seconds) share a call; a batch
     is sent at once when it holds ``max_entries`` entries or ``max_bytes``. A call that raises
-    fails each of its entries with ``map_error(exc)`` (the native error chained). With
+    fails each of its entries with ``map_error(exc)`` (the native error chained), or with
+    the error itself when no ``map_error`` is given. With
     ``sequential`` one batch holding an ``ordered`` entry is in flight at a time, so the
     broker sees those entries in ``add`` order. Not thread-safe: use it from its event loop.
     """
@@ -37,7 +38,7 @@ class Batcher(Generic[E, R]):
         call: Callable[[list[E]], Awaitable[Sequence[R | BaseException]]],
         *,
         max_entries: int,
-        map_error: Callable[[Exception], BaseException],
+        map_error: Callable[[Exception], BaseException] | None = None,
         max_bytes: int | None = None,
         linger: float = 0.0,
         sequential: bool = False,
@@ -112,8 +113,9 @@ class Batcher(Generic[E, R]):
             for _, fut in batch:
                 if not fut.done():
                     # Each waiter gets its own error object so tracebacks do not pile up on one.
-                    error = self._map_error(exc)
-                    error.__cause__ = exc
+                    error = self._map_error(exc) if self._map_error is not None else _copy(exc)
+                    if error is not exc:
+                        error.__cause__ = exc
                     fut.set_exception(error)
             return
         for (_, fut), result in zip(batch, results, strict=True):
@@ -123,3 +125,11 @@ class Batcher(Generic[E, R]):
                 fut.set_exception(result)
             else:
                 fut.set_result(result)
+
+
+def _copy(exc: Exception) -> BaseException:
+    # Each waiter gets its own error object so tracebacks do not pile up on one.
+    try:
+        return type(exc)(*exc.args)
+    except Exception:
+        return exc

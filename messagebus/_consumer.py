@@ -10,18 +10,23 @@ broker primitives of :class:`~messagebus.transports.DeliverySource` plus two hoo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, cast
 
 from ._backoff import Backoff
 from ._delivery import Delivery
 from ._dispatch import WorkerPool
+from ._errors import ConfigurationError
+from ._message import AttributeValue
 from ._transport import DeliveryHandler, DeliveryLike
 
 __all__ = ["ConsumerBase"]
 
 logger = logging.getLogger("messagebus")
+
+_NO_ATTRIBUTES: Mapping[str, AttributeValue] = {}
 
 
 class ConsumerBase:
@@ -49,7 +54,9 @@ class ConsumerBase:
         capacity: int | None = None,
         log: logging.Logger = logger,
     ) -> None:
-        """Raises ``ValueError`` for a concurrency below 1."""
+        """Raises :class:`ConfigurationError` for a concurrency that is not an int >= 1."""
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(f"concurrency of {name} must be an int >= 1, got {concurrency!r}")
         self.name = name
         self.handler = handler
         self.log = log
@@ -66,7 +73,7 @@ class ConsumerBase:
         """See :class:`~messagebus.transports.DeliverySource`."""
         raise NotImplementedError
 
-    def settle_redeliver(self, delivery: Delivery, delay: float, headers: Any) -> Awaitable[None] | None:
+    def settle_redeliver(self, delivery: Delivery, delay: float, headers: Mapping[str, str]) -> Awaitable[None] | None:
         """See :class:`~messagebus.transports.DeliverySource`."""
         raise NotImplementedError
 
@@ -77,6 +84,14 @@ class ConsumerBase:
     def describe(self) -> str:
         """Where deliveries come from, for messages (default: the consumer's name)."""
         return self.name
+
+    def raw_of(self, delivery: Delivery) -> Any:
+        """The native message a user sees as ``Envelope.raw`` (default: ``delivery.native``)."""
+        return delivery.native
+
+    def attributes_of(self, delivery: Delivery) -> Mapping[str, AttributeValue]:
+        """Telemetry attributes of ``delivery`` (default: none)."""
+        return _NO_ATTRIBUTES
 
     # -- hooks ----------------------------------------------------------------------------
 
@@ -107,6 +122,12 @@ class ConsumerBase:
         task.add_done_callback(self._task_done)
         return task
 
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Track a task made elsewhere (e.g. by a :class:`Batcher` given ``track=``): its
+        failure is logged and :meth:`stop` waits for it."""
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         self._loops.discard(task)
@@ -123,9 +144,13 @@ class ConsumerBase:
         return True
 
     async def submit(self, delivery: Delivery) -> None:
-        """Hand ``delivery`` to the workers, waiting while the pool is full; once stopping,
-        it is handed back to the broker instead."""
-        await self.pool.wait_for_space()
+        """Hand ``delivery`` to the workers, waiting while the pool is full; once stopping
+        (or if cancelled while waiting), it is handed back to the broker instead."""
+        try:
+            await self.pool.wait_for_space()
+        except asyncio.CancelledError:
+            self.spawn(self._hand_back([delivery]), name=f"hand-back-{self.name}")
+            raise
         if self.stopping.is_set():
             await self._hand_back([delivery])
             return
@@ -166,11 +191,14 @@ class ConsumerBase:
         *,
         describe_error: Callable[[Exception], str],
         backoff: Backoff | None = None,
+        idle: float = 0.0,
     ) -> None:
         """Poll ``fetch(room)`` until stopping and submit what it returns, waiting for room in
         the pool first. A failed fetch is logged (``describe_error`` says what went wrong)
-        and retried with back-off, so the consumer never dies silently nor spins. What a
-        fetch returns after the stop began is handed back."""
+        and retried with back-off, so the consumer never dies silently nor spins; after an
+        empty fetch the loop waits ``idle`` seconds (for a fetch that returns at once when
+        there is nothing). What was fetched but not handed to the workers when the stop
+        began (or the loop was cancelled) is handed back in a task :meth:`stop` waits for."""
         backoff = backoff or Backoff(0.1, 5.0)
         pool = self.pool
         stopping = self.stopping
@@ -187,12 +215,25 @@ class ConsumerBase:
                 await backoff.wait(stopping)
                 continue
             backoff.reset()
-            if stopping.is_set():
-                await self._hand_back(list(deliveries))
-                return
-            for delivery in deliveries:
-                if not self.submit_nowait(delivery):
-                    await self.submit(delivery)
+            if not deliveries:
+                if idle > 0:
+                    await _sleep_unless(stopping, idle)
+                continue
+            submitted = 0
+            try:
+                for delivery in deliveries:
+                    if stopping.is_set():
+                        break
+                    if not self.submit_nowait(delivery):
+                        await self.pool.wait_for_space()
+                        if stopping.is_set():
+                            break
+                        self.pool.submit_nowait(delivery)
+                    submitted += 1
+            finally:
+                rest = deliveries[submitted:]
+                if rest:
+                    self.spawn(self._hand_back(list(rest)), name=f"hand-back-{self.name}")
 
     async def _run(self, submitted: DeliveryLike) -> None:
         delivery = cast(Delivery, submitted)  # only Delivery objects are ever submitted
@@ -246,3 +287,11 @@ class ConsumerBase:
             await self.close()
         finally:
             self._stopped.set_result(None)
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds`` unless ``stop`` is set first."""
+    if stop.is_set():
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

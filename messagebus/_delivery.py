@@ -16,7 +16,6 @@ from ._message import AttributeValue
 
 __all__ = ["Delivery", "DeliverySource"]
 
-_NO_ATTRIBUTES: Mapping[str, AttributeValue] = {}
 _UNSET: Any = object()
 
 
@@ -51,6 +50,16 @@ class DeliverySource(Protocol):
         """Where the deliveries come from, for error messages (``queue 'orders.billing'``)."""
         ...
 
+    def raw_of(self, delivery: Delivery) -> Any:
+        """The native message a user sees as ``Envelope.raw`` (built once, on first access;
+        :class:`~messagebus.transports.ConsumerBase` returns ``delivery.native``)."""
+        ...
+
+    def attributes_of(self, delivery: Delivery) -> Mapping[str, AttributeValue]:
+        """Transport-specific telemetry attributes of ``delivery`` (partition, offset,
+        routing key ...), read once when the telemetry middleware asks."""
+        ...
+
 
 class Delivery:
     """One received message, owned by the handler call it was given to.
@@ -60,8 +69,8 @@ class Delivery:
     ``attempt`` 1 on the first delivery (what it counts beyond retries, e.g. broker
     redeliveries after a crash, is stated by each transport), ``native`` the broker client's
     message and ``token`` any per-delivery state of the adapter (a partition, a receipt).
-    ``raw`` is the native message the user sees (``source.raw_of(delivery)`` when the
-    source defines it, built once on first access; else ``native``).
+    ``raw`` is the native message the user sees (``source.raw_of(delivery)``, built once on
+    first access).
 
     Exactly one settle call takes effect: :meth:`ack` or :meth:`retry`; later calls do
     nothing. A settle that fails leaves the delivery unsettled (the consumer hands it back
@@ -98,8 +107,7 @@ class Delivery:
         """The native message object of the broker client (built on first access)."""
         raw = self._raw
         if raw is _UNSET:
-            build = getattr(self.source, "raw_of", None)
-            raw = self._raw = build(self) if build is not None else self.native
+            raw = self._raw = self.source.raw_of(self)
         return raw
 
     @property
@@ -112,8 +120,7 @@ class Delivery:
         """Transport-specific telemetry attributes (``source.attributes_of(delivery)``, once)."""
         attrs = self._attrs
         if attrs is None:
-            build = getattr(self.source, "attributes_of", None)
-            attrs = self._attrs = build(self) if build is not None else _NO_ATTRIBUTES
+            attrs = self._attrs = self.source.attributes_of(self)
         return attrs
 
     async def ack(self) -> None:

@@ -13,7 +13,15 @@ from .._dispatch import WorkerPool
 from .._error_map import ErrorMap, ErrorRule, describe_error
 from .._headers import from_wire, to_wire
 from .._message import AttributeValue, OutgoingMessage
-from .._transport import Capabilities, Consumer, DeliveryHandler, PublishAttributes, Transport, TransportFactory
+from .._transport import (
+    Capabilities,
+    Consumer,
+    DeliveryHandler,
+    DeliveryLike,
+    PublishAttributes,
+    Transport,
+    TransportFactory,
+)
 from . import headers
 
 __all__ = [
@@ -26,6 +34,7 @@ __all__ = [
     "ConsumerBase",
     "Delivery",
     "DeliveryHandler",
+    "DeliveryLike",
     "DeliverySource",
     "Destination",
     "DestinationKind",

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from threading import get_ident
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .._clock import Clock, SystemClock
 from .._config import TransportOptions, TransportURL, parse_options
@@ -53,9 +53,15 @@ class _Stored:
 
 
 class _MemQueue:
-    """A queue: a work queue, or one subscription group's queue of a topic."""
+    """A queue: a work queue, or one subscription group's queue of a topic.
 
-    __slots__ = ("broker", "consumers", "delayed", "name", "ready", "rr", "unacked")
+    Per-key order across competing consumers: while messages of a key are in flight, more
+    of that key go only to the consumer holding them (its worker pool keeps their order),
+    and wait while it has no credit or is leaving; the next consumer gets the key once the
+    holder settled or handed back everything of it.
+    """
+
+    __slots__ = ("broker", "consumers", "delayed", "keys", "name", "ready", "rr", "unacked")
 
     def __init__(self, broker: MemoryBroker, name: str) -> None:
         self.broker = broker
@@ -65,6 +71,8 @@ class _MemQueue:
         self.consumers: list[_MemConsumer] = []
         self.unacked = 0
         self.rr = 0
+        #: key -> [consumer holding its in-flight messages, how many]
+        self.keys: dict[str, list[Any]] = {}
 
     def put(self, stored: _Stored) -> None:
         # Called with the broker lock held.
@@ -73,6 +81,15 @@ class _MemQueue:
         self.ready.append(stored)
 
     def _offer(self, stored: _Stored) -> bool:
+        key = stored.key
+        if key is not None:
+            held = self.keys.get(key)
+            if held is not None:
+                holder: _MemConsumer = held[0]
+                if holder.credit > 0 and holder in self.consumers:
+                    holder.dispatch(stored)
+                    return True
+                return False
         consumers = self.consumers
         n = len(consumers)
         if n == 1:
@@ -92,13 +109,35 @@ class _MemQueue:
     def pump(self) -> None:
         """Hand ready messages to consumers with credit. Broker lock held."""
         ready = self.ready
-        if len(self.consumers) == 1:
-            consumer = self.consumers[0]
+        consumers = self.consumers
+        if not ready or not consumers:
+            return
+        if len(consumers) == 1 and all(held[0] is consumers[0] for held in self.keys.values()):
+            consumer = consumers[0]
             while ready and consumer.credit > 0:
                 consumer.dispatch(ready.popleft())
             return
-        while ready and self._offer(ready[0]):
-            ready.popleft()
+        # A message whose key is held by a busy or leaving consumer waits; others pass it.
+        i = 0
+        while i < len(ready) and any(c.credit > 0 for c in consumers):
+            if self._offer(ready[i]):
+                del ready[i]
+            else:
+                i += 1
+
+    def hold_key(self, key: str, consumer: _MemConsumer) -> None:
+        held = self.keys.get(key)
+        if held is None:
+            self.keys[key] = [consumer, 1]
+        else:
+            held[1] += 1
+
+    def free_key(self, key: str) -> None:
+        held = self.keys.get(key)
+        if held is not None:
+            held[1] -= 1
+            if held[1] <= 0:
+                del self.keys[key]
 
 
 class _MemConsumer(ConsumerBase):
@@ -124,6 +163,8 @@ class _MemConsumer(ConsumerBase):
         # Broker lock held: account now, hand over on the consumer's own loop.
         self.credit -= 1
         self.queue.unacked += 1
+        if stored.key is not None:
+            self.queue.hold_key(stored.key, self)
         delivery = Delivery(self, stored, stored.body, stored.headers, stored.key, stored.attempt)
         # Same thread as the consumer's loop: hand over directly; else through its loop.
         if get_ident() == self.thread:
@@ -133,7 +174,7 @@ class _MemConsumer(ConsumerBase):
 
     def settle_ack(self, delivery: Delivery) -> None:
         """Forget the message."""
-        self._returned(1)
+        self._returned((delivery,))
 
     def settle_redeliver(self, delivery: Delivery, delay: float, headers: Mapping[str, str]) -> None:
         """Store a copy with ``attempt + 1`` and ``headers`` added, due after ``delay`` seconds."""
@@ -141,7 +182,7 @@ class _MemConsumer(ConsumerBase):
         again = _Stored(old.body, {**old.headers, **headers} if headers else old.headers, old.key, old.attempt + 1)
         queue = self.queue
         queue.broker.schedule(queue, again, delay)
-        self._returned(1)
+        self._returned((delivery,))
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
         """Put the messages back at the head of the queue, in order, as redeliveries."""
@@ -150,13 +191,18 @@ class _MemConsumer(ConsumerBase):
             for d in reversed(deliveries):
                 s: _Stored = d.native
                 queue.ready.appendleft(_Stored(s.body, s.headers, s.key, s.attempt + 1))
-            self._returned(len(deliveries))
+            self._returned(deliveries)
 
-    def _returned(self, n: int) -> None:
-        with self.queue.broker.lock:
+    def _returned(self, deliveries: Sequence[Delivery]) -> None:
+        queue = self.queue
+        with queue.broker.lock:
+            for delivery in deliveries:
+                if delivery.key is not None:
+                    queue.free_key(delivery.key)
+            n = len(deliveries)
             self.credit += n
-            self.queue.unacked -= n
-            self.queue.pump()
+            queue.unacked -= n
+            queue.pump()
 
     async def stop_fetching(self) -> None:
         """Detach from the queue: it hands this consumer nothing more."""
