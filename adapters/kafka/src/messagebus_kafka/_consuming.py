@@ -34,10 +34,10 @@ from messagebus.transports import (
 )
 
 from ._codec import DUE, RecordHeaders, encode_headers
-from ._connection import Connection, quietly
+from ._connection import quietly
 from ._publishing import Publisher
 from ._telemetry import delivery_attributes
-from ._topology import SubscriptionNames
+from ._topology import subscription_names
 
 __all__ = ["KafkaConsumer"]
 
@@ -113,14 +113,14 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
 
     def __init__(
         self,
-        connection: Connection,
         publisher: Publisher,
         source: Destination,
-        names: SubscriptionNames,
         handler: DeliveryHandler,
         concurrency: int,
         on_stopped: Callable[[KafkaConsumer], None],
     ) -> None:
+        connection = publisher.connection
+        names = subscription_names(source)
         o = connection.options
         # One fetch hand-over may wait whole in the pool: the records are in memory anyway.
         super().__init__(

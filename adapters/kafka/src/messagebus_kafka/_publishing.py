@@ -47,13 +47,13 @@ class Publisher:
     many tasks at once (aiokafka's producer is); use from one event loop."""
 
     def __init__(self, connection: Connection) -> None:
-        self._connection = connection
+        self.connection = connection
         self._limit = connection.options.max_request_size
         self._names: dict[str, str] = {}
 
     async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
         """See :meth:`KafkaTransport.publish`."""
-        producer, topics = self._connection.require()
+        producer, topics = self.connection.require()
         limit = self._limit
         body_limit = limit - HEADER_ROOM
         prepared: list[_Prepared] = []
@@ -167,7 +167,7 @@ class Publisher:
     ) -> None:
         """Publish one raw record and wait for its confirmation (retries use it). Raises
         :class:`PublishError`, :class:`TopologyError` or :class:`LifecycleError`."""
-        producer, topics = self._connection.require()
+        producer, topics = self.connection.require()
         if topic not in topics.known:
             await topics.ensure({topic})
         try:

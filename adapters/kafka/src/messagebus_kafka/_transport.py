@@ -14,7 +14,6 @@ from ._consuming import KafkaConsumer
 from ._options import KafkaOptions, load_options
 from ._publishing import HEADER_ROOM, Publisher
 from ._telemetry import MESSAGING_SYSTEM
-from ._topology import subscription_names
 
 __all__ = ["KafkaTransport"]
 
@@ -105,11 +104,8 @@ class KafkaTransport:
         group starts at the earliest message. Raises ``ValueError`` for a concurrency below 1,
         :class:`TopologyError`, :class:`ConnectError`, :class:`LifecycleError`."""
         _, topics = self._connection.require()
-        names = subscription_names(source)
-        consumer = KafkaConsumer(
-            self._connection, self._publisher, source, names, handler, concurrency, self._consumers.discard
-        )
-        await topics.ensure({names.topic, names.retry_topic})
+        consumer = KafkaConsumer(self._publisher, source, handler, concurrency, self._consumers.discard)
+        await topics.ensure({consumer.names.topic, consumer.names.retry_topic})
         await consumer.start_consuming()
         self._consumers.add(consumer)
         return consumer
