@@ -1,10 +1,6 @@
 """Connection supervision: one AMQP connection per transport, opened with a bounded retry,
-re-opened with back-off after a drop, and channels (consumers) restored on the new one.
-
-Managed here rather than by aio-pika's robust connection, which is known to come back with
-zero consumers in some cases: every consumer re-opens its own channel through
-:meth:`Connection.restore`.
-"""
+re-opened with back-off after a drop, and consumers' channels restored on the new one (not
+aio-pika's robust connection, which is known to come back with zero consumers)."""
 
 from __future__ import annotations
 
@@ -45,12 +41,9 @@ async def close_quietly(closable: Any) -> None:
 
 
 class Connection:
-    """The supervised connection of one transport. Not thread-safe.
-
-    ``raw`` is the open aiormq connection (``None`` before :meth:`connect` and while a
-    reconnect is under way). A drop starts a reconnect loop with back-off that runs until it
-    succeeds or :meth:`close` is called; :meth:`wait_ready` waits it out.
-    """
+    """The supervised connection of one transport (``raw``: the last aiormq connection
+    opened). A drop starts a reconnect loop with back-off that runs until it succeeds or
+    :meth:`close` is called; :meth:`wait_ready` waits it out. Not thread-safe."""
 
     def __init__(self, url: TransportURL, options: RabbitMQOptions) -> None:
         self.url = url

@@ -83,7 +83,6 @@ class RabbitMQConsumer(ConsumerBase):
         self._handle = handler
         self._channel: aiormq.abc.AbstractChannel | None = None
         self._tag: str | None = None
-        self._restore: asyncio.Task[None] | None = None
         #: How many times consuming was restored after a lost channel or connection.
         self.restarts = 0
 
@@ -137,11 +136,9 @@ class RabbitMQConsumer(ConsumerBase):
             self.spawn(close_quietly(channel), name=f"close-{self.queue}")
 
     def _on_channel_closed(self, channel: aiormq.abc.AbstractChannel) -> None:
-        if channel is not self._channel or self.stopping.is_set() or self.conn.closed:
-            return
-        self._tag = None
-        if self._restore is None or self._restore.done():
-            self._restore = self.spawn(self._restore_consuming(), name=f"restore-{self.queue}", loop=True)
+        # A channel closes once: one restore at a time; stop cancels it (a loop task).
+        if channel is self._channel and not self.stopping.is_set() and not self.conn.closed:
+            self.spawn(self._restore_consuming(), name=f"restore-{self.queue}", loop=True)
 
     async def _restore_consuming(self) -> None:
         if await self.conn.restore(self._open, self.describe(), self.stopping):
@@ -194,11 +191,7 @@ class RabbitMQConsumer(ConsumerBase):
     # -- stop hooks ---------------------------------------------------------------------------
 
     async def stop_fetching(self) -> None:
-        """No restore any more; ``basic.cancel`` (bounded in time)."""
-        task = self._restore
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        """``basic.cancel``, bounded in time."""
         channel, tag = self._channel, self._tag
         if channel is not None and tag is not None and not channel.is_closed:
             with contextlib.suppress(Exception):

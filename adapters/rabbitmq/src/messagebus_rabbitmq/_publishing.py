@@ -12,7 +12,7 @@ import aiormq
 import aiormq.exceptions
 from pamqp.commands import Basic
 
-from messagebus import LifecycleError, MessageTooLarge, PublishError, TopologyError
+from messagebus import LifecycleError, MessageBusError, MessageTooLarge, PublishError
 from messagebus.transports import Delivery, DestinationKind, OutgoingMessage
 from messagebus.transports import headers as h
 
@@ -81,8 +81,6 @@ class Publisher:
         self.topology = topology
         self.max_size = conn.options.max_message_size
         self.timeout = conn.options.publish_timeout
-        # Largest content-header frame payload a broker said it takes (frame_too_large),
-        # when smaller than what the connection negotiated.
         self._frame_cap: int | None = None
         self._channel: aiormq.abc.AbstractChannel | None = None
         self._lock = asyncio.Lock()
@@ -128,21 +126,15 @@ class Publisher:
                 channel = self._channel = await raw.channel(publisher_confirms=True, on_return_raises=True)
             return channel
 
-    def _frame_limit(self, raw: aiormq.abc.AbstractConnection) -> int | None:
-        """Largest content-header frame payload this connection takes (None: no limit)."""
-        tune = getattr(raw, "connection_tune", None)
-        frame_max = getattr(tune, "frame_max", 0) or 0
-        limit = frame_max - 8 if frame_max else None  # 7 bytes of frame header, 1 frame end
-        cap = self._frame_cap
-        if cap is not None and (limit is None or cap < limit):
-            limit = cap
-        return limit
-
     def _check_frames(self, pending: Sequence[_Out], raw: aiormq.abc.AbstractConnection) -> None:
         """Raise :class:`MessageTooLarge` before anything is sent when a message's headers
         and key do not fit one content-header frame: RabbitMQ would close the connection
         (``FRAME_ERROR``), taking every consumer and publish on it down."""
-        limit = self._frame_limit(raw)
+        frame_max = getattr(getattr(raw, "connection_tune", None), "frame_max", 0) or 0
+        limit = frame_max - 8 if frame_max else None  # 7 bytes of frame header, 1 frame end
+        cap = self._frame_cap  # a smaller limit the broker told us (frame_too_large)
+        if cap is not None and (limit is None or cap < limit):
+            limit = cap
         if limit is None:
             return
         for out in pending:
@@ -205,7 +197,7 @@ class Publisher:
                         results = await asyncio.gather(
                             *(out.publish(channel, None) for out in pending), return_exceptions=True
                         )
-            except (LifecycleError, TopologyError, MessageTooLarge):
+            except MessageBusError:  # closed, too large, a conflicting declaration
                 raise
             except Exception as exc:  # channel or connection trouble before publishing: try again
                 last = exc
