@@ -155,3 +155,17 @@ async def test_use_before_connect_and_after_close(rabbitmq_url: str, name: str) 
         await t.publish([message(queue(name), 1)])
     with pytest.raises(LifecycleError):
         await t.connect()
+
+
+def test_constructor_with_options_still_validates_the_url() -> None:
+    """Catches ``RabbitMQTransport(url, options)`` skipping the URL checks when options are
+    given: a wrong scheme or a bad query must fail at construction, not at connect; the given
+    options replace the URL's."""
+    from messagebus_rabbitmq import RabbitMQOptions
+
+    with pytest.raises(InvalidURL, match="amqp:// and amqps://"):
+        RabbitMQTransport(TransportURL.parse("kafka://h:9092"), RabbitMQOptions())
+    with pytest.raises(InvalidOption, match="bogus"):
+        RabbitMQTransport(TransportURL.parse("amqp://h/?bogus=1"), RabbitMQOptions())
+    t = RabbitMQTransport(TransportURL.parse("amqp://h/prod?heartbeat=7"), RabbitMQOptions(heartbeat=5))
+    assert t.options.heartbeat == 5 and t.vhost == "prod"

@@ -29,9 +29,10 @@ class RabbitMQTransport:
     messaging_system = MESSAGING_SYSTEM
 
     def __init__(self, url: TransportURL, options: RabbitMQOptions | None = None) -> None:
-        """Validate ``url`` (and parse its options unless ``options`` are given); no I/O.
-        Raises :class:`InvalidURL` or :class:`InvalidOption`."""
-        parsed = parse_url(url) if options is None else options
+        """Validate ``url`` and its query options, no I/O; ``options`` given replace the
+        URL's. Raises :class:`InvalidURL` or :class:`InvalidOption`."""
+        in_url = parse_url(url)  # validated even when options are given
+        parsed = in_url if options is None else options
         self.url = url
         self.options = parsed
         self.capabilities = Capabilities(
