@@ -36,6 +36,9 @@ class Capabilities:
     """What a transport guarantees; the conformance kit gates its tests on these.
 
     - ``ordering``: messages with the same key reach one group in publish order.
+    - ``ordering_across_instances``: that order also holds while several instances of the
+      group compete and while instances join or leave (partitions, message groups, key
+      affinity); ``False`` where it holds within one consumer instance only (RabbitMQ).
     - ``native_delay``: a delayed redelivery does not hold back other messages.
     - ``persistence``: messages survive a broker restart.
     - ``consumer_groups``: a topic can feed several independent groups.
@@ -44,6 +47,7 @@ class Capabilities:
     """
 
     ordering: bool = True
+    ordering_across_instances: bool = True
     native_delay: bool = True
     persistence: bool = True
     consumer_groups: bool = True

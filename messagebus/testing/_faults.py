@@ -509,8 +509,8 @@ class FaultTests:
         message must be the next one of its key, or an earlier one (a redelivery of a tail
         the old owner had not acked, after which the replay goes on in order from there); a
         message of a key handled before an earlier one was ever handled fails the test."""
-        if not target.capabilities.ordering:
-            pytest.skip("transport does not declare per-key ordering")
+        if not (target.capabilities.ordering and target.capabilities.ordering_across_instances):
+            pytest.skip("transport does not declare per-key ordering across the instances of a group")
         topic = _name("rebalance")
         keys = [f"k{k}" for k in range(8)]
         per_key = target.count(150, minimum=15)

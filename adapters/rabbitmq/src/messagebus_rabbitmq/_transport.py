@@ -37,6 +37,8 @@ class RabbitMQTransport:
         self.options = parsed
         self.capabilities = Capabilities(
             ordering=True,
+            # No partitions: competing consumers of one queue each take messages of any key.
+            ordering_across_instances=False,
             native_delay=True,
             persistence=True,
             consumer_groups=True,
