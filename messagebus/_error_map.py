@@ -1,9 +1,10 @@
 """ErrorMap: one table per adapter that turns native client errors into the messagebus tree.
 
-Raise sites stay one line, ``raise errors.map(exc, PublishError, "publishing to x")`` inside
-the ``except`` block (no ``from exc``: ``map`` already chains the native error, and returns a
-messagebus error unchanged, which ``from exc`` would make its own cause); what each native
-error means lives in the adapter's table, in one place.
+Raise sites stay one line, ``raise errors.map(exc, PublishError, "publishing to x") from exc``
+in an ``except`` clause that catches native client errors. ``map`` returns a messagebus error
+unchanged, so a clause that may also catch one of ours must re-raise it first (``from exc``
+would make it its own cause). What each native error means lives in the adapter's table,
+in one place.
 """
 
 from __future__ import annotations
