@@ -170,9 +170,14 @@ def in_flight_window(url: str, concurrency: int) -> int:
       ``2 * 2 * partitions * fetch_max_records``.
     - ``sqs``: ``prefetch`` (default 10) received ahead plus ``concurrency`` being handled,
       plus one batch of 10 deletes not yet sent.
-    - ``pubsub``: the flow-control lease ``max_messages`` (default ``concurrency +
-      max(concurrency, 10)``), twice: the leased messages plus acks the client library had
-      batched but not yet sent.
+    - ``pubsub``: the flow control ``max_messages`` (default ``concurrency + 100``, the
+      adapter's ``PubSubOptions``). It counts a message from its pull until Pub/Sub confirmed
+      its ack (queued, held, handled, ack in flight), so a cut can send back at most that
+      many handled messages: acks lost with the connection that the retry cannot deliver
+      before the lease runs out, and, on the emulator, copies of leased messages it
+      redelivers when a lease lost with the connection (a pull whose response never
+      arrived) runs out. Acked messages the emulator sends back then are recognised by
+      message id and not handled again, so they are not part of the window.
     """
     parsed = TransportURL.parse(url)
     q = parsed.query
@@ -189,5 +194,5 @@ def in_flight_window(url: str, concurrency: int) -> int:
     if scheme == "sqs":
         return opt("prefetch", 10) + concurrency + 10
     if scheme == "pubsub":
-        return 2 * opt("max_messages", concurrency + max(concurrency, 10))
+        return opt("max_messages", concurrency + 100)
     return concurrency

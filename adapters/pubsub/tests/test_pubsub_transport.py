@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -227,6 +228,41 @@ async def test_failed_ordered_publish_resumes_the_key(transport: PubSubTransport
     assert isinstance(info.value.__cause__, gexc.NotFound)
     # The key was resumed and the topic is declared again: publishing with it works.
     await transport.publish([out(topic, b"3", key="order-1")])
+
+
+# -- connection faults ----------------------------------------------------------------------
+
+
+async def test_lease_lost_with_a_connection_brings_back_no_acked_message(
+    transport: PubSubTransport, admin: Admin, name: str
+) -> None:
+    """Catches acked messages handled again when a lease lost with a connection runs out (a
+    cut gave 100-800 duplicates). A pull whose response a cut lost leaves messages leased
+    that the consumer never saw; when that lease runs out, the emulator (ordered
+    subscription, messages without an ordering key) redelivers every keyless message
+    delivered after them, acknowledged ones included. Here a raw pull takes message 0 and
+    never acks it; 1-20 are handled and acked; after the ack deadline (10 s) 0 comes back
+    with copies of 1-20, which must not reach the handler again."""
+    queue = Destination(DestinationKind.QUEUE, name)
+    inbox = Inbox()
+    await transport.publish([out(queue, b"0")])  # declares the queue's subscription too
+    subscription = f"projects/{PROJECT}/subscriptions/{resource_id(name)}"
+    lost = await admin.subscriber.pull(request={"subscription": subscription, "max_messages": 1}, timeout=10)
+    assert [m.message.data for m in lost.received_messages] == [b"0"]
+    consumer = await transport.subscribe(queue, inbox, concurrency=4)
+    try:
+        await transport.publish([out(queue, str(i).encode()) for i in range(1, 21)])
+        await inbox.got.wait_until(lambda got: any(d.body == b"0" for d in got), "the lost message back")
+        # The copies came back with message 0: once a message sent after them was handled,
+        # they were handled too, or dropped.
+        await transport.publish([out(queue, b"21")])
+        await inbox.got.wait_until(lambda got: any(d.body == b"21" for d in got), "the last message")
+    finally:
+        await consumer.stop(1)
+    handled = Counter(int(d.body) for d in inbox.got.items)
+    assert set(handled) == set(range(22))
+    twice = sorted(n for n, count in handled.items() if count > 1)
+    assert not twice, f"acked messages handled again after the lost lease ran out: {twice}"
 
 
 # -- bad input ------------------------------------------------------------------------------

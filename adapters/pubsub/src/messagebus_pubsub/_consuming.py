@@ -53,25 +53,49 @@ _MAX_BYTES = 100 * 1024 * 1024
 _MAX_ACK_IDS = 2500
 # Leases are extended for at most this many seconds; then Pub/Sub redelivers.
 _MAX_LEASE = 3600.0
+# Seconds a stopping consumer waits for its last acks and hand-backs to be confirmed.
+_CLOSE_WAIT = 10.0
 
 #: A settle request: an ack id and the new ack deadline in seconds (``None``: acknowledge).
 Settle = tuple[str, int | None]
 
 
-class _Lane:
-    """One subscription a consumer reads (its own or its retry subscription) and the batcher
-    of its acks and ack-deadline changes."""
+def _identity(message: Any) -> str:
+    """A message's id and publish time: the emulator numbers messages from 1 again after a
+    restart, and a redelivery keeps both."""
+    published = message.publish_time
+    return f"{message.message_id}@{published.seconds}.{published.nanos:09d}"
 
-    __slots__ = ("batcher", "name", "path", "pulling", "retried")
+
+class _Lane:
+    """One subscription a consumer reads (its own or its retry subscription), the batcher of
+    its acks and ack-deadline changes (each entry's result: whether Pub/Sub confirmed it) and,
+    on the emulator, the keyless messages whose ack it confirmed (see ``PubSubConsumer``)."""
+
+    __slots__ = ("acked", "batcher", "name", "path", "pulling", "retried")
 
     def __init__(self, path: str, retried: bool, call: Callable[[_Lane, list[Settle]], Any]) -> None:
         self.path = path
         self.name = path.rsplit("/", 1)[-1]
         self.retried = retried
         self.pulling = False
-        self.batcher: Batcher[Settle, None] = Batcher(
+        self.batcher: Batcher[Settle, bool] = Batcher(
             lambda entries: call(self, entries), max_entries=_MAX_ACK_IDS, map_error=lambda exc: exc
         )
+        # Message identity -> when its ack was confirmed, oldest first (dicts keep insertion order).
+        self.acked: dict[str, float] = {}
+
+    def remember(self, identity: str, keep: float) -> None:
+        """Record that the ack of a message was confirmed; forget those older than ``keep`` s."""
+        now = time.monotonic()
+        acked = self.acked
+        acked.pop(identity, None)
+        acked[identity] = now
+        while True:
+            oldest = next(iter(acked))
+            if acked[oldest] > now - keep:
+                return
+            del acked[oldest]
 
     def failed(self, exc: Exception) -> str:
         """What went wrong when a pull failed, for the log."""
@@ -84,9 +108,19 @@ class PubSubConsumer(ConsumerBase):
     wrapper and ``token`` the lane (subscription) it came on.
 
     Flow control: at most ``max_messages`` (default ``concurrency + 100``) and 100 MiB are
-    leased at once; leases are extended every third of the ack deadline while messages are
-    queued, held or handled (up to an hour). Acks are sent right after the handler settled,
-    batched per loop turn; an ack lost with the connection means one more delivery.
+    leased at once, and a message counts until Pub/Sub confirmed its ack, so a connection
+    fault can redeliver at most ``max_messages`` handled messages; leases are extended every
+    third of the ack deadline while messages are queued, held or handled (up to an hour).
+    Acks are sent right after the handler settled, batched per loop turn; a failed ack or
+    ack-deadline change is retried on transient errors for up to the ack deadline (after
+    that the lease has run out and Pub/Sub redelivers anyway).
+
+    On Google's emulator only, a redelivered message without an ordering key whose ack the
+    emulator already confirmed (within two ack deadlines; same message id and publish time)
+    is acked again without calling the handler: on a subscription with message ordering, the emulator treats the empty ordering
+    key as one key, so when a lease that was lost with a connection (a pull whose response
+    never arrived) runs out, it redelivers every keyless message delivered after it,
+    acknowledged ones included. Pub/Sub itself does not order keyless messages.
     """
 
     def __init__(
@@ -113,6 +147,8 @@ class PubSubConsumer(ConsumerBase):
         self._names = names
         self._on_close = on_close
         self._deadline = options.ack_deadline
+        self._dedupe = connection.emulator_host is not None
+        self._keep = 2.0 * options.ack_deadline
         self._lanes = (
             _Lane(names.subscription, False, self._settle),
             _Lane(names.retry_subscription, True, self._settle),
@@ -120,6 +156,8 @@ class PubSubConsumer(ConsumerBase):
         # Leased and not yet settled, by ack id: (delivery, leased since).
         self._leased: dict[str, tuple[Delivery, float]] = {}
         self._bytes = 0
+        # Acks sent and not yet answered: they count against flow control.
+        self._acking = 0
         self._room = asyncio.Event()
         self._pulls: list[asyncio.Task[Any]] = []
         self.closed = False
@@ -137,17 +175,21 @@ class PubSubConsumer(ConsumerBase):
     # -- fetching ----------------------------------------------------------------------------
 
     async def _pull(self, lane: _Lane, room: int) -> list[Delivery]:
-        while self._bytes >= _MAX_BYTES and not self.stopping.is_set():
+        # ``room`` free workers, less the held messages and the acks Pub/Sub has not confirmed.
+        while not self.stopping.is_set() and (
+            self._bytes >= _MAX_BYTES or (self._acking and min(room, self.pool.free) - self.held - self._acking <= 0)
+        ):
             self._room.clear()
             await self._room.wait()
         if self.stopping.is_set():
             return []
+        want = max(1, min(room, self.pool.free, 1000) - self.held - self._acking)
         clients = self._conn.require()
         lane.pulling = True
         try:
             # A short long-poll: the server answers as soon as messages are there.
             response = await clients.subscriber.pull(
-                request={"subscription": lane.path, "max_messages": max(1, min(room - self.held, 1000))},
+                request={"subscription": lane.path, "max_messages": want},
                 timeout=_PULL_WAIT,
                 retry=None,
             )
@@ -169,6 +211,10 @@ class PubSubConsumer(ConsumerBase):
         ready: list[Delivery] = []
         now = time.monotonic()
         for message in received:
+            if self._dedupe and not message.message.ordering_key and _identity(message.message) in lane.acked:
+                # The emulator's redelivery of a keyless message already acked (see the class).
+                lane.batcher.add((message.ack_id, None))
+                continue
             wire = decode_attributes(message.message.attributes)
             attempt, remaining = 1, 0.0
             if lane.retried:
@@ -220,7 +266,7 @@ class PubSubConsumer(ConsumerBase):
         if self.closed:
             raise ConsumeError(f"the consumer of {self.describe()} is stopped; Pub/Sub will redeliver the message")
         self._forget(delivery)
-        delivery.token.batcher.add((delivery.native.ack_id, None))
+        self._ack(delivery)
 
     async def settle_redeliver(self, delivery: Delivery, delay: float, headers: Any) -> None:
         """Re-publish to this consumer's retry topic with ``attempt + 1``, due after ``delay``
@@ -231,7 +277,7 @@ class PubSubConsumer(ConsumerBase):
         check_size(topic, delivery.body, attributes, "")
         await self._publisher.send(topic, delivery.body, attributes, "")
         self._forget(delivery)
-        delivery.token.batcher.add((delivery.native.ack_id, None))
+        self._ack(delivery)
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Hand back for immediate redelivery (ack deadline 0; order kept for ordering keys)."""
@@ -241,33 +287,54 @@ class PubSubConsumer(ConsumerBase):
             pending.append(delivery.token.batcher.add((delivery.native.ack_id, 0)))
         await asyncio.gather(*pending)
 
+    def _ack(self, delivery: Delivery) -> None:
+        lane: _Lane = delivery.token
+        message = delivery.native.message
+        self._acking += 1
+        done = lane.batcher.add((delivery.native.ack_id, None))
+        done.add_done_callback(functools.partial(self._acked, lane, _identity(message), not message.ordering_key))
+
+    def _acked(self, lane: _Lane, identity: str, keyless: bool, done: asyncio.Future[bool]) -> None:
+        self._acking -= 1
+        self._room.set()
+        if self._dedupe and keyless and not done.cancelled() and done.exception() is None and done.result():
+            lane.remember(identity, self._keep)
+
     def _forget(self, delivery: Delivery) -> None:
         if self._leased.pop(delivery.native.ack_id, None) is not None:
             self._bytes -= len(delivery.body)
             if self._bytes < _MAX_BYTES:
                 self._room.set()
 
-    async def _settle(self, lane: _Lane, entries: list[Settle]) -> list[None]:
-        """The batch call of a lane: one Acknowledge, and one ModifyAckDeadline per deadline."""
+    async def _settle(self, lane: _Lane, entries: list[Settle]) -> list[bool]:
+        """The batch call of a lane: one Acknowledge, and one ModifyAckDeadline per deadline;
+        each entry's result says whether Pub/Sub confirmed it."""
         groups: dict[int | None, list[str]] = {}
         for ack_id, seconds in entries:
             groups.setdefault(seconds, []).append(ack_id)
-        await asyncio.gather(*(self._send_settle(lane, seconds, ack_ids) for seconds, ack_ids in groups.items()))
-        return [None] * len(entries)
+        calls = list(groups.items())
+        outcomes = await asyncio.gather(*(self._send_settle(lane, seconds, ack_ids) for seconds, ack_ids in calls))
+        confirmed = {seconds: ok for (seconds, _), ok in zip(calls, outcomes, strict=True)}
+        return [confirmed[seconds] for _, seconds in entries]
 
-    async def _send_settle(self, lane: _Lane, seconds: int | None, ack_ids: list[str]) -> None:
+    async def _send_settle(self, lane: _Lane, seconds: int | None, ack_ids: list[str]) -> bool:
         request: dict[str, Any] = {"subscription": lane.path, "ack_ids": ack_ids}
+        # Retried through a reconnect for as long as the leases can still be live: an ack
+        # given up early means the message is handled again.
+        retry = transient_retry(float(self._deadline))
         try:
             subscriber = self._conn.require().subscriber
             if seconds is None:
-                await subscriber.acknowledge(request=request, retry=transient_retry(10.0), timeout=10.0)
+                await subscriber.acknowledge(request=request, retry=retry, timeout=10.0)
             else:
                 request["ack_deadline_seconds"] = seconds
-                await subscriber.modify_ack_deadline(request=request, retry=transient_retry(10.0), timeout=10.0)
+                await subscriber.modify_ack_deadline(request=request, retry=retry, timeout=10.0)
         except Exception as exc:
             # At least once: these messages come back after their ack deadline.
             what = "acking" if seconds is None else f"setting the ack deadline to {seconds}s of"
             self.log.warning("%s", errors.map(exc, ConsumeError, f"{what} {len(ack_ids)} messages on {lane.path}"))
+            return False
+        return True
 
     async def _keep_leases(self) -> None:
         while True:
@@ -290,7 +357,22 @@ class PubSubConsumer(ConsumerBase):
             await asyncio.wait(busy, timeout=_PULL_WAIT + 0.5)
 
     async def close(self) -> None:
-        """Hand back whatever is still leased and unsettled, send pending acks, detach."""
+        """Hand back whatever is still leased and unsettled, send pending acks, detach. Waits
+        at most 10 s for Pub/Sub to confirm them (a stop during an outage must end): what is
+        not confirmed by then is redelivered after its ack deadline."""
+        try:
+            await asyncio.wait_for(self._settle_all(), _CLOSE_WAIT)
+        except TimeoutError:
+            self.log.warning(
+                "acks and hand-backs of %s were not confirmed within %.0f s; Pub/Sub redelivers those messages "
+                "after their ack deadline",
+                self.describe(),
+                _CLOSE_WAIT,
+            )
+        self.closed = True
+        self._on_close(self)
+
+    async def _settle_all(self) -> None:
         leftover = [d for d, _ in self._leased.values() if not d.settled]
         for delivery in leftover:
             delivery.settled = True
@@ -298,5 +380,3 @@ class PubSubConsumer(ConsumerBase):
             await self.release(leftover)
         for lane in self._lanes:
             await lane.batcher.drain()
-        self.closed = True
-        self._on_close(self)
