@@ -24,9 +24,16 @@ def url_for(emulator_host: str, **extra: str) -> str:
     return f"pubsub://{PROJECT}?" + "&".join(f"{k}={v}" for k, v in options.items())
 
 
+# Leased messages per consumer in the kit's fault tests (through the proxy). Their duplicate
+# bound is this lease (``in_flight_window``); the default, concurrency + 100, would let about a
+# hundred wrongly redelivered messages per fault pass unnoticed.
+FAULT_LEASE = 20
+
+
 def url_via(host: str, port: int) -> str:
-    """The test URL pointing at ``host:port`` (a proxy in front of the emulator)."""
-    return url_for(f"{host}:{port}")
+    """The test URL pointing at ``host:port`` (a proxy in front of the emulator), with a lease
+    of ``FAULT_LEASE`` messages."""
+    return url_for(f"{host}:{port}", max_messages=str(FAULT_LEASE))
 
 
 _SDK_ROOTS = ("/usr/lib/google-cloud-sdk", "/usr/share/google-cloud-sdk", "/opt/google-cloud-sdk")

@@ -117,10 +117,11 @@ class PubSubConsumer(ConsumerBase):
 
     On Google's emulator only, a redelivered message without an ordering key whose ack the
     emulator already confirmed (within two ack deadlines; same message id and publish time)
-    is acked again without calling the handler: on a subscription with message ordering, the emulator treats the empty ordering
-    key as one key, so when a lease that was lost with a connection (a pull whose response
-    never arrived) runs out, it redelivers every keyless message delivered after it,
-    acknowledged ones included. Pub/Sub itself does not order keyless messages.
+    is acked again without calling the handler: on a subscription with message ordering,
+    the emulator treats the empty ordering key as one key, so when a lease that was lost
+    with a connection (a pull whose response never arrived) runs out, it redelivers every
+    keyless message delivered after it, acknowledged ones included. Pub/Sub itself does not
+    order keyless messages.
     """
 
     def __init__(
