@@ -60,7 +60,14 @@ class ConsumerBase:
         self.name = name
         self.handler = handler
         self.log = log
-        self.pool = WorkerPool(self._run, concurrency, ordered=ordered, name=name, capacity=capacity)
+        self.pool = WorkerPool(
+            self.pool_handler(handler),
+            concurrency,
+            ordered=ordered,
+            name=name,
+            capacity=capacity,
+            finished=self._finished,
+        )
         self.stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: set[asyncio.Task[Any]] = set()
@@ -235,12 +242,17 @@ class ConsumerBase:
                 if rest:
                     self.spawn(self._hand_back(list(rest)), name=f"hand-back-{self.name}")
 
-    async def _run(self, submitted: DeliveryLike) -> None:
+    def pool_handler(self, handler: DeliveryHandler) -> DeliveryHandler:
+        """What the worker pool calls for each delivery: by default the bus's ``handler``
+        itself (no wrapper coroutine per message). Override to wrap it, e.g. to skip
+        deliveries of a partition that was revoked meanwhile."""
+        return handler
+
+    def _finished(self, submitted: DeliveryLike) -> None:
         delivery = cast(Delivery, submitted)  # only Delivery objects are ever submitted
-        await self.handler(delivery)
         if not delivery.settled and not self.stopping.is_set():
             # Its settle failed: hand it back now rather than when the broker times it out.
-            await self._hand_back([delivery])
+            self.spawn(self._hand_back([delivery]), name=f"hand-back-{self.name}")
 
     async def _hand_back(self, deliveries: Sequence[Delivery]) -> None:
         todo = [d for d in deliveries if not d.settled]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 
 from ._transport import DeliveryHandler, DeliveryLike
 
@@ -37,6 +38,7 @@ class WorkerPool:
         "_capacity",
         "_closing",
         "_count",
+        "_finished",
         "_handler",
         "_idle",
         "_lanes",
@@ -60,14 +62,18 @@ class WorkerPool:
         ordered: bool = True,
         name: str = "",
         capacity: int | None = None,
+        finished: Callable[[DeliveryLike], None] | None = None,
     ) -> None:
         """``capacity`` is the most deliveries held at once, queued plus running (default and
         minimum: ``concurrency``). A transport that already has a batch in memory may queue it
         whole, so its fetch loop and the workers take turns once per batch, not per message.
+        ``finished(delivery)`` is called after each handler call returned (a plain call: no
+        coroutine frame per message), e.g. to hand back what the call left unsettled.
         Raises ``ValueError`` for a concurrency below 1."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self._handler = handler
+        self._finished = finished
         self._n = concurrency
         self._capacity = max(concurrency, capacity or 0)
         self._ordered = ordered
@@ -188,6 +194,7 @@ class WorkerPool:
         assert self._loop is not None
         loop = self._loop
         handler = self._handler
+        finished = self._finished
         lane = self._lanes[i]
         shared = self._shared
         while True:
@@ -216,6 +223,8 @@ class WorkerPool:
                     "delivery handler failed unexpectedly",
                     extra={"messaging_destination": self._name, "messaging_attempt": delivery.attempt},
                 )
+            if finished is not None:
+                finished(delivery)
             self._running[i] = None
             self._count -= 1
             space = self._space

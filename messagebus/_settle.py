@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -117,6 +116,7 @@ class Settler:
     __slots__ = (
         "_chain",
         "_dlq",
+        "_epoch",
         "_group",
         "_inflight",
         "_name",
@@ -145,8 +145,9 @@ class Settler:
         self._system = system
         self._dlq = Destination(DestinationKind.QUEUE, source.dead_letter_queue)
         self._warn_after = warn_after
-        # In-flight handler calls, for the slow-handler warning: [started, envelope, warned].
-        self._inflight: dict[int, list[Any]] = {}
+        # In-flight envelopes -> the watchdog epoch they started in (slow-handler warning).
+        self._inflight: dict[Envelope, int] | None = {} if warn_after is not None else None
+        self._epoch = 0
         self._watching = False
 
     def handler(self) -> DeliveryHandler:
@@ -169,23 +170,22 @@ class Settler:
         )
         settlement: Settlement | None = None
         acked = False
-        watch = self._warn_after is not None
-        if watch:
-            self._inflight[id(envelope)] = [time.monotonic(), envelope, False]
+        inflight = self._inflight
+        if inflight is not None:
+            # The watchdog's epoch, not a clock read: this runs for every message.
+            inflight[envelope] = self._epoch
             if not self._watching:
                 self._arm_watchdog()
         try:
             try:
                 await self._chain(envelope)
             except Exception as error:  # every outcome is settled; CancelledError passes through
-                if watch:
-                    del self._inflight[id(envelope)]
-                    watch = False
+                if inflight is not None:
+                    inflight.pop(envelope, None)
                 settlement = await self._failed(delivery, envelope, error)
             else:
-                if watch:
-                    del self._inflight[id(envelope)]
-                    watch = False
+                if inflight is not None:
+                    inflight.pop(envelope, None)
                 try:
                     await delivery.ack()
                     acked = True
@@ -194,8 +194,8 @@ class Settler:
                 except Exception:
                     logger.exception("ack failed unexpectedly; the broker will redeliver", extra=log_fields(envelope))
         finally:
-            if watch:
-                self._inflight.pop(id(envelope), None)
+            if inflight is not None:
+                inflight.pop(envelope, None)
             observers = envelope._take_observers()
             if observers:  # no settlement when cancelled: never acked, so redelivered
                 if settlement is None:
@@ -205,28 +205,31 @@ class Settler:
     def _arm_watchdog(self) -> None:
         assert self._warn_after is not None
         self._watching = True
-        # Checked at half the threshold: one timer per consumer while handlers run, not per message.
+        # One timer per consumer while handlers run, not one per message: a handler seen in
+        # flight at three ticks half the threshold apart has run at least the threshold.
         asyncio.get_running_loop().call_later(self._warn_after / 2, self._watchdog)
 
     def _watchdog(self) -> None:
         self._watching = False
-        if not self._inflight:
+        self._epoch += 1
+        inflight = self._inflight
+        if not inflight:
             return
         assert self._warn_after is not None
-        now = time.monotonic()
-        for entry in self._inflight.values():
-            started, envelope, warned = entry
-            if not warned and now - started >= self._warn_after:
-                entry[2] = True
+        due = self._epoch - 3
+        for envelope, seen in list(inflight.items()):
+            if seen <= due:
+                del inflight[envelope]  # warned once; its handler is still running
                 logger.warning(
-                    "handler of %s (group %s) still running message %s after %.0fs",
+                    "handler of %s (group %s) still running message %s after %.0fs or more",
                     envelope.destination,
                     envelope.group or "-",
                     envelope.id,
-                    now - started,
+                    self._warn_after,
                     extra=log_fields(envelope),
                 )
-        self._arm_watchdog()
+        if inflight:
+            self._arm_watchdog()
 
     async def _failed(self, delivery: DeliveryLike, envelope: Envelope, error: Exception) -> Settlement:
         fields = log_fields(envelope)

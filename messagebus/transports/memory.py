@@ -112,7 +112,8 @@ class _MemQueue:
         consumers = self.consumers
         if not ready or not consumers:
             return
-        if len(consumers) == 1 and all(held[0] is consumers[0] for held in self.keys.values()):
+        keys = self.keys
+        if len(consumers) == 1 and (not keys or all(held[0] is consumers[0] for held in keys.values())):
             consumer = consumers[0]
             while ready and consumer.credit > 0:
                 consumer.dispatch(ready.popleft())
@@ -174,7 +175,7 @@ class _MemConsumer(ConsumerBase):
 
     def settle_ack(self, delivery: Delivery) -> None:
         """Forget the message."""
-        self._returned((delivery,))
+        self._returned_one(delivery.key)
 
     def settle_redeliver(self, delivery: Delivery, delay: float, headers: Mapping[str, str]) -> None:
         """Store a copy with ``attempt + 1`` and ``headers`` added, due after ``delay`` seconds."""
@@ -182,7 +183,7 @@ class _MemConsumer(ConsumerBase):
         again = _Stored(old.body, {**old.headers, **headers} if headers else old.headers, old.key, old.attempt + 1)
         queue = self.queue
         queue.broker.schedule(queue, again, delay)
-        self._returned((delivery,))
+        self._returned_one(delivery.key)
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
         """Put the messages back at the head of the queue, in order, as redeliveries."""
@@ -192,6 +193,16 @@ class _MemConsumer(ConsumerBase):
                 s: _Stored = d.native
                 queue.ready.appendleft(_Stored(s.body, s.headers, s.key, s.attempt + 1))
             self._returned(deliveries)
+
+    def _returned_one(self, key: str | None) -> None:
+        # The hot path of every ack: one message back, no loop.
+        queue = self.queue
+        with queue.broker.lock:
+            if key is not None:
+                queue.free_key(key)
+            self.credit += 1
+            queue.unacked -= 1
+            queue.pump()
 
     def _returned(self, deliveries: Sequence[Delivery]) -> None:
         queue = self.queue

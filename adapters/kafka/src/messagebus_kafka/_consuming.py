@@ -415,8 +415,12 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
             return
         self.pool.submit_nowait(delivery)
 
+    def pool_handler(self, handler: DeliveryHandler) -> DeliveryHandler:
+        """The pool runs :meth:`_run`, which wraps the bus's handler for partitions."""
+        return self._run
+
     async def _run(self, delivery: Any) -> None:
-        # The pool's handler (ConsumerBase._run's place): skips records of revoked
+        # The pool's handler (see pool_handler): skips records of revoked
         # partitions and keeps the partition's active count. An unsettled delivery needs no
         # hand-back on Kafka (see release).
         st: _Partition = delivery.token
