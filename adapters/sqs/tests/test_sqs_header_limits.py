@@ -53,5 +53,7 @@ async def test_names_sqs_refuses_round_trip_and_binding_names_are_refused(sqs_ur
                 await bus.send(queue, {"n": 0}, headers={name: "spoofed"})
         await bus.send(queue, {"n": 1}, headers=headers)
         [envelope] = await got.wait_for(1)
-    assert envelope.headers == headers
+    # Less the W3C trace context the tracing middleware adds once an earlier test of the
+    # session installed an OpenTelemetry SDK (the kit's telemetry tests do).
+    assert {k: v for k, v in envelope.headers.items() if k not in ("traceparent", "tracestate")} == headers
     assert envelope.id != "spoofed"

@@ -10,12 +10,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from messagebus_sqs import MAX_BODY_SIZE, SqsTransport, queue_name, topic_name
+from messagebus_sqs import MAX_BODY_SIZE, SqsTransport, physical_names, queue_name, topic_name
 from sqs_helpers import endpoint_port, make_url
 
 from messagebus import MessageTooLarge, PublishError, UnsupportedFeature
 from messagebus.testing import TcpProxy
-from messagebus.transports import Delivery, Destination, DestinationKind, OutgoingMessage
+from messagebus.transports import Delivery, Destination, DestinationKind, OutgoingMessage, dead_letter_name
 from messagebus.transports import headers as h
 
 TIMEOUT = 30.0
@@ -217,6 +217,45 @@ async def test_stop_makes_unsettled_messages_visible_at_once(moto_endpoint: str,
         await second.stop(5)
     finally:
         await transport.close()
+
+
+async def test_a_long_poll_running_at_stop_hands_back_what_it_receives(moto_endpoint: str, prefix: str) -> None:
+    """Catches a consumer that stops while its ReceiveMessage long poll still runs in its thread
+    and forgets what that poll then receives: the message would stay hidden for the whole
+    visibility timeout (600 s here) instead of being made visible again at once."""
+    url = make_url(moto_endpoint, prefix, visibility_timeout=600, wait_time=5)
+    first, second = SqsTransport.from_url(url), SqsTransport.from_url(url)
+    await first.connect()
+    await second.connect()
+    loop = asyncio.get_running_loop()
+    polling, returned = asyncio.Event(), asyncio.Event()
+    late: list[int] = []
+
+    def before_receive(**_: Any) -> None:  # a value returned here would replace the call
+        loop.call_soon_threadsafe(polling.set)
+
+    def after_receive(parsed: dict[str, Any], **_: Any) -> None:
+        if polling.is_set():
+            late.append(len(parsed.get("Messages", [])))
+            loop.call_soon_threadsafe(returned.set)
+
+    try:
+        first.sqs_client.meta.events.register("after-call.sqs.ReceiveMessage", after_receive)
+        consumer = await first.subscribe(queue("late"), Inbox(), concurrency=1)
+        first.sqs_client.meta.events.register("before-call.sqs.ReceiveMessage", before_receive)
+        await asyncio.wait_for(polling.wait(), TIMEOUT)
+        await consumer.stop(0)  # the long poll goes on in its thread
+        await second.publish([message(queue("late"), b"late")])
+        await asyncio.wait_for(returned.wait(), TIMEOUT)
+        assert late == [1], "precondition: the poll running at stop received the message"
+        inbox = Inbox()
+        again = await second.subscribe(queue("late"), inbox, concurrency=1)
+        [d] = await inbox.wait_for(1)
+        assert (d.body, d.attempt) == (b"late", 2)
+        await again.stop(5)
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_handler_that_does_not_settle_gets_the_message_back(transport: SqsTransport) -> None:
@@ -425,3 +464,30 @@ async def test_topic_and_group_queue_deleted_are_declared_again(
     attrs = sns.get_subscription_attributes(SubscriptionArn=subs[0]["SubscriptionArn"])["Attributes"]
     assert attrs["RawMessageDelivery"] == "true"
     await consumer.stop(5)
+
+
+@pytest.mark.parametrize("fifo", [False, True])
+async def test_physical_names_are_the_names_the_transport_declares(
+    moto_endpoint: str, prefix: str, raw_clients: tuple[Any, Any], fifo: bool
+) -> None:
+    """Catches physical_names() drifting from the names the transport really declares (an
+    operator or a script looking up, purging or alarming on the wrong queue or topic)."""
+    sqs, sns = raw_clients
+    transport = SqsTransport.from_url(make_url(moto_endpoint, prefix, fifo=fifo))
+    await transport.connect()
+    try:
+        source = group("names.topic", "billing")
+        consumer = await transport.subscribe(source, Inbox(), concurrency=1)
+        # The bus dead-letters by sending to this queue: publish there as it does.
+        await transport.publish([message(queue(dead_letter_name(source.name, source.group)), b"{}")])
+        await consumer.stop(5)
+        names = physical_names(source, transport.options)
+        assert set(names) == {"topic", "queue", "dead_letter"}
+        topics = [t["TopicArn"] for t in sns.list_topics()["Topics"]]
+        assert any(arn.endswith(":" + names["topic"]) for arn in topics), names["topic"]
+        for role in ("queue", "dead_letter"):
+            assert sqs.get_queue_url(QueueName=names[role])["QueueUrl"], role
+        assert physical_names(topic("names.topic"), transport.options) == {"topic": names["topic"]}
+        assert physical_names(queue("q"), transport.options)["queue"] == queue_name("q", prefix=prefix, fifo=fifo)
+    finally:
+        await transport.close()

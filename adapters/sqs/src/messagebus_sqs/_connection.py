@@ -1,11 +1,6 @@
-"""The connection: boto3 clients, the thread pool their calls run on, the batch APIs.
-
-boto3 is synchronous, so every AWS call runs on a thread pool the transport owns (bounded by
-``max_workers``; each consumer adds one thread for its long poll, so polls never starve
-publishes or acks). The event loop only waits on futures. boto3 clients are thread-safe and
-shared by all threads, and botocore reconnects and retries each call itself (standard mode),
-so there is no connection to supervise beyond opening and closing.
-"""
+"""The connection: boto3 clients, the thread pool their blocking calls run on (``max_workers``
+threads; each consumer polls on a thread of its own), and the batch APIs. botocore reconnects
+and retries each call itself, so there is no connection to supervise beyond open and close."""
 
 from __future__ import annotations
 

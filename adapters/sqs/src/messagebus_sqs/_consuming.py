@@ -1,10 +1,7 @@
-"""The consumer of one SQS queue: a long-poll fetch loop, settles as batch calls, and a lease
-loop that keeps the messages it holds hidden.
-
-Broker primitives: an ack deletes (``DeleteMessageBatch``), a redelivery sets the visibility
-to the delay (``ChangeMessageVisibilityBatch``), a hand-back sets it to 0. ``attempt`` is SQS's
-``ApproximateReceiveCount``, so broker redeliveries count.
-"""
+"""The consumer of one SQS queue: a long-poll fetch loop, and a lease loop that keeps what it
+holds hidden. An ack deletes (``DeleteMessageBatch``), a redelivery sets the visibility to the
+delay, a hand-back to 0 (``ChangeMessageVisibilityBatch``). ``attempt`` is SQS's
+``ApproximateReceiveCount``: broker redeliveries count."""
 
 from __future__ import annotations
 
@@ -20,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from messagebus import ConsumeError, DecodeError
-from messagebus.transports import AttributeValue, ConsumerBase, Delivery, DeliveryHandler, Destination, DestinationKind
+from messagebus.transports import AttributeValue, ConsumerBase, Delivery, DeliveryHandler, Destination
 
 from ._codec import decode_message
 from ._connection import Connection, Entry
@@ -45,8 +42,6 @@ class SqsConsumer(ConsumerBase):
         self,
         conn: Connection,
         source: Destination,
-        queue_url: str,
-        topic_arn: str | None,
         handler: DeliveryHandler,
         concurrency: int,
         on_close: Callable[[SqsConsumer], None],
@@ -54,8 +49,8 @@ class SqsConsumer(ConsumerBase):
         options = conn.options
         super().__init__(handler, concurrency, name=str(source), capacity=concurrency + options.prefetch, log=logger)
         self.source = source
-        self.queue_url = queue_url
-        self.topic_arn = topic_arn
+        self.queue_url = ""
+        self.topic_arn: str | None = None
         self._conn = conn
         self._vt = options.visibility_timeout
         self._on_close = on_close
@@ -66,15 +61,27 @@ class SqsConsumer(ConsumerBase):
         self._extending: dict[Delivery, asyncio.Future[Entry]] = {}
         self._remembered: OrderedDict[str, Mapping[str, str]] = OrderedDict()
         self._poller = ThreadPoolExecutor(1, thread_name_prefix="messagebus-sqs-poll")
-        self._poll: asyncio.Future[list[dict[str, Any]]] | None = None
         self._redeclaring: asyncio.Task[bool] | None = None
-        self._deleter = conn.batcher("delete", queue_url)
-        self._visibility = conn.batcher("visibility", queue_url)
+
+    async def declare(self, *, fresh: bool = False) -> None:
+        """Declare the queue (for a group also the topic, the queue policy and the raw
+        subscription); ``fresh``: again, though cached. Raises :class:`TopologyError`."""
+        conn, source = self._conn, self.source
+        if source.group:
+            declare = conn.require().subscription_queue
+            self.queue_url, self.topic_arn = await conn.run(declare, source.name, source.group, fresh=fresh)
+        else:
+            self.queue_url = await conn.run(conn.require().queue_url, source.name, fresh=fresh)
+        self._deleter = conn.batcher("delete", self.queue_url)
+        self._visibility = conn.batcher("visibility", self.queue_url)
 
     def start(self) -> None:
         """Start the workers, the fetch loop and the lease loop."""
         super().start()
-        describe = functools.partial(self._describe_error, "receiving from")
+
+        def describe(exc: Exception) -> str:
+            return str(errors.map(exc, ConsumeError, f"receiving from {self.queue_url}"))
+
         self.spawn(self.fetch_loop(self._fetch, describe_error=describe), name=f"sqs-poll-{self.name}", loop=True)
         self.spawn(self._lease_loop(), name=f"sqs-visibility-{self.name}", loop=True)
 
@@ -100,11 +107,14 @@ class SqsConsumer(ConsumerBase):
         return list(response.get("Messages", []))
 
     async def _fetch(self, room: int) -> list[Delivery]:
-        self._poll = poll = asyncio.get_running_loop().run_in_executor(self._poller, self._receive, min(10, room))
+        poll = asyncio.get_running_loop().run_in_executor(self._poller, self._receive, min(10, room))
         try:
-            # Shielded: stop() cancels this loop, but the long poll goes on in its thread;
-            # close() hands back what it receives.
             messages = await asyncio.shield(poll)
+        except asyncio.CancelledError:
+            # stop() cancels this loop while the long poll goes on in its thread, or just after
+            # it returned: hand back what it received (SqsTransport.close waits for that).
+            self._conn.linger(self._release_late(poll))
+            raise
         except Exception as exc:
             redeclaring = self._queue_missing(exc)
             if redeclaring is not None:
@@ -150,7 +160,7 @@ class SqsConsumer(ConsumerBase):
         12 hours); ``headers`` are added to that redelivery when this consumer receives it."""
         message_id = str(delivery.native.get("MessageId", ""))
         if headers:
-            self._remembered[message_id] = headers
+            self._remembered[message_id] = dict(headers)
             while len(self._remembered) > _MAX_REMEMBERED:
                 self._remembered.popitem(last=False)
         seconds = min(_MAX_VISIBILITY, max(0, math.ceil(delay)))
@@ -207,17 +217,9 @@ class SqsConsumer(ConsumerBase):
     # -- stopping ----------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """After the hand-back: hand back what the fetch loop had not submitted yet, send every
-        queued settle, and leave a long poll still in flight to the connection, which hands
-        back what it receives (:meth:`SqsTransport.close` waits for that)."""
-        leftover = [d for d in self._leased if not d.settled]
-        if leftover:
-            await self._hand_back(leftover)
+        """After the hand-back: send every queued settle."""
         await self._deleter.drain()
         await self._visibility.drain()
-        poll = self._poll
-        if poll is not None and not poll.done():
-            self._conn.linger(self._release_late(poll))
         self._poller.shutdown(wait=False)
         self._on_close(self)
 
@@ -227,9 +229,6 @@ class SqsConsumer(ConsumerBase):
             await self.release([self._delivery(m, deadline) for m in await poll])
 
     # -- a queue that vanished ---------------------------------------------------------------
-
-    def _describe_error(self, what: str, exc: Exception) -> str:
-        return str(errors.map(exc, ConsumeError, f"{what} {self.queue_url}"))
 
     def _queue_missing(self, exc: BaseException | None) -> asyncio.Task[bool] | None:
         """If ``exc`` says this consumer's queue (or topic) is gone, start declaring it again
@@ -257,20 +256,10 @@ class SqsConsumer(ConsumerBase):
         return task
 
     async def _redeclare(self) -> bool:
-        source, conn = self.source, self._conn
         try:
-            topology = conn.require()
-            if source.kind is DestinationKind.TOPIC:
-                assert source.group is not None  # checked by subscribe()
-                url, self.topic_arn = await conn.run(topology.subscription_queue, source.name, source.group, fresh=True)
-            else:
-                url = await conn.run(topology.queue_url, source.name, fresh=True)
+            await self.declare(fresh=True)
         except Exception as exc:
-            err = errors.map(exc, ConsumeError, f"declaring the queue of {source} again")
+            err = errors.map(exc, ConsumeError, f"declaring the queue of {self.source} again")
             logger.warning("%s; trying again on the next receive", err)
             return False
-        if url != self.queue_url:
-            self.queue_url = url
-            self._deleter = conn.batcher("delete", url)
-            self._visibility = conn.batcher("visibility", url)
         return True

@@ -1,9 +1,6 @@
-"""Publishing: check and encode each message, send it in batches, wait for every confirmation.
-
-Topic messages go to the SNS topic (``PublishBatch``), queue messages to the SQS queue
-(``SendMessageBatch``); both are declared on first use, and declared again when a batch finds
-them missing (deleted, or an emulator restarted without its state).
-"""
+"""Publishing: check and encode each message, send batches (``PublishBatch`` to topics,
+``SendMessageBatch`` to queues), wait for every confirmation. Destinations are declared on
+first use, and again when a batch finds them missing (an emulator restarted without state)."""
 
 from __future__ import annotations
 
@@ -24,7 +21,7 @@ from ._codec import MAX_BODY_SIZE, MAX_WIRE_SIZE, encode_message
 from ._connection import BatchKind, Connection, Entry
 from ._errors import CONNECTION_ERRORS, is_missing
 from ._options import SqsOptions
-from ._topology import logical_queue
+from ._topology import is_topic, logical_queue
 
 if TYPE_CHECKING:
     from ._consuming import SqsConsumer
@@ -65,7 +62,7 @@ def encode_entry(message: OutgoingMessage, options: SqsOptions) -> tuple[Entry, 
             f"message to {dest} is {wire.size} bytes with its attributes "
             f"(base64 for binary bodies); SQS/SNS allow {MAX_WIRE_SIZE}. Nothing was sent"
         )
-    entry: Entry = {("Message" if _is_topic(dest) else "MessageBody"): wire.body}
+    entry: Entry = {("Message" if is_topic(dest) else "MessageBody"): wire.body}
     if wire.attributes:
         entry["MessageAttributes"] = wire.attributes
     if options.fifo:
@@ -75,10 +72,6 @@ def encode_entry(message: OutgoingMessage, options: SqsOptions) -> tuple[Entry, 
         entry["MessageGroupId"] = _fifo_id(message.key) if message.key is not None else dedup
         entry["MessageDeduplicationId"] = dedup
     return entry, wire.size
-
-
-def _is_topic(destination: Destination) -> bool:
-    return destination.kind is DestinationKind.TOPIC and destination.group is None
 
 
 class Publisher:
@@ -97,11 +90,11 @@ class Publisher:
         prepared = [(m.destination, *encode_entry(m, options), m.key is not None) for m in messages]
         if not prepared:
             return
-        targets: dict[Destination, tuple[BatchKind, str, str]] = {}
+        batchers: dict[Destination, Batcher[Entry, Entry]] = {}
         for destination, *_ in prepared:
-            if destination not in targets:
-                targets[destination] = await self._resolve(destination)
-        futures = [self._batcher(*targets[d]).add(entry, size, ordered=keyed) for d, entry, size, keyed in prepared]
+            if destination not in batchers:
+                batchers[destination] = self._batcher(*await self._resolve(destination))
+        futures = [batchers[d].add(entry, size, ordered=keyed) for d, entry, size, keyed in prepared]
         results = await asyncio.gather(*futures, return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
@@ -116,16 +109,16 @@ class Publisher:
         """The batch kind, target (topic ARN / queue URL) and logical name of ``destination``,
         declaring it on first use. Concurrent first uses share one declaration."""
         topology = self._conn.require()
-        is_topic = _is_topic(destination)
-        logical = destination.name if is_topic else logical_queue(destination)
-        kind: BatchKind = "publish" if is_topic else "send"
-        known = topology.cached_topic(logical) if is_topic else topology.cached_queue(logical)
+        topic = is_topic(destination)
+        logical = destination.name if topic else logical_queue(destination)
+        kind: BatchKind = "publish" if topic else "send"
+        known = topology.cached_topic(logical) if topic else topology.cached_queue(logical)
         if known is not None:
             return kind, known, logical
         key = (kind, logical)
         pending = self._resolving.get(key)
         if pending is None:
-            declare = topology.topic_arn if is_topic else topology.queue_url
+            declare = topology.topic_arn if topic else topology.queue_url
             pending = self._resolving[key] = asyncio.ensure_future(self._conn.run(declare, logical))
             pending.add_done_callback(lambda _: self._resolving.pop(key, None))
         return kind, await asyncio.shield(pending), logical

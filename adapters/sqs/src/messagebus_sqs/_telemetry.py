@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from messagebus.transports import AttributeValue, Destination, DestinationKind
+from messagebus.transports import AttributeValue, Destination
 
-from ._topology import Topology
+from ._topology import Topology, is_topic
 
 __all__ = ["SNS_SYSTEM", "SQS_SYSTEM", "consume_attributes", "publish_attributes", "system_for"]
 
@@ -16,7 +16,7 @@ SNS_SYSTEM = "aws.sns"
 
 def system_for(destination: Destination) -> str:
     """``messaging.system`` for publishing to ``destination``: SNS for topics, SQS for queues."""
-    return SNS_SYSTEM if destination.kind is DestinationKind.TOPIC and destination.group is None else SQS_SYSTEM
+    return SNS_SYSTEM if is_topic(destination) else SQS_SYSTEM
 
 
 def publish_attributes(destination: Destination, topology: Topology | None) -> dict[str, AttributeValue]:
@@ -24,7 +24,7 @@ def publish_attributes(destination: Destination, topology: Topology | None) -> d
     attrs: dict[str, AttributeValue] = {"messaging.system": system_for(destination)}
     if topology is None:
         return attrs
-    if destination.kind is DestinationKind.TOPIC and destination.group is None:
+    if is_topic(destination):
         arn = topology.cached_topic(destination.name)
         if arn:
             attrs["aws.sns.topic.arn"] = arn

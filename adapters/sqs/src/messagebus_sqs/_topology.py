@@ -1,15 +1,6 @@
-"""Topology: logical names to SQS/SNS names, and idempotent declaration (blocking boto3 calls).
-
-- topic ``T``                -> SNS topic ``{topic_prefix}T`` (sanitised; ``.fifo`` with ``fifo=true``)
-- subscription (``T``, ``G``) -> SQS queue ``{queue_prefix}T.G`` subscribed to the topic with
-  ``RawMessageDelivery=true``; its policy allows that topic to send to it
-- queue ``Q`` (incl. ``*.dlq``) -> SQS queue ``{queue_prefix}Q``
-
-Names are sanitised to AWS rules (letters, digits, ``-``, ``_``; 80 characters for queues,
-256 for topics) with :func:`messagebus.transports.sanitize_name`, which adds a short hash of
-the logical name when it had to change anything, so distinct logical names never collide.
-The functions here block; the transport runs them on its thread pool.
-"""
+"""Topology: logical names to SQS/SNS names (see the README's table), and idempotent
+declaration of topics, queues, queue policies and raw subscriptions. The declarations block;
+the connection runs them on its thread pool."""
 
 from __future__ import annotations
 
@@ -26,7 +17,7 @@ from messagebus.transports import Destination, DestinationKind, dead_letter_name
 from ._errors import error_code, errors
 from ._options import SqsOptions
 
-__all__ = ["RETENTION_SECONDS", "Topology", "logical_queue", "physical_names", "queue_name", "topic_name"]
+__all__ = ["RETENTION_SECONDS", "Topology", "is_topic", "logical_queue", "physical_names", "queue_name", "topic_name"]
 
 #: Messages are kept as long as SQS allows (14 days), not the 4-day default.
 RETENTION_SECONDS = 1_209_600
@@ -43,6 +34,11 @@ def topic_name(logical: str, *, prefix: str = "", fifo: bool = False) -> str:
     """Physical SNS topic name for a logical topic name. Pure."""
     budget = 256 - len(prefix) - (len(_FIFO) if fifo else 0)
     return prefix + sanitize_name(logical, max_length=budget) + (_FIFO if fifo else "")
+
+
+def is_topic(destination: Destination) -> bool:
+    """True when publishing to ``destination`` goes to an SNS topic (a topic, no group)."""
+    return destination.kind is DestinationKind.TOPIC and destination.group is None
 
 
 def logical_queue(destination: Destination) -> str:

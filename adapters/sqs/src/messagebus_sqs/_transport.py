@@ -113,17 +113,13 @@ class SqsTransport:
         delivery) and poll it; ``prefetch`` messages are received ahead of the handlers. Raises
         :class:`TopologyError` if declaring fails, :class:`ConfigurationError` for
         ``concurrency < 1``."""
-        topology = self._conn.require()
+        self._conn.require()
         if concurrency < 1:
             raise ConfigurationError(f"concurrency must be >= 1, got {concurrency}")
-        topic_arn: str | None = None
-        if source.kind is DestinationKind.TOPIC:
-            if not source.group:
-                raise TopologyError(f"subscribing to topic {source.name!r} needs a group")
-            queue_url, topic_arn = await self._conn.run(topology.subscription_queue, source.name, source.group)
-        else:
-            queue_url = await self._conn.run(topology.queue_url, source.name)
-        consumer = SqsConsumer(self._conn, source, queue_url, topic_arn, handler, concurrency, self._consumers.discard)
+        if source.kind is DestinationKind.TOPIC and not source.group:
+            raise TopologyError(f"subscribing to topic {source.name!r} needs a group")
+        consumer = SqsConsumer(self._conn, source, handler, concurrency, self._consumers.discard)
+        await consumer.declare()
         self._consumers.add(consumer)
         consumer.start()
         return consumer
