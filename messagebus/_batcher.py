@@ -113,7 +113,9 @@ class Batcher(Generic[E, R]):
             for _, fut in batch:
                 if not fut.done():
                     # Each waiter gets its own error object so tracebacks do not pile up on one.
-                    error = self._map_error(exc) if self._map_error is not None else _copy(exc)
+                    error = self._map_error(exc) if self._map_error is not None else exc
+                    if error is exc:  # already ours (or unmapped): a copy per waiter, chained
+                        error = _copy(exc)
                     if error is not exc:
                         error.__cause__ = exc
                     fut.set_exception(error)
