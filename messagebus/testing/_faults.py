@@ -34,7 +34,7 @@ from ._ledger import Ledger, in_flight_window, transport_label
 from ._proxy import TcpProxy
 
 if TYPE_CHECKING:
-    from .conformance import ConformanceTarget
+    from ._target import ConformanceTarget
 
 __all__ = ["FaultTests"]
 
