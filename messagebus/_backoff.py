@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import random
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "sleep_unless"]
 
 
 class Backoff:
@@ -60,9 +60,14 @@ class Backoff:
         if stop is None:
             await asyncio.sleep(delay)
             return True
-        if stop.is_set():
-            return False
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
-            return False
-        return True
+        return await sleep_unless(stop, delay)
+
+
+async def sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep ``seconds`` unless ``stop`` is set first; ``True`` when the whole time passed."""
+    if stop.is_set():
+        return False
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+        return False
+    return True

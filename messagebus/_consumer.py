@@ -10,12 +10,11 @@ broker primitives of :class:`~messagebus.transports.DeliverySource` plus two hoo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, cast
 
-from ._backoff import Backoff
+from ._backoff import Backoff, sleep_unless
 from ._delivery import Delivery
 from ._dispatch import WorkerPool
 from ._errors import ConfigurationError
@@ -224,7 +223,7 @@ class ConsumerBase:
             backoff.reset()
             if not deliveries:
                 if idle > 0:
-                    await _sleep_unless(stopping, idle)
+                    await sleep_unless(stopping, idle)
                 continue
             submitted = 0
             try:
@@ -299,11 +298,3 @@ class ConsumerBase:
             await self.close()
         finally:
             self._stopped.set_result(None)
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep ``seconds`` unless ``stop`` is set first."""
-    if stop.is_set():
-        return
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
