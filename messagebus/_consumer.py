@@ -21,11 +21,18 @@ from ._errors import ConfigurationError
 from ._message import AttributeValue
 from ._transport import DeliveryHandler, DeliveryLike
 
-__all__ = ["ConsumerBase"]
+__all__ = ["ConsumerBase", "check_concurrency"]
 
 logger = logging.getLogger("messagebus")
 
 _NO_ATTRIBUTES: Mapping[str, AttributeValue] = {}
+
+
+def check_concurrency(concurrency: object, what: str) -> int:
+    """``concurrency`` if it is an int >= 1 (not a bool); else :class:`ConfigurationError`."""
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ConfigurationError(f"concurrency of {what} must be an int >= 1, got {concurrency!r}")
+    return concurrency
 
 
 class ConsumerBase:
@@ -54,8 +61,7 @@ class ConsumerBase:
         log: logging.Logger = logger,
     ) -> None:
         """Raises :class:`ConfigurationError` for a concurrency that is not an int >= 1."""
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigurationError(f"concurrency of {name} must be an int >= 1, got {concurrency!r}")
+        check_concurrency(concurrency, name)
         self.name = name
         self.handler = handler
         self.log = log

@@ -22,6 +22,7 @@ from .._transport import (
     Transport,
     TransportFactory,
 )
+from .._transport_base import TransportBase
 from . import headers
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "OutgoingMessage",
     "PublishAttributes",
     "Transport",
+    "TransportBase",
     "TransportFactory",
     "TransportOptions",
     "TransportURL",

@@ -17,7 +17,7 @@ def make(url: str) -> KafkaTransport:
 def test_defaults_and_several_bootstrap_hosts() -> None:
     t = make("kafka://k1:9093,k2,[::1]:9094")
     assert t.bootstrap_servers == ["k1:9093", "k2:9092", "[::1]:9094"]
-    kw = t._connection.client_kwargs()
+    kw = t.connection.client_kwargs()
     assert kw["security_protocol"] == "PLAINTEXT"
     assert "sasl_mechanism" not in kw
     assert t.options.idempotence is True
@@ -60,7 +60,7 @@ def test_bad_option_values(query: str, fragment: str) -> None:
 
 def test_sasl_from_userinfo_and_password_never_shown() -> None:
     t = make("kafka://alice:s3cr%40t@h:9092?sasl_mechanism=SCRAM-SHA-512")
-    kw = t._connection.client_kwargs()
+    kw = t.connection.client_kwargs()
     assert kw["security_protocol"] == "SASL_PLAINTEXT"
     assert (kw["sasl_mechanism"], kw["sasl_plain_username"], kw["sasl_plain_password"]) == (
         "SCRAM-SHA-512",
@@ -94,7 +94,7 @@ def test_ssl_protocol_derived_from_files(tmp_path: pytest.TempPathFactory) -> No
     t = make(f"kafka://u:pw@h?ssl_cafile={ca}")
     assert t.options.effective_protocol == "SASL_SSL"
     with pytest.raises(ConfigurationError, match="TLS files"):
-        t._connection.client_kwargs()  # the file is read when connecting: a clear error, not a traceback
+        t.connection.client_kwargs()  # the file is read when connecting: a clear error, not a traceback
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
@@ -117,7 +117,6 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
         source: Destination,
         handler: DeliveryHandler,
         concurrency: int,
-        on_stopped: Callable[[KafkaConsumer], None],
     ) -> None:
         connection = publisher.connection
         names = subscription_names(source)
@@ -128,7 +127,6 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
         )
         self._connection = connection
         self._publisher = publisher
-        self._on_stopped = on_stopped
         self.source = source
         self.names = names
         self.group_id = names.group_id
@@ -487,13 +485,10 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
 
     async def close(self) -> None:
         """Commit what settled and leave the group (bounded by ``request_timeout_ms``)."""
-        try:
-            consumer = self._consumer
-            if consumer is not None:
-                timeout = self._connection.options.request_timeout_ms / 1000
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._commit(list(self._parts.values())), timeout)
-                await quietly(asyncio.wait_for(consumer.stop(), timeout))
-                self._parts.clear()
-        finally:
-            self._on_stopped(self)
+        consumer = self._consumer
+        if consumer is not None:
+            timeout = self._connection.options.request_timeout_ms / 1000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._commit(list(self._parts.values())), timeout)
+            await quietly(asyncio.wait_for(consumer.stop(), timeout))
+            self._parts.clear()
