@@ -20,7 +20,7 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from messagebus import ConsumeError, DecodeError
 from messagebus.transports import AttributeValue, Backoff, ConsumerBase, Delivery, DeliveryHandler
@@ -98,13 +98,11 @@ class SkeletonConsumer(ConsumerBase):
         queue: str,
         handler: DeliveryHandler,
         concurrency: int,
-        on_close: Callable[[SkeletonConsumer], None],
     ) -> None:
         super().__init__(handler, concurrency, name=queue, log=logger)
         self.queue = queue
         self._conn = conn
         self._options = conn.options
-        self._on_close = on_close
         self._wake = asyncio.Event()
         self._untaking: asyncio.Future[None] | None = None
 
@@ -190,4 +188,3 @@ class SkeletonConsumer(ConsumerBase):
         if self._untaking is not None:
             with contextlib.suppress(Exception):
                 await self._untaking
-        self._on_close(self)

@@ -31,11 +31,9 @@ class SkeletonOptions(TransportOptions):
 def parse_url(url: TransportURL) -> tuple[str, SkeletonOptions]:
     """The database path and the options of ``url``. No I/O.
 
-    Raises :class:`InvalidURL` (wrong scheme, a host, credentials, no path) or
+    Raises :class:`InvalidURL` (a host, credentials, no path) or
     :class:`InvalidOption` (bad query), with the URL rendered without its password.
     """
-    if url.scheme != SCHEME:
-        raise InvalidURL(f"the skeleton transport handles {SCHEME}:// URLs, got {url.render()!r}")
     if url.hosts or url.username is not None or url.password is not None:
         # url.render() masks a password; never format the raw URL string into a message.
         raise InvalidURL(
