@@ -54,7 +54,7 @@ def test_bad_urls_fail_at_from_url_with_clear_redacted_errors(url: str, exc: typ
 
 
 def test_wrong_scheme_is_refused() -> None:
-    with pytest.raises(InvalidURL, match="amqp:// and amqps://"):
+    with pytest.raises(InvalidURL, match="amqp:// or amqps://"):
         RabbitMQTransport.from_url(TransportURL.parse("kafka://h:9092"))
 
 
@@ -163,7 +163,7 @@ def test_constructor_with_options_still_validates_the_url() -> None:
     options replace the URL's."""
     from messagebus_rabbitmq import RabbitMQOptions
 
-    with pytest.raises(InvalidURL, match="amqp:// and amqps://"):
+    with pytest.raises(InvalidURL, match="amqp:// or amqps://"):
         RabbitMQTransport(TransportURL.parse("kafka://h:9092"), RabbitMQOptions())
     with pytest.raises(InvalidOption, match="bogus"):
         RabbitMQTransport(TransportURL.parse("amqp://h/?bogus=1"), RabbitMQOptions())

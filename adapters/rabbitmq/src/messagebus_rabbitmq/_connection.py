@@ -105,7 +105,7 @@ class Connection:
         assert last is not None
         raise last
 
-    async def connect(self) -> None:
+    async def open(self) -> None:
         """Open the connection, retrying a refused/unreachable broker ``connect_retries``
         times with back-off. Idempotent. Raises :class:`ConnectError` (URL redacted) at once
         for wrong credentials, an unknown virtual host or a TLS failure, and after the

@@ -54,11 +54,9 @@ class RabbitMQOptions(TransportOptions):
 def parse_url(url: TransportURL) -> RabbitMQOptions:
     """Validate ``url`` for this transport; return its options.
 
-    Raises :class:`InvalidURL` (wrong scheme, no host) or :class:`InvalidOption` (bad query),
-    always with the password redacted. Performs no network I/O.
+    Raises :class:`InvalidURL` (no host) or :class:`InvalidOption` (bad query), always with
+    the password redacted. Performs no network I/O.
     """
-    if url.scheme not in ("amqp", "amqps"):
-        raise InvalidURL(f"the RabbitMQ transport handles amqp:// and amqps:// URLs, got {url.render()!r}")
     if not url.hosts:
         raise InvalidURL(f"transport URL {url.render()!r} names no host; expected amqp://user:password@host:5672/vhost")
     if url.scheme == "amqp":
