@@ -42,6 +42,7 @@ import pytest
 
 from .. import _headers as h
 from .._destination import Destination, DestinationKind
+from .._errors import ConfigurationError, InvalidDestination
 from .._message import OutgoingMessage
 from .._transport import Consumer, Transport
 from .._transport import DeliveryLike as Delivery
@@ -357,6 +358,25 @@ class TransportKit:
         await transport.publish([message(queue, 2)])
         await again.wait_until(lambda items: 2 in {s.n for s in items}, "the marker")
         assert [s.n for s in again.items] == [2], "the message acked during stop() was redelivered"
+
+    async def test_subscribe_refuses_bad_arguments_and_starts_nothing(
+        self, target: ConformanceTarget, transports: TransportFactory
+    ) -> None:
+        """Catches the subscribe guards drifting between adapters: a concurrency that is not an
+        int >= 1 must raise ``ConfigurationError`` and a topic without a group
+        ``InvalidDestination`` (not a broker error, a hang, or a consumer that started anyway:
+        the queue's message must still reach the one valid consumer)."""
+        transport = await transports()
+        queue = _queue(_name("guards"))
+        for bad in (0, -1, True, 1.5):
+            with pytest.raises(ConfigurationError, match="concurrency"):
+                await transport.subscribe(queue, _acking(Collector(target.timeout)), concurrency=bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidDestination, match="group"):
+            await transport.subscribe(_topic(_name("guards")), _acking(Collector(target.timeout)), concurrency=1)
+        got: Collector[Seen] = Collector(target.timeout)
+        await transport.subscribe(queue, _acking(got), concurrency=1)
+        await transport.publish([message(queue, 1)])
+        await got.wait_for(1)
 
     async def test_close_is_idempotent(self, target: ConformanceTarget, transports: TransportFactory) -> None:
         """Catches a ``close`` that raises when called twice, or with consumers running, or on

@@ -23,10 +23,10 @@ from typing import Any, ClassVar
 
 from .._clock import Clock, SystemClock
 from .._config import TransportOptions, TransportURL, parse_options
-from .._consumer import ConsumerBase
+from .._consumer import ConsumerBase, check_concurrency
 from .._delivery import Delivery
 from .._destination import Destination, DestinationKind
-from .._errors import ConnectError, LifecycleError, MessageTooLarge
+from .._errors import ConnectError, InvalidDestination, LifecycleError, MessageTooLarge
 from .._message import OutgoingMessage
 from .._transport import Capabilities, Consumer, DeliveryHandler
 
@@ -442,6 +442,9 @@ class MemoryTransport:
         """Attach a consumer with ``concurrency`` workers to the source's queue."""
         if not self._connected:
             raise LifecycleError("memory transport is not connected")
+        check_concurrency(concurrency, f"{source.name!r}")
+        if source.kind is DestinationKind.TOPIC and not source.group:
+            raise InvalidDestination(f"subscribing to topic {source.name!r} needs a group")
         queue = self.broker.declare(source)
         consumer = _MemConsumer(queue, handler, concurrency, ordered=True)
         consumer.start()
