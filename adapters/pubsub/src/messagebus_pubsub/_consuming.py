@@ -131,7 +131,6 @@ class PubSubConsumer(ConsumerBase):
         names: Names,
         handler: DeliveryHandler,
         concurrency: int,
-        on_close: Callable[[PubSubConsumer], None],
     ) -> None:
         options = connection.options
         assert names.subscription is not None and names.retry_subscription is not None
@@ -146,7 +145,6 @@ class PubSubConsumer(ConsumerBase):
         self._conn = connection
         self._publisher = publisher
         self._names = names
-        self._on_close = on_close
         self._deadline = options.ack_deadline
         self._dedupe = connection.emulator_host is not None
         self._keep = 2.0 * options.ack_deadline
@@ -371,7 +369,6 @@ class PubSubConsumer(ConsumerBase):
                 _CLOSE_WAIT,
             )
         self.closed = True
-        self._on_close(self)
 
     async def _settle_all(self) -> None:
         leftover = [d for d, _ in self._leased.values() if not d.settled]

@@ -71,11 +71,9 @@ class PubSubOptions(TransportOptions):
 def project_of(url: TransportURL) -> str:
     """The Google Cloud project id a ``pubsub://PROJECT`` URL names, validated without I/O.
 
-    Raises :class:`InvalidURL` for a wrong scheme, a missing or malformed project id, a port,
-    user info or a path.
+    Raises :class:`InvalidURL` for a missing or malformed project id, a port, user info or a
+    path (the scheme is checked by the transport).
     """
-    if url.scheme != "pubsub":
-        raise InvalidURL(f"the Pub/Sub transport handles pubsub:// URLs, got {url.scheme}:// in {url.render()!r}")
     if url.username is not None or url.password is not None:
         raise InvalidURL(
             f"pubsub:// URLs carry no user or password ({url.render()!r}); "

@@ -1,19 +1,14 @@
-"""PubSubTransport: the messagebus transport contract on google-cloud-pubsub, delegating to
-the connection, publishing, consuming and topology modules."""
+"""PubSubTransport: the messagebus transport contract on google-cloud-pubsub."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from messagebus import ConfigurationError, InvalidDestination
 from messagebus.transports import (
     Capabilities,
+    Consumer,
     DeliveryHandler,
     Destination,
-    DestinationKind,
-    OutgoingMessage,
+    TransportBase,
     TransportURL,
-    parse_options,
 )
 
 from ._codec import MAX_BODY
@@ -27,91 +22,63 @@ from ._topology import names_for
 __all__ = ["PubSubTransport"]
 
 
-class PubSubTransport:
-    """Google Cloud Pub/Sub transport (``pubsub://PROJECT?option=...``).
+class PubSubTransport(TransportBase[PubSubOptions]):
+    """A Google Cloud Pub/Sub connection for one :class:`~messagebus.Bus`, on the asyncio
+    clients of google-cloud-pubsub; URLs ``pubsub://PROJECT[?options]``.
 
-    ``options`` replace the URL's query when given. The constructor validates the URL and
-    options without I/O (:class:`InvalidURL`, :class:`InvalidOption`). One instance per bus,
-    used from one event loop; ``connect`` and ``close`` are idempotent, ``publish`` may be
-    called concurrently, and ``publish``/``subscribe`` before ``connect`` raise
-    :class:`LifecycleError`. ``Delivery.attempt`` counts ``retry`` calls only: a redelivery
+    The lifecycle of :class:`~messagebus.transports.TransportBase`. ``publish`` returns once
+    Pub/Sub confirmed every message (a message id each), not atomically; topics are created on
+    first use, a queue's subscription on its first send; it raises :class:`MessageTooLarge`
+    before sending anything and :class:`PublishError` when a message was refused or not
+    confirmed within ``publish_timeout``. ``subscribe`` declares the subscription
+    (``topic.group`` or the queue's) and its retry topic and subscription, and keeps per-key
+    order within one instance. ``Delivery.attempt`` counts ``retry`` calls only: a redelivery
     by Pub/Sub itself (an expired lease, a hand-back at stop) keeps the attempt it had.
-    Every native error is mapped to the messagebus error tree with the original chained.
     """
 
-    messaging_system: str = MESSAGING_SYSTEM
+    schemes = ("pubsub",)
+    messaging_system = MESSAGING_SYSTEM
+    options_type = PubSubOptions
+    connection: Connection
+    publisher: Publisher
 
     def __init__(self, url: TransportURL, options: PubSubOptions | None = None) -> None:
-        project = project_of(url)
-        self.url = url
-        self.options = options if options is not None else parse_options(url, PubSubOptions)
-        self._conn = Connection(project, emulator_of(self.options, url), self.options)
-        self._publisher = Publisher(self._conn)
-        self._consumers: set[PubSubConsumer] = set()
+        super().__init__(url, options)
+        self.connection = Connection(project_of(url), emulator_of(self.options, url), self.options)
+        self.publisher = Publisher(self.connection)
         self.capabilities = Capabilities(
             ordering=self.options.ordering,
             # Not shown to hold: on the emulator, when an instance leaves its group, the next
             # message of a key reached another instance before the one it had taken
             # (docs/faults.md, finding 6). Order within one instance holds.
             ordering_across_instances=False,
-            native_delay=True,
             # Pub/Sub stores messages durably; the emulator keeps them in memory only.
-            persistence=self._conn.emulator_host is None,
-            consumer_groups=True,
+            persistence=self.connection.emulator_host is None,
             max_message_size=MAX_BODY,
-            network=True,
         )
 
     @classmethod
-    def from_url(cls, url: TransportURL | str) -> PubSubTransport:
-        """Build a transport from a ``pubsub://`` URL (options from its query), without I/O."""
-        return cls(url if isinstance(url, TransportURL) else TransportURL.parse(url))
-
-    def __repr__(self) -> str:
-        return f"PubSubTransport({self.url.render()!r})"
+    def load_options(cls, url: TransportURL) -> PubSubOptions:
+        """Raises :class:`InvalidURL` unless the URL names exactly one valid project id, with
+        no port, user info or path."""
+        project_of(url)
+        return super().load_options(url)
 
     @property
     def project(self) -> str:
         """The Google Cloud project id (the URL's host)."""
-        return self._conn.project
+        return self.connection.project
 
     @property
     def emulator_host(self) -> str | None:
         """The emulator address in use, or ``None`` for the real service."""
-        return self._conn.emulator_host
+        return self.connection.emulator_host
 
-    async def connect(self) -> None:
-        """Open the clients and check the API answers within ``connect_timeout``. Raises
-        :class:`ConnectError` or :class:`ConfigurationError` (unusable ``credentials_file``)."""
-        await self._conn.open()
-
-    async def close(self) -> None:
-        """Stop every consumer still running (no grace) and close the channels. Idempotent."""
-        for consumer in list(self._consumers):
-            await consumer.stop(0.0)
-        await self._conn.close()
-
-    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
-        """Publish and return once Pub/Sub confirmed every message (a message id each); not
-        atomic. Topics are created on first use, a queue's subscription on its first send.
-        Raises :class:`MessageTooLarge` before sending anything, :class:`PublishError` when a
-        message was refused or not confirmed within ``publish_timeout``."""
-        await self._publisher.publish(messages)
-
-    async def subscribe(self, source: Destination, handler: DeliveryHandler, *, concurrency: int) -> PubSubConsumer:
-        """Declare the subscription (``topic.group`` or the queue's) and its retry topic and
-        subscription, then deliver to ``handler`` with at most ``concurrency`` calls in flight
-        and per-key order. Raises :class:`TopologyError`, :class:`ConnectError`,
-        :class:`InvalidDestination` (a topic without a group, an illegal name) or
-        :class:`ConfigurationError` (a concurrency below 1)."""
-        clients = self._conn.require()
-        if not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigurationError(f"concurrency must be an int >= 1, got {concurrency!r}")
-        if source.kind is DestinationKind.TOPIC and not source.group:
-            raise InvalidDestination(f"subscribing to topic {source.name!r} needs a group name")
-        names = names_for(self._conn.project, source)
-        await clients.topology.ensure_consumer(names)
-        consumer = PubSubConsumer(self._conn, self._publisher, names, handler, concurrency, self._consumers.discard)
+    async def open_consumer(self, source: Destination, handler: DeliveryHandler, concurrency: int) -> Consumer:
+        """Declare the source's subscription and its retry topic and subscription, then pull."""
+        topology = self.connection.require().topology
+        names = names_for(self.connection.project, source)
+        await topology.ensure_consumer(names)
+        consumer = PubSubConsumer(self.connection, self.publisher, names, handler, concurrency)
         consumer.start()
-        self._consumers.add(consumer)
         return consumer
