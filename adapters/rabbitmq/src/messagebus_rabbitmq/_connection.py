@@ -19,13 +19,12 @@ from messagebus import ConnectError, LifecycleError, MessageBusError, TopologyEr
 from messagebus.transports import Backoff, TransportURL
 
 from ._errors import error_map, is_transient_connect_error
-from ._options import RabbitMQOptions, vhost_of
+from ._options import RabbitMQOptions
 
 __all__ = ["CLOSE_TIMEOUT", "Connection", "close_quietly"]
 
 logger = logging.getLogger("messagebus.rabbitmq")
 
-_DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
 #: Seconds allowed for closing a channel/connection or cancelling a consumer: a stalled
 #: network must not hang stop() or close().
 CLOSE_TIMEOUT = 5.0
@@ -48,13 +47,13 @@ class Connection:
     def __init__(self, url: TransportURL, options: RabbitMQOptions) -> None:
         self.url = url
         self.options = options
-        self.vhost = vhost_of(url)
+        # The URL path without its slash: amqp://h, amqp://h/ and amqp://h/%2F are the vhost "/".
+        self.vhost = url.path.removeprefix("/") or "/"
         self.raw: aiormq.abc.AbstractConnection | None = None
         self.closed = False
         self._conn: aio_pika.abc.AbstractConnection | None = None
         self._ready = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
-        self._ssl: ssl.SSLContext | None = None
         self._errors = error_map(url.username or "guest", self.vhost)
 
     @property
@@ -62,33 +61,33 @@ class Connection:
         """True while the connection is open."""
         return self._ready.is_set() and not self.closed
 
+    @functools.cached_property
     def _ssl_context(self) -> ssl.SSLContext | None:
+        # Built at the first connect (not cached when it raises): an unreadable file fails there.
+        opts = self.options
         if self.url.scheme != "amqps":
             return None
-        if self._ssl is None:
-            opts = self.options
-            try:
-                ctx = ssl.create_default_context(cafile=opts.cafile)
-                if opts.certfile:
-                    ctx.load_cert_chain(opts.certfile, opts.keyfile)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConnectError(f"cannot load the TLS files for {self.url.render()}: {exc}") from exc
-            if not opts.verify:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            self._ssl = ctx
-        return self._ssl
+        try:
+            ctx = ssl.create_default_context(cafile=opts.cafile)
+            if opts.certfile:
+                ctx.load_cert_chain(opts.certfile, opts.keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConnectError(f"cannot load the TLS files for {self.url.render()}: {exc}") from exc
+        if not opts.verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
 
     async def _open_once(self) -> aio_pika.abc.AbstractConnection:
         """Try every host of the URL once; raise the last error."""
         opts, url = self.options, self.url
-        context = self._ssl_context()
+        context = self._ssl_context
         last: Exception | None = None
         for host, port in url.hosts:
             try:
                 return await aio_pika.connect(
                     host=host,
-                    port=port or _DEFAULT_PORTS[url.scheme],
+                    port=port or (5672 if context is None else 5671),
                     login=url.username if url.username is not None else "guest",
                     password=url.password if url.password is not None else "guest",
                     virtualhost=self.vhost,
@@ -108,15 +107,16 @@ class Connection:
     async def open(self) -> None:
         """Open the connection, retrying a refused/unreachable broker ``connect_retries``
         times with back-off. Idempotent. Raises :class:`ConnectError` (URL redacted) at once
-        for wrong credentials, an unknown virtual host or a TLS failure, and after the
-        bounded retry for an unreachable broker; :class:`LifecycleError` after :meth:`close`."""
+        for wrong credentials, an unknown vhost or a TLS failure, after the bounded retry
+        for an unreachable broker; :class:`LifecycleError` after :meth:`close`."""
         if self.closed:
             raise LifecycleError("this RabbitMQ transport was closed; create a new one")
         if self._conn is None:
             await self._open(self.options.connect_retries + 1, Backoff(0.2, 2.0))
 
     async def _open(self, attempts: int | None, backoff: Backoff) -> None:
-        """Open and install a connection; ``attempts=None`` (a reconnect) tries until closed."""
+        # attempts=None (a reconnect): try until closed.
+        await close_quietly(self._conn)  # the dropped one, if any
         attempt = 0
         while not self.closed:
             attempt += 1
@@ -151,12 +151,8 @@ class Connection:
         logger.warning("connection to RabbitMQ at %s lost; reconnecting", self.url)
         if self._supervisor is None or self._supervisor.done():
             self._supervisor = asyncio.get_running_loop().create_task(
-                self._reconnect(), name="messagebus-rabbitmq-reconnect"
+                self._open(None, Backoff(0.05, 5.0)), name="messagebus-rabbitmq-reconnect"
             )
-
-    async def _reconnect(self) -> None:
-        await close_quietly(self._conn)
-        await self._open(None, Backoff(0.05, 5.0))
 
     async def wait_ready(self, timeout: float | None) -> aiormq.abc.AbstractConnection:
         """The open connection, waiting up to ``timeout`` seconds for a reconnect. Raises

@@ -69,25 +69,22 @@ class RabbitMQConsumer(ConsumerBase):
     consumes again on a new channel (queue re-declared) through :meth:`Connection.restore`.
 
     Deliveries' ``native`` is the aiormq ``DeliveredMessage``; ``raw`` an
-    :class:`aio_pika.IncomingMessage` built on first access. A delivery whose channel died
-    before its handler ran is skipped: RabbitMQ redelivers it on the new channel.
+    :class:`aio_pika.IncomingMessage` built on first access.
     """
 
     def __init__(self, publisher: Publisher, source: Destination, handler: DeliveryHandler, concurrency: int) -> None:
         self.queue = queue_name(source)
         self.prefetch = publisher.conn.options.prefetch or concurrency
-        super().__init__(self._handle_live, concurrency, name=self.queue, capacity=self.prefetch, log=logger)
+        super().__init__(handler, concurrency, name=self.queue, capacity=self.prefetch, log=logger)
         self.publisher = publisher
         self.conn = publisher.conn
         self.source = source
-        self._handle = handler
         self._channel: aiormq.abc.AbstractChannel | None = None
         self._tag: str | None = None
         #: How many times consuming was restored after a lost channel or connection.
         self.restarts = 0
 
     def describe(self) -> str:
-        """The queue, for messages."""
         return f"queue {self.queue!r}"
 
     async def begin(self) -> None:
@@ -124,9 +121,14 @@ class RabbitMQConsumer(ConsumerBase):
             Delivery(self, message, message.body, headers, headers.get(_KEY), attempt_of(headers, bool(redelivered)))
         )
 
-    async def _handle_live(self, delivery: Any) -> None:
-        if not delivery.native.channel.is_closed:
-            await self._handle(delivery)
+    def pool_handler(self, handler: DeliveryHandler) -> DeliveryHandler:
+        """Skips a delivery whose channel died before its handler ran (it comes again)."""
+
+        async def live(delivery: Any) -> None:
+            if not delivery.native.channel.is_closed:
+                await handler(delivery)
+
+        return live
 
     def _on_broker_cancel(self, _frame: Any) -> None:
         # The queue was deleted (or its node went away): close this channel; the close
@@ -144,8 +146,6 @@ class RabbitMQConsumer(ConsumerBase):
         if await self.conn.restore(self._open, self.describe(), self.stopping):
             self.restarts += 1
             logger.info("consumer of RabbitMQ queue %r restored", self.queue)
-
-    # -- DeliverySource primitives ----------------------------------------------------------
 
     def _live_channel(self, delivery: Delivery, what: str) -> aiormq.abc.AbstractChannel:
         channel: aiormq.abc.AbstractChannel = delivery.native.channel
@@ -187,8 +187,6 @@ class RabbitMQConsumer(ConsumerBase):
     def attributes_of(self, delivery: Delivery) -> Mapping[str, AttributeValue]:
         """``messaging.rabbitmq.*`` attributes: routing key, delivery tag, queue, size ..."""
         return delivery_attributes(delivery.native, self.queue)
-
-    # -- stop hooks ---------------------------------------------------------------------------
 
     async def stop_fetching(self) -> None:
         """``basic.cancel``, bounded in time."""

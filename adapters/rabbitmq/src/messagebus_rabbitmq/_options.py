@@ -6,25 +6,13 @@ import os
 
 from pydantic import Field, field_validator
 
-from messagebus import InvalidOption, InvalidURL
-from messagebus.transports import TransportOptions, TransportURL, parse_options
+from messagebus.transports import TransportOptions
 
-__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "RabbitMQOptions", "parse_url", "vhost_of"]
-
-#: RabbitMQ 4's default ``max_message_size`` (16 MiB); 3.x allowed 128 MiB by default.
-DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
-#: The broker's hard ceiling for ``max_message_size`` (512 MiB).
-BROKER_MAX_MESSAGE_SIZE = 512 * 1024 * 1024
-
-_TLS_OPTIONS = ("cafile", "certfile", "keyfile", "verify")
+__all__ = ["RabbitMQOptions"]
 
 
 class RabbitMQOptions(TransportOptions):
-    """Query options of an ``amqp://`` / ``amqps://`` URL (see the adapter README).
-
-    Immutable. Unknown names and ill-typed values are rejected by :func:`parse_url` with
-    the list of valid options.
-    """
+    """Query options of an ``amqp://`` / ``amqps://`` URL (see the adapter README). Immutable."""
 
     heartbeat: int = Field(60, ge=0, le=3600, description="AMQP heartbeat in seconds; 0 disables it")
     prefetch: int | None = Field(
@@ -36,7 +24,8 @@ class RabbitMQOptions(TransportOptions):
     publish_timeout: float = Field(
         30.0, gt=0, le=3600, description="seconds publish() may take, reconnecting included, before PublishError"
     )
-    max_message_size: int = Field(DEFAULT_MAX_MESSAGE_SIZE, ge=1, le=BROKER_MAX_MESSAGE_SIZE)
+    # RabbitMQ 4's default max_message_size (3.x allowed 128 MiB); 512 MiB is its ceiling.
+    max_message_size: int = Field(16 * 1024 * 1024, ge=1, le=512 * 1024 * 1024)
     cafile: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
@@ -49,34 +38,3 @@ class RabbitMQOptions(TransportOptions):
         if value is not None and not os.path.isfile(value):
             raise ValueError(f"file {value!r} does not exist or is not a regular file")
         return value
-
-
-def parse_url(url: TransportURL) -> RabbitMQOptions:
-    """Validate ``url`` for this transport; return its options.
-
-    Raises :class:`InvalidURL` (no host) or :class:`InvalidOption` (bad query), always with
-    the password redacted. Performs no network I/O.
-    """
-    if not url.hosts:
-        raise InvalidURL(f"transport URL {url.render()!r} names no host; expected amqp://user:password@host:5672/vhost")
-    if url.scheme == "amqp":
-        given = [name for name in _TLS_OPTIONS if name in url.query]
-        if given:
-            raise InvalidOption(
-                f"option(s) {', '.join(given)} in {url.render()!r} only apply to TLS connections; use an amqps:// URL"
-            )
-    options = parse_options(url, RabbitMQOptions)
-    if options.keyfile is not None and options.certfile is None:
-        raise InvalidOption(
-            f"option 'keyfile' is given without 'certfile' in {url.render()!r}; a client key needs its "
-            "certificate (certfile=...)"
-        )
-    return options
-
-
-def vhost_of(url: TransportURL) -> str:
-    """The virtual host named by the URL path: ``/`` for an empty path, else the path without
-    its leading slash (``amqp://h/%2F`` is the vhost ``/``, ``amqp://h/prod`` is ``prod``)."""
-    path = url.path
-    vhost = path[1:] if path.startswith("/") else path
-    return vhost or "/"

@@ -17,7 +17,7 @@ from messagebus.transports import Delivery, DestinationKind, OutgoingMessage
 from messagebus.transports import headers as h
 
 from ._codec import encode_properties, header_frame_size
-from ._connection import Connection, close_quietly
+from ._connection import Connection
 from ._errors import ERRORS, REFUSED, RETRYABLE
 from ._topology import Topology, bucket_for, physical_name, retry_exchange
 
@@ -47,7 +47,6 @@ class _Out:
         self.refused = 0  # connection-level refusals by the broker (see REFUSED)
 
     def missing(self, topology: Topology) -> bool:
-        """True when what this message is sent to was not declared yet."""
         return self.exchange not in topology.exchanges if self.exchange else self.routing_key not in topology.queues
 
     async def declare(self, topology: Topology, raw: aiormq.abc.AbstractConnection) -> None:
@@ -76,9 +75,9 @@ class Publisher:
     """Sends messages on one confirm-mode channel of the supervised connection. Safe to call
     concurrently from tasks of the transport's loop; not thread-safe."""
 
-    def __init__(self, conn: Connection, topology: Topology) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.topology = topology
+        self.topology = Topology()
         self.max_size = conn.options.max_message_size
         self.timeout = conn.options.publish_timeout
         self._frame_cap: int | None = None
@@ -111,9 +110,7 @@ class Publisher:
     async def republish(self, queue: str, delivery: Delivery, delay: float, headers: Mapping[str, str]) -> None:
         """Send a copy of ``delivery`` back to ``queue`` only, with ``attempt + 1`` and
         ``headers`` added, through the delay bucket of ``delay`` (at once for a tiny delay)."""
-        wire = dict(delivery.headers)
-        wire.update(headers)
-        wire[h.ATTEMPT] = str(delivery.attempt + 1)
+        wire = {**delivery.headers, **headers, h.ATTEMPT: str(delivery.attempt + 1)}
         props = encode_properties(wire, delivery.key)
         bucket = bucket_for(delay)
         await self._send([_Out(retry_exchange(bucket) if bucket else "", queue, delivery.body, props, bucket)])
@@ -232,11 +229,6 @@ class Publisher:
             f"{len(pending)} of {total} message(s) were not confirmed by RabbitMQ at {self.conn.url.render()} within "
             f"publish_timeout={self.timeout}s: {last}"
         ) from last
-
-    async def close(self) -> None:
-        """Close the publishing channel (the connection closes it anyway)."""
-        channel, self._channel = self._channel, None
-        await close_quietly(channel)
 
 
 def _frame_message(out: _Out, size: int, limit: int) -> str:

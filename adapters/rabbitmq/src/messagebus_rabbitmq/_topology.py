@@ -10,7 +10,7 @@ import bisect
 import functools
 import hashlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import aiormq
 import aiormq.exceptions
@@ -19,7 +19,6 @@ from pamqp.common import FieldValue
 from messagebus import TopologyError
 from messagebus.transports import Destination, DestinationKind, dead_letter_name, sanitize_name
 
-from ._connection import close_quietly
 from ._errors import CONFLICTS, ERRORS
 from ._options import RabbitMQOptions
 
@@ -33,7 +32,10 @@ __all__ = [
     "retry_exchange",
 ]
 
-_Step = Callable[[aiormq.abc.AbstractChannel], Awaitable[Any]]
+_Step = Callable[[aiormq.Channel], Awaitable[Any]]
+_exchange_declare = aiormq.Channel.exchange_declare
+_queue_declare = aiormq.Channel.queue_declare
+_queue_bind = aiormq.Channel.queue_bind
 #: RabbitMQ's limit for exchange and queue names (bytes; our names are ASCII).
 MAX_NAME = 255
 #: Delay buckets in milliseconds, 10 ms to 7 days: 10 steps per decade (1, 1.2, 1.5, 2, 2.5,
@@ -113,18 +115,18 @@ class Topology:
         self.exchanges: set[str] = set()  # topic exchanges and delay buckets
         self.queues: set[str] = set()
         self._lock = asyncio.Lock()
-        self._channel: aiormq.abc.AbstractChannel | None = None
+        self._channel: aiormq.Channel | None = None
 
     def forget(self, exchange: str, routing_key: str) -> None:
-        """Drop cached declarations behind a publish that came back unroutable or hit a
-        missing exchange, so the next attempt declares them again."""
+        """Drop the cached declaration behind a publish that came back unroutable or hit a
+        missing exchange, so the next attempt declares it again."""
         if exchange:
             self.exchanges.discard(exchange)
         else:
             self.queues.discard(routing_key)
 
     async def _declare(
-        self, connection: aiormq.abc.AbstractConnection, known: set[Any], key: Any, what: str, *steps: _Step
+        self, connection: aiormq.abc.AbstractConnection, known: set[str], key: str, what: str, *steps: _Step
     ) -> None:
         if key in known:
             return
@@ -133,7 +135,7 @@ class Topology:
                 return
             ch = self._channel
             if ch is None or ch.is_closed or ch.connection is not connection:
-                ch = self._channel = await connection.channel(publisher_confirms=False)
+                ch = self._channel = cast(aiormq.Channel, await connection.channel(publisher_confirms=False))
             try:
                 for step in steps:
                     await step(ch)
@@ -147,23 +149,13 @@ class Topology:
 
     async def exchange(self, connection: aiormq.abc.AbstractConnection, name: str) -> None:
         """Declare the durable topic exchange ``name`` (once). Raises :class:`TopologyError`."""
-        await self._declare(
-            connection,
-            self.exchanges,
-            name,
-            f"topic exchange {name!r} (type topic, durable)",
-            lambda ch: ch.exchange_declare(exchange=name, exchange_type="topic", durable=True),
-        )
+        step = functools.partial(_exchange_declare, exchange=name, exchange_type="topic", durable=True)
+        await self._declare(connection, self.exchanges, name, f"topic exchange {name!r} (type topic, durable)", step)
 
     async def queue(self, connection: aiormq.abc.AbstractConnection, name: str) -> None:
         """Declare the durable queue ``name`` without arguments (once). Raises :class:`TopologyError`."""
-        await self._declare(
-            connection,
-            self.queues,
-            name,
-            f"queue {name!r} (durable, no arguments)",
-            lambda ch: ch.queue_declare(queue=name, durable=True),
-        )
+        step = functools.partial(_queue_declare, queue=name, durable=True)
+        await self._declare(connection, self.queues, name, f"queue {name!r} (durable, no arguments)", step)
 
     async def subscription(self, connection: aiormq.abc.AbstractConnection, source: Destination) -> str:
         """Declare what consuming ``source`` needs, always (an operator may have removed a
@@ -177,13 +169,8 @@ class Topology:
             await self.exchange(connection, exchange)
         await self.queue(connection, qname)
         if source.kind is DestinationKind.TOPIC:
-            await self._declare(
-                connection,
-                set(),
-                qname,
-                f"binding of queue {qname!r} to exchange {exchange!r}",
-                lambda ch: ch.queue_bind(queue=qname, exchange=exchange, routing_key="#"),
-            )
+            bind = functools.partial(_queue_bind, queue=qname, exchange=exchange, routing_key="#")
+            await self._declare(connection, set(), qname, f"binding of queue {qname!r} to exchange {exchange!r}", bind)
         return qname
 
     async def bucket(self, connection: aiormq.abc.AbstractConnection, bucket_ms: int) -> None:
@@ -195,12 +182,7 @@ class Topology:
             self.exchanges,
             name,
             f"retry queue {name!r} (durable, arguments {args})",
-            lambda ch: ch.exchange_declare(exchange=name, exchange_type="fanout", durable=True),
-            lambda ch: ch.queue_declare(queue=name, durable=True, arguments=args),
-            lambda ch: ch.queue_bind(queue=name, exchange=name, routing_key=""),
+            functools.partial(_exchange_declare, exchange=name, exchange_type="fanout", durable=True),
+            functools.partial(_queue_declare, queue=name, durable=True, arguments=args),
+            functools.partial(_queue_bind, queue=name, exchange=name, routing_key=""),
         )
-
-    async def close(self) -> None:
-        """Close the declaring channel, if open."""
-        ch, self._channel = self._channel, None
-        await close_quietly(ch)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from messagebus.transports import Capabilities, Consumer, DeliveryHandler, Destination, TransportBase, TransportURL
+from messagebus import InvalidOption, InvalidURL
+from messagebus.transports import (
+    Capabilities,
+    Consumer,
+    DeliveryHandler,
+    Destination,
+    TransportBase,
+    TransportURL,
+    parse_options,
+)
 
 from ._connection import Connection
 from ._consuming import RabbitMQConsumer
-from ._options import RabbitMQOptions, parse_url
+from ._options import RabbitMQOptions
 from ._publishing import Publisher
 from ._telemetry import MESSAGING_SYSTEM
-from ._topology import Topology
 
 __all__ = ["RabbitMQTransport"]
 
@@ -47,14 +55,27 @@ class RabbitMQTransport(TransportBase[RabbitMQOptions]):
             max_message_size=self.options.max_message_size,
         )
         self.connection = Connection(url, self.options)
-        self.topology = Topology()
-        self.publisher = Publisher(self.connection, self.topology)
+        self.publisher = Publisher(self.connection)
 
     @classmethod
     def load_options(cls, url: TransportURL) -> RabbitMQOptions:
         """Raises :class:`InvalidURL` for no host, :class:`InvalidOption` for TLS options on
         an ``amqp://`` URL or a ``keyfile`` without ``certfile``."""
-        return parse_url(url)
+        where = url.render()
+        if not url.hosts:
+            raise InvalidURL(f"transport URL {where!r} names no host; expected amqp://user:password@host:5672/vhost")
+        tls_given = [name for name in ("cafile", "certfile", "keyfile", "verify") if name in url.query]
+        if url.scheme == "amqp" and tls_given:
+            raise InvalidOption(
+                f"option(s) {', '.join(tls_given)} in {where!r} only apply to TLS connections; use an amqps:// URL"
+            )
+        options = parse_options(url, RabbitMQOptions)
+        if options.keyfile is not None and options.certfile is None:
+            raise InvalidOption(
+                f"option 'keyfile' is given without 'certfile' in {where!r}; a client key needs its "
+                "certificate (certfile=...)"
+            )
+        return options
 
     @property
     def vhost(self) -> str:
@@ -65,12 +86,6 @@ class RabbitMQTransport(TransportBase[RabbitMQOptions]):
     def connected(self) -> bool:
         """True while the connection is open (False while reconnecting)."""
         return self.connection.ready
-
-    async def teardown(self) -> None:
-        """Close the declaring and publishing channels, then the connection."""
-        await self.topology.close()
-        await self.publisher.close()
-        await self.connection.close()
 
     async def open_consumer(self, source: Destination, handler: DeliveryHandler, concurrency: int) -> Consumer:
         """Declare ``source`` and consume it on a channel of its own."""
