@@ -1,0 +1,185 @@
+"""One message in flight: publish -> handler latency, messagebus vs the raw client, one run.
+
+    python -m benchmarks.bench_latency            # memory, RabbitMQ (the machine's), Kafka (Tansu here)
+    python -m benchmarks.bench_latency --quick    # a few hundred messages each
+    python -m benchmarks.bench_latency kafka      # only some
+
+Each sample: take the time, publish one confirmed message, wait until the handler has it,
+take the time again; the handler acks (or commits) after it ran, so the next sample starts on
+a settled consumer. Both sides have the same guarantees and default options: messagebus
+``bus.send`` + ``bus.consume`` (ack after the handler); raw aio-pika ``publish`` with
+publisher confirms + a consumer that acks after the handler; raw aiokafka ``send_and_wait``
+(acks=all) + ``getone`` + ``commit``. The first 20 samples of each are a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from benchmarks._common import machine, versions, write
+from messagebus import Bus
+
+Sample = Callable[[], Awaitable[None]]
+WARMUP = 20
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    p50 = statistics.median(ordered)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return p50 * 1000, p99 * 1000
+
+
+async def measure(n: int, one: Sample) -> tuple[float, float]:
+    samples: list[float] = []
+    for i in range(n + WARMUP):
+        start = time.perf_counter()
+        await one()
+        if i >= WARMUP:
+            samples.append(time.perf_counter() - start)
+    return percentiles(samples)
+
+
+async def bus_latency(url: str, n: int) -> tuple[float, float]:
+    """messagebus: ``bus.send`` one message, the handler sets an event."""
+    queue = f"lat.{uuid.uuid4().hex[:8]}"
+    bus = Bus.from_url(url, service="latency")
+    arrived: asyncio.Queue[int] = asyncio.Queue()
+
+    @bus.consume(queue)
+    async def handle(data: dict[str, Any]) -> None:
+        arrived.put_nowait(data["i"])
+
+    counter = iter(range(1 << 30))
+
+    async def one() -> None:
+        i = next(counter)
+        await bus.send(queue, {"i": i})
+        while await asyncio.wait_for(arrived.get(), 30) != i:
+            pass
+
+    async with bus:
+        return await measure(n, one)
+
+
+async def raw_rabbitmq(url: str, n: int) -> tuple[float, float]:
+    import aio_pika
+
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.set_qos(prefetch_count=1)
+        queue = await channel.declare_queue(f"lat.raw.{uuid.uuid4().hex[:8]}", durable=True, auto_delete=True)
+        arrived: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            arrived.put_nowait(message.body)
+            await message.ack()
+
+        await queue.consume(on_message)
+        counter = iter(range(1 << 30))
+
+        async def one() -> None:
+            body = str(next(counter)).encode()
+            await channel.default_exchange.publish(
+                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=queue.name
+            )
+            while await asyncio.wait_for(arrived.get(), 30) != body:
+                pass
+
+        return await measure(n, one)
+    finally:
+        await connection.close()
+
+
+async def raw_kafka(url: str, n: int) -> tuple[float, float]:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    servers = url.split("://", 1)[1].split("?", 1)[0]
+    topic = f"lat.raw.{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, 1, 1)])
+    await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all")
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=servers, group_id=topic, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await producer.start()
+    await consumer.start()
+    try:
+        counter = iter(range(1 << 30))
+
+        async def one() -> None:
+            body = str(next(counter)).encode()
+            await producer.send_and_wait(topic, body)
+            while True:
+                record = await asyncio.wait_for(consumer.getone(), 30)
+                await consumer.commit()
+                if record.value == body:
+                    return
+
+        return await measure(n, one)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+def row(name: str, figures: tuple[float, float], raw: tuple[float, float] | None) -> str:
+    p50, p99 = figures
+    if raw is None:
+        return f"| {name} | {p50:.3f} | {p99:.3f} | | |"
+    return f"| {name} | {p50:.3f} | {p99:.3f} | {p50 / raw[0]:.2f}x | {p99 / raw[1]:.2f}x |"
+
+
+async def run(names: list[str], n: int) -> str:
+    lines = [
+        "| contender | p50 ms | p99 ms | p50 vs raw | p99 vs raw |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    if "memory" in names:
+        lines.append(row("messagebus memory://", await bus_latency("memory://latency", n), None))
+    if "rabbitmq" in names:
+        url = "amqp://guest:guest@127.0.0.1:5672/"
+        raw = await raw_rabbitmq(url, n)
+        lines.append(row("raw aio-pika (confirm, ack after handler)", raw, None))
+        lines.append(row("messagebus amqp://", await bus_latency(url, n), raw))
+    if "kafka" in names:
+        from benchmarks.bench_kafka import tansu
+
+        with tansu() as url:
+            raw = await raw_kafka(url, n)
+            lines.append(row("raw aiokafka (send_and_wait, getone, commit)", raw, None))
+            # Tansu's memory storage has no idempotent producer; every other option is the default.
+            lines.append(row("messagebus kafka://", await bus_latency(url + "?idempotence=false", n), raw))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("names", nargs="*", default=["memory", "rabbitmq", "kafka"])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("-n", type=int, default=None, help="samples per contender")
+    args = parser.parse_args()
+    n = args.n or (200 if args.quick else 2000)
+    table = asyncio.run(run(args.names, n))
+    print(table)
+    if not args.quick:
+        command = " ".join(["python -m benchmarks.bench_latency", *sys.argv[1:]])
+        write(
+            "latency",
+            f"## Latency, one message in flight\n\n{machine()}; {versions('aio-pika', 'aiokafka')}. "
+            f"`{command}`, {n} samples each after {WARMUP} warm-up.\n\n{table}\n",
+        )
+
+
+if __name__ == "__main__":
+    main()
