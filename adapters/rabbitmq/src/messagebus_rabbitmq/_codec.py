@@ -70,17 +70,15 @@ class FastProperties(Basic.Properties):
         return data
 
     def _marshal(self) -> bytes:
-        for name in _OTHER_PROPERTIES:
-            if getattr(self, name):
-                return super().marshal()
+        content_type = _shortstr(self.content_type or "")
+        message_id = _shortstr(self.message_id or "")
+        if content_type is None or message_id is None or any(getattr(self, n) for n in _OTHER_PROPERTIES):
+            return super().marshal()
         flags = 0
         parts: list[bytes] = []
         if self.content_type:
-            field = _shortstr(self.content_type)
-            if field is None:
-                return super().marshal()
             flags |= 0x8000
-            parts.append(field)
+            parts.append(content_type)
         if self.headers:
             entries = []
             for name, value in self.headers.items():
@@ -94,11 +92,8 @@ class FastProperties(Basic.Properties):
             flags |= 0x1000
             parts.append(bytes((self.delivery_mode,)))
         if self.message_id:
-            field = _shortstr(self.message_id)
-            if field is None:
-                return super().marshal()
             flags |= 0x0080
-            parts.append(field)
+            parts.append(message_id)
         return _FLAGS.pack(flags) + b"".join(parts)
 
 
