@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 __all__ = ["Backoff", "sleep_unless"]
+
+T = TypeVar("T")
 
 
 class Backoff:
@@ -61,6 +67,38 @@ class Backoff:
             await asyncio.sleep(delay)
             return True
         return await sleep_unless(stop, delay)
+
+    async def retry_for(
+        self,
+        seconds: float,
+        attempt: Callable[[float], Awaitable[T]],
+        *,
+        transient: Callable[[Exception], bool],
+        give_up: Callable[[Exception, bool], BaseException],
+        log: logging.Logger | None = None,
+        what: str = "connecting",
+    ) -> T:
+        """``await attempt(deadline)`` until it returns, for at most ``seconds``.
+
+        ``deadline`` is the ``time.monotonic()`` by which the whole retry ends (an attempt
+        bounds its own waits with it). After an exception that ``transient`` accepts, sleeps
+        the next delay and tries again if the next try can start before the deadline;
+        otherwise raises ``give_up(exc, was_transient)`` chained to it. Cancellation and
+        any other ``BaseException`` passes through at once. Used for connecting and for
+        re-sending through a short outage.
+        """
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                return await attempt(deadline)
+            except Exception as exc:
+                retry = transient(exc)
+                delay = self.next()
+                if not retry or time.monotonic() + delay >= deadline:
+                    raise give_up(exc, retry) from exc
+                if log is not None:
+                    log.debug("%s failed (%r); next try in %.2fs", what, exc, delay)
+                await asyncio.sleep(delay)
 
 
 async def sleep_unless(stop: asyncio.Event, seconds: float) -> bool:

@@ -152,6 +152,62 @@ async def test_fetch_errors_back_off_and_are_logged(caplog: pytest.LogCaptureFix
     ] * 3
 
 
+async def test_retry_for_retries_transient_failures_then_returns() -> None:
+    """Bug caught: a connect loop that gives up on the first refused connection, or does not
+    hand back the attempt's result."""
+    calls: list[float] = []
+
+    async def attempt(deadline: float) -> str:
+        calls.append(deadline)
+        if len(calls) < 3:
+            raise OSError("refused")
+        return "connected"
+
+    result = await Backoff(0.001, 0.002).retry_for(
+        5.0, attempt, transient=lambda e: isinstance(e, OSError), give_up=lambda e, t: ConnectError(str(e))
+    )
+    assert result == "connected"
+    assert len(calls) == 3 and len(set(calls)) == 1, "every attempt sees the same overall deadline"
+
+
+async def test_retry_for_gives_up_at_once_on_a_permanent_failure() -> None:
+    """Bug caught: retrying wrong credentials until the deadline (a slow, misleading failure),
+    or losing the native error (it must be chained) and whether retrying was tried."""
+    calls = 0
+
+    async def attempt(deadline: float) -> None:
+        nonlocal calls
+        calls += 1
+        raise PermissionError("bad password")
+
+    with pytest.raises(ConnectError, match="permanent") as info:
+        await Backoff(0.001, 0.002).retry_for(
+            5.0,
+            attempt,
+            transient=lambda e: not isinstance(e, PermissionError),
+            give_up=lambda e, t: ConnectError("transient" if t else "permanent"),
+        )
+    assert calls == 1
+    assert isinstance(info.value.__cause__, PermissionError)
+
+
+async def test_retry_for_stops_at_its_deadline() -> None:
+    """Bug caught: a retry loop with no bound (connect() hanging forever on a dead broker)."""
+
+    async def attempt(deadline: float) -> None:
+        raise OSError("unreachable")
+
+    retrying = Backoff(0.01, 0.02).retry_for(
+        0.05,
+        attempt,
+        transient=lambda e: True,
+        give_up=lambda e, t: ConnectError("gave up" if t else "permanent"),
+    )
+    with pytest.raises(ConnectError, match="gave up") as info:
+        await asyncio.wait_for(retrying, 10)
+    assert isinstance(info.value.__cause__, OSError)
+
+
 def test_backoff_grows_to_its_cap_and_resets() -> None:
     """Bug caught: a back-off that never grows (hammering a broker) or never comes back down."""
     backoff = Backoff(0.1, 0.5, jitter=0.0)

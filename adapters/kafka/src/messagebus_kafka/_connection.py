@@ -92,9 +92,8 @@ class Connection:
                 return
             o = self.options
             kwargs = self.client_kwargs()
-            deadline = time.monotonic() + o.connect_timeout
-            backoff = Backoff(0.1, 1.0)
-            while True:
+
+            async def start(deadline: float) -> tuple[AIOKafkaProducer, AIOKafkaAdminClient]:
                 producer = AIOKafkaProducer(
                     **kwargs,
                     acks="all",
@@ -108,23 +107,29 @@ class Connection:
                 try:
                     await asyncio.wait_for(producer.start(), max(deadline - time.monotonic(), 0.1))
                     await asyncio.wait_for(admin.start(), max(deadline - time.monotonic(), 1.0))
-                    break
-                except BaseException as exc:
+                except BaseException:
                     await quietly(producer.stop())
                     await quietly(admin.close())
-                    if not isinstance(exc, Exception):
-                        raise
-                    # Broad on purpose: aiokafka's SASL code can fail with plain KeyError /
-                    # ValueError on an unexpected server answer; the caller gets ConnectError.
-                    fatal = (
-                        not isinstance(exc, kerr.KafkaError | OSError | TimeoutError)
-                        or isinstance(exc, kerr.UnsupportedSaslMechanismError | kerr.SaslAuthenticationFailed)
-                        or (o.idempotence and isinstance(exc, kerr.UnknownError))  # InitProducerId refused
-                    )
-                    delay = backoff.next()
-                    if fatal or time.monotonic() + delay >= deadline:
-                        raise self.connect_error(exc, gave_up=not fatal) from exc
-                    await asyncio.sleep(delay)
+                    raise
+                return producer, admin
+
+            def transient(exc: Exception) -> bool:
+                # Broad on purpose: aiokafka's SASL code can fail with plain KeyError /
+                # ValueError on an unexpected server answer; the caller gets ConnectError.
+                return not (
+                    not isinstance(exc, kerr.KafkaError | OSError | TimeoutError)
+                    or isinstance(exc, kerr.UnsupportedSaslMechanismError | kerr.SaslAuthenticationFailed)
+                    or (o.idempotence and isinstance(exc, kerr.UnknownError))  # InitProducerId refused
+                )
+
+            producer, admin = await Backoff(0.1, 1.0).retry_for(
+                o.connect_timeout,
+                start,
+                transient=transient,
+                give_up=lambda exc, retried: self.connect_error(exc, gave_up=retried),
+                log=logger,
+                what="connecting to Kafka",
+            )
             self.producer = producer
             self._admin = admin
             self.topics = TopicAdmin(admin, partitions=o.partitions, replication_factor=o.replication_factor)
