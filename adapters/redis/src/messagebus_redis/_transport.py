@@ -1,0 +1,68 @@
+"""RedisTransport: the messagebus transport contract on Redis Streams (redis-py asyncio)."""
+
+from __future__ import annotations
+
+from messagebus.transports import Capabilities, Consumer, DeliveryHandler, Destination, TransportBase, TransportURL
+
+from ._connection import Connection
+from ._consuming import RedisConsumer
+from ._options import RedisOptions, load_options
+from ._publishing import Publisher
+from ._telemetry import MESSAGING_SYSTEM
+
+__all__ = ["RedisTransport"]
+
+
+class RedisTransport(TransportBase[RedisOptions]):
+    """A Redis connection for one :class:`~messagebus.Bus`; URLs
+    ``redis[s]://[[user]:password@]host[:port][/db][?options]``.
+
+    The lifecycle of :class:`~messagebus.transports.TransportBase`. ``publish`` returns once
+    Redis replied to every XADD (stored in memory; on disk as the server's ``appendfsync``
+    says: see the README); a publish cut by a lost connection is sent again until
+    ``publish_timeout``, so it may be stored twice, never lost. ``Delivery.attempt`` counts
+    retries and broker redeliveries: a hand-back at stop and an entry claimed from a consumer
+    that held it past ``visibility_timeout`` each count one more.
+    """
+
+    schemes = ("redis", "rediss")
+    messaging_system = MESSAGING_SYSTEM
+    options_type = RedisOptions
+    connection: Connection
+    publisher: Publisher
+
+    def __init__(self, url: TransportURL, options: RedisOptions | None = None) -> None:
+        super().__init__(url, options)
+        self.capabilities = Capabilities(
+            ordering=True,  # one consumer runs a key's messages one at a time, in stream order
+            # Consumers of one group each take entries of any key: no order between them.
+            ordering_across_instances=False,
+            native_delay=True,  # a delayed retry waits in a sorted set, holding nothing back
+            persistence=True,  # as durable as the server's AOF/RDB settings (README)
+            consumer_groups=True,
+            max_message_size=self.options.max_message_size,
+            network=True,
+        )
+        self.connection = Connection(url, self._db, self.options)
+        self.publisher = Publisher(self.connection)
+
+    @classmethod
+    def load_options(cls, url: TransportURL) -> RedisOptions:
+        """Raises :class:`InvalidURL` (several hosts, a path that is not a database number) or
+        :class:`InvalidOption` (listing the valid options)."""
+        return load_options(url)[1]
+
+    @property
+    def _db(self) -> int:
+        return load_options(self.url)[0]
+
+    async def teardown(self) -> None:
+        """After the consumers stopped: finish publishes in flight, then close the client."""
+        await self.publisher.drain()
+        await self.connection.close()
+
+    async def open_consumer(self, source: Destination, handler: DeliveryHandler, concurrency: int) -> Consumer:
+        """One Redis consumer in the source's group, on its stream and retry stream."""
+        consumer = RedisConsumer(self.connection, source, handler, concurrency)
+        await consumer.start_consuming()
+        return consumer
