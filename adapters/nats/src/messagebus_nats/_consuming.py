@@ -1,0 +1,290 @@
+"""The consumer of one durable pull consumer: pull requests sized to the free workers, and
+the broker primitives behind its deliveries.
+
+Messages are asked for with pull requests on a private inbox, never more than the worker
+pool has room for, so at most ``concurrency`` messages are delivered and unacked at once
+(plus retries held until due). A request lives ``pull_expires`` seconds on the server; the
+consumer asks again when workers free up, when a request ends and after a reconnection.
+
+- ack: JetStream ``+ACK``; while a handler runs (or a retry is held) ``+WPI`` every third of
+  ``ack_wait`` keeps the message from being redelivered elsewhere.
+- retry with headers (what the bus always gives): a copy with the headers, ``attempt + 1``,
+  the due time and this consumer's name is published to the same subject and confirmed,
+  then the original is acked. Other groups of a topic ack such a copy unhandled; the owner
+  holds it until due (JetStream 2.9 has no delayed publish), keeping it alive with ``+WPI``.
+- retry without headers: ``-NAK`` with the delay (JetStream's own delayed redelivery).
+- hand-back (stop, a failed settle): ``-NAK`` now.
+
+``attempt`` is the copy's ``messagebus-attempt`` (1 for an original) plus JetStream's
+redeliveries of it, so redeliveries by the broker (ack_wait ran out, a hand-back) count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from messagebus.transports import (
+    AttributeValue,
+    ConsumerBase,
+    Delivery,
+    DeliveryHandler,
+    Destination,
+    describe_error,
+    headers,
+)
+
+from ._codec import DUE, FOR, decode_headers, encode_headers, unpack
+from ._connection import Connection
+from ._publishing import Publisher
+from ._telemetry import delivery_attributes
+from ._topology import Names
+
+__all__ = ["NatsConsumer"]
+
+logger = logging.getLogger("messagebus.nats")
+
+_STATUS = "Status"
+_HEARTBEAT = "100"
+
+
+class NatsConsumer(ConsumerBase):
+    """One running subscription on a durable pull consumer. Not thread-safe (one loop)."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        publisher: Publisher,
+        source: Destination,
+        handler: DeliveryHandler,
+        concurrency: int,
+    ) -> None:
+        self.names: Names = publisher.names(source)
+        super().__init__(handler, concurrency, name=f"{self.names.stream}/{self.names.consumer}", log=logger)
+        self.source = source
+        self._conn = connection
+        self._publisher = publisher
+        self._options = connection.options
+        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{self.names.stream}.{self.names.consumer}"
+        self._inbox = ""
+        self._seq = 0
+        self._open: dict[str, list[float]] = {}  # reply subject -> [credits left, deadline]
+        self._asked = 0
+        self._wake = asyncio.Event()
+        self._unsettled: dict[Delivery, None] = {}
+        self._sub: Subscription | None = None
+        self._forget_listener = connection.on_reconnect(self._reconnected)
+
+    async def start_consuming(self) -> None:
+        """Subscribe the private inbox and start the workers, the pull and keep-alive loops."""
+        client = self._conn.client
+        assert client is not None
+        self._inbox = client.new_inbox()
+        self._sub = await client.subscribe(f"{self._inbox}.*", cb=self._on_message)
+        self.start()
+        self.spawn(self._pull_loop(), name=f"nats-pull-{self.name}", loop=True)
+        self.spawn(self._keep_alive(), name=f"nats-wpi-{self.name}", loop=True)
+
+    # -- DeliverySource ---------------------------------------------------------------------
+
+    def describe(self) -> str:
+        """The stream and durable consumer, for messages."""
+        return f"NATS stream {self.names.stream!r} consumer {self.names.consumer!r}"
+
+    def settle_ack(self, delivery: Delivery) -> Any:
+        """``+ACK``."""
+        self._unsettled.pop(delivery, None)
+        return delivery.native.ack()
+
+    async def settle_redeliver(self, delivery: Delivery, delay: float, extra: Mapping[str, str]) -> None:
+        """A confirmed copy carrying ``extra`` (then ``+ACK``), or ``-NAK`` with the delay when
+        there are no headers to carry."""
+        msg: Msg = delivery.native
+        if not extra:
+            self._unsettled.pop(delivery, None)
+            await msg.nak(delay=delay or None)
+            return
+        wire = dict(msg.headers or {})
+        wire |= encode_headers(extra)
+        wire[headers.ATTEMPT] = str(delivery.attempt + 1)
+        wire[FOR] = self.names.consumer
+        if delay > 0:
+            wire[DUE] = str(int((time.time() + delay) * 1000))
+        await self._publisher.send([(self.names, msg.data, wire)])
+        self._unsettled.pop(delivery, None)
+        await msg.ack()
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """``-NAK`` each now; one the server already took back (a dropped connection) is
+        redelivered after ``ack_wait`` anyway, so failures are only logged."""
+        for delivery in deliveries:
+            self._unsettled.pop(delivery, None)
+        results = await asyncio.gather(*(d.native.nak() for d in deliveries), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            self.log.debug("%d hand-backs to %s failed (%s)", len(failed), self.describe(), describe_error(failed[0]))
+        self._wake.set()
+
+    def attributes_of(self, delivery: Delivery) -> Mapping[str, AttributeValue]:
+        """Telemetry attributes of a delivery."""
+        return delivery_attributes(delivery.native, self.names)
+
+    # -- the pool's handler -----------------------------------------------------------------
+
+    def pool_handler(self, handler: DeliveryHandler) -> DeliveryHandler:
+        """The pool runs :meth:`_run`: the bus's handler, then a wake-up of the pull loop."""
+        return self._run
+
+    async def _run(self, delivery: Any) -> None:
+        try:
+            await self.handler(delivery)
+        finally:
+            # The worker frees its slot right after this returns: ask for more then.
+            self._wake.set()
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def _reconnected(self) -> None:
+        # Requests made before a server restart are gone: forget their credits, ask again.
+        self._open.clear()
+        self._asked = 0
+        self._wake.set()
+
+    async def _pull_loop(self) -> None:
+        client = self._conn.client
+        assert client is not None
+        pool, stopping, wake = self.pool, self.stopping, self._wake
+        expires = self._options.pull_expires
+        low = max(1, pool.concurrency // 4)  # no requests for one message while many are asked for
+        loop = asyncio.get_running_loop()
+        while not stopping.is_set():
+            now = loop.time()
+            for reply, (credits, deadline) in list(self._open.items()):
+                if deadline <= now:  # expired on the server: its end status may have been lost
+                    del self._open[reply]
+                    self._asked -= int(credits)
+            room = pool.free - self._asked
+            if room > 0 and (self._asked == 0 or room >= low):
+                self._seq += 1
+                reply = f"{self._inbox}.{self._seq}"
+                request = json.dumps({"batch": room, "expires": int(expires * 1e9)}).encode()
+                self._open[reply] = [room, now + expires + 1.0]
+                self._asked += room
+                try:
+                    await client.publish(self._next, request, reply=reply)
+                except Exception as exc:
+                    self._open.pop(reply, None)
+                    self._asked -= room
+                    self.log.warning(
+                        "asking %s for messages failed (%s); retrying", self.describe(), describe_error(exc)
+                    )
+                    await _wait(stopping, 1.0)
+                    continue
+            wake.clear()
+            await _wait(wake, expires + 1.0)
+
+    async def _on_message(self, msg: Msg) -> None:
+        # nats-py hands a callback's exception to error_cb only: log it here, loudly.
+        try:
+            await self._receive(msg)
+        except Exception:
+            self.log.exception("receiving a message of %s failed; JetStream redelivers it", self.describe())
+
+    async def _receive(self, msg: Msg) -> None:
+        hdrs = msg.headers
+        status = hdrs.get(_STATUS) if hdrs else None
+        if status is not None:
+            # Statuses come on the request's own reply subject: 404/408/409 end it.
+            entry = self._open.pop(msg.subject, None) if status != _HEARTBEAT else None
+            if entry is not None:
+                self._asked -= int(entry[0])
+                self._wake.set()
+            return
+        # Messages carry their own subject; the server fills requests first come, first served.
+        for reply, entry in self._open.items():
+            self._asked -= 1
+            entry[0] -= 1
+            if entry[0] <= 0:
+                del self._open[reply]
+            break
+        if self.stopping.is_set():
+            await _quietly(msg.nak())
+            return
+        if hdrs is not None:
+            owner = hdrs.get(FOR)
+            if owner is not None and owner != self.names.consumer:
+                await _quietly(msg.ack())  # another group's retry copy
+                self._wake.set()
+                return
+        delivery = self._delivery(msg, hdrs)
+        self._unsettled[delivery] = None
+        due = hdrs.get(DUE) if hdrs else None
+        wait = int(due) / 1000 - time.time() if due and due.isdigit() else 0.0
+        if wait > 0:
+            self.hold(delivery, wait)
+            self._wake.set()  # held retries take no worker: ask for more
+        elif not self.submit_nowait(delivery):
+            self.spawn(self.submit(delivery), name=f"submit-{self.name}")
+
+    def _delivery(self, msg: Msg, hdrs: Mapping[str, str] | None) -> Delivery:
+        redeliveries = msg.metadata.num_delivered - 1
+        if not hdrs:
+            return Delivery(self, msg, msg.data, {}, None, 1 + redeliveries)
+        hdrs, body = unpack(hdrs, msg.data)
+        assert hdrs is not None
+        first = hdrs.get(headers.ATTEMPT)
+        attempt = (int(first) if first and first.isdigit() else 1) + redeliveries
+        return Delivery(self, msg, body, decode_headers(hdrs), hdrs.get(headers.KEY), attempt)
+
+    async def _keep_alive(self) -> None:
+        # +WPI for every delivery in a handler or held: JetStream restarts its ack_wait.
+        every = self._options.ack_wait / 3
+        while not await _wait(self.stopping, every):
+            pending = [d.native.in_progress() for d in list(self._unsettled) if not d.settled]
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    async def stop_fetching(self) -> None:
+        """Wake the pull loop so that it sees the stop (its task is cancelled later)."""
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Drain the inbox: unsubscribe, then hand back what the server sent before it saw
+        that (so no message waits out ``ack_wait`` for a consumer that is gone)."""
+        self._forget_listener()
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await asyncio.wait_for(sub.drain(), self._options.publish_timeout)  # type: ignore[no-untyped-call]
+            except Exception as exc:
+                self.log.debug("draining %s failed (%s)", self.describe(), describe_error(exc))
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for ``event`` at most ``seconds`` (a timer, no task); True if it was set."""
+    if event.is_set():
+        return True
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+async def _quietly(step: Any) -> None:
+    try:
+        await step
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        logger.debug("settle step failed: %s", describe_error(exc))

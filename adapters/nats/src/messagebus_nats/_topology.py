@@ -1,0 +1,168 @@
+"""Logical destinations -> JetStream streams, subjects and durable consumers; declarations.
+
+Mapping (``P`` the ``prefix`` option; names cut to JetStream's rules by :func:`stream_name`):
+
+- topic ``T``: subject ``P.T`` captured by stream ``P_T`` with interest retention (a message
+  is kept until every group subscribed when it was stored acked it; none: it is dropped)
+- group ``G`` of ``T``: the durable pull consumer ``G`` on that stream, delivering what was
+  stored after it was created
+- queue ``Q``: subject ``P.Q`` captured by a work-queue stream ``P_Q`` (a message is kept until
+  acked), consumed by the durable ``messagebus-queue``
+- dead letters: the queues ``T.G.dlq`` / ``Q.dlq`` (named by the core), i.e. work-queue streams
+
+Topics and queues share one name space: a topic and a queue of the same name collide (the
+declaration fails with TopologyError).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+
+from messagebus import MessageBusError, TopologyError
+from messagebus.transports import Destination, DestinationKind, dead_letter_name, sanitize_name
+
+from ._errors import ERRORS
+from ._options import NatsOptions
+
+__all__ = ["QUEUE_CONSUMER", "Names", "Topology", "names_of", "physical_names"]
+
+logger = logging.getLogger("messagebus.nats")
+
+QUEUE_CONSUMER = "messagebus-queue"
+#: Stream and consumer names become file names on the server: keep them short.
+MAX_NAME = 120
+_ALLOWED = r"A-Za-z0-9_-"
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """The physical names of one destination (``consumer`` empty when publishing to a topic)."""
+
+    stream: str
+    subject: str
+    consumer: str
+    queue: bool
+
+
+def stream_name(logical: str, prefix: str = "") -> str:
+    """A legal stream name for ``logical`` (letters, digits, ``_``, ``-``; a changed or cut
+    name gets a hash, so distinct logical names stay distinct). Pure."""
+    return sanitize_name(
+        f"{prefix}_{logical}" if prefix else logical, max_length=MAX_NAME, allowed=_ALLOWED, replacement="_"
+    )
+
+
+def subject_of(logical: str, prefix: str = "") -> str:
+    """The subject of ``logical``: its own name (dots make tokens), unless it holds an empty
+    token (``a..b``), which subjects cannot; then its stream name. Pure."""
+    subject = logical if ".." not in logical else stream_name(logical)
+    return f"{prefix}.{subject}" if prefix else subject
+
+
+def names_of(destination: Destination, prefix: str = "") -> Names:
+    """The stream, subject and durable consumer of ``destination``. Pure."""
+    queue = destination.kind is DestinationKind.QUEUE
+    consumer = (
+        QUEUE_CONSUMER
+        if queue
+        else (
+            sanitize_name(destination.group, max_length=MAX_NAME, allowed=_ALLOWED, replacement="_")
+            if destination.group
+            else ""
+        )
+    )
+    return Names(stream_name(destination.name, prefix), subject_of(destination.name, prefix), consumer, queue)
+
+
+def physical_names(destination: Destination, options: NatsOptions | None = None) -> dict[str, str]:
+    """Role -> JetStream name for ``destination``: ``stream`` and ``subject`` always; for a
+    queue or a topic's group also ``consumer`` (the durable), ``dead_letter_stream`` and
+    ``dead_letter_subject`` (where the core dead-letters). Only ``options.prefix`` changes
+    names. Pure."""
+    prefix = options.prefix if options is not None else ""
+    names = names_of(destination, prefix)
+    out = {"stream": names.stream, "subject": names.subject}
+    if names.consumer:
+        dlq = dead_letter_name(destination.name, destination.group)
+        out |= {
+            "consumer": names.consumer,
+            "dead_letter_stream": stream_name(dlq, prefix),
+            "dead_letter_subject": subject_of(dlq, prefix),
+        }
+    return out
+
+
+class Topology:
+    """Creates streams and durable consumers on demand, each stream once per connection.
+
+    Not thread-safe (one event loop). ``ensure_stream`` is idempotent and free once a stream
+    is known; creating one of the same settings again is a no-op on the server, other
+    settings raise :class:`TopologyError`.
+    """
+
+    def __init__(self, js: JetStreamContext, options: NatsOptions) -> None:
+        self._js = js
+        self._options = options
+        self._locks: dict[str, asyncio.Lock] = {}
+        #: Streams known to exist (read it for the fast path; never modify it).
+        self.known: set[str] = set()
+
+    def forget(self, stream: str) -> None:
+        """The stream was found missing (deleted, or a memory stream lost in a restart)."""
+        self.known.discard(stream)
+
+    async def ensure_stream(self, names: Names) -> None:
+        """Create the stream of ``names`` unless known. Raises :class:`TopologyError`."""
+        if names.stream in self.known:
+            return
+        lock = self._locks.setdefault(names.stream, asyncio.Lock())
+        async with lock:
+            if names.stream in self.known:
+                return
+            o = self._options
+            config = StreamConfig(
+                name=names.stream,
+                subjects=[names.subject],
+                retention=RetentionPolicy.WORK_QUEUE if names.queue else RetentionPolicy.INTEREST,
+                storage=StorageType.FILE if o.storage == "file" else StorageType.MEMORY,
+                num_replicas=o.replicas,
+            )
+            try:
+                await self._js.add_stream(config)
+            except Exception as exc:
+                raise _declare_error(
+                    exc, f"cannot create JetStream stream {names.stream!r} for {names.subject!r}"
+                ) from exc
+            self.known.add(names.stream)
+            logger.debug("nats stream ensured: %s", names.stream)
+
+    async def ensure_consumer(self, names: Names) -> None:
+        """Create the durable pull consumer of ``names`` (same settings: a no-op). A topic's
+        group sees messages stored from now on; a queue's consumer all of them."""
+        await self.ensure_stream(names)
+        o = self._options
+        config = ConsumerConfig(
+            durable_name=names.consumer,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL if names.queue else DeliverPolicy.NEW,
+            filter_subject=names.subject,
+            ack_wait=o.ack_wait,
+            max_deliver=o.max_deliver,
+            max_ack_pending=-1,
+        )
+        try:
+            await self._js.add_consumer(names.stream, config)
+        except Exception as exc:
+            raise _declare_error(
+                exc, f"cannot create the durable consumer {names.consumer!r} of stream {names.stream!r}"
+            ) from exc
+
+
+def _declare_error(exc: BaseException, what: str) -> MessageBusError:
+    error = ERRORS.map(exc, TopologyError, what)
+    return error

@@ -1,0 +1,59 @@
+"""NatsTransport: the messagebus transport contract on NATS JetStream (nats-py)."""
+
+from __future__ import annotations
+
+from messagebus.transports import Capabilities, Consumer, DeliveryHandler, Destination, TransportBase, TransportURL
+
+from ._connection import Connection
+from ._consuming import NatsConsumer
+from ._options import SCHEMES, NatsOptions, load_options
+from ._publishing import Publisher
+from ._telemetry import MESSAGING_SYSTEM
+
+__all__ = ["NatsTransport"]
+
+
+class NatsTransport(TransportBase[NatsOptions]):
+    """A NATS JetStream connection for one :class:`~messagebus.Bus`; URLs
+    ``nats://[user:password@|token@]host[:port][,host2...][?options]`` and ``nats+tls://``.
+
+    The lifecycle of :class:`~messagebus.transports.TransportBase`. ``publish`` returns once
+    JetStream acked every message (stored in its stream); streams are created on demand.
+    A topic's group sees what was stored after it first subscribed; a queue keeps
+    everything until consumed. Per-key order holds within one consumer instance, not across
+    competing instances of a group. ``Delivery.attempt`` counts retries and JetStream's
+    redeliveries (ack_wait ran out, a hand-back at stop).
+    """
+
+    schemes = SCHEMES
+    messaging_system = MESSAGING_SYSTEM
+    options_type = NatsOptions
+    connection: Connection
+    publisher: Publisher
+
+    def __init__(self, url: TransportURL, options: NatsOptions | None = None) -> None:
+        super().__init__(url, options)
+        self.capabilities = Capabilities(
+            ordering=True,
+            ordering_across_instances=False,  # competing pulls of one durable take any key
+            native_delay=True,  # a retry waits as a held copy or a delayed NAK: nothing queues behind it
+            persistence=self.options.storage == "file",
+            consumer_groups=True,
+            max_message_size=self.options.max_message_size,
+            network=True,
+        )
+        self.connection = Connection(url, self.options)
+        self.publisher = Publisher(self.connection)
+
+    @classmethod
+    def load_options(cls, url: TransportURL) -> NatsOptions:
+        """Raises :class:`InvalidURL` for no server or a path, :class:`InvalidOption` for bad options."""
+        return load_options(url)
+
+    async def open_consumer(self, source: Destination, handler: DeliveryHandler, concurrency: int) -> Consumer:
+        """Declare the stream and durable pull consumer of ``source``, then start consuming."""
+        _, topology = self.connection.require()
+        consumer = NatsConsumer(self.connection, self.publisher, source, handler, concurrency)
+        await topology.ensure_consumer(consumer.names)
+        await consumer.start_consuming()
+        return consumer

@@ -1,0 +1,44 @@
+"""The messagebus conformance kit (both layers, faults included) against NATS JetStream."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import pytest
+from nats_helpers import HOST, PORT, TEST_OPTIONS
+
+from messagebus.testing._brokers import CrashableBroker
+from messagebus.testing.conformance import ConformanceTarget, TransportConformance
+from messagebus.testing.transport_kit import TransportKit
+from messagebus.transports import TransportURL
+
+
+def _target(url: str, request: pytest.FixtureRequest) -> ConformanceTarget:
+    prefix = TransportURL.parse(url).query["prefix"]
+
+    def crash_broker() -> CrashableBroker:
+        return cast(CrashableBroker, request.getfixturevalue("nats_crash_server"))
+
+    return ConformanceTarget(
+        url=url,
+        upstream=(HOST, PORT),
+        via_proxy=lambda host, port: f"nats://{host}:{port}?prefix={prefix}&{TEST_OPTIONS}",
+        timeout=30.0,
+        crash_broker=crash_broker,
+    )
+
+
+class TestNatsConformance(TransportConformance):
+    """Every Bus-level conformance test (faults, crashes and header limits too)."""
+
+    @pytest.fixture
+    def target(self, nats_url: str, request: pytest.FixtureRequest) -> ConformanceTarget:
+        return _target(nats_url, request)
+
+
+class TestNatsTransportKit(TransportKit):
+    """The transport-level kit (the contract without a Bus)."""
+
+    @pytest.fixture
+    def target(self, nats_url: str, request: pytest.FixtureRequest) -> ConformanceTarget:
+        return _target(nats_url, request)
