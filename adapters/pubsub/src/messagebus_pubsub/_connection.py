@@ -106,22 +106,15 @@ class Connection:
             sub_channel = grpc.aio.insecure_channel(self.emulator_host, options=_CHANNEL_OPTIONS)
         else:
             # Application Default Credentials may probe the GCE metadata server: off the loop, bounded.
-            credentials = await asyncio.wait_for(asyncio.to_thread(self._credentials), timeout)
+            credentials = await asyncio.wait_for(
+                asyncio.to_thread(_load_credentials, self.options.credentials_file), timeout
+            )
             kw: dict[str, Any] = {"credentials": credentials, "options": _CHANNEL_OPTIONS}
             pub_channel = PublisherGrpcAsyncIOTransport.create_channel(_API_HOST, **kw)
             sub_channel = SubscriberGrpcAsyncIOTransport.create_channel(_API_HOST, **kw)
         publisher = PublisherAsyncClient(transport=PublisherGrpcAsyncIOTransport(channel=pub_channel))
         subscriber = SubscriberAsyncClient(transport=SubscriberGrpcAsyncIOTransport(channel=sub_channel))
         return Clients(publisher, subscriber, Topology(publisher, subscriber, self.options, self.where))
-
-    def _credentials(self) -> Any:
-        import google.auth
-
-        path = self.options.credentials_file
-        if path is not None:
-            return _credentials_from_file(path)
-        credentials, _ = google.auth.default(scopes=_SCOPES)
-        return credentials
 
     async def close(self) -> None:
         """Close both channels. Idempotent; never raises for an already-broken connection."""
@@ -132,12 +125,17 @@ class Connection:
                     await client.transport.close()  # type: ignore[no-untyped-call]
 
 
-def _credentials_from_file(path: str) -> Any:
-    """Service-account or authorized-user credentials from a JSON file (the two kinds a user
-    hands over deliberately; external-account configs are refused as unvetted input)."""
+def _load_credentials(path: str | None) -> Any:
+    """Application Default Credentials, or service-account or authorized-user credentials from
+    the JSON file ``path`` (the two kinds a user hands over deliberately; external-account
+    configs are refused as unvetted input)."""
+    import google.auth
     from google.oauth2 import credentials as user_credentials
     from google.oauth2 import service_account
 
+    if path is None:
+        credentials, _ = google.auth.default(scopes=_SCOPES)
+        return credentials
     try:
         with open(path, encoding="utf-8") as f:
             info = json.load(f)

@@ -1,10 +1,6 @@
-"""The Pub/Sub consumer: unary pull loops on a subscription and its retry subscription on the
-bus's event loop, batched acks and ack-deadline changes, lease extension, flow control.
-
-Retries are re-published to the consumer's own retry topic with ``messagebus-attempt`` and
-``messagebus-not-before``; one that arrives early goes back to Pub/Sub with its ack deadline
-set to the remaining delay, the last second or two is held on the loop. Why unary pull, and
-why a stop lets a pending pull finish: see the README (the emulator's streaming pull).
+"""The Pub/Sub consumer: unary pull loops on a subscription and its retry subscription,
+batched acks and ack-deadline changes, lease extension, flow control. Why unary pull, and why
+a stop lets a pending pull finish: see the README (the emulator's streaming pull).
 """
 
 from __future__ import annotations
@@ -68,17 +64,17 @@ def _identity(message: Any) -> str:
 
 
 class _Lane:
-    """One subscription a consumer reads (its own or its retry subscription), the batcher of
-    its acks and ack-deadline changes (each entry's result: whether Pub/Sub confirmed it) and,
-    on the emulator, the keyless messages whose ack it confirmed (see ``PubSubConsumer``)."""
+    """One subscription a consumer reads, the batcher of its settles (each result: whether
+    Pub/Sub confirmed it) and, on the emulator, the keyless messages whose ack it confirmed."""
 
-    __slots__ = ("acked", "batcher", "name", "path", "pulling", "retried")
+    __slots__ = ("acked", "batcher", "name", "path", "pull", "pulling", "retried")
 
     def __init__(self, path: str, retried: bool, call: Callable[[_Lane, list[Settle]], Any]) -> None:
         self.path = path
         self.name = path.rsplit("/", 1)[-1]
         self.retried = retried
         self.pulling = False
+        self.pull: asyncio.Task[Any] | None = None
         self.batcher: Batcher[Settle, bool] = Batcher(
             lambda entries: call(self, entries), max_entries=_MAX_ACK_IDS, map_error=lambda exc: exc
         )
@@ -86,7 +82,7 @@ class _Lane:
         self.acked: dict[str, float] = {}
 
     def remember(self, identity: str, keep: float) -> None:
-        """Record that the ack of a message was confirmed; forget those older than ``keep`` s."""
+        """Record a confirmed ack; forget those older than ``keep`` seconds."""
         now = time.monotonic()
         acked = self.acked
         acked.pop(identity, None)
@@ -98,7 +94,6 @@ class _Lane:
             del acked[oldest]
 
     def failed(self, exc: Exception) -> str:
-        """What went wrong when a pull failed, for the log."""
         return f"pulling from {self.path} failed ({describe_error(exc)})"
 
 
@@ -117,11 +112,8 @@ class PubSubConsumer(ConsumerBase):
 
     On Google's emulator only, a redelivered message without an ordering key whose ack the
     emulator already confirmed (within two ack deadlines; same message id and publish time)
-    is acked again without calling the handler: on a subscription with message ordering,
-    the emulator treats the empty ordering key as one key, so when a lease that was lost
-    with a connection (a pull whose response never arrived) runs out, it redelivers every
-    keyless message delivered after it, acknowledged ones included. Pub/Sub itself does not
-    order keyless messages.
+    is acked again without calling the handler: the emulator redelivers acked keyless
+    messages when a lease lost with a connection runs out (see the README, Reconnect).
     """
 
     def __init__(
@@ -158,7 +150,6 @@ class PubSubConsumer(ConsumerBase):
         # Acks sent and not yet answered: they count against flow control.
         self._acking = 0
         self._room = asyncio.Event()
-        self._pulls: list[asyncio.Task[Any]] = []
         self.closed = False
 
     def start(self) -> None:
@@ -168,10 +159,8 @@ class PubSubConsumer(ConsumerBase):
             pull = self.fetch_loop(
                 functools.partial(self._pull, lane), describe_error=lane.failed, backoff=Backoff(0.2)
             )
-            self._pulls.append(self.spawn(pull, name=f"pubsub-pull-{lane.name}", loop=True))
+            lane.pull = self.spawn(pull, name=f"pubsub-pull-{lane.name}", loop=True)
         self.spawn(self._keep_leases(), name=f"pubsub-lease-{self.name}", loop=True)
-
-    # -- fetching ----------------------------------------------------------------------------
 
     async def _pull(self, lane: _Lane, room: int) -> list[Delivery]:
         # ``room`` free workers, less the held messages and the acks Pub/Sub has not confirmed.
@@ -236,35 +225,22 @@ class PubSubConsumer(ConsumerBase):
                 ready.append(delivery)
         return ready
 
-    # -- DeliverySource primitives -------------------------------------------------------------
-
     def describe(self) -> str:
-        """The subscription, for messages."""
         return f"Pub/Sub subscription {self.name!r}"
 
     def raw_of(self, delivery: Delivery) -> ReceivedMessage:
-        """The :class:`google.pubsub_v1.ReceivedMessage` (``ack_id``, ``message``) the user sees."""
+        """The :class:`google.pubsub_v1.ReceivedMessage` wrapper (``ack_id``, ``message``)."""
         raw: ReceivedMessage = ReceivedMessage.wrap(delivery.native)
         return raw
 
     def attributes_of(self, delivery: Delivery) -> dict[str, AttributeValue]:
-        """Telemetry attributes of ``delivery`` (built on first use)."""
-        received = delivery.native
-        return delivery_attributes(
-            subscription=delivery.token.name,
-            message_id=received.message.message_id,
-            ack_id=received.ack_id,
-            ordering_key=received.message.ordering_key,
-            body_size=len(delivery.body),
-            attempt=delivery.attempt,
-        )
+        return delivery_attributes(delivery.native, delivery.token.name, delivery.attempt)
 
     def settle_ack(self, delivery: Delivery) -> None:
         """Queue the ack (sent with the others of this loop turn). Raises
         :class:`ConsumeError` once the consumer is closed: Pub/Sub redelivers the message."""
         if self.closed:
             raise ConsumeError(f"the consumer of {self.describe()} is stopped; Pub/Sub will redeliver the message")
-        self._forget(delivery)
         self._ack(delivery)
 
     async def settle_redeliver(self, delivery: Delivery, delay: float, headers: Any) -> None:
@@ -275,7 +251,6 @@ class PubSubConsumer(ConsumerBase):
         attributes = retry_attributes(delivery.headers, headers, delivery.attempt + 1, delay, delivery.key)
         check_size(topic, delivery.body, attributes, "")
         await self._publisher.send(topic, delivery.body, attributes, "")
-        self._forget(delivery)
         self._ack(delivery)
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
@@ -287,6 +262,7 @@ class PubSubConsumer(ConsumerBase):
         await asyncio.gather(*pending)
 
     def _ack(self, delivery: Delivery) -> None:
+        self._forget(delivery)
         lane: _Lane = delivery.token
         message = delivery.native.message
         self._acking += 1
@@ -306,8 +282,7 @@ class PubSubConsumer(ConsumerBase):
                 self._room.set()
 
     async def _settle(self, lane: _Lane, entries: list[Settle]) -> list[bool]:
-        """The batch call of a lane: one Acknowledge, and one ModifyAckDeadline per deadline;
-        each entry's result says whether Pub/Sub confirmed it."""
+        # One Acknowledge, and one ModifyAckDeadline per deadline.
         groups: dict[int | None, list[str]] = {}
         for ack_id, seconds in entries:
             groups.setdefault(seconds, []).append(ack_id)
@@ -346,12 +321,10 @@ class PubSubConsumer(ConsumerBase):
             ]
             await asyncio.gather(*pending)
 
-    # -- stopping ------------------------------------------------------------------------------
-
     async def stop_fetching(self) -> None:
         """Let pending pulls finish (what they return is handed back), wake the others."""
         self._room.set()
-        busy = [task for task, lane in zip(self._pulls, self._lanes, strict=True) if lane.pulling]
+        busy = [lane.pull for lane in self._lanes if lane.pulling and lane.pull is not None]
         if busy:
             await asyncio.wait(busy, timeout=_PULL_WAIT + 0.5)
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 
 from messagebus import InvalidOption, InvalidURL
 from messagebus.transports import TransportOptions, TransportURL
 
-__all__ = ["EMULATOR_ENV", "PubSubOptions", "emulator_of", "project_of"]
+__all__ = ["PubSubOptions", "emulator_of", "project_of"]
 
 #: Environment variable Google's clients read to find the emulator; honoured here too.
 EMULATOR_ENV = "PUBSUB_EMULATOR_HOST"
@@ -20,6 +21,16 @@ EMULATOR_ENV = "PUBSUB_EMULATOR_HOST"
 # with a letter and not ending with a hyphen.
 _PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
 _HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})")
+
+
+def _host_port(value: str | None) -> str | None:
+    """``value`` if it is ``host:port`` (``None`` if empty); raises ``ValueError``."""
+    if not value:
+        return None
+    match = _HOST_PORT.fullmatch(value)
+    if match is None or not 0 < int(match.group(1)) < 65536:
+        raise ValueError("expected host:port such as 127.0.0.1:8085")
+    return value
 
 
 class PubSubOptions(TransportOptions):
@@ -40,8 +51,8 @@ class PubSubOptions(TransportOptions):
     - ``batch_max_messages`` / ``batch_max_latency``: the publisher's batching.
     """
 
-    emulator_host: str | None = None
-    credentials_file: str | None = None
+    emulator_host: Annotated[str | None, AfterValidator(_host_port)] = None
+    credentials_file: str | None = Field(default=None, min_length=1)
     ack_deadline: int = Field(default=60, ge=10, le=600)
     max_messages: int | None = Field(default=None, ge=1, le=100_000)
     ordering: bool = True
@@ -49,23 +60,6 @@ class PubSubOptions(TransportOptions):
     publish_timeout: float = Field(default=60.0, gt=0, le=3600)
     batch_max_messages: int = Field(default=100, ge=1, le=1000)
     batch_max_latency: float = Field(default=0.01, ge=0, le=10)
-
-    @field_validator("emulator_host")
-    @classmethod
-    def _check_emulator_host(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None
-        match = _HOST_PORT.fullmatch(value)
-        if match is None or not 0 < int(match.group(1)) < 65536:
-            raise ValueError("expected host:port such as 127.0.0.1:8085")
-        return value
-
-    @field_validator("credentials_file")
-    @classmethod
-    def _check_credentials_file(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("expected the path of a credentials JSON file")
-        return value
 
 
 def project_of(url: TransportURL) -> str:
@@ -110,7 +104,7 @@ def emulator_of(options: PubSubOptions, url: TransportURL) -> str | None:
     env = os.environ.get(EMULATOR_ENV, "").strip()
     if emulator is None and options.credentials_file is None and env:
         try:
-            emulator = PubSubOptions._check_emulator_host(env)
+            emulator = _host_port(env)
         except ValueError:
             raise InvalidOption(
                 f"environment variable {EMULATOR_ENV}={env!r} is not host:port such as 127.0.0.1:8085"

@@ -9,7 +9,7 @@ Transient errors are retried until ``publish_timeout``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 
 from google.api_core import exceptions as gexc
 from google.pubsub_v1.types import PublishRequest, PublishResponse
@@ -57,7 +57,13 @@ class Publisher:
             *(topology.ensure_subscription(n.subscription, n.topic) for n in queues.values() if n.subscription),
             *(topology.ensure_topic(t) for t in topics - queues.keys()),
         )
-        await self._confirmed([self.send(*item) for item in items])
+        timeout = self._conn.options.publish_timeout
+        try:
+            await asyncio.wait_for(asyncio.gather(*(self.send(*item) for item in items)), timeout)
+        except TimeoutError:
+            raise PublishError(
+                f"Pub/Sub at {self._conn.where} did not confirm {len(items)} messages within publish_timeout={timeout}s"
+            ) from None
 
     def send(self, topic: str, data: bytes, attributes: dict[str, str], ordering_key: str) -> asyncio.Future[str]:
         """Queue one checked message for ``topic``; the future gives its message id or fails
@@ -75,17 +81,6 @@ class Publisher:
             )
         message = raw_message(data, attributes, ordering_key)
         return batcher.add(message, message.ByteSize(), ordered=bool(ordering_key))
-
-    async def _confirmed(self, futures: Sequence[Awaitable[str]]) -> None:
-        timeout = self._conn.options.publish_timeout
-        waiting = asyncio.gather(*futures)
-        try:
-            await asyncio.wait_for(waiting, timeout)
-        except TimeoutError:
-            raise PublishError(
-                f"Pub/Sub at {self._conn.where} did not confirm {len(futures)} messages within "
-                f"publish_timeout={timeout}s"
-            ) from None
 
     async def _call(self, topic: str, batch: list[object]) -> Sequence[str]:
         clients = self._conn.require()
