@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-from messagebus.transports import (
-    Capabilities,
-    Consumer,
-    DeliveryHandler,
-    Destination,
-    TransportBase,
-    TransportURL,
-)
+from messagebus.transports import Capabilities, Consumer, DeliveryHandler, Destination, TransportBase, TransportURL
 
 from ._codec import MAX_BODY
 from ._connection import Connection
