@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -44,7 +44,6 @@ class SqsConsumer(ConsumerBase):
         source: Destination,
         handler: DeliveryHandler,
         concurrency: int,
-        on_close: Callable[[SqsConsumer], None],
     ) -> None:
         options = conn.options
         super().__init__(handler, concurrency, name=str(source), capacity=concurrency + options.prefetch, log=logger)
@@ -53,7 +52,6 @@ class SqsConsumer(ConsumerBase):
         self.topic_arn: str | None = None
         self._conn = conn
         self._vt = options.visibility_timeout
-        self._on_close = on_close
         # Deliveries whose visibility the lease loop extends -> when it runs out: those held,
         # and acked ones until SQS confirmed the delete (a slow delete must not let another
         # consumer get the message meanwhile). An extension in flight is in ``_extending``.
@@ -221,7 +219,6 @@ class SqsConsumer(ConsumerBase):
         await self._deleter.drain()
         await self._visibility.drain()
         self._poller.shutdown(wait=False)
-        self._on_close(self)
 
     async def _release_late(self, poll: asyncio.Future[list[dict[str, Any]]]) -> None:
         with contextlib.suppress(Exception):

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 from messagebus import ConfigurationError, InvalidOption, InvalidURL
 from messagebus.transports import TransportOptions, TransportURL, parse_options
 
-__all__ = ["SqsOptions", "options_from_url"]
+__all__ = ["SqsOptions", "load_options"]
 
 _PREFIX = re.compile(r"[A-Za-z0-9_-]{0,40}")
 _REGION = re.compile(r"[a-z]{2}(-[a-z0-9]+)+-\d+")
@@ -75,14 +75,12 @@ class SqsOptions(TransportOptions):
         return value
 
 
-def options_from_url(url: TransportURL) -> SqsOptions:
-    """Validate ``url`` (scheme ``sqs``, no host, no path) into :class:`SqsOptions`.
+def load_options(url: TransportURL) -> SqsOptions:
+    """Validate an ``sqs://`` URL (no host, no path) into :class:`SqsOptions`.
 
     Raises :class:`InvalidURL`, :class:`InvalidOption` or :class:`ConfigurationError` (no
     region anywhere) without network I/O; only the local AWS config files are read.
     """
-    if url.scheme != "sqs":
-        raise InvalidURL(f"the SQS transport handles sqs:// URLs, got {url.scheme}:// in {url.render()!r}")
     if url.hosts or url.username is not None or url.password is not None:
         raise InvalidURL(
             f"sqs:// URLs take no host or credentials ({url.render()!r}); put the endpoint in "

@@ -10,21 +10,19 @@ import logging
 import re
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from botocore.exceptions import ClientError
 
 from messagebus import MessageTooLarge, PublishError, UnsupportedFeature
-from messagebus.transports import Backoff, Batcher, Destination, DestinationKind, OutgoingMessage
+from messagebus.transports import Backoff, Batcher, Consumer, Destination, DestinationKind, OutgoingMessage
 
 from ._codec import MAX_BODY_SIZE, MAX_WIRE_SIZE, encode_message
 from ._connection import BatchKind, Connection, Entry
+from ._consuming import SqsConsumer
 from ._errors import CONNECTION_ERRORS, is_missing
 from ._options import SqsOptions
 from ._topology import is_topic, logical_queue
-
-if TYPE_CHECKING:
-    from ._consuming import SqsConsumer
 
 __all__ = ["Publisher", "encode_entry"]
 
@@ -78,7 +76,7 @@ class Publisher:
     """Publishes for one transport. ``consumers`` are the transport's live consumers: a topic
     declared again waits for the groups consumed here to subscribe again."""
 
-    def __init__(self, conn: Connection, consumers: Iterable[SqsConsumer]) -> None:
+    def __init__(self, conn: Connection, consumers: Iterable[Consumer]) -> None:
         self._conn = conn
         self._consumers = consumers
         self._resolving: dict[tuple[str, str], asyncio.Future[str]] = {}
@@ -176,7 +174,7 @@ class Publisher:
         groups = [
             c.redeclare() if start else c.redeclaring
             for c in list(self._consumers)
-            if c.source.kind is DestinationKind.TOPIC and c.source.name == topic
+            if isinstance(c, SqsConsumer) and c.source.kind is DestinationKind.TOPIC and c.source.name == topic
         ]
         pending = [g for g in groups if g is not None]
         if pending:
