@@ -27,10 +27,12 @@ __all__ = ["DUE", "FOR", "INTERNAL", "decode_headers", "encode_headers", "pack",
 DUE = "messagebus-due"
 #: The durable consumer a redelivered copy is for (other groups of a topic skip it).
 FOR = "messagebus-for"
+#: JetStream's de-duplication id: a publish sent again is stored once.
+MSG_ID = "Nats-Msg-Id"
 #: Bytes of headers packed in front of the body (headers too big for a NATS header block).
 PACKED = "messagebus-packed"
 #: Adapter-internal headers: on the wire, never in a delivery's logical headers.
-INTERNAL = frozenset({DUE, FOR, PACKED, headers.ATTEMPT, headers.KEY})
+INTERNAL = frozenset({DUE, FOR, PACKED, MSG_ID, headers.ATTEMPT, headers.KEY})
 #: Largest header block sent as NATS headers (JetStream's limit is 64 KiB).
 MAX_HEADER_BLOCK = 60 * 1024
 

@@ -41,7 +41,7 @@ from messagebus.transports import (
     headers,
 )
 
-from ._codec import DUE, FOR, decode_headers, encode_headers, unpack
+from ._codec import DUE, FOR, MSG_ID, decode_headers, encode_headers, unpack
 from ._connection import Connection
 from ._publishing import Publisher
 from ._telemetry import delivery_attributes
@@ -114,6 +114,7 @@ class NatsConsumer(ConsumerBase):
         wire = dict(msg.headers or {})
         wire |= encode_headers(extra)
         wire[headers.ATTEMPT] = str(delivery.attempt + 1)
+        wire[MSG_ID] = f"{wire.get(MSG_ID) or msg.reply}:{delivery.attempt + 1}"  # not a duplicate of the original
         wire[FOR] = self.names.consumer
         if delay > 0:
             wire[DUE] = str(int((time.time() + delay) * 1000))

@@ -40,9 +40,17 @@ def _conflict(exc: BaseException, what: str, default: type[MessageBusError]) -> 
     )
 
 
+def _refused(exc: BaseException) -> bool:
+    # nats-py raises a plain Error for the server's -ERR 'Authorization Violation'.
+    text = str(exc).lower()
+    return isinstance(exc, nerr.AuthorizationError | nerr.InvalidUserCredentialsError) or (
+        isinstance(exc, nerr.Error) and ("authorization violation" in text or "authentication" in text)
+    )
+
+
 #: nats-py error -> messagebus error; anything else becomes the caller's default class.
 ERRORS = ErrorMap(
-    ((nerr.AuthorizationError, nerr.InvalidUserCredentialsError), _auth),
+    (_refused, _auth),
     (nerr.MaxPayloadError, MessageTooLarge),
     ((nerr.NoServersError, nerr.ConnectionClosedError, ssl.SSLError, nerr.SecureConnFailedError), ConnectError),
     (jerr.NoStreamResponseError, _no_stream),
@@ -52,6 +60,4 @@ ERRORS = ErrorMap(
 
 def is_fatal(exc: BaseException) -> bool:
     """True when connecting again cannot help (credentials, TLS setup)."""
-    return isinstance(
-        exc, nerr.AuthorizationError | nerr.InvalidUserCredentialsError | nerr.SecureConnRequiredError | ssl.SSLError
-    )
+    return _refused(exc) or isinstance(exc, nerr.SecureConnRequiredError | ssl.SSLError)

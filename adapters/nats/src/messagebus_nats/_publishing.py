@@ -4,6 +4,8 @@ the message). A batch is pipelined: every message is written at once, then every
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,13 +14,15 @@ import nats.js.errors as jerr
 from messagebus import MessageTooLarge, PublishError
 from messagebus.transports import Destination, OutgoingMessage, headers
 
-from ._codec import encode_headers, pack, wire_size
+from ._codec import MSG_ID, encode_headers, pack, wire_size
 from ._connection import Connection
 from ._errors import ERRORS
 from ._topology import Names, names_of
 
 __all__ = ["Publisher"]
 
+#: Seconds before a publish not yet answered is sent again (JetStream drops the copy).
+RESEND_AFTER = 2.0
 #: (names, body, wire headers) of one message ready to send.
 Prepared = tuple[Names, bytes, dict[str, str]]
 
@@ -46,6 +50,7 @@ class Publisher:
         wire = encode_headers(message.headers)
         if message.key is not None:
             wire[headers.KEY] = message.key
+        wire[MSG_ID] = message.headers.get(headers.CE_ID) or uuid.uuid4().hex
         if extra:
             wire |= extra
         body = message.body
@@ -84,31 +89,38 @@ class Publisher:
             await self._send(prepared)
 
     async def _send(self, prepared: list[Prepared]) -> None:
+        # A publish written into a connection that then died is never answered: after
+        # RESEND_AFTER seconds the unanswered ones are sent again, until publish_timeout.
+        # Each carries a Nats-Msg-Id, so JetStream stores a message sent twice once.
         js, _ = self.connection.require()
         timeout = self.connection.options.publish_timeout
-        names = prepared[0][0] if prepared else None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        todo = prepared
         try:
-            if len(prepared) == 1:
-                names, body, wire = prepared[0]
-                await js.publish(names.subject, body, timeout=timeout, headers=wire)
-                return
-            futures: list[asyncio.Future[Any]] = []
-            try:
-                for names, body, wire in prepared:
-                    futures.append(await js.publish_async(names.subject, body, headers=wire))
-                async with asyncio.timeout(timeout):
+            while todo:
+                futures: list[asyncio.Future[Any]] = []
+                try:
+                    for names, body, wire in todo:
+                        futures.append(await js.publish_async(names.subject, body, headers=wire))
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(min(RESEND_AFTER, max(deadline - loop.time(), 0.01))):
+                            for future in futures:
+                                await future
+                finally:
                     for future in futures:
-                        await future
-            finally:
+                        future.cancel()  # unanswered ones: free the client's slots
                 for future in futures:
-                    future.cancel()  # unanswered ones: free the client's slots
-        except jerr.NoStreamResponseError:
+                    if future.done() and not future.cancelled() and future.exception() is not None:
+                        raise future.exception()  # type: ignore[misc]
+                todo = [p for p, f in zip(todo, futures, strict=True) if f.cancelled()]
+                if todo and loop.time() >= deadline:
+                    raise PublishError(
+                        f"JetStream did not confirm {len(todo)} message(s) to {todo[0][0].subject!r} "
+                        f"within publish_timeout={timeout:g}s"
+                    )
+        except (jerr.NoStreamResponseError, PublishError):
             raise
-        except TimeoutError as exc:
-            subject = names.subject if names else "?"
-            raise PublishError(
-                f"JetStream did not confirm a message to {subject!r} within publish_timeout={timeout:g}s"
-            ) from exc
         except Exception as exc:
-            subject = names.subject if names else "?"
+            subject = todo[0][0].subject if todo else "?"
             raise ERRORS.map(exc, PublishError, f"JetStream did not confirm a message to {subject!r}") from exc
