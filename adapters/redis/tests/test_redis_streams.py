@@ -42,23 +42,24 @@ async def test_a_delayed_retry_waits_in_the_due_set_not_in_memory(redis_url: str
     failed = asyncio.Event()
     bus = Bus.from_url(url_for(redis_url, prefix), service="due", retry=Retry(initial_delay=1.5, jitter=0))
 
-    @bus.consume("jobs")
-    async def handle(envelope: Envelope) -> None:
+    @bus.consume("jobs", concurrency=1)
+    async def handle(item: dict[str, int], envelope: Envelope) -> None:
         got.add(envelope)
-        if envelope.attempt == 1:
+        if envelope.attempt == 1 and item["n"] == 1:
             failed.set()
             raise RuntimeError("fails once")
 
     async with bus:
         await bus.send("jobs", {"n": 1})
         await asyncio.wait_for(failed.wait(), 30)
-        await got.wait_until(lambda _: True)
-        async with asyncio.timeout(10):
-            while await raw.zcard(keys["due"]) == 0:
-                await asyncio.sleep(0.02)  # polls the server until the retry script ran
-        pending = await raw.xpending(keys["stream"], keys["group"])
-        assert pending["pending"] == 0, "the failed entry is still pending while its retry waits"
-        first, second = await got.wait_for(2)
+        # One worker: once the next message runs, the failed one's retry was settled.
+        await bus.send("jobs", {"n": 2})
+        await got.wait_for(2)
+        assert await raw.zcard(keys["due"]) == 1, "the delayed retry is not in the due set"
+        first_id = got.items[0].raw.id
+        assert await raw.xpending_range(keys["stream"], keys["group"], first_id, first_id, 1) == []
+        assert await raw.xlen(keys["retry"]) == 0, "moved to the retry stream before it was due"
+        first, _, second = await got.wait_for(3)
     assert (first.attempt, second.attempt) == (1, 2)
     assert second.headers.get("messagebus-first-failure") or "messagebus-first-failure" in second.wire_headers
     assert await raw.zcard(keys["due"]) == 0
