@@ -1,15 +1,10 @@
 """Headers on the wire: NATS headers, made to carry any messagebus header exactly.
 
-NATS header names are ASCII tokens and values lose surrounding white space and line breaks
-(nats-py strips and folds them), while messagebus allows any Unicode name and value. So a
-name outside the token alphabet (or holding ``%``) is percent-encoded, and a value that
-would not survive is sent as ``%mb:`` plus its percent-encoding; everything else travels
-as it is, which keeps the common case readable by other NATS clients. The CloudEvents NATS
-binding uses the ``ce-`` prefix, as the core does: no renaming.
-
-JetStream refuses a header block over 64 KiB, which the core's header budget (64 KiB of
-user headers, plus the envelope) can exceed: such headers travel as JSON in front of the
-body, their length in ``messagebus-packed``.
+NATS header names are ASCII tokens and nats-py strips values and folds line breaks: a name
+outside the token alphabet (or holding ``%``) is percent-encoded, a value that would not
+survive is sent as ``%mb:`` plus its percent-encoding; the rest travels as it is. JetStream
+refuses header blocks over 64 KiB, which the core's budget can exceed: those headers travel
+as JSON in front of the body (length in ``messagebus-packed``). CloudEvents keep ``ce-``.
 """
 
 from __future__ import annotations
@@ -39,17 +34,10 @@ MAX_HEADER_BLOCK = 60 * 1024
 _TOKEN = re.compile(r"[!#$&'*+\-.^_`|~0-9A-Za-z]+")  # nats-py's name alphabet minus '%'
 _NAME_SAFE = "!#$&'*+-.^_`|~"
 _VALUE_MARK = "%mb:"
-_NAMES: dict[str, str] = {}
-_CACHE_LIMIT = 4096
 
 
 def _wire_name(name: str) -> str:
-    wire = _NAMES.get(name)
-    if wire is None:
-        wire = name if _TOKEN.fullmatch(name) else quote(name, safe=_NAME_SAFE)
-        if len(_NAMES) < _CACHE_LIMIT:
-            _NAMES[name] = wire
-    return wire
+    return name if _TOKEN.fullmatch(name) else quote(name, safe=_NAME_SAFE)
 
 
 def _wire_value(value: str) -> str:

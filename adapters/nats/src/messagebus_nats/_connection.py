@@ -23,7 +23,7 @@ from ._errors import ERRORS, is_fatal
 from ._options import NatsOptions
 from ._topology import Topology
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "quietly"]
 
 logger = logging.getLogger("messagebus.nats")
 
@@ -107,13 +107,11 @@ class Connection:
                     )
                     break
                 except Exception as exc:
-                    await _quietly(client.close())
+                    await quietly(client.close())
                     if attempt == attempts or is_fatal(exc):
                         what = f"cannot connect to NATS at {', '.join(self.servers)} after {attempt} attempt(s)"
                         raise ERRORS.map(exc, ConnectError, what) from exc
-                    logger.warning(
-                        "connecting to NATS failed (%s); attempt %d of %d", describe_error(exc), attempt, attempts
-                    )
+                    logger.warning("connecting to NATS failed (%s); attempt %d", describe_error(exc), attempt)
                     await backoff.wait()
             # Reconnects are on from here: an established transport rides out outages.
             client.options["allow_reconnect"] = True
@@ -144,11 +142,12 @@ class Connection:
         if client is None:
             return
         if client.is_connected:
-            await _quietly(client.flush(timeout=max(1, int(self.options.publish_timeout))))
-        await _quietly(client.close())
+            await quietly(client.flush(timeout=max(1, int(self.options.publish_timeout))))
+        await quietly(client.close())
 
 
-async def _quietly(step: Any) -> None:
+async def quietly(step: Any) -> None:
+    """Await a clean-up or settle step, logging instead of raising."""
     try:
         await step
     except asyncio.CancelledError:

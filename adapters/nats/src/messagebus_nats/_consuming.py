@@ -1,22 +1,13 @@
-"""The consumer of one durable pull consumer: pull requests sized to the free workers, and
-the broker primitives behind its deliveries.
+"""The consumer of one durable pull consumer and the broker primitives of its deliveries.
 
-Messages are asked for with pull requests on a private inbox, never more than the worker
-pool has room for, so at most ``concurrency`` messages are delivered and unacked at once
-(plus retries held until due). A request lives ``pull_expires`` seconds on the server; the
-consumer asks again when workers free up, when a request ends and after a reconnection.
-
-- ack: JetStream ``+ACK``; while a handler runs (or a retry is held) ``+WPI`` every third of
-  ``ack_wait`` keeps the message from being redelivered elsewhere.
-- retry with headers (what the bus always gives): a copy with the headers, ``attempt + 1``,
-  the due time and this consumer's name is published to the same subject and confirmed,
-  then the original is acked. Other groups of a topic ack such a copy unhandled; the owner
-  holds it until due (JetStream 2.9 has no delayed publish), keeping it alive with ``+WPI``.
-- retry without headers: ``-NAK`` with the delay (JetStream's own delayed redelivery).
-- hand-back (stop, a failed settle): ``-NAK`` now.
-
-``attempt`` is the copy's ``messagebus-attempt`` (1 for an original) plus JetStream's
-redeliveries of it, so redeliveries by the broker (ack_wait ran out, a hand-back) count.
+Pull requests on a private inbox never ask for more than the worker pool has room for, so
+at most ``concurrency`` messages are delivered and unacked at once (plus retries held until
+due). ack: ``+ACK``, with ``+WPI`` every third of ``ack_wait`` while a handler runs or a
+retry is held. A retry with headers (the bus always gives some) publishes a confirmed copy
+with them, ``attempt + 1``, the due time and this consumer's name, then acks the original;
+other groups of a topic ack such a copy unhandled (JetStream 2.9 has no delayed publish).
+A retry without headers is ``-NAK`` with the delay; a hand-back ``-NAK`` now. ``attempt``
+is the copy's ``messagebus-attempt`` (1 for an original) plus JetStream's redeliveries.
 """
 
 from __future__ import annotations
@@ -42,7 +33,7 @@ from messagebus.transports import (
 )
 
 from ._codec import DUE, FOR, MSG_ID, decode_headers, encode_headers, unpack
-from ._connection import Connection
+from ._connection import Connection, quietly
 from ._publishing import Publisher
 from ._telemetry import delivery_attributes
 from ._topology import Names
@@ -51,27 +42,18 @@ __all__ = ["NatsConsumer"]
 
 logger = logging.getLogger("messagebus.nats")
 
-_STATUS = "Status"
-_HEARTBEAT = "100"
-
 
 class NatsConsumer(ConsumerBase):
     """One running subscription on a durable pull consumer. Not thread-safe (one loop)."""
 
     def __init__(
-        self,
-        connection: Connection,
-        publisher: Publisher,
-        source: Destination,
-        handler: DeliveryHandler,
-        concurrency: int,
+        self, conn: Connection, publisher: Publisher, source: Destination, handler: DeliveryHandler, concurrency: int
     ) -> None:
         self.names: Names = publisher.names(source)
         super().__init__(handler, concurrency, name=f"{self.names.stream}/{self.names.consumer}", log=logger)
-        self.source = source
-        self._conn = connection
+        self._conn = conn
         self._publisher = publisher
-        self._options = connection.options
+        self._options = conn.options
         self._next = f"$JS.API.CONSUMER.MSG.NEXT.{self.names.stream}.{self.names.consumer}"
         self._inbox = ""
         self._seq = 0
@@ -80,7 +62,7 @@ class NatsConsumer(ConsumerBase):
         self._wake = asyncio.Event()
         self._unsettled: dict[Delivery, None] = {}
         self._sub: Subscription | None = None
-        self._forget_listener = connection.on_reconnect(self._reconnected)
+        self._forget_listener = conn.on_reconnect(self._reconnected)
 
     async def start_consuming(self) -> None:
         """Subscribe the private inbox and start the workers, the pull and keep-alive loops."""
@@ -127,10 +109,7 @@ class NatsConsumer(ConsumerBase):
         redelivered after ``ack_wait`` anyway, so failures are only logged."""
         for delivery in deliveries:
             self._unsettled.pop(delivery, None)
-        results = await asyncio.gather(*(d.native.nak() for d in deliveries), return_exceptions=True)
-        failed = [r for r in results if isinstance(r, Exception)]
-        if failed:
-            self.log.debug("%d hand-backs to %s failed (%s)", len(failed), self.describe(), describe_error(failed[0]))
+        await asyncio.gather(*(quietly(d.native.nak()) for d in deliveries))
         self._wake.set()
 
     def attributes_of(self, delivery: Delivery) -> Mapping[str, AttributeValue]:
@@ -183,27 +162,18 @@ class NatsConsumer(ConsumerBase):
                 except Exception as exc:
                     self._open.pop(reply, None)
                     self._asked -= room
-                    self.log.warning(
-                        "asking %s for messages failed (%s); retrying", self.describe(), describe_error(exc)
-                    )
+                    self.log.warning("asking %s for messages failed (%s)", self.describe(), describe_error(exc))
                     await _wait(stopping, 1.0)
                     continue
             wake.clear()
             await _wait(wake, expires + 1.0)
 
     async def _on_message(self, msg: Msg) -> None:
-        # nats-py hands a callback's exception to error_cb only: log it here, loudly.
-        try:
-            await self._receive(msg)
-        except Exception:
-            self.log.exception("receiving a message of %s failed; JetStream redelivers it", self.describe())
-
-    async def _receive(self, msg: Msg) -> None:
         hdrs = msg.headers
-        status = hdrs.get(_STATUS) if hdrs else None
+        status = hdrs.get("Status") if hdrs else None
         if status is not None:
-            # Statuses come on the request's own reply subject: 404/408/409 end it.
-            entry = self._open.pop(msg.subject, None) if status != _HEARTBEAT else None
+            # On the request's own reply subject: 404/408/409 end it, 100 is a heartbeat.
+            entry = self._open.pop(msg.subject, None) if status != "100" else None
             if entry is not None:
                 self._asked -= int(entry[0])
                 self._wake.set()
@@ -216,15 +186,19 @@ class NatsConsumer(ConsumerBase):
                 del self._open[reply]
             break
         if self.stopping.is_set():
-            await _quietly(msg.nak())
+            await quietly(msg.nak())
             return
         if hdrs is not None:
             owner = hdrs.get(FOR)
             if owner is not None and owner != self.names.consumer:
-                await _quietly(msg.ack())  # another group's retry copy
+                await quietly(msg.ack())  # another group's retry copy
                 self._wake.set()
                 return
-        delivery = self._delivery(msg, hdrs)
+        try:
+            delivery = self._delivery(msg, hdrs)
+        except Exception:  # nats-py would hand it to error_cb only: say it here
+            self.log.exception("a message of %s could not be read; JetStream redelivers it", self.describe())
+            return
         self._unsettled[delivery] = None
         due = hdrs.get(DUE) if hdrs else None
         wait = int(due) / 1000 - time.time() if due and due.isdigit() else 0.0
@@ -264,10 +238,7 @@ class NatsConsumer(ConsumerBase):
         self._forget_listener()
         sub, self._sub = self._sub, None
         if sub is not None:
-            try:
-                await asyncio.wait_for(sub.drain(), self._options.publish_timeout)  # type: ignore[no-untyped-call]
-            except Exception as exc:
-                self.log.debug("draining %s failed (%s)", self.describe(), describe_error(exc))
+            await quietly(asyncio.wait_for(sub.drain(), self._options.publish_timeout))  # type: ignore[no-untyped-call]
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> bool:
@@ -280,12 +251,3 @@ async def _wait(event: asyncio.Event, seconds: float) -> bool:
     except TimeoutError:
         return False
     return True
-
-
-async def _quietly(step: Any) -> None:
-    try:
-        await step
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        logger.debug("settle step failed: %s", describe_error(exc))

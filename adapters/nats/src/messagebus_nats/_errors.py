@@ -10,13 +10,11 @@ import nats.js.errors as jerr
 from messagebus import ConnectError, MessageBusError, MessageTooLarge, TopologyError
 from messagebus.transports import ErrorMap, describe_error
 
-__all__ = ["ERRORS", "STREAM_CONFLICT", "is_fatal"]
+__all__ = ["ERRORS", "is_fatal"]
 
-#: JetStream's "stream name already in use with a different configuration".
-STREAM_CONFLICT = 10058
-#: JetStream's "subjects overlap with an existing stream".
-SUBJECTS_OVERLAP = 10065
-_TOPOLOGY_CODES = frozenset({STREAM_CONFLICT, SUBJECTS_OVERLAP, 10012, 10013, 10148})
+#: JetStream errors of declarations that conflict with what exists (a stream of that name
+#: with other settings, overlapping subjects, a consumer of that name with other settings).
+_TOPOLOGY_CODES = frozenset({10058, 10065, 10012, 10013, 10148, 10099})
 
 
 def _auth(exc: BaseException, what: str, default: type[MessageBusError]) -> MessageBusError:

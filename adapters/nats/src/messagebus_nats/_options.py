@@ -13,10 +13,6 @@ from messagebus.transports import TransportOptions, TransportURL, parse_options
 __all__ = ["SCHEMES", "NatsOptions", "load_options"]
 
 SCHEMES = ("nats", "nats+tls")
-#: nats-server's default ``max_payload`` (body and headers of one message).
-DEFAULT_MAX_PAYLOAD = 1024 * 1024
-#: Room left for headers under the payload limit in the advertised body limit.
-HEADER_ROOM = 8192
 
 
 class NatsOptions(TransportOptions):
@@ -37,9 +33,8 @@ class NatsOptions(TransportOptions):
     reconnect_wait: float = Field(0.5, gt=0, le=60, description="seconds between reconnection attempts")
     ping_interval: float = Field(20.0, gt=0, le=3_600, description="seconds between client pings")
     max_outstanding_pings: int = Field(2, ge=1, le=100, description="unanswered pings before reconnecting")
-    max_message_size: int = Field(
-        DEFAULT_MAX_PAYLOAD - HEADER_ROOM, ge=1, le=64 * 1024 * 1024, description="largest body in bytes"
-    )
+    # nats-server's default max_payload (1 MiB, body and headers) less 8 KiB for headers.
+    max_message_size: int = Field(1024 * 1024 - 8192, ge=1, le=64 * 1024**2, description="largest body in bytes")
     name: str = Field("messagebus", min_length=1, max_length=200, description="client name shown by the server")
     token: str | None = Field(None, repr=False, description="authentication token")
     creds: str | None = Field(None, description="a .creds file (JWT and NKey seed)")

@@ -43,7 +43,7 @@ class Publisher:
             names = self._names[destination] = names_of(destination, self._prefix)
         return names
 
-    def prepare(self, message: OutgoingMessage, extra: dict[str, str] | None = None) -> Prepared:
+    def prepare(self, message: OutgoingMessage) -> Prepared:
         """Encode one message; raises :class:`MessageTooLarge` if body and headers exceed the
         server's payload limit or the body ``max_message_size``."""
         names = self.names(message.destination)
@@ -51,8 +51,6 @@ class Publisher:
         if message.key is not None:
             wire[headers.KEY] = message.key
         wire[MSG_ID] = message.headers.get(headers.CE_ID) or uuid.uuid4().hex
-        if extra:
-            wire |= extra
         body = message.body
         limit = self.connection.options.max_message_size
         wire, packed = pack(wire, body)
@@ -84,7 +82,7 @@ class Publisher:
             await self._send(prepared)
         except jerr.NoStreamResponseError:
             for names in {p[0] for p in prepared}:
-                topology.forget(names.stream)
+                topology.known.discard(names.stream)
                 await topology.ensure_stream(names)
             await self._send(prepared)
 

@@ -1,17 +1,9 @@
 """Logical destinations -> JetStream streams, subjects and durable consumers; declarations.
 
-Mapping (``P`` the ``prefix`` option; names cut to JetStream's rules by :func:`stream_name`):
-
-- topic ``T``: subject ``P.T`` captured by stream ``P_T`` with interest retention (a message
-  is kept until every group subscribed when it was stored acked it; none: it is dropped)
-- group ``G`` of ``T``: the durable pull consumer ``G`` on that stream, delivering what was
-  stored after it was created
-- queue ``Q``: subject ``P.Q`` captured by a work-queue stream ``P_Q`` (a message is kept until
-  acked), consumed by the durable ``messagebus-queue``
-- dead letters: the queues ``T.G.dlq`` / ``Q.dlq`` (named by the core), i.e. work-queue streams
-
-Topics and queues share one name space: a topic and a queue of the same name collide (the
-declaration fails with TopologyError).
+Topic ``T``: subject ``P.T`` (``P`` the prefix) in stream ``P_T`` with interest retention;
+group ``G``: the durable pull consumer ``G`` on it (messages stored after it was made).
+Queue ``Q``: subject ``P.Q`` in work-queue stream ``P_Q``, durable ``messagebus-queue``.
+Dead letters are queues. Topics and queues share one name space (the README has more).
 """
 
 from __future__ import annotations
@@ -23,7 +15,7 @@ from dataclasses import dataclass
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from messagebus import MessageBusError, TopologyError
+from messagebus import TopologyError
 from messagebus.transports import Destination, DestinationKind, dead_letter_name, sanitize_name
 
 from ._errors import ERRORS
@@ -50,11 +42,10 @@ class Names:
 
 
 def stream_name(logical: str, prefix: str = "") -> str:
-    """A legal stream name for ``logical`` (letters, digits, ``_``, ``-``; a changed or cut
-    name gets a hash, so distinct logical names stay distinct). Pure."""
-    return sanitize_name(
-        f"{prefix}_{logical}" if prefix else logical, max_length=MAX_NAME, allowed=_ALLOWED, replacement="_"
-    )
+    """A legal stream (or consumer) name for ``logical`` (letters, digits, ``_``, ``-``; a
+    changed or cut name gets a hash, so distinct logical names stay distinct). Pure."""
+    name = f"{prefix}_{logical}" if prefix else logical
+    return sanitize_name(name, max_length=MAX_NAME, allowed=_ALLOWED, replacement="_")
 
 
 def subject_of(logical: str, prefix: str = "") -> str:
@@ -67,15 +58,7 @@ def subject_of(logical: str, prefix: str = "") -> str:
 def names_of(destination: Destination, prefix: str = "") -> Names:
     """The stream, subject and durable consumer of ``destination``. Pure."""
     queue = destination.kind is DestinationKind.QUEUE
-    consumer = (
-        QUEUE_CONSUMER
-        if queue
-        else (
-            sanitize_name(destination.group, max_length=MAX_NAME, allowed=_ALLOWED, replacement="_")
-            if destination.group
-            else ""
-        )
-    )
+    consumer = QUEUE_CONSUMER if queue else stream_name(destination.group) if destination.group else ""
     return Names(stream_name(destination.name, prefix), subject_of(destination.name, prefix), consumer, queue)
 
 
@@ -112,10 +95,6 @@ class Topology:
         #: Streams known to exist (read it for the fast path; never modify it).
         self.known: set[str] = set()
 
-    def forget(self, stream: str) -> None:
-        """The stream was found missing (deleted, or a memory stream lost in a restart)."""
-        self.known.discard(stream)
-
     async def ensure_stream(self, names: Names) -> None:
         """Create the stream of ``names`` unless known. Raises :class:`TopologyError`."""
         if names.stream in self.known:
@@ -135,9 +114,8 @@ class Topology:
             try:
                 await self._js.add_stream(config)
             except Exception as exc:
-                raise _declare_error(
-                    exc, f"cannot create JetStream stream {names.stream!r} for {names.subject!r}"
-                ) from exc
+                what = f"cannot create JetStream stream {names.stream!r} for {names.subject!r}"
+                raise ERRORS.map(exc, TopologyError, what) from exc
             self.known.add(names.stream)
             logger.debug("nats stream ensured: %s", names.stream)
 
@@ -158,11 +136,5 @@ class Topology:
         try:
             await self._js.add_consumer(names.stream, config)
         except Exception as exc:
-            raise _declare_error(
-                exc, f"cannot create the durable consumer {names.consumer!r} of stream {names.stream!r}"
-            ) from exc
-
-
-def _declare_error(exc: BaseException, what: str) -> MessageBusError:
-    error = ERRORS.map(exc, TopologyError, what)
-    return error
+            what = f"cannot create the durable consumer {names.consumer!r} of stream {names.stream!r}"
+            raise ERRORS.map(exc, TopologyError, what) from exc
