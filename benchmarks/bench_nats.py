@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import time
@@ -54,10 +55,8 @@ async def delete(url: str, *streams: str) -> None:
     nc = await nats.connect(server(url))
     try:
         for stream in streams:
-            try:
+            with contextlib.suppress(Exception):
                 await nc.jetstream().delete_stream(stream)
-            except Exception:
-                pass
     finally:
         await nc.close()
 
