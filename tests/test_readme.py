@@ -33,6 +33,9 @@ def test_clone_install_names_every_adapter() -> None:
     commands = "\n".join(_blocks("bash", "## Five-minute quick start"))
     install = next(line for line in commands.splitlines() if "pip install -e ." in line)
     paths = set(re.findall(r"-e (adapters/\S+)", install))
+    for names in re.findall(r"-e adapters/\{([^}]*)\}", install):  # bash brace expansion
+        paths |= {f"adapters/{name}" for name in names.split(",")}
+    paths = {p for p in paths if "{" not in p}
     adapters = {str(p.parent.relative_to(ROOT)) for p in ROOT.glob("adapters/*/pyproject.toml")}
     assert paths == adapters
 
