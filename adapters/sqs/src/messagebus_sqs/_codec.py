@@ -72,10 +72,6 @@ def _valid_value(value: str) -> bool:
     return bool(value) and _INVALID_TEXT.search(value) is None
 
 
-def _attr_size(name: str, value: str) -> int:
-    return len(name.encode()) + len(_STRING) + len(value.encode())
-
-
 def encode_message(body: bytes, headers: Mapping[str, str], key: str | None) -> WireMessage:
     """Encode one message. Pure, thread-safe; never drops a header."""
     internal: dict[str, str] = {}
@@ -106,7 +102,9 @@ def encode_message(body: bytes, headers: Mapping[str, str], key: str | None) -> 
         attributes[name] = {"DataType": _STRING, "StringValue": value}
     if packed:
         attributes[PACKED] = {"DataType": _STRING, "StringValue": json.dumps(packed, separators=(",", ":"))}
-    size = len(text.encode()) + sum(_attr_size(n, a["StringValue"]) for n, a in attributes.items())
+    size = len(text.encode()) + sum(
+        len(n.encode()) + len(_STRING) + len(a["StringValue"].encode()) for n, a in attributes.items()
+    )
     return WireMessage(text, attributes, size)
 
 

@@ -16,7 +16,7 @@ from messagebus import ConnectError, ConsumeError, LifecycleError, MessageBusErr
 from messagebus.transports import Backoff, Batcher
 
 from ._codec import MAX_WIRE_SIZE
-from ._errors import errors
+from ._errors import CONNECTION_ERRORS, errors
 from ._options import SqsOptions
 from ._topology import Topology
 
@@ -55,7 +55,7 @@ class Connection:
         self._executor: ThreadPoolExecutor | None = None
         self._batchers: dict[tuple[str, str], Batcher[Entry, Entry]] = {}
         self._lingering: set[asyncio.Task[Any]] = set()
-        self._lock: asyncio.Lock | None = None
+        self._lock = asyncio.Lock()
         self._closing = False
 
     def require(self) -> Topology:
@@ -67,7 +67,6 @@ class Connection:
     async def open(self) -> None:
         """Create the clients and check that the endpoint answers and accepts the credentials
         (one ``ListQueues`` call). Raises :class:`ConnectError` saying what to fix."""
-        self._lock = self._lock or asyncio.Lock()
         async with self._lock:
             if self.topology is not None:
                 return
@@ -150,22 +149,40 @@ class Connection:
     def batcher(self, kind: BatchKind, target: str, send: Send | None = None) -> Batcher[Entry, Entry]:
         """The batcher of one batch API on one queue URL / topic ARN, made on first use with
         ``send`` (default: :meth:`request`) as its call. Entries go without ``Id``; each
-        future gets the entry's ``Successful`` item or the operation's messagebus error."""
+        future gets the entry's ``Successful`` item or the operation's messagebus error. A
+        publishing batch is sent again while the endpoint cannot be reached, for up to
+        ``publish_timeout``."""
         batcher = self._batchers.get((kind, target))
         if batcher is None:
             publishing = kind in ("send", "publish")
             operation = "".join(part.title() for part in _APIS[kind][1].split("_"))  # SendMessageBatch
             what = f"{operation} {'to' if publishing else 'on'} {target}"
             error = PublishError if publishing else ConsumeError
+            send = send or functools.partial(self.request, kind, target)
+            if publishing:
+                send = functools.partial(self._through_outage, send, what)
             batcher = self._batchers[(kind, target)] = Batcher(
-                functools.partial(_send_batch, send or functools.partial(self.request, kind, target), what, error),
+                functools.partial(_send_batch, send, what, error),
                 max_entries=10,
-                map_error=functools.partial(_batch_error, error, what),
+                map_error=functools.partial(errors.map, default=error, what=what),
                 max_bytes=MAX_WIRE_SIZE if publishing else None,
                 linger=0.0 if publishing else _ACK_LINGER,
                 sequential=self.options.fifo and publishing,
             )
         return batcher
+
+    async def _through_outage(self, send: Send, what: str, entries: list[Entry]) -> dict[str, Any]:
+        # An outage shorter than publish_timeout delays the publish, it does not fail it. A
+        # batch cut off after SQS stored it is stored twice (at least once); FIFO
+        # deduplication ids drop the copy.
+        return await Backoff(0.1, 2.0).retry_for(
+            self.options.publish_timeout,
+            lambda _: send(entries),
+            transient=lambda exc: isinstance(exc, CONNECTION_ERRORS),
+            give_up=functools.partial(_batch_error, PublishError, what),
+            log=logger,
+            what=what,
+        )
 
 
 async def _send_batch(
@@ -175,7 +192,7 @@ async def _send_batch(
     lists; entries that failed on the server side (``SenderFault`` false) go again."""
     results: list[Entry | BaseException | None] = [None] * len(batch)
     todo = list(range(len(batch)))
-    backoff: Backoff | None = None
+    backoff = Backoff(0.1, 0.4, jitter=0.0)
     for attempt in range(_RETRIES + 1):
         response = await send([{**batch[i], "Id": str(i)} for i in todo])
         for ok in response.get("Successful", []):
@@ -192,14 +209,13 @@ async def _send_batch(
             break
         todo = again
         logger.info("%s: retrying %d entries after a server-side failure", what, len(todo))
-        backoff = backoff or Backoff(0.1, 0.4, jitter=0.0)
-        await asyncio.sleep(backoff.next())
+        await backoff.wait()
     return [error(f"{what}: the batch response did not mention this entry") if r is None else r for r in results]
 
 
-def _batch_error(error: type[TransportError], what: str, exc: Exception) -> BaseException:
+def _batch_error(error: type[TransportError], what: str, exc: Exception, _: bool) -> BaseException:
     mapped = errors.map(exc, error, what)
-    # Our own errors pass the map unchanged; each waiter needs its own object.
+    # Our own errors pass the map unchanged: a copy, as retry_for chains it to the original.
     return type(mapped)(str(mapped)) if mapped is exc and isinstance(mapped, MessageBusError) else mapped
 
 

@@ -76,11 +76,11 @@ class SqsConsumer(ConsumerBase):
     def start(self) -> None:
         """Start the workers, the fetch loop and the lease loop."""
         super().start()
-
-        def describe(exc: Exception) -> str:
-            return str(errors.map(exc, ConsumeError, f"receiving from {self.queue_url}"))
-
-        self.spawn(self.fetch_loop(self._fetch, describe_error=describe), name=f"sqs-poll-{self.name}", loop=True)
+        fetching = self.fetch_loop(
+            self._fetch,
+            describe_error=lambda exc: str(errors.map(exc, ConsumeError, f"receiving from {self.queue_url}")),
+        )
+        self.spawn(fetching, name=f"sqs-poll-{self.name}", loop=True)
         self.spawn(self._lease_loop(), name=f"sqs-visibility-{self.name}", loop=True)
 
     def describe(self) -> str:
@@ -176,7 +176,9 @@ class SqsConsumer(ConsumerBase):
             logger.warning(
                 "could not make %d unsettled messages of %s visible again (%s); they come back after "
                 "the visibility timeout",
-                *(len(failed), self.source, failed[0]),
+                len(failed),
+                self.source,
+                failed[0],
             )
 
     async def _set_visibility(self, delivery: Delivery, seconds: int) -> Entry:

@@ -5,6 +5,7 @@ first use, and again when a batch finds them missing (an emulator restarted with
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import re
@@ -15,12 +16,12 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from messagebus import MessageTooLarge, PublishError, UnsupportedFeature
-from messagebus.transports import Backoff, Batcher, Consumer, Destination, DestinationKind, OutgoingMessage
+from messagebus.transports import Batcher, Consumer, Destination, DestinationKind, OutgoingMessage
 
 from ._codec import MAX_BODY_SIZE, MAX_WIRE_SIZE, encode_message
 from ._connection import BatchKind, Connection, Entry
 from ._consuming import SqsConsumer
-from ._errors import CONNECTION_ERRORS, is_missing
+from ._errors import is_missing
 from ._options import SqsOptions
 from ._topology import is_topic, logical_queue
 
@@ -91,7 +92,7 @@ class Publisher:
         batchers: dict[Destination, Batcher[Entry, Entry]] = {}
         for destination, *_ in prepared:
             if destination not in batchers:
-                batchers[destination] = self._batcher(*await self._resolve(destination))
+                batchers[destination] = await self._batcher(destination)
         futures = [batchers[d].add(entry, size, ordered=keyed) for d, entry, size, keyed in prepared]
         results = await asyncio.gather(*futures, return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
@@ -103,43 +104,23 @@ class Publisher:
                 ) from first
             raise first
 
-    async def _resolve(self, destination: Destination) -> tuple[BatchKind, str, str]:
-        """The batch kind, target (topic ARN / queue URL) and logical name of ``destination``,
-        declaring it on first use. Concurrent first uses share one declaration."""
+    async def _batcher(self, destination: Destination) -> Batcher[Entry, Entry]:
+        """The batcher of ``destination``, declared on first use (concurrent first uses share
+        one declaration)."""
         topology = self._conn.require()
         topic = is_topic(destination)
         logical = destination.name if topic else logical_queue(destination)
         kind: BatchKind = "publish" if topic else "send"
-        known = topology.cached_topic(logical) if topic else topology.cached_queue(logical)
-        if known is not None:
-            return kind, known, logical
-        key = (kind, logical)
-        pending = self._resolving.get(key)
-        if pending is None:
-            declare = topology.topic_arn if topic else topology.queue_url
-            pending = self._resolving[key] = asyncio.ensure_future(self._conn.run(declare, logical))
-            pending.add_done_callback(lambda _: self._resolving.pop(key, None))
-        return kind, await asyncio.shield(pending), logical
-
-    def _batcher(self, kind: BatchKind, target: str, logical: str) -> Batcher[Entry, Entry]:
-        async def send(entries: list[Entry]) -> dict[str, Any]:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self._conn.options.publish_timeout
-            backoff = Backoff(0.1, 2.0)
-            while True:
-                try:
-                    return await self._send(kind, target, logical, entries)
-                except CONNECTION_ERRORS as exc:
-                    # An outage shorter than publish_timeout delays the publish, it does not fail
-                    # it. A batch cut off after SQS stored it is stored twice (at least once);
-                    # FIFO deduplication ids drop the copy.
-                    delay = min(backoff.next(), deadline - loop.time())
-                    if delay <= 0:
-                        raise
-                    logger.info("%s to %s: %s; sending again in %.1fs", kind, target, exc, delay)
-                    await asyncio.sleep(delay)
-
-        return self._conn.batcher(kind, target, send)
+        target = (topology.topics if topic else topology.queues).get(logical)
+        if target is None:
+            key = (kind, logical)
+            pending = self._resolving.get(key)
+            if pending is None:
+                declare = topology.topic_arn if topic else topology.queue_url
+                pending = self._resolving[key] = asyncio.ensure_future(self._conn.run(declare, logical))
+                pending.add_done_callback(lambda _: self._resolving.pop(key, None))
+            target = await asyncio.shield(pending)
+        return self._conn.batcher(kind, target, functools.partial(self._send, kind, target, logical))
 
     async def _send(self, kind: BatchKind, target: str, logical: str, entries: list[Entry]) -> dict[str, Any]:
         if kind == "publish":

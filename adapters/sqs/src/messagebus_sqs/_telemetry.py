@@ -8,28 +8,25 @@ from messagebus.transports import AttributeValue, Destination
 
 from ._topology import Topology, is_topic
 
-__all__ = ["SNS_SYSTEM", "SQS_SYSTEM", "consume_attributes", "publish_attributes", "system_for"]
+__all__ = ["SNS_SYSTEM", "SQS_SYSTEM", "consume_attributes", "publish_attributes"]
 
 SQS_SYSTEM = "aws_sqs"
 SNS_SYSTEM = "aws.sns"
 
 
-def system_for(destination: Destination) -> str:
-    """``messaging.system`` for publishing to ``destination``: SNS for topics, SQS for queues."""
-    return SNS_SYSTEM if is_topic(destination) else SQS_SYSTEM
-
-
 def publish_attributes(destination: Destination, topology: Topology | None) -> dict[str, AttributeValue]:
-    """Attributes of a publish span for ``destination`` (names from ``topology``'s cache)."""
-    attrs: dict[str, AttributeValue] = {"messaging.system": system_for(destination)}
+    """Attributes of a publish span for ``destination`` (names from ``topology``'s cache):
+    ``messaging.system`` is SNS for topics, SQS for queues."""
+    topic = is_topic(destination)
+    attrs: dict[str, AttributeValue] = {"messaging.system": SNS_SYSTEM if topic else SQS_SYSTEM}
     if topology is None:
         return attrs
-    if is_topic(destination):
-        arn = topology.cached_topic(destination.name)
+    if topic:
+        arn = topology.topics.get(destination.name)
         if arn:
             attrs["aws.sns.topic.arn"] = arn
     else:
-        url = topology.cached_queue(destination.name)
+        url = topology.queues.get(destination.name)
         if url:
             attrs["aws.sqs.queue.url"] = url
     return attrs

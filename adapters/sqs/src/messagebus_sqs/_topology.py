@@ -26,14 +26,17 @@ _FIFO = ".fifo"
 
 def queue_name(logical: str, *, prefix: str = "", fifo: bool = False) -> str:
     """Physical SQS queue name for a logical queue (or ``topic.group``) name. Pure."""
-    budget = 80 - len(prefix) - (len(_FIFO) if fifo else 0)
-    return prefix + sanitize_name(logical, max_length=budget) + (_FIFO if fifo else "")
+    return _physical(logical, prefix, fifo, 80)
 
 
 def topic_name(logical: str, *, prefix: str = "", fifo: bool = False) -> str:
     """Physical SNS topic name for a logical topic name. Pure."""
-    budget = 256 - len(prefix) - (len(_FIFO) if fifo else 0)
-    return prefix + sanitize_name(logical, max_length=budget) + (_FIFO if fifo else "")
+    return _physical(logical, prefix, fifo, 256)
+
+
+def _physical(logical: str, prefix: str, fifo: bool, max_length: int) -> str:
+    suffix = _FIFO if fifo else ""
+    return prefix + sanitize_name(logical, max_length=max_length - len(prefix) - len(suffix)) + suffix
 
 
 def is_topic(destination: Destination) -> bool:
@@ -44,8 +47,6 @@ def is_topic(destination: Destination) -> bool:
 def logical_queue(destination: Destination) -> str:
     """The logical queue name a destination is consumed from (``topic.group`` or the queue)."""
     if destination.kind is DestinationKind.TOPIC:
-        if not destination.group:
-            raise TopologyError(f"subscribing to topic {destination.name!r} needs a group")
         return f"{destination.name}.{destination.group}"
     return destination.name
 
@@ -71,7 +72,8 @@ class Topology:
     """Declares and caches topics, queues and subscriptions. Thread-safe (called from the pool).
 
     Every declaration is idempotent on AWS, so concurrent first uses of one name are fine;
-    the caches only save requests.
+    the caches (:attr:`queues`: logical name -> URL, :attr:`topics`: -> ARN; read-only for
+    others) only save requests.
     """
 
     def __init__(self, sqs: Any, sns: Any, *, queue_prefix: str, topic_prefix: str, fifo: bool) -> None:
@@ -81,26 +83,18 @@ class Topology:
         self._topic_prefix = topic_prefix
         self.fifo = fifo
         self._lock = threading.Lock()
-        self._queues: dict[str, str] = {}
-        self._topics: dict[str, str] = {}
+        self.queues: dict[str, str] = {}
+        self.topics: dict[str, str] = {}
         self._subscribed: set[tuple[str, str]] = set()
-
-    def cached_queue(self, logical: str) -> str | None:
-        """The queue URL if already declared, else ``None``."""
-        return self._queues.get(logical)
-
-    def cached_topic(self, logical: str) -> str | None:
-        """The topic ARN if already declared, else ``None``."""
-        return self._topics.get(logical)
 
     def queue_url(self, logical: str, *, fresh: bool = False) -> str:
         """Create (if needed) the queue for ``logical`` and return its URL; ``fresh`` declares it
         again even if cached (it was found missing). Raises TopologyError."""
         if fresh:
             with self._lock:
-                self._queues.pop(logical, None)
+                self.queues.pop(logical, None)
                 self._subscribed = {s for s in self._subscribed if f"{s[0]}.{s[1]}" != logical}
-        url = self._queues.get(logical)
+        url = self.queues.get(logical)
         if url is not None:
             return url
         name = queue_name(logical, prefix=self._queue_prefix, fifo=self.fifo)
@@ -119,7 +113,7 @@ class Topology:
         except Exception as exc:
             raise errors.map(exc, TopologyError, f"declaring SQS queue {name!r} (for {logical!r})") from exc
         with self._lock:
-            self._queues[logical] = url
+            self.queues[logical] = url
         return url
 
     def topic_arn(self, logical: str, *, fresh: bool = False) -> str:
@@ -127,9 +121,9 @@ class Topology:
         it (and later its subscriptions) again even if cached. Raises TopologyError."""
         if fresh:
             with self._lock:
-                self._topics.pop(logical, None)
+                self.topics.pop(logical, None)
                 self._subscribed = {s for s in self._subscribed if s[0] != logical}
-        arn = self._topics.get(logical)
+        arn = self.topics.get(logical)
         if arn is not None:
             return arn
         name = topic_name(logical, prefix=self._topic_prefix, fifo=self.fifo)
@@ -139,7 +133,7 @@ class Topology:
         except Exception as exc:
             raise errors.map(exc, TopologyError, f"declaring SNS topic {name!r} (for {logical!r})") from exc
         with self._lock:
-            self._topics[logical] = arn
+            self.topics[logical] = arn
         return arn
 
     def subscription_queue(self, topic: str, group: str, *, fresh: bool = False) -> tuple[str, str]:
@@ -158,8 +152,6 @@ class Topology:
             if policy is not None:
                 self._sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": policy})
             self._subscribe(arn, queue_arn)
-        except TopologyError:
-            raise
         except Exception as exc:
             raise errors.map(exc, TopologyError, what) from exc
         with self._lock:

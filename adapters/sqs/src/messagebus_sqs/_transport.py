@@ -81,7 +81,6 @@ class SqsTransport(TransportBase[SqsOptions]):
 
     async def open_consumer(self, source: Destination, handler: DeliveryHandler, concurrency: int) -> Consumer:
         """Declare the queue of ``source`` and start polling it."""
-        self.connection.require()
         consumer = SqsConsumer(self.connection, source, handler, concurrency)
         await consumer.declare()
         consumer.start()
