@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from redis import exceptions as rex
@@ -60,7 +61,8 @@ class RedisConsumer(ConsumerBase):
 
     def __init__(self, conn: Connection, source: Destination, handler: DeliveryHandler, concurrency: int) -> None:
         self.names = names = names_for(source, conn.options.prefix)
-        super().__init__(handler, concurrency, name=f"{names.stream}/{names.group}", log=logger)
+        capacity = max(concurrency, conn.options.prefetch)
+        super().__init__(handler, concurrency, name=f"{names.stream}/{names.group}", log=logger, capacity=capacity)
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._conn = conn
         self._options = o = conn.options
@@ -71,7 +73,8 @@ class RedisConsumer(ConsumerBase):
         self._vis_ms = int(o.visibility_timeout * 1000)
         self._tick_seconds = min(1.0, o.visibility_timeout / 3)
         self._tick = asyncio.Event()
-        self._inflight: set[tuple[str, str]] = set()
+        self._inflight: set[tuple[str, str]] = set()  # delivered, not settled: renewed each tick
+        self._unacked: set[tuple[str, str]] = set()  # handled, ack failed: acked again each tick
         self._deletes = {names.retry} | ({names.stream} if names.queue else set())
         self._redeliver = client.register_script(REDELIVER)
         self._move_due = client.register_script(DUE)
@@ -93,12 +96,22 @@ class RedisConsumer(ConsumerBase):
         """The stream and group, for messages."""
         return f"Redis stream {self.names.stream!r} (group {self.names.group!r})"
 
-    def settle_ack(self, delivery: Delivery) -> Awaitable[None]:
-        """XACK the entry (and XDEL it from a stream only this group reads), batched with the
-        acks of other handlers finishing in the same loop turn."""
+    def settle_ack(self, delivery: Delivery) -> None:
+        """XACK the entry (and XDEL it from a stream only this group reads) in the background,
+        batched with the acks of the same loop turn; :meth:`close` sends the last ones. An ack
+        that fails leaves the entry pending: it is claimed again after ``visibility_timeout``
+        (a duplicate, never a loss)."""
         entry: RedisEntry = delivery.native
-        self._inflight.discard((entry.stream, entry.id))
-        return self._acks.add((entry.stream, entry.id))
+        ref = (entry.stream, entry.id)
+        self._inflight.discard(ref)
+        self._acks.add(ref).add_done_callback(functools.partial(self._acked, ref))
+
+    def _acked(self, ref: tuple[str, str], done: asyncio.Future[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            # Sent again by the tick (XACK is idempotent) before anyone claims it: a cut
+            # connection does not turn handled entries into duplicates.
+            self._unacked.add(ref)
+            self.log.debug("%s; acking again on the next tick", done.exception())
 
     async def settle_redeliver(self, delivery: Delivery, delay: float, headers: Mapping[str, str]) -> None:
         """Copy the entry, with ``attempt + 1`` and ``headers``, to the retry stream or the due
@@ -191,6 +204,7 @@ class RedisConsumer(ConsumerBase):
         while not self.stopping.is_set():
             wait = self._tick_seconds
             try:
+                await self._ack_again()
                 await self._extend()
                 await self._claim()
                 _, next_ms = await self._move_due(keys=[self.names.due, self.names.retry], args=[500])
@@ -204,11 +218,17 @@ class RedisConsumer(ConsumerBase):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._tick.wait(), wait)
 
+    async def _ack_again(self) -> None:
+        if self._unacked:
+            refs = list(self._unacked)
+            await self._ack_batch(refs)
+            self._unacked.difference_update(refs)
+
     async def _extend(self) -> None:
-        """Reset the idle time of every entry a handler still holds (XCLAIM JUSTID: no new
-        delivery is counted), so no other consumer claims it."""
+        """Reset the idle time of every entry this consumer holds or has handled but not yet
+        acked (XCLAIM JUSTID: no new delivery is counted), so no other consumer claims it."""
         by_stream: dict[str, list[str]] = {}
-        for stream, entry_id in list(self._inflight):
+        for stream, entry_id in self._inflight | self._unacked:
             by_stream.setdefault(stream, []).append(entry_id)
         for stream, ids in by_stream.items():
             await self._client.xclaim(stream, self.names.group, self.consumer, 0, ids, justid=True)
@@ -223,7 +243,8 @@ class RedisConsumer(ConsumerBase):
             group = self.names.group
             pending = await self._client.xpending_range(stream, group, "-", "+", room, idle=self._vis_ms)
             counts = {p["message_id"]: p["times_delivered"] for p in pending}
-            ids = [i for i in counts if (stream, i.decode()) not in self._inflight]
+            held = self._inflight | self._unacked
+            ids = [i for i in counts if (stream, i.decode()) not in held]
             if not ids:
                 continue
             claimed = await self._client.xclaim(stream, group, self.consumer, self._vis_ms, ids)
@@ -249,6 +270,8 @@ class RedisConsumer(ConsumerBase):
         for this consumer (a read whose reply never arrived) claimable by the others at once;
         forget the consumer name when it holds nothing."""
         await self._acks.drain()
+        with contextlib.suppress(Exception):
+            await self._ack_again()
         with contextlib.suppress(Exception):
             await self._reader.aclose()
         n, client = self.names, self._client

@@ -28,6 +28,7 @@ class RedisOptions(TransportOptions):
     visibility_timeout: float = Field(
         30.0, ge=0.5, le=86_400, description="seconds a delivered, unsettled entry stays with its consumer"
     )
+    prefetch: int = Field(100, ge=1, le=10_000, description="most entries a consumer holds, queued and running")
     block_time: float = Field(1.0, gt=0, le=60, description="seconds one XREADGROUP waits for new entries")
     socket_timeout: float = Field(10.0, gt=0, le=600, description="seconds to wait for a reply")
     connect_timeout: float = Field(10.0, gt=0, le=600, description="seconds connect() keeps trying")
