@@ -99,7 +99,11 @@ async def raw_rabbitmq(url: str, n: int) -> tuple[float, float]:
         await connection.close()
 
 
-async def raw_kafka(url: str, n: int) -> tuple[float, float]:
+async def raw_kafka(url: str, n: int, *, loop: bool = False) -> tuple[float, float]:
+    """``loop=False``: ``send_and_wait``, then ``getone`` and an awaited ``commit`` in the same
+    task. ``loop=True``: the shape of a service (and of messagebus): a consumer task runs a
+    ``getmany`` loop and commits in the background after the handler, while another task
+    publishes."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -117,17 +121,39 @@ async def raw_kafka(url: str, n: int) -> tuple[float, float]:
     await consumer.start()
     try:
         counter = iter(range(1 << 30))
+        arrived: asyncio.Queue[bytes | None] = asyncio.Queue()
+        commits: set[asyncio.Task[None]] = set()
+
+        async def consume() -> None:
+            while True:
+                batch = await consumer.getmany(timeout_ms=500)
+                for tp, records in batch.items():
+                    for record in records:
+                        arrived.put_nowait(record.value)
+                    task = asyncio.ensure_future(consumer.commit({tp: records[-1].offset + 1}))
+                    commits.add(task)
+                    task.add_done_callback(commits.discard)
 
         async def one() -> None:
             body = str(next(counter)).encode()
             await producer.send_and_wait(topic, body)
+            if loop:
+                while await asyncio.wait_for(arrived.get(), 30) != body:
+                    pass
+                return
             while True:
                 record = await asyncio.wait_for(consumer.getone(), 30)
                 await consumer.commit()
                 if record.value == body:
                     return
 
-        return await measure(n, one)
+        consuming = asyncio.ensure_future(consume()) if loop else None
+        try:
+            return await measure(n, one)
+        finally:
+            if consuming is not None:
+                consuming.cancel()
+                await asyncio.gather(consuming, *commits, return_exceptions=True)
     finally:
         await consumer.stop()
         await producer.stop()
@@ -157,9 +183,13 @@ async def run(names: list[str], n: int) -> str:
 
         with tansu() as url:
             raw = await raw_kafka(url, n)
-            lines.append(row("raw aiokafka (send_and_wait, getone, commit)", raw, None))
+            lines.append(row("raw aiokafka (send_and_wait, getone, awaited commit)", raw, None))
+            raw_loop = await raw_kafka(url, n, loop=True)
+            lines.append(row("raw aiokafka (consumer task: getmany loop, commit after handler)", raw_loop, raw))
             # Tansu's memory storage has no idempotent producer; every other option is the default.
             lines.append(row("messagebus kafka://", await bus_latency(url + "?idempotence=false", n), raw))
+            short = await bus_latency(url + "?idempotence=false&fetch_max_wait_ms=5", n)
+            lines.append(row("messagebus kafka:// ?fetch_max_wait_ms=5", short, raw))
     return "\n".join(lines)
 
 
