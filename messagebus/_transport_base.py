@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from typing import ClassVar, Generic, Protocol, Self
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar, get_args, get_origin
 
 from ._config import OptionsT, TransportURL, parse_options
 from ._consumer import check_concurrency
@@ -43,13 +43,23 @@ class Publishing(Protocol):
         ...
 
 
-class TransportBase(Generic[OptionsT]):
+ConnectionT = TypeVar("ConnectionT", bound=Connecting)
+PublisherT = TypeVar("PublisherT", bound=Publishing)
+
+
+class TransportBase(Generic[OptionsT, ConnectionT, PublisherT]):
     """Base of an adapter's :class:`~messagebus.transports.Transport`.
 
-    A subclass sets :attr:`schemes`, :attr:`messaging_system` and :attr:`options_type`,
-    builds ``capabilities``, ``connection`` and ``publisher`` in ``__init__`` (after calling
-    this one), and implements :meth:`open_consumer`. It may override :meth:`load_options`
-    (URL checks, userinfo, cross-field rules) and :meth:`teardown`.
+    A subclass names its options, connection and publisher types as the generic arguments
+    and its URL schemes and ``messaging.system`` as class keywords::
+
+        class MyTransport(TransportBase[MyOptions, Connection, Publisher], schemes=("my",), system="my"):
+            def build(self) -> tuple[Capabilities, Connection, Publisher]: ...
+            async def open_consumer(self, source, handler, concurrency) -> Consumer: ...
+
+    :meth:`build` makes the broker parts once the options are known. A subclass may
+    override :meth:`load_options` (URL checks, userinfo, cross-field rules) and
+    :meth:`teardown`.
 
     Use from one event loop; ``publish`` may be called concurrently from many tasks.
     ``connect`` and ``close`` are idempotent; ``publish`` and ``subscribe`` before
@@ -65,8 +75,18 @@ class TransportBase(Generic[OptionsT]):
     options_type: ClassVar[type]
 
     capabilities: Capabilities
-    connection: Connecting
-    publisher: Publishing
+    connection: ConnectionT
+    publisher: PublisherT
+
+    def __init_subclass__(cls, *, schemes: tuple[str, ...] | None = None, system: str | None = None, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if schemes is not None:
+            cls.schemes = schemes
+        if system is not None:
+            cls.messaging_system = system
+        for base in getattr(cls, "__orig_bases__", ()):
+            if get_origin(base) is TransportBase:
+                cls.options_type = get_args(base)[0]
 
     def __init__(self, url: TransportURL, options: OptionsT | None = None) -> None:
         """Validate ``url`` (and its options unless ``options`` are given) without I/O.
@@ -78,6 +98,12 @@ class TransportBase(Generic[OptionsT]):
         self.url = url
         self.options: OptionsT = loaded if options is None else options
         self.consumers: weakref.WeakSet[Consumer] = weakref.WeakSet()
+        self.capabilities, self.connection, self.publisher = self.build()
+
+    def build(self) -> tuple[Capabilities, ConnectionT, PublisherT]:
+        """The transport's capabilities, connection and publisher for ``self.url`` and
+        ``self.options`` (called once by the constructor; no I/O)."""
+        raise NotImplementedError
 
     @classmethod
     def from_url(cls, url: TransportURL | str) -> Self:

@@ -21,7 +21,7 @@ from ._telemetry import MESSAGING_SYSTEM
 __all__ = ["KafkaTransport"]
 
 
-class KafkaTransport(TransportBase[KafkaOptions]):
+class KafkaTransport(TransportBase[KafkaOptions, Connection, Publisher], schemes=("kafka",), system=MESSAGING_SYSTEM):
     """A Kafka connection for one :class:`~messagebus.Bus`, built on aiokafka; URLs
     ``kafka://[user:password@]host[:port][,host2[:port]...][?options]``.
 
@@ -33,19 +33,15 @@ class KafkaTransport(TransportBase[KafkaOptions]):
     it was never committed (a crash, a rebalance, a cancelled handler) keeps its attempt.
     """
 
-    schemes = ("kafka",)
-    messaging_system = MESSAGING_SYSTEM
-    options_type = KafkaOptions
-    connection: Connection
-    publisher: Publisher
-
-    def __init__(self, url: TransportURL, options: KafkaOptions | None = None) -> None:
-        super().__init__(url, options)
-        self.capabilities = Capabilities(
-            max_message_size=self.options.max_request_size - HEADER_ROOM,
+    def build(self) -> tuple[Capabilities, Connection, Publisher]:
+        """Capabilities (every guarantee; the largest body fits ``max_request_size``), the
+        connection and the publisher."""
+        connection = Connection(self.url, self.options)
+        return (
+            Capabilities(max_message_size=self.options.max_request_size - HEADER_ROOM),
+            connection,
+            Publisher(connection),
         )
-        self.connection = Connection(url, self.options)
-        self.publisher = Publisher(self.connection)
 
     @classmethod
     def load_options(cls, url: TransportURL) -> KafkaOptions:

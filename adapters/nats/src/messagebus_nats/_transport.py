@@ -13,7 +13,7 @@ from ._telemetry import MESSAGING_SYSTEM
 __all__ = ["NatsTransport"]
 
 
-class NatsTransport(TransportBase[NatsOptions]):
+class NatsTransport(TransportBase[NatsOptions, Connection, Publisher], schemes=SCHEMES, system=MESSAGING_SYSTEM):
     """A NATS JetStream connection for one :class:`~messagebus.Bus`; URLs
     ``nats://[user:password@|token@]host[:port][,host2...][?options]`` and ``nats+tls://``.
 
@@ -25,15 +25,9 @@ class NatsTransport(TransportBase[NatsOptions]):
     redeliveries (ack_wait ran out, a hand-back at stop).
     """
 
-    schemes = SCHEMES
-    messaging_system = MESSAGING_SYSTEM
-    options_type = NatsOptions
-    connection: Connection
-    publisher: Publisher
-
-    def __init__(self, url: TransportURL, options: NatsOptions | None = None) -> None:
-        super().__init__(url, options)
-        self.capabilities = Capabilities(
+    def build(self) -> tuple[Capabilities, Connection, Publisher]:
+        """Capabilities (persistent with file storage), the connection and the publisher."""
+        capabilities = Capabilities(
             ordering=True,
             ordering_across_instances=False,  # competing pulls of one durable take any key
             native_delay=True,  # a retry waits as a held copy or a delayed NAK: nothing queues behind it
@@ -42,8 +36,8 @@ class NatsTransport(TransportBase[NatsOptions]):
             max_message_size=self.options.max_message_size,
             network=True,
         )
-        self.connection = Connection(url, self.options)
-        self.publisher = Publisher(self.connection)
+        connection = Connection(self.url, self.options)
+        return capabilities, connection, Publisher(connection)
 
     @classmethod
     def load_options(cls, url: TransportURL) -> NatsOptions:

@@ -15,7 +15,9 @@ from ._topology import names_for
 __all__ = ["PubSubTransport"]
 
 
-class PubSubTransport(TransportBase[PubSubOptions]):
+class PubSubTransport(
+    TransportBase[PubSubOptions, Connection, Publisher], schemes=("pubsub",), system=MESSAGING_SYSTEM
+):
     """A Google Cloud Pub/Sub connection for one :class:`~messagebus.Bus`, on the asyncio
     clients of google-cloud-pubsub; URLs ``pubsub://PROJECT[?options]``.
 
@@ -29,26 +31,20 @@ class PubSubTransport(TransportBase[PubSubOptions]):
     by Pub/Sub itself (an expired lease, a hand-back at stop) keeps the attempt it had.
     """
 
-    schemes = ("pubsub",)
-    messaging_system = MESSAGING_SYSTEM
-    options_type = PubSubOptions
-    connection: Connection
-    publisher: Publisher
-
-    def __init__(self, url: TransportURL, options: PubSubOptions | None = None) -> None:
-        super().__init__(url, options)
-        self.connection = Connection(project_of(url), emulator_of(self.options, url), self.options)
-        self.publisher = Publisher(self.connection)
-        self.capabilities = Capabilities(
+    def build(self) -> tuple[Capabilities, Connection, Publisher]:
+        """Capabilities (persistence only on the real service), the clients, the publisher."""
+        connection = Connection(project_of(self.url), emulator_of(self.options, self.url), self.options)
+        capabilities = Capabilities(
             ordering=self.options.ordering,
             # Not shown to hold: on the emulator, when an instance leaves its group, the next
             # message of a key reached another instance before the one it had taken
             # (docs/faults.md, finding 6). Order within one instance holds.
             ordering_across_instances=False,
             # Pub/Sub stores messages durably; the emulator keeps them in memory only.
-            persistence=self.connection.emulator_host is None,
+            persistence=connection.emulator_host is None,
             max_message_size=MAX_BODY,
         )
+        return capabilities, connection, Publisher(connection)
 
     @classmethod
     def load_options(cls, url: TransportURL) -> PubSubOptions:

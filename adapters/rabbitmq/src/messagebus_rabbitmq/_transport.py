@@ -22,7 +22,9 @@ from ._telemetry import MESSAGING_SYSTEM
 __all__ = ["RabbitMQTransport"]
 
 
-class RabbitMQTransport(TransportBase[RabbitMQOptions]):
+class RabbitMQTransport(
+    TransportBase[RabbitMQOptions, Connection, Publisher], schemes=("amqp", "amqps"), system=MESSAGING_SYSTEM
+):
     """The messagebus transport for ``amqp://user:password@host:port/vhost?option=value``
     and ``amqps://`` URLs, on one supervised connection.
 
@@ -41,21 +43,15 @@ class RabbitMQTransport(TransportBase[RabbitMQOptions]):
     with ``attempt + 1``).
     """
 
-    schemes = ("amqp", "amqps")
-    messaging_system = MESSAGING_SYSTEM
-    options_type = RabbitMQOptions
-    connection: Connection
-    publisher: Publisher
-
-    def __init__(self, url: TransportURL, options: RabbitMQOptions | None = None) -> None:
-        super().__init__(url, options)
-        self.capabilities = Capabilities(
+    def build(self) -> tuple[Capabilities, Connection, Publisher]:
+        """Capabilities, the supervised connection and the confirming publisher."""
+        capabilities = Capabilities(
             # No partitions: competing consumers of one queue each take messages of any key.
             ordering_across_instances=False,
             max_message_size=self.options.max_message_size,
         )
-        self.connection = Connection(url, self.options)
-        self.publisher = Publisher(self.connection)
+        connection = Connection(self.url, self.options)
+        return capabilities, connection, Publisher(connection)
 
     @classmethod
     def load_options(cls, url: TransportURL) -> RabbitMQOptions:

@@ -13,7 +13,9 @@ from ._telemetry import MESSAGING_SYSTEM
 __all__ = ["RedisTransport"]
 
 
-class RedisTransport(TransportBase[RedisOptions]):
+class RedisTransport(
+    TransportBase[RedisOptions, Connection, Publisher], schemes=("redis", "rediss"), system=MESSAGING_SYSTEM
+):
     """A Redis connection for one :class:`~messagebus.Bus`; URLs
     ``redis[s]://[[user]:password@]host[:port][/db][?options]``.
 
@@ -25,15 +27,9 @@ class RedisTransport(TransportBase[RedisOptions]):
     that held it past ``visibility_timeout`` each count one more.
     """
 
-    schemes = ("redis", "rediss")
-    messaging_system = MESSAGING_SYSTEM
-    options_type = RedisOptions
-    connection: Connection
-    publisher: Publisher
-
-    def __init__(self, url: TransportURL, options: RedisOptions | None = None) -> None:
-        super().__init__(url, options)
-        self.capabilities = Capabilities(
+    def build(self) -> tuple[Capabilities, Connection, Publisher]:
+        """Capabilities, the connection pool and the publisher."""
+        capabilities = Capabilities(
             ordering=True,  # one consumer runs a key's messages one at a time, in stream order
             # Consumers of one group each take entries of any key: no order between them.
             ordering_across_instances=False,
@@ -43,8 +39,8 @@ class RedisTransport(TransportBase[RedisOptions]):
             max_message_size=self.options.max_message_size,
             network=True,
         )
-        self.connection = Connection(url, self._db, self.options)
-        self.publisher = Publisher(self.connection)
+        connection = Connection(self.url, self._db, self.options)
+        return capabilities, connection, Publisher(connection)
 
     @classmethod
     def load_options(cls, url: TransportURL) -> RedisOptions:

@@ -24,7 +24,7 @@ from ._telemetry import SQS_SYSTEM, publish_attributes
 __all__ = ["SqsTransport"]
 
 
-class SqsTransport(TransportBase[SqsOptions]):
+class SqsTransport(TransportBase[SqsOptions, Connection, Publisher], schemes=("sqs",), system=SQS_SYSTEM):
     """A connection to AWS SQS/SNS for one :class:`~messagebus.Bus`, built on boto3; URLs
     ``sqs://?region=...[&endpoint_url=...][&options]``: SNS topics fanning out to one SQS
     queue per group, plain SQS queues for work queues (the README has the full mapping).
@@ -43,17 +43,11 @@ class SqsTransport(TransportBase[SqsOptions]):
     ``ApproximateReceiveCount``: broker redeliveries count.
     """
 
-    schemes = ("sqs",)
-    messaging_system = SQS_SYSTEM
-    options_type = SqsOptions
-    connection: Connection
-    publisher: Publisher
-
-    def __init__(self, url: TransportURL, options: SqsOptions | None = None) -> None:
-        super().__init__(url, options)
-        self.capabilities = Capabilities(ordering=self.options.fifo, max_message_size=MAX_BODY_SIZE)
-        self.connection = Connection(self.options)
-        self.publisher = Publisher(self.connection, self.consumers)
+    def build(self) -> tuple[Capabilities, Connection, Publisher]:
+        """Capabilities (ordered only with ``fifo``), the clients' connection, the publisher."""
+        connection = Connection(self.options)
+        capabilities = Capabilities(ordering=self.options.fifo, max_message_size=MAX_BODY_SIZE)
+        return capabilities, connection, Publisher(connection, self.consumers)
 
     @classmethod
     def load_options(cls, url: TransportURL) -> SqsOptions:

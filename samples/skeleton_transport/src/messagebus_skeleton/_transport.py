@@ -27,7 +27,9 @@ from ._topology import declare
 __all__ = ["SkeletonTransport"]
 
 
-class SkeletonTransport(TransportBase[SkeletonOptions]):
+class SkeletonTransport(
+    TransportBase[SkeletonOptions, Connection, Publisher], schemes=(SCHEME,), system=MESSAGING_SYSTEM
+):
     """The messagebus transport for ``skeleton:///path/to/broker.db`` (a SQLite file that
     any number of processes share).
 
@@ -38,15 +40,9 @@ class SkeletonTransport(TransportBase[SkeletonOptions]):
     included.
     """
 
-    schemes = (SCHEME,)
-    messaging_system = MESSAGING_SYSTEM
-    options_type = SkeletonOptions
-    connection: Connection
-    publisher: Publisher
-
-    def __init__(self, url: TransportURL, options: SkeletonOptions | None = None) -> None:
-        super().__init__(url, options)
-        self.capabilities = Capabilities(
+    def build(self) -> tuple[Capabilities, Connection, Publisher]:
+        """Capabilities (a local file: no network), the database connection, the publisher."""
+        capabilities = Capabilities(
             ordering=True,  # the oldest message of a key is the only one of it that can be received
             native_delay=True,  # a redelivery's delay is its visibility time: nothing waits behind it
             persistence=True,  # a committed row survives any process
@@ -54,8 +50,8 @@ class SkeletonTransport(TransportBase[SkeletonOptions]):
             max_message_size=self.options.max_message_size,
             network=False,  # a local file: no connection a proxy could cut
         )
-        self.connection = Connection(parse_url(url)[0], self.options)
-        self.publisher = Publisher(self.connection)
+        connection = Connection(parse_url(self.url)[0], self.options)
+        return capabilities, connection, Publisher(connection)
 
     @classmethod
     def load_options(cls, url: TransportURL) -> SkeletonOptions:
