@@ -130,7 +130,7 @@ broker = RedisBroker(url, logger=None)
 state = {"n": 0, "first": 0.0, "last": 0.0, "cpu_first": 0.0, "cpu_last": 0.0}
 done = asyncio.Event()
 
-@broker.subscriber(stream=StreamSub(stream, group="fs", consumer="c1", batch=False, max_records=100))
+@broker.subscriber(stream=StreamSub(stream, group="fs", consumer="c1", max_records=100, last_id="0"))
 async def handle(data: dict) -> None:
     if state["n"] == 0:
         state["first"], state["cpu_first"] = time.perf_counter(), time.process_time()
