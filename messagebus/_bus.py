@@ -25,7 +25,7 @@ from ._observability import default_consume_middleware, default_publish_middlewa
 from ._retry import Retry
 from ._serialization import encode, type_name
 from ._settle import Settler
-from ._transport import Consumer, PublishAttributes, Transport
+from ._transport import Consumer, PublishAttributes, ReadyConsumer, Transport
 
 __all__ = ["Bus", "BusState"]
 
@@ -68,8 +68,12 @@ class Bus:
     still running ``slow_handler_warning`` seconds after it started is logged once as a
     warning naming the destination, group and message id (``None`` turns that off); the
     check runs every half of that, so the warning comes at most half as late again.
-    Raises :class:`ConfigurationError` for a ``retry`` that is not a :class:`Retry` or a
-    ``slow_handler_warning`` that is not a positive number.
+    :meth:`start` returns once every consumer receives messages, waiting at most
+    ``ready_timeout`` seconds for consumers that can tell (a Kafka group join takes seconds);
+    past it, it logs a warning naming those not ready and returns (they go on joining, and
+    what is published meanwhile is not lost). Raises :class:`ConfigurationError` for a
+    ``retry`` that is not a :class:`Retry`, or a ``slow_handler_warning`` or
+    ``ready_timeout`` that is not a positive number.
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class Bus:
         publish_middleware: Iterable[PublishMiddleware] = (),
         url: TransportURL | None = None,
         slow_handler_warning: float | None = 60.0,
+        ready_timeout: float = 30.0,
     ) -> None:
         self.service = validate_name(service, "service")
         self.transport = transport
@@ -102,6 +107,9 @@ class Bus:
                 f"got {slow_handler_warning!r}"
             )
         self._slow_handler_warning = slow_handler_warning
+        if isinstance(ready_timeout, bool) or not isinstance(ready_timeout, int | float) or not ready_timeout > 0:
+            raise ConfigurationError(f"ready_timeout must be a number of seconds > 0, got {ready_timeout!r}")
+        self._ready_timeout = float(ready_timeout)
         self._url = url
         system = transport.messaging_system
         server = self._telemetry_server()
@@ -251,11 +259,33 @@ class Bus:
                 )
                 consumer = await self.transport.subscribe(reg.source, settler.handle, concurrency=reg.concurrency)
                 self._consumers.append(consumer)
+            await self._wait_ready()
         except BaseException:
             await self._shutdown(0.0)
             self._state = BusState.NEW
             raise
         self._state = BusState.RUNNING
+
+    async def _wait_ready(self) -> None:
+        # All at once: joins run in parallel, so start() takes one join, not one per handler.
+        waiting = {
+            asyncio.ensure_future(consumer.ready()): reg.source
+            for reg, consumer in zip(self._registrations, self._consumers, strict=True)
+            if isinstance(consumer, ReadyConsumer)
+        }
+        if not waiting:
+            return
+        _, pending = await asyncio.wait(waiting, timeout=self._ready_timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            names = ", ".join(sorted(str(waiting[task]) for task in pending))
+            logger.warning(
+                "bus %s started before these subscriptions were ready (still joining after %.0fs): %s",
+                self.service,
+                self._ready_timeout,
+                names,
+            )
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop fetching, let in-flight handlers finish and settle for up to ``grace``

@@ -26,6 +26,7 @@ __all__ = [
     "DeliveryHandler",
     "DeliveryLike",
     "PublishAttributes",
+    "ReadyConsumer",
     "Transport",
     "TransportFactory",
 ]
@@ -124,6 +125,18 @@ class Consumer(Protocol):
     async def stop(self, grace: float) -> None:
         """Stop fetching; wait up to ``grace`` seconds for in-flight handler calls; cancel the
         rest. Every delivery not settled by then is left for redelivery. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class ReadyConsumer(Protocol):
+    """Optional capability of a :class:`Consumer`: it can tell when it receives messages
+    (a Kafka group joined and its partitions assigned). ``Bus.start`` waits for it, bounded
+    by ``ready_timeout``; consumers without it count as ready when ``subscribe`` returns."""
+
+    async def ready(self) -> None:
+        """Return once the consumer receives messages. Cancellable; never raises otherwise;
+        may be awaited any number of times."""
         ...
 
 

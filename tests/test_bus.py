@@ -27,6 +27,7 @@ from messagebus import (
 )
 from messagebus.middleware import HandlerTimeout, timeout
 from messagebus.testing import Collector, MemoryBroker, wait_idle
+from messagebus.transports.memory import MemoryTransport
 
 BusFactory = Callable[..., Bus]
 
@@ -456,3 +457,70 @@ def test_broker_outlives_event_loops(memory_url: str, memory_broker: MemoryBroke
     asyncio.run(produce())
     assert memory_broker.pending("jobs") == 1
     assert asyncio.run(consume()) == [7]
+
+
+class _JoiningConsumer:
+    """A memory:// consumer that says it is ready only when the test lets it (a Kafka join)."""
+
+    def __init__(self, inner: Any, transport: "_JoiningTransport") -> None:
+        self.inner = inner
+        self.transport = transport
+
+    async def ready(self) -> None:
+        self.transport.asked += 1
+        if self.transport.asked == 2:
+            self.transport.both_asked.set()
+        await self.transport.joined.wait()
+
+    async def stop(self, grace: float) -> None:
+        await self.inner.stop(grace)
+
+
+class _JoiningTransport(MemoryTransport):
+    def __init__(self, joined: asyncio.Event) -> None:
+        super().__init__(MemoryBroker())
+        self.joined = joined
+        self.asked = 0
+        self.both_asked = asyncio.Event()
+
+    async def subscribe(self, source: Any, handler: Any, *, concurrency: int) -> Any:
+        return _JoiningConsumer(await super().subscribe(source, handler, concurrency=concurrency), self)
+
+
+async def test_start_returns_only_when_every_consumer_is_ready() -> None:
+    """Bug caught: start() returning while a Kafka group is still joining, so a script that
+    publishes right after start and stops soon sees nothing handled (issue 15). Both
+    subscriptions are made before waiting (joins run in parallel, not one after another)."""
+    joined = asyncio.Event()
+    transport = _JoiningTransport(joined)
+    bus = Bus(transport, service="ready")
+    bus.consume("ready.a")(_noop)
+    bus.consume("ready.b")(_noop)
+    starting = asyncio.ensure_future(bus.start())
+    await asyncio.wait_for(transport.both_asked.wait(), 5)  # both asked before either is ready
+    assert not starting.done(), "start() returned before the consumers were ready"
+    joined.set()
+    await asyncio.wait_for(starting, 5)
+    await bus.stop()
+
+
+async def test_start_gives_up_waiting_after_ready_timeout_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """Bug caught: start() hanging forever on a group that never finishes joining, or
+    returning silently (the warning names the subscriptions still joining)."""
+    bus = Bus(_JoiningTransport(asyncio.Event()), service="ready", ready_timeout=0.05)
+    bus.consume("ready.never")(_noop)
+    await asyncio.wait_for(bus.start(), 5)
+    await bus.stop()
+    assert any("ready.never" in r.getMessage() and "still joining" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, "30"])
+def test_ready_timeout_must_be_positive_seconds(bad: Any) -> None:
+    """Bug caught: a ready_timeout of 0 or a string accepted, making start() never wait or
+    fail later in asyncio with an unrelated error."""
+    with pytest.raises(ConfigurationError, match="ready_timeout"):
+        Bus(MemoryTransport(MemoryBroker()), ready_timeout=bad)
+
+
+async def _noop(data: dict[str, Any]) -> None:
+    return None

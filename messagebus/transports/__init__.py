@@ -19,6 +19,7 @@ from .._transport import (
     DeliveryHandler,
     DeliveryLike,
     PublishAttributes,
+    ReadyConsumer,
     Transport,
     TransportFactory,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "ErrorRule",
     "OutgoingMessage",
     "PublishAttributes",
+    "ReadyConsumer",
     "Transport",
     "TransportBase",
     "TransportFactory",

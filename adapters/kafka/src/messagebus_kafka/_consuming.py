@@ -135,6 +135,7 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
         self._revoke_wait = o.rebalance_timeout_ms / 2000
         self._consumer: AIOKafkaConsumer | None = None
         self._parts: dict[TopicPartition, _Partition] = {}
+        self._joined = asyncio.Event()
         self._start_offsets: dict[TopicPartition, int] = {}
         self._ready: deque[Delivery] = deque()
         self._dirty = asyncio.Event()
@@ -225,6 +226,13 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
             await self._on_assigned(set(assigned))
         except Exception:
             self.log.exception("handling assigned partitions of %s failed", self.group_id)
+        finally:
+            self._joined.set()
+
+    async def ready(self) -> None:
+        """Return once this consumer has joined its group and received its assignment (it may
+        be empty when other members hold every partition). Cancel it to stop waiting."""
+        await self._joined.wait()
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         """aiokafka's rebalance callback: let the partitions' handlers finish, then commit."""
