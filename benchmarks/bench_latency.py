@@ -1,6 +1,7 @@
 """One message in flight: publish -> handler latency, messagebus vs the raw client, one run.
 
-    python -m benchmarks.bench_latency            # memory, RabbitMQ (the machine's), Kafka (Tansu here)
+    python -m benchmarks.bench_latency            # every transport: RabbitMQ, Redis, NATS on the
+                                                  # machine's servers; Tansu, moto, the emulator here
     python -m benchmarks.bench_latency --quick    # a few hundred messages each
     python -m benchmarks.bench_latency kafka      # only some
 
@@ -159,6 +160,75 @@ async def raw_kafka(url: str, n: int, *, loop: bool = False) -> tuple[float, flo
         await producer.stop()
 
 
+async def raw_sqs(endpoint: str, n: int) -> tuple[float, float]:
+    """boto3 in threads, as messagebus does: SendMessage, a ReceiveMessage long-poll loop
+    (20 s, the SQS maximum, like messagebus's default), DeleteMessage after the handler."""
+    from benchmarks.bench_sqs import raw_clients
+
+    sqs, _ = raw_clients(endpoint)
+    queue_url = sqs.create_queue(QueueName=f"lat-raw-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    arrived: asyncio.Queue[str] = asyncio.Queue()
+    stop = asyncio.Event()
+
+    async def consume() -> None:
+        while not stop.is_set():
+            reply = await asyncio.to_thread(
+                sqs.receive_message, QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+            )
+            for message in reply.get("Messages", []):
+                arrived.put_nowait(message["Body"])
+                await asyncio.to_thread(sqs.delete_message, QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    counter = iter(range(1 << 30))
+
+    async def one() -> None:
+        body = str(next(counter))
+        await asyncio.to_thread(sqs.send_message, QueueUrl=queue_url, MessageBody=body)
+        while await asyncio.wait_for(arrived.get(), 30) != body:
+            pass
+
+    task = asyncio.ensure_future(consume())
+    try:
+        return await measure(n, one)
+    finally:
+        stop.set()
+        await task
+
+
+async def raw_pubsub(emulator: str, n: int) -> tuple[float, float]:
+    """google-cloud-pubsub: ``publish().result()`` (confirmed) and a streaming-pull
+    subscriber whose callback acks after the handler."""
+    from benchmarks.bench_pubsub import PROJECT, raw_clients
+
+    publisher, subscriber = raw_clients(emulator)
+    name = f"lat-raw-{uuid.uuid4().hex[:8]}"
+    topic = publisher.topic_path(PROJECT, name)
+    subscription = subscriber.subscription_path(PROJECT, name)
+    publisher.create_topic(name=topic)
+    subscriber.create_subscription(name=subscription, topic=topic)
+    loop = asyncio.get_running_loop()
+    arrived: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def callback(message: Any) -> None:
+        loop.call_soon_threadsafe(arrived.put_nowait, message.data)
+        message.ack()
+
+    future = subscriber.subscribe(subscription, callback)
+    counter = iter(range(1 << 30))
+
+    async def one() -> None:
+        body = str(next(counter)).encode()
+        await asyncio.to_thread(lambda: publisher.publish(topic, body).result())
+        while await asyncio.wait_for(arrived.get(), 30) != body:
+            pass
+
+    try:
+        return await measure(n, one)
+    finally:
+        future.cancel()
+        await asyncio.to_thread(future.result)
+
+
 def row(name: str, figures: tuple[float, float], raw: tuple[float, float] | None) -> str:
     p50, p99 = figures
     if raw is None:
@@ -190,12 +260,64 @@ async def run(names: list[str], n: int) -> str:
             lines.append(row("messagebus kafka://", await bus_latency(url + "?idempotence=false", n), raw))
             short = await bus_latency(url + "?idempotence=false&fetch_max_wait_ms=5", n)
             lines.append(row("messagebus kafka:// ?fetch_max_wait_ms=5", short, raw))
+    if "sqs" in names:
+        import os
+
+        from benchmarks.bench_sqs import FAKE_ENV, start_moto
+
+        for key, value in FAKE_ENV.items():
+            os.environ.setdefault(key, value)  # moto takes any credentials
+        proc, endpoint = start_moto()
+        try:
+            raw = await raw_sqs(endpoint, n)
+            lines.append(row("raw boto3 (send, long-poll receive, delete after handler) on moto", raw, None))
+            url = f"sqs://?region=us-east-1&endpoint_url={endpoint}"
+            lines.append(row("messagebus sqs:// on moto", await bus_latency(url, n), raw))
+        finally:
+            proc.kill()
+            proc.wait()
+    if "pubsub" in names:
+        import os
+        import signal
+
+        from benchmarks.bench_pubsub import start_emulator
+
+        emulator, proc = start_emulator()
+        try:
+            raw = await raw_pubsub(emulator, n)
+            lines.append(
+                row("raw google-cloud-pubsub (publish().result(), streaming pull, ack) on the emulator", raw, None)
+            )
+            lines.append(
+                row(
+                    "messagebus pubsub:// on the emulator",
+                    await bus_latency(f"pubsub://latency?emulator_host={emulator}", n),
+                    raw,
+                )
+            )
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if "redis" in names:
+        from benchmarks import bench_redis
+
+        url = "redis://127.0.0.1:6379/0"
+        raw = await bench_redis.raw_latency(url, n)
+        lines.append(row("raw redis-py (XADD, XREADGROUP loop, XACK)", raw, None))
+        lines.append(row("messagebus redis://", await bench_redis.bus_latency(url, n), raw))
+    if "nats" in names:
+        from benchmarks import bench_nats
+
+        url = "nats://127.0.0.1:4222"
+        raw = await bench_nats.raw_latency(url, n)
+        lines.append(row("raw nats-py (js.publish, fetch(1) loop, ack)", raw, None))
+        lines.append(row("messagebus nats://", await bench_nats.bus_latency(url, n), raw))
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("names", nargs="*", default=["memory", "rabbitmq", "kafka"])
+    parser.add_argument("names", nargs="*", default=["memory", "rabbitmq", "kafka", "sqs", "pubsub", "redis", "nats"])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("-n", type=int, default=None, help="samples per contender")
     args = parser.parse_args()
@@ -206,7 +328,8 @@ def main() -> None:
         command = " ".join(["python -m benchmarks.bench_latency", *sys.argv[1:]])
         write(
             "latency",
-            f"## Latency, one message in flight\n\n{machine()}; {versions('aio-pika', 'aiokafka')}. "
+            f"## Latency, one message in flight\n\n{machine()}; "
+            f"{versions('aio-pika', 'aiokafka', 'boto3', 'google-cloud-pubsub', 'redis', 'nats-py')}. "
             f"`{command}`, {n} samples each after {WARMUP} warm-up.\n\n{table}\n",
         )
 
