@@ -2,8 +2,14 @@
 
 Inside messagebus every header is a ``str -> str`` pair. CloudEvents attributes use their
 canonical ``ce-`` names (``ce-id``, ``ce-source`` ...); each adapter renames that prefix to
-its binding's (``ce_`` for Kafka, ``cloudEvents:`` for AMQP, ``ce-`` for SQS and Pub/Sub)
+its binding's (``ce_`` for Kafka, ``cloudEvents_`` for AMQP, ``ce-`` for SQS and Pub/Sub)
 with :func:`to_wire` and back with :func:`from_wire`.
+
+A message from a foreign producer may carry no CloudEvents ``id`` or ``time``; an adapter
+then hands over the broker's own message id and timestamp with :func:`with_broker_defaults`
+on the logical headers it gives its :class:`~messagebus.transports.Delivery`, so that
+``Envelope.id`` and ``Envelope.timestamp`` are set, and stay the same on a retry or in the
+dead-letter queue (the copy carries them as CloudEvents attributes).
 
 The header rule, the same on every transport and checked by :func:`validate_headers` when
 the bus builds a message (before any transport sees it):
@@ -28,6 +34,7 @@ transport then checks its own limits on the whole message (body, headers and key
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 from ._errors import InvalidHeaders
 
@@ -35,6 +42,7 @@ __all__ = [
     "ATTEMPT",
     "CE_CONTENT_TYPE",
     "CE_ID",
+    "CE_PARTITIONKEY",
     "CE_PREFIX",
     "CE_SOURCE",
     "CE_SPECVERSION",
@@ -52,8 +60,10 @@ __all__ = [
     "NACKS",
     "RESERVED_PREFIXES",
     "from_wire",
+    "iso_utc",
     "to_wire",
     "validate_headers",
+    "with_broker_defaults",
 ]
 
 CE_PREFIX = "ce-"
@@ -63,6 +73,8 @@ CE_TYPE = "ce-type"
 CE_SPECVERSION = "ce-specversion"
 CE_TIME = "ce-time"
 CE_CONTENT_TYPE = "ce-datacontenttype"
+#: The CloudEvents partitioning extension: stands in for the key when the broker gives none.
+CE_PARTITIONKEY = "ce-partitionkey"
 
 #: Delivery attempt carried by transports whose retries re-publish the message.
 ATTEMPT = "messagebus-attempt"
@@ -171,3 +183,37 @@ def from_wire(headers: Mapping[str, str], ce_prefix: str) -> dict[str, str]:
         return dict(headers)
     n = len(ce_prefix)
     return {(CE_PREFIX + k[n:] if k.startswith(ce_prefix) else k): v for k, v in headers.items()}
+
+
+def with_broker_defaults(
+    headers: Mapping[str, str], message_id: str | None = None, time: datetime | float | None = None
+) -> Mapping[str, str]:
+    """``headers`` (logical) with the broker's own ``message_id`` and ``time`` standing in for
+    a missing or empty CloudEvents ``id`` (``ce-id``) and ``time`` (``ce-time``).
+
+    ``time`` is a datetime (naive means UTC) or seconds since the epoch; it is written as
+    ISO 8601 UTC, as the bus writes ``time``. Returns ``headers`` itself when nothing is
+    missing (messagebus's own messages: no copy on the hot path), else a new dict. Pure;
+    raises nothing (a timestamp out of range is left out).
+    """
+    new_id = message_id if message_id and not headers.get(CE_ID) else None
+    new_time = iso_utc(time) if time is not None and not headers.get(CE_TIME) else None
+    if new_id is None and new_time is None:
+        return headers
+    out = dict(headers)
+    if new_id is not None:
+        out[CE_ID] = new_id
+    if new_time is not None:
+        out[CE_TIME] = new_time
+    return out
+
+
+def iso_utc(time: datetime | float) -> str | None:
+    """``time`` (a datetime, naive meaning UTC, or seconds since the epoch) as ISO 8601 UTC,
+    the form of CloudEvents ``time`` the bus writes; ``None`` when it is out of range."""
+    try:
+        if isinstance(time, datetime):
+            return (time if time.tzinfo is not None else time.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+        return datetime.fromtimestamp(time, UTC).isoformat()
+    except (OverflowError, OSError, ValueError):
+        return None  # a foreign producer's nonsense timestamp: no time rather than a failure

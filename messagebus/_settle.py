@@ -17,6 +17,7 @@ from ._errors import DecodeError, MessageBusError
 from ._message import Envelope, OutgoingMessage, delivered_envelope
 from ._middleware import Handler
 from ._retry import Retry
+from ._serialization import is_structured, read_structured
 from ._signals import Nack, Reject
 from ._transport import DeliveryHandler, DeliveryLike
 
@@ -97,8 +98,24 @@ def _count(headers: Mapping[str, str], name: str, most: int) -> int:
         return 0
 
 
+def _unpack_structured(envelope: Envelope) -> None:
+    """Give middleware and handlers a structured-mode CloudEvent as if it came in binary mode.
+    Retries and dead letters keep the message as it arrived (``delivery`` is untouched). An
+    invalid one is left as it came: a handler that decodes it gets the DecodeError (so it
+    is dead-lettered at once), one that takes the Envelope (a dead-letter reader) sees it."""
+    try:
+        envelope.body, headers = read_structured(envelope.body, envelope.wire_headers)
+    except DecodeError:
+        return
+    envelope.wire_headers = headers
+    if envelope.key is None:
+        envelope.key = headers.get(h.CE_PARTITIONKEY)
+
+
 class Settler:
-    """Runs ``chain`` for each delivery of ``source`` and settles the outcome:
+    """Runs ``chain`` for each delivery of ``source`` and settles the outcome. The chain
+    sees a structured-mode CloudEvent unpacked (attributes as ``ce-`` headers, ``data`` as
+    the body) and, when the transport gives no key, the ``partitionkey`` attribute as key. Then:
 
     - returned: ack;
     - :class:`Nack`: redeliver after its delay with ``attempt + 1``; not a failure, so it
@@ -158,15 +175,13 @@ class Settler:
         """Run the chain for ``delivery`` and settle it (the transport's ``DeliveryHandler``).
 
         Never raises but ``CancelledError``."""
+        headers = delivery.headers
+        key = delivery.key
+        if key is None:
+            # CloudEvents' partitioning extension is the key of a foreign event sent without one.
+            key = headers.get(h.CE_PARTITIONKEY)
         envelope = delivered_envelope(
-            delivery.body,
-            delivery.headers,
-            self._name,
-            self._group,
-            delivery.key,
-            delivery.attempt,
-            self._system,
-            delivery,
+            delivery.body, headers, self._name, self._group, key, delivery.attempt, self._system, delivery
         )
         settlement: Settlement | None = None
         acked = False
@@ -178,6 +193,9 @@ class Settler:
                 self._arm_watchdog()
         try:
             try:
+                content_type = headers.get(h.CE_CONTENT_TYPE)
+                if content_type is not None and is_structured(content_type):
+                    _unpack_structured(envelope)
                 await self._chain(envelope)
             except Exception as error:  # every outcome is settled; CancelledError passes through
                 if inflight is not None:

@@ -29,16 +29,18 @@ async def test_envelope_raw_wire_headers_and_telemetry(rabbitmq_url: str, name: 
         env = await asyncio.wait_for(got.get(), 20)
     assert isinstance(env.raw, aio_pika.IncomingMessage)
     wire = env.raw.headers
-    # CloudEvents AMQP binding: cloudEvents: prefix; datacontenttype is the content_type property.
-    assert wire["cloudEvents:source"] == "shop"
-    assert wire["cloudEvents:specversion"] == "1.0"
-    assert "cloudEvents:datacontenttype" not in wire
+    # CloudEvents AMQP binding: the preferred cloudEvents_ prefix on every attribute (one
+    # separator per message); datacontenttype is the content_type property.
+    assert wire["cloudEvents_source"] == "shop"
+    assert wire["cloudEvents_specversion"] == "1.0"
+    assert not [k for k in wire if k.startswith("cloudEvents:")]
+    assert "cloudEvents_datacontenttype" not in wire
     assert env.raw.content_type == "application/json"
     assert env.raw.message_id == env.id
     assert env.raw.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
     assert env.content_type == "application/json"
     assert env.headers["x-tenant"] == "acme"
-    assert not [k for k in env.headers if k.startswith(("ce-", "cloudEvents:", "messagebus-"))]
+    assert not [k for k in env.headers if k.startswith(("ce-", "cloudEvents", "messagebus-"))]
     assert env.key == "order-9"
     assert env.messaging_system == "rabbitmq"
     attrs = env.messaging_attributes

@@ -78,8 +78,8 @@ async def test_queue_send_creates_durable_queue_before_any_consumer(rabbitmq_url
         props = got.header.properties
         assert props.delivery_mode == 2, "messages must be persistent"
         assert props.content_type == "application/json"
-        assert props.headers is not None and "cloudEvents:id" in props.headers
-        assert props.message_id == props.headers["cloudEvents:id"]
+        assert props.headers is not None and "cloudEvents_id" in props.headers
+        assert props.message_id == props.headers["cloudEvents_id"]
     finally:
         await t.close()
 

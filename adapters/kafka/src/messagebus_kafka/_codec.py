@@ -1,4 +1,13 @@
-"""Headers and keys on the wire: CloudEvents Kafka binding (``ce_`` prefix), retry metadata."""
+"""Headers and keys on the wire: the CloudEvents Kafka binding, retry metadata.
+
+Binary mode to the letter: attributes are ``ce_<name>`` headers except ``datacontenttype``,
+which is the ``content-type`` header; the message key is the record key (the binding's
+default key mapping; a foreign record with no key gets its ``partitionkey`` attribute as key
+from the core). Read back: ``ce_*`` headers, ``content-type`` (any case) and, from earlier
+messagebus versions, ``ce_datacontenttype``; the record's timestamp stands in for a missing
+``time``. Structured mode (``content-type: application/cloudevents+json``) is unpacked by the
+core for every transport.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +18,8 @@ from messagebus.transports import headers
 __all__ = ["CE_PREFIX", "DUE", "HeaderEncoder", "RecordHeaders", "decode_headers", "encode_headers"]
 
 CE_PREFIX = "ce_"
+#: The binding's header for ``datacontenttype``.
+CONTENT_TYPE = "content-type"
 #: When a message in a retry topic becomes due (epoch milliseconds). Adapter-internal.
 DUE = "messagebus-due"
 
@@ -25,14 +36,20 @@ _CACHE_LIMIT = 4096
 
 
 def _wire_name(name: str) -> str:
-    wire = (CE_PREFIX + name[_N:]) if name.startswith(_LOGICAL_CE) else name
+    if name == headers.CE_CONTENT_TYPE:
+        wire = CONTENT_TYPE
+    else:
+        wire = (CE_PREFIX + name[_N:]) if name.startswith(_LOGICAL_CE) else name
     if len(_TO_WIRE) < _CACHE_LIMIT:
         _TO_WIRE[name] = wire
     return wire
 
 
 def _logical_name(name: str) -> str:
-    logical = (_LOGICAL_CE + name[_M:]) if name.startswith(CE_PREFIX) else name
+    if name.lower() == CONTENT_TYPE:
+        logical = headers.CE_CONTENT_TYPE
+    else:
+        logical = (_LOGICAL_CE + name[_M:]) if name.startswith(CE_PREFIX) else name
     if len(_FROM_WIRE) < _CACHE_LIMIT:
         _FROM_WIRE[name] = logical
     return logical
@@ -43,7 +60,8 @@ def _wire_header(name: str, value: str) -> tuple[str, bytes]:
 
 
 def encode_headers(logical: Mapping[str, str]) -> list[tuple[str, bytes]]:
-    """Logical headers -> Kafka record headers (``ce-x`` becomes ``ce_x``; values UTF-8). Pure."""
+    """Logical headers -> Kafka record headers (``ce-x`` becomes ``ce_x``, ``ce-datacontenttype``
+    becomes ``content-type``; values UTF-8). Pure."""
     return [_wire_header(k, v) for k, v in logical.items()]
 
 
@@ -75,7 +93,8 @@ class HeaderEncoder:
 
 
 def decode_headers(wire: Sequence[tuple[str, bytes | None]]) -> dict[str, str]:
-    """Kafka record headers -> logical headers. Undecodable bytes are replaced, never raised."""
+    """Kafka record headers -> logical headers (inverse of :func:`encode_headers`; a foreign
+    ``Content-Type`` in any case counts). Undecodable bytes are replaced, never raised."""
     get = _FROM_WIRE.get
     return {(get(k) or _logical_name(k)): ("" if v is None else v.decode("utf-8", "replace")) for k, v in wire}
 
@@ -83,6 +102,7 @@ def decode_headers(wire: Sequence[tuple[str, bytes | None]]) -> dict[str, str]:
 WireHeaders = Sequence[tuple[str, bytes | None]]
 #: Adapter-internal headers: on the wire, never in a delivery's logical headers.
 _HIDDEN = frozenset({DUE, headers.ATTEMPT})
+_CE_TIME = headers.CE_TIME
 
 
 class RecordHeaders(Mapping[str, str]):
@@ -92,14 +112,16 @@ class RecordHeaders(Mapping[str, str]):
     OpenTelemetry SDK is installed), so :meth:`get` scans the record's few wire headers for
     the one asked for instead of decoding all of them. Anything else (iteration, ``len``,
     equality) decodes every header once. The same view as :func:`decode_headers` gives, minus
-    the adapter-internal headers; when a name repeats, the last one wins. Read-only; not
+    the adapter-internal headers; when a name repeats, the last one wins. ``timestamp_ms``
+    (the record's timestamp) stands in for a missing CloudEvents ``time``. Read-only; not
     thread-safe (one belongs to one delivery).
     """
 
-    __slots__ = ("_decoded", "_wire")
+    __slots__ = ("_decoded", "_timestamp_ms", "_wire")
 
-    def __init__(self, wire: WireHeaders) -> None:
+    def __init__(self, wire: WireHeaders, timestamp_ms: int | None = None) -> None:
         self._wire = wire
+        self._timestamp_ms = timestamp_ms
         self._decoded: dict[str, str] | None = None
 
     def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
@@ -112,7 +134,11 @@ class RecordHeaders(Mapping[str, str]):
         logical = _FROM_WIRE.get
         for name, value in reversed(self._wire):
             if (logical(name) or _logical_name(name)) == key:
-                return "" if value is None else value.decode("utf-8", "replace")
+                if value or key != _CE_TIME or self._timestamp_ms is None:
+                    return "" if value is None else value.decode("utf-8", "replace")
+                break
+        if key == _CE_TIME and self._timestamp_ms is not None:
+            return headers.iso_utc(self._timestamp_ms / 1000) or default
         return default
 
     def __getitem__(self, key: str) -> str:
@@ -127,6 +153,8 @@ class RecordHeaders(Mapping[str, str]):
             decoded = decode_headers(self._wire)
             for name in _HIDDEN:
                 decoded.pop(name, None)
+            if self._timestamp_ms is not None:
+                decoded = dict(headers.with_broker_defaults(decoded, None, self._timestamp_ms / 1000))
             self._decoded = decoded
         return decoded
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from pamqp.commands import Basic
@@ -14,10 +15,12 @@ from messagebus.transports import to_wire
 
 __all__ = ["CE_AMQP_PREFIX", "FastProperties", "attempt_of", "decode_headers", "encode_properties", "header_frame_size"]
 
-#: CloudEvents AMQP binding: attributes travel as application properties ``cloudEvents:<attr>``.
-CE_AMQP_PREFIX = "cloudEvents:"
-#: Both prefixes of the binding, read on receipt (its current version prefers ``cloudEvents_``).
-_CE_AMQP_PREFIXES = ("cloudEvents:", "cloudEvents_")
+#: CloudEvents AMQP binding: attributes travel as application properties (the headers table)
+#: ``cloudEvents_<attr>``, the separator the binding prefers (JMS selectors cannot use ``:``).
+CE_AMQP_PREFIX = "cloudEvents_"
+#: Every prefix read on receipt: both of the AMQP binding's, which readers SHOULD understand
+#: (``ce-`` attributes, the HTTP and RabbitMQ-eventing form, are logical names already).
+_CE_AMQP_PREFIXES = ("cloudEvents_", "cloudEvents:")
 _CE, _PREFIX_LEN = h.CE_PREFIX, len(CE_AMQP_PREFIX)
 _WIRE_CONTENT_TYPE = CE_AMQP_PREFIX + h.CE_CONTENT_TYPE[len(h.CE_PREFIX) :]
 _LONG = struct.Struct(">L")
@@ -129,30 +132,41 @@ def header_frame_size(properties: Basic.Properties) -> int:
     return 12 + len(properties.marshal())
 
 
-def decode_headers(properties: Basic.Properties) -> dict[str, str]:
+def decode_headers(properties: Basic.Properties) -> Mapping[str, str]:
     """The logical headers of a received message.
 
-    Strings are kept, numbers and booleans written as text, structured broker-added values
-    (``x-death`` ...) left out (they stay readable on ``raw``). Both binding prefixes
-    (``cloudEvents:`` and ``cloudEvents_``) become ``ce-``. A foreign producer's
-    ``content_type`` property stands in for a missing ``ce-datacontenttype``.
+    Strings are kept; numbers and booleans written as text, timestamps as ISO 8601 UTC;
+    structured broker-added values (``x-death`` ...) left out (they stay readable on
+    ``raw``). Both binding prefixes (``cloudEvents_`` and ``cloudEvents:``) become ``ce-``;
+    an integer ``time`` attribute is the AMQP 1.0 timestamp (milliseconds since the epoch)
+    that the CloudEvents SDK writes. A foreign producer's properties stand in for missing
+    attributes: ``message_id`` for ``id`` and ``timestamp`` for ``time``. The ``content_type``
+    property is ``datacontenttype`` (the binding maps it there, never to a table entry).
     """
     out: dict[str, str] = {}
     for name, value in (properties.headers or {}).items():
-        if isinstance(value, str):
-            pass
-        elif isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        elif isinstance(value, bool | int | float):
-            value = str(value)
-        else:
-            continue
         if name.startswith(_CE_AMQP_PREFIXES):
             name = _CE + name[_PREFIX_LEN:]
-        out[name] = value
-    if h.CE_CONTENT_TYPE not in out and properties.content_type:
+        text = _text(name, value)
+        if text is not None:
+            out[name] = text
+    if properties.content_type:
         out[h.CE_CONTENT_TYPE] = properties.content_type
-    return out
+    return h.with_broker_defaults(out, properties.message_id, properties.timestamp)
+
+
+def _text(name: str, value: object) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, datetime):
+        return h.iso_utc(value)
+    if isinstance(value, int) and not isinstance(value, bool) and name == h.CE_TIME:
+        return h.iso_utc(value / 1000)
+    if isinstance(value, bool | int | float):
+        return str(value)
+    return None
 
 
 def attempt_of(headers: Mapping[str, str], redelivered: bool) -> int:
