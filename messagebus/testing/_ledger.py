@@ -178,6 +178,11 @@ def in_flight_window(url: str, concurrency: int) -> int:
       redelivers when a lease lost with the connection (a pull whose response never
       arrived) runs out. Acked messages the emulator sends back then are recognised by
       message id and not handled again, so they are not part of the window.
+    - ``redis``/``rediss`` and ``nats``/``nats+tls``: ``concurrency``. A NATS consumer pulls
+      only as many messages as it has free workers; a Redis consumer re-sends an ack lost
+      with the connection on its next tick and renews the entry meanwhile, so the entries a
+      cut can send back are those being handled. (A Redis consumer holds up to ``prefetch``
+      entries; those not yet handled come back unhandled, so they are not duplicates.)
     """
     parsed = TransportURL.parse(url)
     q = parsed.query
@@ -195,4 +200,5 @@ def in_flight_window(url: str, concurrency: int) -> int:
         return opt("prefetch", 10) + concurrency + 10
     if scheme == "pubsub":
         return opt("max_messages", concurrency + 100)
+    # memory, redis(s), nats(+tls) as documented; any other transport: its handlers in flight.
     return concurrency
