@@ -5,10 +5,16 @@ attributes per message, each with a non-empty value and a restricted name. So:
 
 - a body that is valid text for SQS goes as is; any other body (binary, control
   characters, empty) goes base64-encoded with the ``messagebus-body-encoding`` attribute;
-- headers become ``String`` attributes (CloudEvents under ``ce-`` names first, then trace
-  context, then the rest); a header that does not fit in the 10 slots, or whose name or
-  value SQS refuses, is packed into the one JSON attribute ``messagebus-headers`` and
-  unpacked on receive, so nothing is dropped.
+- headers become ``String`` attributes, the user's headers first (so SNS filter policies
+  and foreign consumers see them as real attributes), then the CloudEvents ``ce-``
+  attributes, trace context, and messagebus's own; a header that does not fit in the 10
+  slots, or whose name or value SQS refuses, is packed into the one JSON attribute
+  ``messagebus-headers`` and unpacked on receive, so nothing is dropped.
+
+Reading also takes what foreign producers send: SNS's JSON envelope (a subscription without
+raw delivery: ``Type: Notification``, ``Message``, ``MessageAttributes``, ``MessageId``,
+``Timestamp``), CloudEvents attribute names in any case, a ``content-type`` attribute as the
+data content type, and the broker's message id and time when there is no ``ce-id``/``ce-time``.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from messagebus import DecodeError
@@ -50,6 +57,12 @@ _INVALID_TEXT = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0
 _ATTR_NAME = re.compile(r"[A-Za-z0-9_-](?:[A-Za-z0-9_.-]{0,254}[A-Za-z0-9_-])?")
 _PRIORITY = (h.CE_ID, h.CE_SOURCE, h.CE_TYPE, h.CE_SPECVERSION, h.CE_TIME, h.CE_CONTENT_TYPE)
 _TRACE = ("traceparent", "tracestate")
+# Headers the bus or this codec sets (not the user's): they yield the attribute slots to the
+# user's headers.
+_ENVELOPE_PREFIXES = ("ce-", "messagebus-")
+# A foreign producer's data content type (the HTTP and Pub/Sub bindings' name).
+_CONTENT_TYPE = "content-type"
+_SNS_NOTIFICATION = "Notification"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +86,11 @@ def _valid_value(value: str) -> bool:
 
 
 def encode_message(body: bytes, headers: Mapping[str, str], key: str | None) -> WireMessage:
-    """Encode one message. Pure, thread-safe; never drops a header."""
+    """Encode one message. Pure, thread-safe; never drops a header.
+
+    Attribute slots go, in this order, to the user's headers (in their order), the
+    CloudEvents attributes, ``traceparent``/``tracestate``, then messagebus's own headers and
+    the key; one slot holds the packed rest when anything does not fit."""
     internal: dict[str, str] = {}
     text: str | None
     try:
@@ -87,7 +104,8 @@ def encode_message(body: bytes, headers: Mapping[str, str], key: str | None) -> 
     all_headers = dict(headers)
     if key is not None:
         all_headers[h.KEY] = key
-    ordered = [n for n in _PRIORITY if n in all_headers]
+    ordered = [n for n in all_headers if not n.startswith(_ENVELOPE_PREFIXES) and n not in _TRACE]
+    ordered += [n for n in _PRIORITY if n in all_headers]
     ordered += [n for n in _TRACE if n in all_headers]
     seen = set(ordered)
     ordered += [n for n in all_headers if n not in seen]
@@ -118,24 +136,89 @@ def _attribute_text(attr: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _sns_envelope(message: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The SNS notification a non-raw subscription wrapped the body in, or ``None``.
+
+    Only a message with no SQS attributes of its own can be one: SNS puts the attributes
+    inside the envelope, and every message messagebus sends carries attributes."""
+    if message.get("MessageAttributes"):
+        return None
+    text = message.get("Body")
+    if not isinstance(text, str) or not text.startswith("{") or '"Notification"' not in text:
+        return None
+    try:
+        envelope = json.loads(text)
+    except ValueError:
+        return None
+    if (
+        isinstance(envelope, dict)
+        and envelope.get("Type") == _SNS_NOTIFICATION
+        and isinstance(envelope.get("Message"), str)
+        and isinstance(envelope.get("MessageId"), str)
+        and isinstance(envelope.get("TopicArn"), str)
+    ):
+        return envelope
+    return None
+
+
+def _envelope_attributes(envelope: Mapping[str, Any]) -> dict[str, str]:
+    # SNS envelope attributes are {"Type": "String" | "Number" | "Binary" | "String.Array",
+    # "Value": text}; a Binary value is already base64 text, as _attribute_text makes it.
+    attrs = envelope.get("MessageAttributes")
+    if not isinstance(attrs, Mapping):
+        return {}
+    return {
+        str(name): attr["Value"]
+        for name, attr in attrs.items()
+        if isinstance(attr, Mapping) and isinstance(attr.get("Value"), str)
+    }
+
+
+def _sns_time(value: object) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _sent_time(value: object) -> float | None:
+    # SQS's SentTimestamp: epoch milliseconds as text.
+    text = str(value)
+    return int(text) / 1000 if text.isdigit() else None
+
+
 def decode_message(message: Mapping[str, Any]) -> tuple[bytes, dict[str, str], str | None]:
     """Decode an SQS message dict into ``(body, headers, key)``.
 
-    Foreign messages (no messagebus attributes) decode to their body text and their String
-    attributes. Raises :class:`DecodeError` only if our own packing is corrupt.
+    Reads an SNS notification envelope (non-raw delivery) as the message it wraps. Foreign
+    messages decode to their body text and their attributes (String, Number, and Binary as
+    base64 text); CloudEvents attribute names are matched in any case, a ``content-type``
+    attribute is the data content type, and without ``ce-id``/``ce-time`` the broker's
+    message id and time (SNS's for an envelope, else SQS's ``SentTimestamp``) stand in.
+    Raises :class:`DecodeError` only if our own packing is corrupt.
     """
-    raw_attrs: Mapping[str, Mapping[str, Any]] = message.get("MessageAttributes") or {}
+    envelope = _sns_envelope(message)
+    if envelope is not None:
+        text = str(envelope["Message"])
+        attributes = _envelope_attributes(envelope)
+        native_id = str(envelope["MessageId"])
+        native_time: datetime | float | None = _sns_time(envelope.get("Timestamp"))
+    else:
+        text = str(message.get("Body", ""))
+        raw_attrs: Mapping[str, Mapping[str, Any]] = message.get("MessageAttributes") or {}
+        attributes = {n: v for n, a in raw_attrs.items() if (v := _attribute_text(a)) is not None}
+        native_id = str(message.get("MessageId") or "")
+        native_time = _sent_time((message.get("Attributes") or {}).get("SentTimestamp"))
     headers: dict[str, str] = {}
-    encoding: str | None = None
-    packed_text: str | None = None
-    for name, attr in raw_attrs.items():
-        value = _attribute_text(attr)
-        if value is None:
-            continue
-        if name == BODY_ENCODING:
-            encoding = value
-        elif name == PACKED:
-            packed_text = value
+    encoding = attributes.pop(BODY_ENCODING, None)
+    packed_text = attributes.pop(PACKED, None)
+    for name, value in attributes.items():
+        lowered = name.lower()
+        if lowered.startswith(h.CE_PREFIX):
+            # The binding's names are case-insensitive; user headers cannot start with ce-.
+            headers.setdefault(lowered, value)
+        elif lowered == _CONTENT_TYPE:
+            headers.setdefault(h.CE_CONTENT_TYPE, value)
         else:
             headers[name] = value
     if packed_text is not None:
@@ -145,7 +228,6 @@ def decode_message(message: Mapping[str, Any]) -> tuple[bytes, dict[str, str], s
             raise DecodeError(f"attribute {PACKED!r} is not valid JSON") from exc
         if isinstance(packed, dict):
             headers.update({str(k): v for k, v in packed.items() if isinstance(v, str)})
-    text = str(message.get("Body", ""))
     if encoding == "base64":
         try:
             body = base64.b64decode(text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4), validate=True)
@@ -154,4 +236,4 @@ def decode_message(message: Mapping[str, Any]) -> tuple[bytes, dict[str, str], s
     else:
         body = text.encode("utf-8")
     key = headers.pop(h.KEY, None)
-    return body, headers, key
+    return body, dict(h.with_broker_defaults(headers, native_id, native_time)), key
