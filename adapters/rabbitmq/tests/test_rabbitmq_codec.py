@@ -47,3 +47,25 @@ def test_header_names_keep_up_to_255_bytes_and_longer_ones_are_refused() -> None
     assert decode(encode_properties({name: "v"}, None).marshal())["headers"] == {name: "v"}
     with pytest.raises(InvalidHeaders, match="at most 255"):
         encode_properties({"x" * 256: "v"}, None)  # refused before anything is sent
+
+
+def test_decoding_reads_every_binding_form_and_the_brokers_properties() -> None:
+    """Catches foreign CloudEvents read wrongly: an AMQP timestamp or the SDK's integer
+    (milliseconds) ``time`` dropped or left as a number, a table ``datacontenttype``
+    overriding the ``content_type`` property the binding maps it to, and the AMQP
+    ``message_id``/``timestamp`` ignored when the producer sent no CloudEvents id/time (or
+    overriding the ones it sent)."""
+    from datetime import UTC, datetime
+
+    from messagebus_rabbitmq._codec import decode_headers
+
+    when = datetime(2024, 5, 1, 10, tzinfo=UTC)
+    props = Basic.Properties(
+        content_type="text/plain",
+        message_id="m-1",
+        timestamp=datetime(2000, 1, 1, tzinfo=UTC),
+        headers={"cloudEvents_id": "e-1", "cloudEvents_time": 1714557600000, "cloudEvents_datacontenttype": "x/y"},
+    )
+    assert decode_headers(props) == {"ce-id": "e-1", "ce-time": when.isoformat(), "ce-datacontenttype": "text/plain"}
+    plain = Basic.Properties(message_id="m-2", timestamp=when, headers={"at": when, "n": 3})
+    assert decode_headers(plain) == {"ce-id": "m-2", "ce-time": when.isoformat(), "at": when.isoformat(), "n": "3"}
