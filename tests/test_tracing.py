@@ -482,3 +482,174 @@ async def test_handler_cancelled_at_stop_ends_its_span_unsettled(
     assert span.status.status_code is StatusCode.ERROR
     assert attrs(span)["error.type"] == "asyncio.exceptions.CancelledError"
     assert "unsettled" in events(span)
+
+
+# -- work only when sampled, attributes once per destination, nothing dropped ------------------
+
+
+async def test_a_span_the_sampler_drops_gets_no_settle_work_but_still_propagates(
+    bus_factory: BusFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bug caught: the process middleware registering a settle callback (and building events)
+    for spans the sampler dropped, so unsampled messages paid for tracing; or it not making
+    the dropped context current, so what the handler publishes started a new, sampled trace
+    instead of carrying the unsampled decision on."""
+    from messagebus.testing._otel import install_telemetry
+
+    capture = install_telemetry()
+    capture.clear()  # not recording: the capture's sampler drops every span
+    registered: list[object] = []
+    original = Envelope.on_settled
+
+    def counting(self: Envelope, observer: Any) -> bool:
+        registered.append(observer)
+        return original(self, observer)
+
+    monkeypatch.setattr(Envelope, "on_settled", counting)
+    got: Collector[Envelope] = Collector(10)
+    billing = bus_factory("billing")
+
+    @billing.subscribe("orders.created")
+    async def bill(order: dict[str, Any], envelope: Envelope) -> None:
+        got.add(envelope)
+        await billing.send("invoices", order)
+
+    @billing.consume("invoices")
+    async def invoice(order: dict[str, Any], envelope: Envelope) -> None:
+        got.add(envelope)
+
+    async with billing:
+        await billing.publish("orders.created", {"id": 1})
+        first, second = await got.wait_for(2)
+        await wait_idle(billing)
+
+    assert capture.spans() == []
+    assert registered == [], "no settle callback for a dropped span"
+    _, trace_id, _, flags = first.wire_headers["traceparent"].split("-")
+    _, second_trace_id, _, second_flags = second.wire_headers["traceparent"].split("-")
+    assert second_trace_id == trace_id, "the handler's publish continues the (unsampled) trace"
+    assert int(flags, 16) & 1 == 0 and int(second_flags, 16) & 1 == 0, "and carries the unsampled decision"
+
+
+async def test_publish_attributes_are_built_once_per_destination(telemetry: TelemetryCapture) -> None:
+    """Bug caught: the transport's publish attributes (and the span's fixed attributes) built
+    again on every publish call instead of once per destination."""
+    from messagebus import Destination, DestinationKind, OutgoingMessage
+
+    asked: list[Destination] = []
+
+    def attributes_for(destination: Destination) -> dict[str, str]:
+        asked.append(destination)
+        return {"messaging.system": "aws.sns"} if destination.kind is DestinationKind.TOPIC else {}
+
+    async def sent(messages: Any) -> None:
+        return None
+
+    publish = tracing_publish_middleware("aws_sqs", attributes_for=attributes_for)(sent)
+    topic = Destination(DestinationKind.TOPIC, "orders")
+    queue = Destination(DestinationKind.QUEUE, "orders")
+    for i in range(5):
+        for destination in (topic, queue):
+            await publish([OutgoingMessage(destination, b"{}", {"ce-id": f"{destination.kind}-{i}"})])
+    await publish([OutgoingMessage(topic, b"{}", {"ce-id": f"b-{i}"}) for i in range(3)])
+
+    assert asked == [topic, queue]
+    spans = telemetry.spans()
+    single = [attrs(s) for s in spans if s.name == "send orders" and "messaging.message.id" in attrs(s)]
+    systems = {a["messaging.message.id"]: a["messaging.system"] for a in single}
+    assert systems == {**{f"topic-{i}": "aws.sns" for i in range(5)}, **{f"queue-{i}": "aws_sqs" for i in range(5)}}
+    assert {attrs(c)["messaging.message.id"] for c in named(spans, "create orders")} == {"b-0", "b-1", "b-2"}
+
+
+_BURST_SCRIPT = r"""
+import asyncio, collections, json, logging, sys, threading, uuid
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+class Counting(SpanExporter):
+    def __init__(self):
+        self.ids = collections.Counter()
+        self.names = collections.Counter()
+        self.lock = threading.Lock()
+
+    def export(self, spans):
+        with self.lock:
+            for span in spans:
+                self.ids[span.context.span_id] += 1
+                self.names[span.name] += 1
+        return SpanExportResult.SUCCESS
+
+warnings = []
+class Warnings(logging.Handler):
+    def emit(self, record):
+        warnings.append(record.getMessage())
+logging.getLogger("opentelemetry").addHandler(Warnings(logging.WARNING))
+
+exporter = Counting()
+provider = TracerProvider()
+provider.add_span_processor(BatchSpanProcessor(exporter))  # the SDK's default settings
+trace.set_tracer_provider(provider)
+
+from messagebus import Bus
+
+N = int(sys.argv[1])
+
+async def phase(bus, seen, batch):
+    done = asyncio.Event()
+    start = len(seen)
+    bus.__dict__.setdefault("_burst_waiters", []).append((start + N, done))
+    if batch:
+        await bus.publish_many("ticks", [{"id": start + i} for i in range(N)])
+    else:
+        for i in range(N):
+            await bus.publish("ticks", {"id": start + i})
+    await asyncio.wait_for(done.wait(), 120)
+
+async def main():
+    bus = Bus.from_url(f"memory://burst-{uuid.uuid4().hex}", service="burst")
+    seen = collections.Counter()
+
+    @bus.subscribe("ticks")
+    async def handle(tick: dict) -> None:
+        seen[tick["id"]] += 1
+        for target, done in bus.__dict__.get("_burst_waiters", []):
+            if len(seen) >= target:
+                done.set()
+
+    out = {}
+    async with bus:
+        for name, batch in (("single", False), ("batch", True)):
+            await phase(bus, seen, batch)
+            # Each phase stays under the processor's queue (2,048 spans): what is checked is
+            # that every span is ended and exported exactly once, not how fast the SDK drains.
+            await asyncio.to_thread(provider.force_flush)
+    provider.force_flush()
+    out["handled"] = dict(collections.Counter(seen.values()))
+    out["names"] = dict(exporter.names)
+    out["duplicated"] = sum(1 for c in exporter.ids.values() if c > 1)
+    out["warnings"] = warnings
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_no_span_lost_or_duplicated_through_the_default_batch_processor() -> None:
+    """Bug caught: a span never ended (a settle path that forgets ``end``), ended twice, or
+    spans nobody asked for, counted at a real SDK ``BatchSpanProcessor`` with its default
+    settings and a counting exporter, in a fresh process (the global provider is set once)."""
+    import json
+    import subprocess
+    import sys
+
+    n = 900  # per phase: about 2n spans, under the default queue of 2,048
+    result = subprocess.run(
+        [sys.executable, "-c", _BURST_SCRIPT, str(n)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["handled"] == {"1": 2 * n}, "every message handled once"
+    assert out["names"] == {"send ticks": n + 1, "create ticks": n, "process ticks": 2 * n}
+    assert out["duplicated"] == 0
+    assert out["warnings"] == [], "the SDK dropped or refused spans"

@@ -28,6 +28,7 @@ Attributes follow the OpenTelemetry messaging semantic conventions (v1.27+):
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 
 import opentelemetry.trace as _trace_api
 from opentelemetry import context as otel_context
@@ -39,7 +40,7 @@ from .._destination import Destination
 from .._message import AttributeValue, Envelope, OutgoingMessage
 from .._middleware import Handler, Middleware, PublishFn, PublishMiddleware
 from .._otel_globals import no_tracer_provider, tracer_provider
-from .._settle import Outcome, Settlement, on_settled
+from .._settle import Outcome, Settlement
 from .._signals import Nack
 
 __all__ = [
@@ -79,6 +80,10 @@ RETRY_DELAY = "messagebus.retry.delay"
 RETRY_ATTEMPT = "messagebus.retry.attempt"
 DEAD_LETTER_QUEUE = "messagebus.dead_letter.queue"
 SERVICE = "messagebus.service"
+
+#: Destinations (or sources) whose span attributes a middleware keeps built; past this many
+#: (an application inventing destination names) the cache starts over rather than grow.
+_MAX_CACHED = 1024
 
 
 class TracerGate:
@@ -144,6 +149,40 @@ def _server(server: tuple[str, int | None] | None) -> dict[str, AttributeValue]:
     return out
 
 
+class _SendAttributes:
+    """The span names and attributes of one destination's publish spans, built once."""
+
+    __slots__ = ("create", "create_name", "send", "send_name")
+
+    def __init__(self, base: Mapping[str, AttributeValue], name: str) -> None:
+        self.send_name = f"send {name}"
+        self.create_name = f"create {name}"
+        self.send: dict[str, AttributeValue] = {
+            **base,
+            DESTINATION: name,
+            OPERATION_TYPE: "send",
+            OPERATION_NAME: "send",
+        }
+        self.create: dict[str, AttributeValue] = {
+            **base,
+            DESTINATION: name,
+            OPERATION_TYPE: "create",
+            OPERATION_NAME: "create",
+        }
+
+
+def _message_attributes(
+    attributes: dict[str, AttributeValue], message: OutgoingMessage, key_attribute: str | None
+) -> dict[str, AttributeValue]:
+    attributes[BODY_SIZE] = len(message.body)
+    message_id = message.id
+    if message_id:
+        attributes[MESSAGE_ID] = message_id
+    if key_attribute and message.key is not None:
+        attributes[key_attribute] = message.key
+    return attributes
+
+
 def tracing_publish_middleware(
     messaging_system: str,
     *,
@@ -159,13 +198,25 @@ def tracing_publish_middleware(
     ``messagebus.service``, and ``server`` (host, port) as ``server.address``/``server.port``.
     ``attributes_for`` (a transport's optional ``publish_attributes(destination)``) adds
     transport attributes per destination and may override ``messaging.system`` (SNS topics
-    of the SQS transport are ``aws.sns``). Errors of the inner publish are recorded and
-    re-raised."""
+    of the SQS transport are ``aws.sns``); it is called once per destination (the result
+    is cached). A span the sampler drops gets no error, event or link work: only its
+    context is propagated. Errors of the inner publish are recorded and re-raised.
+    Thread-safe (the per-destination cache tolerates concurrent fills)."""
     gate = gate or TracerGate()
     key_attribute = KEY_ATTRIBUTES.get(messaging_system)
     common: dict[str, AttributeValue] = {SYSTEM: messaging_system, **_server(server)}
     if service:
         common[SERVICE] = service
+    by_destination: dict[Destination, _SendAttributes] = {}
+
+    def attributes_of(destination: Destination) -> _SendAttributes:
+        found = by_destination.get(destination)
+        if found is None:
+            if len(by_destination) >= _MAX_CACHED:  # many short-lived destinations: start over
+                by_destination.clear()
+            base = {**common, **attributes_for(destination)} if attributes_for else common
+            found = by_destination[destination] = _SendAttributes(base, destination.name)
+        return found
 
     def middleware(inner: PublishFn) -> PublishFn:
         def publish(messages: Sequence[OutgoingMessage]) -> Awaitable[None]:
@@ -179,47 +230,27 @@ def tracing_publish_middleware(
 
         async def traced(messages: Sequence[OutgoingMessage], tracer: Tracer) -> None:
             first = messages[0]
-            name = first.destination.name
-            base = {**common, **attributes_for(first.destination)} if attributes_for else common
-            attributes: dict[str, AttributeValue] = {
-                **base,
-                DESTINATION: name,
-                OPERATION_TYPE: "send",
-                OPERATION_NAME: "send",
-            }
+            names = attributes_of(first.destination)
             links: list[Link] = []
             if len(messages) == 1:
-                if first.id:
-                    attributes[MESSAGE_ID] = first.id
-                attributes[BODY_SIZE] = len(first.body)
-                if key_attribute and first.key is not None:
-                    attributes[key_attribute] = first.key
+                attributes = _message_attributes({**names.send}, first, key_attribute)
             else:
-                attributes[BATCH_COUNT] = len(messages)
+                attributes = {**names.send, BATCH_COUNT: len(messages)}
                 for message in messages:
-                    create: dict[str, AttributeValue] = {
-                        **base,
-                        DESTINATION: name,
-                        OPERATION_TYPE: "create",
-                        OPERATION_NAME: "create",
-                        BODY_SIZE: len(message.body),
-                    }
-                    if message.id:
-                        create[MESSAGE_ID] = message.id
-                    if key_attribute and message.key is not None:
-                        create[key_attribute] = message.key
-                    span = tracer.start_span(f"create {name}", kind=SpanKind.PRODUCER, attributes=create)
+                    create = _message_attributes({**names.create}, message, key_attribute)
+                    span = tracer.start_span(names.create_name, kind=SpanKind.PRODUCER, attributes=create)
                     if _TRACEPARENT not in message.headers:
                         propagate.inject(message.headers, context=_trace_api.set_span_in_context(span))
-                    span.end()
-                    links.append(Link(span.get_span_context()))
+                    if span.is_recording():  # a dropped span is not exported: nothing to link to
+                        span.end()
+                        links.append(Link(span.get_span_context()))
             parent = None
             if _TRACEPARENT in first.headers and not _trace_api.get_current_span().get_span_context().is_valid:
                 # Outside any span (a dead-letter copy sent while settling): the send continues
                 # the trace the message already carries instead of starting a new one.
                 parent = propagate.extract(first.headers)
             send = tracer.start_span(
-                f"send {name}", context=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links
+                names.send_name, context=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links
             )
             token = otel_context.attach(_trace_api.set_span_in_context(send))
             try:
@@ -227,7 +258,8 @@ def tracing_publish_middleware(
                     _inject(first)
                 await inner(messages)
             except BaseException as error:
-                _error(send, error)
+                if send.is_recording():
+                    _error(send, error)
                 raise
             finally:
                 otel_context.detach(token)
@@ -259,6 +291,49 @@ def _settled(span: Span, settlement: Settlement) -> None:
     span.end()
 
 
+class _ProcessAttributes:
+    """The span name and per-source attributes of ``process`` spans, built once."""
+
+    __slots__ = ("attributes", "key_attribute", "name")
+
+    def __init__(self, attributes: dict[str, AttributeValue], key_attribute: str | None, name: str) -> None:
+        self.attributes = attributes
+        self.key_attribute = key_attribute
+        self.name = name
+
+
+def _process_source(
+    where: Mapping[str, AttributeValue], system: str, destination: str, group: str | None, service: str | None
+) -> _ProcessAttributes:
+    attributes: dict[str, AttributeValue] = {
+        **where,
+        SYSTEM: system,
+        DESTINATION: destination,
+        OPERATION_TYPE: "process",
+        OPERATION_NAME: "process",
+    }
+    if service:
+        attributes[SERVICE] = service
+    if group:
+        attributes[CONSUMER_GROUP] = group
+    return _ProcessAttributes(attributes, KEY_ATTRIBUTES.get(system), f"process {destination}")
+
+
+def _delivery_attributes(source: _ProcessAttributes, envelope: Envelope) -> dict[str, AttributeValue]:
+    attributes = {**source.attributes, BODY_SIZE: len(envelope.body), ATTEMPT: envelope.attempt}
+    message_id = envelope.id
+    if message_id:
+        attributes[MESSAGE_ID] = message_id
+    if envelope.key is not None and source.key_attribute:
+        attributes[source.key_attribute] = envelope.key
+    extra: Mapping[str, AttributeValue] = envelope.messaging_attributes
+    if extra:
+        attributes.update(extra)
+        if message_id and attributes.get(MESSAGE_ID) != message_id:  # the broker's own id won
+            attributes[CLOUDEVENTS_ID] = message_id
+    return attributes
+
+
 def process_attributes(
     envelope: Envelope, messaging_system: str | None = None, service: str | None = None
 ) -> dict[str, AttributeValue]:
@@ -266,33 +341,9 @@ def process_attributes(
     destination, operation, group, message id, body size, Kafka key, the delivery attempt,
     ``messagebus.service`` if given and the transport's :attr:`Envelope.messaging_attributes`
     (which win over the defaults; when the transport reports the broker's own
-    ``messaging.message.id``, the CloudEvents id goes to ``cloudevents.event_id``)."""
+    ``messaging.message.id``, the CloudEvents id goes to ``cloudevents.event_id``). Pure."""
     system = messaging_system or envelope.messaging_system
-    attributes: dict[str, AttributeValue] = {
-        SYSTEM: system,
-        DESTINATION: envelope.destination,
-        OPERATION_TYPE: "process",
-        OPERATION_NAME: "process",
-        BODY_SIZE: len(envelope.body),
-        ATTEMPT: envelope.attempt,
-    }
-    if service:
-        attributes[SERVICE] = service
-    if envelope.group:
-        attributes[CONSUMER_GROUP] = envelope.group
-    message_id = envelope.id
-    if message_id:
-        attributes[MESSAGE_ID] = message_id
-    if envelope.key is not None:
-        key_attribute = KEY_ATTRIBUTES.get(system)
-        if key_attribute:
-            attributes[key_attribute] = envelope.key
-    extra: Mapping[str, AttributeValue] = envelope.messaging_attributes
-    if extra:
-        attributes.update(extra)
-        if message_id and attributes.get(MESSAGE_ID) != message_id:  # the broker's own id won
-            attributes[CLOUDEVENTS_ID] = message_id
-    return attributes
+    return _delivery_attributes(_process_source({}, system, envelope.destination, envelope.group, service), envelope)
 
 
 def tracing_middleware(
@@ -307,11 +358,24 @@ def tracing_middleware(
     the handler run (so what the handler publishes joins the trace). Handler errors set
     ``error.type`` and the ERROR status (a :class:`~messagebus.Nack` is not an error) and are
     re-raised; the settle outcome is added as an event and the span ends after settling.
-    ``messaging_system`` defaults to :attr:`Envelope.messaging_system`; ``service``, if
-    given, is put on the span as ``messagebus.service``, and ``server`` (host, port) as
-    ``server.address``/``server.port``."""
+    A span the sampler drops is only made current (so the decision propagates): no error,
+    event or settle work. ``messaging_system`` defaults to :attr:`Envelope.messaging_system`;
+    ``service``, if given, is put on the span as ``messagebus.service``, and ``server``
+    (host, port) as ``server.address``/``server.port``. The attributes that do not change
+    from message to message are built once per (destination, group, system). Thread-safe."""
     gate = gate or TracerGate()
     where = _server(server)
+    by_source: dict[tuple[str, str | None, str], _ProcessAttributes] = {}
+
+    def source_of(envelope: Envelope) -> _ProcessAttributes:
+        system = messaging_system or envelope.messaging_system
+        key = (envelope.destination, envelope.group, system)
+        found = by_source.get(key)
+        if found is None:
+            if len(by_source) >= _MAX_CACHED:
+                by_source.clear()
+            found = by_source[key] = _process_source(where, system, envelope.destination, envelope.group, service)
+        return found
 
     def middleware(handler: Handler) -> Handler:
         def entry(envelope: Envelope) -> Awaitable[None]:
@@ -325,33 +389,28 @@ def tracing_middleware(
 
         async def traced(envelope: Envelope, tracer: Tracer) -> None:
             parent = propagate.extract(envelope.wire_headers)
-            attributes = process_attributes(envelope, messaging_system, service)
-            if where:
-                attributes = {**where, **attributes}
+            source = source_of(envelope)
             span = tracer.start_span(
-                f"process {envelope.destination}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+                source.name, context=parent, kind=SpanKind.CONSUMER, attributes=_delivery_attributes(source, envelope)
             )
             token = otel_context.attach(_trace_api.set_span_in_context(span, parent))
-            deferred = False
+            if not span.is_recording():
+                try:
+                    await handler(envelope)
+                finally:
+                    otel_context.detach(token)
+                return
             try:
                 await handler(envelope)
             except Nack:
-                deferred = on_settled(envelope, lambda settlement: _settled(span, settlement))
                 raise
-            except Exception as error:
+            except BaseException as error:  # a cancelled handler is never settled: redelivered
                 _error(span, error)
-                deferred = on_settled(envelope, lambda settlement: _settled(span, settlement))
                 raise
-            except BaseException as error:  # cancelled: never settled, so redelivered
-                _error(span, error)
-                deferred = on_settled(envelope, lambda settlement: _settled(span, settlement))
-                raise
-            else:
-                deferred = on_settled(envelope, lambda settlement: _settled(span, settlement))
             finally:
                 otel_context.detach(token)
-                if not deferred:
-                    span.end()
+                if not envelope.on_settled(partial(_settled, span)):
+                    span.end()  # no bus settles this envelope: end now
 
         return entry
 
