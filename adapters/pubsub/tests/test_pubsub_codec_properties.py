@@ -5,10 +5,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from messagebus_pubsub._codec import decode_attributes, encode_attributes
 
+from messagebus import InvalidHeaders
 from messagebus.transports import headers as h
 
 texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=300)
-header_maps = st.dictionaries(texts.filter(bool), texts, max_size=120)
+
+
+def _user_name(name: str) -> bool:
+    # What the core's header rule lets a user name a header: the binding names (ce-, ce_,
+    # cloudEvents, content-type, messagebus-) are reserved, and the decoder reads a foreign
+    # producer's ce-*/Content-Type in any case, so the generator leaves them out.
+    try:
+        h.validate_headers({name: ""})
+    except InvalidHeaders:
+        return False
+    return True
+
+
+header_maps = st.dictionaries(texts.filter(_user_name), texts, max_size=120)
 
 
 @settings(max_examples=200)

@@ -5,6 +5,10 @@ is the CloudEvents Pub/Sub binding. Pub/Sub limits attributes (100 per message, 
 256 bytes, values up to 1024 bytes, keys not starting with ``goog``) and ordering keys (1024
 bytes). Headers that do not fit are not dropped: they are packed as JSON into chunked
 ``messagebus-packed-N`` attributes and unpacked on receipt.
+
+Reading follows the binding too: attribute names are case-insensitive (``Ce-Id`` is
+``ce-id``), a ``Content-Type`` attribute is the data content type, and a message without
+``ce-id``/``ce-time`` (a plain Pub/Sub producer's) gets Pub/Sub's message id and publish time.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ __all__ = [
     "MAX_REQUEST",
     "check_size",
     "decode_attributes",
+    "decode_message",
     "encode_attributes",
     "raw_message",
     "read_retry",
@@ -50,6 +55,8 @@ _MAX_ORDERING_KEY = 1024
 # Keyword names of the client library's PublisherClient.publish(**attributes): packed, so a
 # consumer re-publishing our attributes with that client never collides with its arguments.
 _RESERVED_KWARGS = frozenset({"topic", "data", "ordering_key", "retry", "timeout"})
+# The binding's data content type attribute (``Content-Type``; names are case-insensitive).
+_CONTENT_TYPE = "content-type"
 _RAW_MESSAGE = PubsubMessage.pb()
 _RAW_REQUEST = PublishRequest.pb()
 
@@ -117,7 +124,9 @@ def _utf8_chunks(text: str, limit: int) -> list[str]:
 
 
 def decode_attributes(attributes: Mapping[str, str]) -> dict[str, str]:
-    """Headers from received attributes, unpacking ``messagebus-packed-N`` chunks. Pure."""
+    """Headers from received attributes, unpacking ``messagebus-packed-N`` chunks; CloudEvents
+    names in any case become ``ce-`` names, a ``Content-Type`` attribute the data content
+    type. Pure."""
     out: dict[str, str] = {}
     chunks: dict[int, str] = {}
     for name, value in attributes.items():
@@ -126,7 +135,14 @@ def decode_attributes(attributes: Mapping[str, str]) -> dict[str, str]:
             if suffix.isdigit():
                 chunks[int(suffix)] = value
                 continue
-        out[name] = value
+        lowered = name.lower()
+        if lowered.startswith(h.CE_PREFIX):
+            # User headers cannot start with ce- in any case: this is a binding name.
+            out.setdefault(lowered, value)
+        elif lowered == _CONTENT_TYPE:
+            out.setdefault(h.CE_CONTENT_TYPE, value)
+        else:
+            out[name] = value
     if chunks:
         try:
             extra = json.loads("".join(chunks[i] for i in sorted(chunks)))
@@ -135,6 +151,15 @@ def decode_attributes(attributes: Mapping[str, str]) -> dict[str, str]:
         if isinstance(extra, dict):
             out.update({str(k): str(v) for k, v in extra.items()})
     return out
+
+
+def decode_message(message: Any) -> dict[str, str]:
+    """Headers of a received protobuf ``PubsubMessage`` (:func:`decode_attributes`), with
+    Pub/Sub's ``message_id`` and ``publish_time`` standing in for a missing ``ce-id`` and
+    ``ce-time``. A retry re-published by this transport carries the original's. Pure."""
+    published = message.publish_time
+    time = published.seconds + published.nanos / 1e9 if published.seconds or published.nanos else None
+    return dict(h.with_broker_defaults(decode_attributes(message.attributes), message.message_id, time))
 
 
 def raw_message(data: bytes, attributes: Mapping[str, str], ordering_key: str) -> Any:

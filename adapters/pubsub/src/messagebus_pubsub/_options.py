@@ -20,6 +20,9 @@ EMULATOR_ENV = "PUBSUB_EMULATOR_HOST"
 # Google Cloud project ids: 6-30 characters, lowercase letters, digits and hyphens, starting
 # with a letter and not ending with a hyphen.
 _PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
+# The emulator takes any project id (it checks none); these are the characters a resource
+# name segment and a URL host can both carry.
+_EMULATOR_PROJECT = re.compile(r"[A-Za-z0-9._~+-]{1,100}")
 _HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})")
 
 
@@ -65,8 +68,11 @@ class PubSubOptions(TransportOptions):
 def project_of(url: TransportURL) -> str:
     """The Google Cloud project id a ``pubsub://PROJECT`` URL names, validated without I/O.
 
-    Raises :class:`InvalidURL` for a missing or malformed project id, a port, user info or a
-    path (the scheme is checked by the transport).
+    A real project id follows Google's rule (6-30 lowercase letters, digits, hyphens); with an
+    emulator (``emulator_host`` in the URL, or ``$PUBSUB_EMULATOR_HOST``) any id the emulator
+    takes is accepted, such as ``pubsub://p1?emulator_host=...``. Raises :class:`InvalidURL`
+    for a missing or malformed project id, a port, user info or a path (the scheme is checked
+    by the transport).
     """
     if url.username is not None or url.password is not None:
         raise InvalidURL(
@@ -85,11 +91,27 @@ def project_of(url: TransportURL) -> str:
     if url.path not in ("", "/"):
         raise InvalidURL(f"pubsub:// URL {url.render()!r} has a path {url.path!r}; expected pubsub://my-project")
     if _PROJECT.fullmatch(url.host) is None:
+        if _emulated(url):
+            if _EMULATOR_PROJECT.fullmatch(url.host) is None:
+                raise InvalidURL(
+                    f"invalid project id {url.host!r} in {url.render()!r}: the emulator takes any id of letters, "
+                    "digits, '.', '_', '~', '+' or '-'"
+                )
+            return url.host
         raise InvalidURL(
             f"invalid Google Cloud project id {url.host!r} in {url.render()!r}: use 6-30 lowercase letters, "
-            "digits or hyphens, starting with a letter and not ending with a hyphen"
+            "digits or hyphens, starting with a letter and not ending with a hyphen (an emulator, named by "
+            f"?emulator_host= or ${EMULATOR_ENV}, takes any id)"
         )
     return url.host
+
+
+def _emulated(url: TransportURL) -> bool:
+    """Whether ``url`` talks to an emulator: ``emulator_host`` in its query, or
+    ``$PUBSUB_EMULATOR_HOST`` set and no ``credentials_file`` (the rule of :func:`emulator_of`)."""
+    if url.query.get("emulator_host"):
+        return True
+    return bool(os.environ.get(EMULATOR_ENV, "").strip()) and not url.query.get("credentials_file")
 
 
 def emulator_of(options: PubSubOptions, url: TransportURL) -> str | None:
