@@ -1,4 +1,5 @@
-"""The ``messagebus`` command: run a service's Bus, validate a transport URL, list transports.
+"""The ``messagebus`` command: run a service's Bus, validate a transport URL, list transports,
+print the broker names of a destination for clients that do not use messagebus.
 
 Its help text is plain text (argparse prints it as written), so it carries no reST markup.
 """
@@ -11,21 +12,31 @@ import importlib
 import inspect
 import logging
 import sys
+from collections.abc import Callable, Mapping
 from types import ModuleType
+from typing import Any
 
 from ._bus import Bus
 from ._config import TransportURL
+from ._destination import Destination, DestinationKind, dead_letter_name, validate_name
 from ._discovery import available_schemes, load_transport
 from ._errors import MessageBusError
+from ._transport import Transport
 
 __all__ = ["main"]
 
-_DESCRIPTION = "Run a messagebus service, validate a transport URL, list the installed transports."
+_DESCRIPTION = (
+    "Run a messagebus service, validate a transport URL, list the installed transports, print the broker "
+    "names a client that does not use messagebus must use."
+)
 _EXAMPLES = """\
 examples:
   messagebus run myservice.app:bus --grace 30     start the Bus, run until SIGINT/SIGTERM
   messagebus check amqp://guest:guest@localhost/  validate a URL and its options (no I/O)
   messagebus schemes                              list the installed transports
+  messagebus names kafka://localhost:9092 orders.created billing
+                                                  the Kafka topic, group id, retry and dead-letter
+                                                  topics behind group billing (no I/O)
 
 The transport URL of 'run' comes from the Bus itself (Bus.from_env reads MESSAGEBUS_URL).
 Exit status: 0 on success, 2 on a usage or configuration error."""
@@ -92,6 +103,53 @@ def _load_bus(spec: str) -> Bus:
     )
 
 
+PhysicalNames = Callable[[Destination, Any], Mapping[str, str]]
+
+
+def _physical_names_of(transport: Transport) -> PhysicalNames | None:
+    """The adapter's public ``physical_names(destination, options=None)``: a function of the
+    package that defines the transport class (``messagebus_sqs.physical_names``)."""
+    package = sys.modules.get(type(transport).__module__.partition(".")[0])
+    function = getattr(package, "physical_names", None)
+    return function if callable(function) else None
+
+
+def _print_names(url: TransportURL, name: str, group: str | None) -> None:
+    """Print the physical names behind ``name`` (a topic with ``group``, else both the topic
+    one publishes to and the queue of that name) and the limits a foreign client must keep.
+    No I/O: names are computed as the transport computes them."""
+    validate_name(name, "destination")
+    if group is not None:
+        validate_name(group, "group")
+    transport = load_transport(url)
+    physical = _physical_names_of(transport)
+    options = getattr(transport, "options", None)
+    print(f"transport: {type(transport).__module__}.{type(transport).__qualname__} ({url})")
+    if physical is None:
+        print("  (no physical_names function: this transport uses the logical names as they are)")
+    if group is not None:
+        roles = [(Destination(DestinationKind.TOPIC, name, group), f"topic {name!r} group {group!r} (subscribe)")]
+    else:
+        roles = [
+            (Destination(DestinationKind.TOPIC, name), f"topic {name!r} (publish)"),
+            (Destination(DestinationKind.QUEUE, name), f"queue {name!r} (send and consume)"),
+        ]
+    for destination, title in roles:
+        if physical is not None:
+            names = dict(physical(destination, options))
+        else:
+            names = {destination.kind.value: name}
+            if destination.kind is DestinationKind.QUEUE or group is not None:
+                names["dead_letter"] = dead_letter_name(name, group)
+        print(f"{title}:")
+        width = max(map(len, names))
+        for role, value in names.items():
+            print(f"  {role:<{width}}  {value}")
+    caps = transport.capabilities
+    print(f"limits: bodies up to {caps.max_message_size} bytes; per-key order: {'yes' if caps.ordering else 'no'}")
+    print("headers: CloudEvents binary mode of this broker's binding; see docs/interop.md")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``messagebus`` command; returns the exit status."""
     parser = argparse.ArgumentParser(
@@ -126,10 +184,24 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "schemes", help="list the installed transports", description="List the URL schemes of the installed transports."
     )
+    names = commands.add_parser(
+        "names",
+        help="print the broker names behind a destination (no I/O)",
+        description="Print the physical names (topics, queues, subscriptions, consumer groups, retry and "
+        "dead-letter destinations) the transport of URL uses for DESTINATION, as a client that does not use "
+        "messagebus must name them, and the limits it must keep. With GROUP: the subscription of that group "
+        "to topic DESTINATION; without: the topic DESTINATION and the queue DESTINATION. Uses the adapter's "
+        "physical_names function and the URL's options (prefixes, FIFO ...); connects to nothing.",
+    )
+    names.add_argument("url", help="a transport URL, as the services use it (its options can change names)")
+    names.add_argument("destination", help="a logical topic or queue name, such as orders.created")
+    names.add_argument("group", nargs="?", help="a subscription group (the service name by default in code)")
     args = parser.parse_args(argv)
     try:
         if args.command == "schemes":
             print("\n".join(available_schemes()))
+        elif args.command == "names":
+            _print_names(TransportURL.parse(args.url), args.destination, args.group)
         elif args.command == "check":
             url = TransportURL.parse(args.url)
             transport = load_transport(url)

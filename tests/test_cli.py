@@ -1,16 +1,20 @@
 """The messagebus command: run, check, schemes."""
 
+import importlib
+import inspect
 import os
 import re
 import signal
 import subprocess
 import sys
 import textwrap
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 
 from messagebus.__main__ import main
+from messagebus.transports import Destination, DestinationKind
 
 
 def test_check_validates_and_redacts(capsys: pytest.CaptureFixture[str]) -> None:
@@ -78,7 +82,9 @@ def test_run_rejects_a_non_bus(tmp_path: Path) -> None:
 RST_MARKUP = re.compile(r"``|:(class|meth|func|attr|mod|exc|data|obj):`|^\.\. ", re.MULTILINE)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["check", "--help"], ["schemes", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["run", "--help"], ["check", "--help"], ["schemes", "--help"], ["names", "--help"]]
+)
 def test_help_is_plain_text(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     """Catches reST markup (``double backticks``, :class: roles) leaking from docstrings into
     `messagebus --help`: argparse prints text as written, so the help must be plain text."""
@@ -135,3 +141,86 @@ def test_run_missing_module_or_broken_factory_says_so(tmp_path: Path, capsys: py
         assert main(["run", "nocolon"]) == 2
         assert "expected MODULE:ATTRIBUTE" in capsys.readouterr().err
     sys.modules.pop("cli_svc_factory", None)
+
+
+def _names_output(text: str) -> dict[str, dict[str, str]]:
+    """``messagebus names`` output as section title -> role -> name."""
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for line in text.splitlines():
+        if line.endswith(":") and not line.startswith(" "):
+            current = sections[line[:-1]] = {}
+        elif line.startswith("  ") and current is not None:
+            role, value = line.split()
+            current[role] = value
+    return sections
+
+
+def test_names_on_memory_prints_the_logical_names(capsys: pytest.CaptureFixture[str]) -> None:
+    """Catches `messagebus names` failing on a transport with no physical_names function
+    (memory://): it prints the logical names, including the dead-letter queue, and exits 0."""
+    assert main(["names", "memory://", "orders.created", "billing"]) == 0
+    sections = _names_output(capsys.readouterr().out)
+    assert sections == {
+        "topic 'orders.created' group 'billing' (subscribe)": {
+            "topic": "orders.created",
+            "dead_letter": "orders.created.billing.dlq",
+        }
+    }
+
+
+def test_names_on_a_broker_url_are_the_adapter_s_physical_names_under_the_url_options(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Catches `messagebus names` printing names the transport would not use: they must be the
+    adapter's physical_names under the URL's options (a queue prefix, FIFO suffixes), for a
+    group's subscription and, without a group, for both the topic and the queue; no I/O (no
+    endpoint runs on port 9)."""
+    sqs = pytest.importorskip("messagebus_sqs")
+    url = "sqs://?region=us-east-1&endpoint_url=http://127.0.0.1:9&queue_prefix=dev-&fifo=true"
+    options = sqs.SqsTransport.from_url(url).options
+    assert main(["names", url, "orders.created", "billing"]) == 0
+    out = capsys.readouterr().out
+    group = Destination(DestinationKind.TOPIC, "orders.created", "billing")
+    expected = sqs.physical_names(group, options)
+    assert _names_output(out) == {"topic 'orders.created' group 'billing' (subscribe)": expected}
+    assert expected["queue"].startswith("dev-") and expected["queue"].endswith(".fifo")
+    assert "per-key order: yes" in out
+    assert main(["names", url, "jobs"]) == 0
+    assert _names_output(capsys.readouterr().out) == {
+        "topic 'jobs' (publish)": sqs.physical_names(Destination(DestinationKind.TOPIC, "jobs"), options),
+        "queue 'jobs' (send and consume)": sqs.physical_names(Destination(DestinationKind.QUEUE, "jobs"), options),
+    }
+
+
+def test_names_refuses_bad_names_and_urls_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    """Catches an illegal destination or group name, or a bad URL, reaching the adapter (or a
+    traceback) instead of a usage error saying what is allowed, exit 2, password redacted."""
+    assert main(["names", "memory://", "bad name"]) == 2
+    assert "illegal destination name 'bad name'" in capsys.readouterr().err
+    assert main(["names", "memory://", "orders", ".g"]) == 2
+    assert "illegal group name '.g'" in capsys.readouterr().err
+    assert main(["names", "memory://u:hunter2@x?bogus=1", "orders"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option 'bogus'" in err and "hunter2" not in err
+
+
+def test_every_installed_adapter_has_physical_names_with_the_one_signature() -> None:
+    """Catches an adapter whose public physical_names is missing or has another signature than
+    ``physical_names(destination, options=None)``, which `messagebus names` calls on every
+    adapter alike."""
+    checked = []
+    for ep in entry_points(group="messagebus.transports"):
+        factory = ep.load()
+        cls = getattr(factory, "__self__", factory)
+        if cls.__module__.startswith("messagebus."):
+            continue  # memory://, the core's own: logical names are its names
+        package = importlib.import_module(cls.__module__.partition(".")[0])
+        function = getattr(package, "physical_names", None)
+        assert callable(function), f"{package.__name__} has no public physical_names"
+        assert "physical_names" in package.__all__, package.__name__
+        params = list(inspect.signature(function).parameters.values())
+        assert [p.name for p in params] == ["destination", "options"], package.__name__
+        assert params[1].default is None, package.__name__
+        checked.append(package.__name__)
+    assert checked, "no adapter installed"
