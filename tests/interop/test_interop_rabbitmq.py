@@ -110,7 +110,7 @@ async def test_cloudevents_sdk_reads_what_messagebus_publishes(rabbitmq_url: str
         names = [k for k in message.headers if k.lower().startswith("cloudevents")]
         assert names and all(k.startswith("cloudEvents_") for k in names), f"one separator, the preferred: {names}"
     lost, duplicated, unexpected = tally(
-        [f"{e.get_data()['n']}" for e, _ in events],  # type: ignore[index]
+        [f"{e.get_data()['n']}" for e, _ in events],
         {str(n) for n in range(10)},
     )
     assert not (lost or duplicated or unexpected), (lost, duplicated, unexpected)
