@@ -111,3 +111,47 @@ def test_no_sdk_means_no_instruments(monkeypatch: pytest.MonkeyPatch) -> None:
     assert MeterGate().instruments() is None
     monkeypatch.setattr(metrics_internal, "_METER_PROVIDER", NoOpMeterProvider())
     assert MeterGate().instruments() is None
+
+
+@pytest.mark.parametrize(
+    ("value", "spans", "metrics"),
+    [("traces", True, False), ("metrics", False, True), (" Traces , METRICS ", True, True), ("on", True, True)],
+)
+async def test_the_telemetry_env_var_keeps_only_the_signals_it_names(
+    bus_factory: BusFactory,
+    telemetry: TelemetryCapture,
+    monkeypatch: pytest.MonkeyPatch,
+    value: str,
+    spans: bool,
+    metrics: bool,
+) -> None:
+    """Bug caught: ``MESSAGEBUS_TELEMETRY=traces`` still paying for metrics (or ``metrics``
+    still tracing), so a service could not leave one signal on without the other's cost."""
+    monkeypatch.setenv("MESSAGEBUS_TELEMETRY", value)
+    got: Collector[int] = Collector(10)
+    bus = bus_factory("billing")
+
+    @bus.subscribe("orders.created")
+    async def bill(order: dict[str, Any]) -> None:
+        got.add(order["id"])
+
+    async with bus:
+        await bus.publish("orders.created", {"id": 1})
+        await got.wait_for(1)
+        await wait_idle(bus)
+
+    names = {s.name for s in telemetry.spans()}
+    assert (names == {"send orders.created", "process orders.created"}) is spans, names
+    m = telemetry.metrics()
+    assert (total(m, "messaging.client.sent.messages") == 1) is metrics
+    assert (total(m, "messaging.process.duration") == 1) is metrics
+
+
+def test_a_telemetry_env_var_it_does_not_understand_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bug caught: a typo such as ``MESSAGEBUS_TELEMETRY=trace`` silently meaning "everything
+    on" (or off) instead of an error naming the values allowed."""
+    from messagebus import ConfigurationError
+
+    monkeypatch.setenv("MESSAGEBUS_TELEMETRY", "trace")
+    with pytest.raises(ConfigurationError, match=r"MESSAGEBUS_TELEMETRY='trace'.*on, off, traces, metrics"):
+        Bus.from_url("memory://", service="x")
