@@ -653,3 +653,90 @@ def test_no_span_lost_or_duplicated_through_the_default_batch_processor() -> Non
     assert out["names"] == {"send ticks": n + 1, "create ticks": n, "process ticks": 2 * n}
     assert out["duplicated"] == 0
     assert out["warnings"] == [], "the SDK dropped or refused spans"
+
+
+async def test_the_sampler_sees_the_attributes_and_send_links_only_sampled_creates(
+    telemetry: TelemetryCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bug caught: attributes set only after the span started (a sampler deciding on
+    ``messaging.destination.name`` or the operation sees nothing), a ``send`` span linking to
+    ``create`` spans that were never recorded, or the ``process`` attributes that do not
+    change per message built again for every delivery."""
+    from collections.abc import Sequence
+
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+    from opentelemetry.trace import Link, Tracer
+    from opentelemetry.trace.span import TraceState
+    from opentelemetry.util.types import Attributes
+
+    import messagebus.middleware.tracing as tracing_module
+    from messagebus import Destination, DestinationKind, OutgoingMessage
+
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    class OddCreatesDropped(Sampler):
+        def should_sample(
+            self,
+            parent_context: Context | None,
+            trace_id: int,
+            name: str,
+            kind: SpanKind | None = None,
+            attributes: Attributes = None,
+            links: Sequence[Link] | None = None,
+            trace_state: TraceState | None = None,
+        ) -> SamplingResult:
+            given = dict(attributes or {})
+            seen.append((name, given))
+            if name.startswith("create") and str(given.get("messaging.message.id", "")).endswith(("1", "3")):
+                return SamplingResult(Decision.DROP)
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+
+        def get_description(self) -> str:
+            return "odd creates dropped"
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=OddCreatesDropped())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    class Private(TracerGate):
+        def tracer(self) -> Tracer | None:
+            return provider.get_tracer("test")
+
+    built: list[str] = []
+    original = tracing_module._process_source
+
+    def counting(*args: Any) -> Any:
+        built.append(args[2])
+        return original(*args)
+
+    monkeypatch.setattr(tracing_module, "_process_source", counting)
+
+    async def sent(messages: Any) -> None:
+        return None
+
+    async def handler(envelope: Envelope) -> None:
+        return None
+
+    publish = tracing_publish_middleware("memory", gate=Private())(sent)
+    topic = Destination(DestinationKind.TOPIC, "orders")
+    await publish([OutgoingMessage(topic, b"{}", {"ce-id": f"m-{i}"}) for i in range(4)])
+    handle = tracing_middleware("memory", gate=Private())(handler)
+    for i in range(3):
+        await handle(Envelope(b"{}", {"ce-id": f"p-{i}"}, "orders", "billing"))
+
+    by_name = {name: attributes for name, attributes in seen}
+    assert by_name["send orders"]["messaging.destination.name"] == "orders"
+    assert by_name["send orders"]["messaging.batch.message_count"] == 4
+    assert by_name["create orders"]["messaging.operation.type"] == "create"
+    assert by_name["process orders"]["messaging.consumer.group.name"] == "billing"
+    spans = exporter.get_finished_spans()
+    creates = {span_id(s) for s in spans if s.name == "create orders"}
+    assert len(creates) == 2, "m-1 and m-3 were dropped"
+    [send] = [s for s in spans if s.name == "send orders"]
+    assert {link.context.span_id for link in send.links} == creates
+    assert built == ["orders"], "the per-source attributes are built once"
+    assert len([s for s in spans if s.name == "process orders"]) == 3
