@@ -22,6 +22,7 @@ from ._destination import Destination, DestinationKind, dead_letter_name, valida
 from ._discovery import available_schemes, load_transport
 from ._errors import MessageBusError
 from ._transport import Transport
+from .outbox import _cli as outbox_cli
 
 __all__ = ["main"]
 
@@ -37,6 +38,8 @@ examples:
   messagebus names kafka://localhost:9092 orders.created billing
                                                   the Kafka topic, group id, retry and dead-letter
                                                   topics behind group billing (no I/O)
+  messagebus outbox migrate postgresql://localhost/app
+                                                  create or upgrade the outbox/inbox tables
 
 The transport URL of 'run' comes from the Bus itself (Bus.from_env reads MESSAGEBUS_URL).
 Exit status: 0 on success, 2 on a usage or configuration error."""
@@ -196,10 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     names.add_argument("url", help="a transport URL, as the services use it (its options can change names)")
     names.add_argument("destination", help="a logical topic or queue name, such as orders.created")
     names.add_argument("group", nargs="?", help="a subscription group (the service name by default in code)")
+    outbox_cli.add_parser(commands)
     args = parser.parse_args(argv)
     try:
         if args.command == "schemes":
             print("\n".join(available_schemes()))
+        elif args.command == "outbox":
+            print(outbox_cli.run(args))
         elif args.command == "names":
             _print_names(TransportURL.parse(args.url), args.destination, args.group)
         elif args.command == "check":
