@@ -1,6 +1,7 @@
 """The connection: boto3 clients, the thread pool their blocking calls run on (``max_workers``
-threads; each consumer polls on a thread of its own), and the batch APIs. botocore reconnects
-and retries each call itself, so there is no connection to supervise beyond open and close."""
+threads), the long-poll threads of the consumers (:class:`Poller`), and the batch APIs.
+botocore reconnects and retries each call itself, so there is no connection to supervise
+beyond open and close."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
 from messagebus import ConnectError, ConsumeError, LifecycleError, MessageBusError, PublishError, TransportError
@@ -20,7 +23,7 @@ from ._errors import CONNECTION_ERRORS, errors
 from ._options import SqsOptions
 from ._topology import Topology
 
-__all__ = ["BatchKind", "Connection", "Entry"]
+__all__ = ["BatchKind", "Connection", "Entry", "Poller"]
 
 logger = logging.getLogger("messagebus.sqs")
 
@@ -54,7 +57,6 @@ class Connection:
         self.topology: Topology | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._batchers: dict[tuple[str, str], Batcher[Entry, Entry]] = {}
-        self._lingering: set[asyncio.Task[Any]] = set()
         self._lock = asyncio.Lock()
         self._closing = False
 
@@ -110,15 +112,11 @@ class Connection:
         return clients[0], clients[1]
 
     async def close(self) -> None:
-        """Wait for late work (polls that outlived their consumer, bounded by ``wait_time``),
-        send every queued batch entry, then release the threads and clients."""
+        """Send every queued batch entry, then release the threads and clients. Does not wait
+        for long polls still running: their :class:`Poller` hands back what they receive."""
         if self.topology is None or self._closing:
             return
         self._closing = True
-        if self._lingering:
-            _, pending = await asyncio.wait(list(self._lingering), timeout=self.options.wait_time + 5.0)
-            for task in pending:
-                task.cancel()
         for batcher in list(self._batchers.values()):
             await batcher.drain()
         self._batchers.clear()
@@ -133,12 +131,6 @@ class Connection:
         if self._executor is None:
             raise LifecycleError("the sqs transport is not connected; call connect() first")
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
-
-    def linger(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run ``coro`` in a task that :meth:`close` waits for (work left by a stopped consumer)."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._lingering.add(task)
-        task.add_done_callback(self._lingering.discard)
 
     async def request(self, kind: BatchKind, target: str, entries: list[Entry]) -> dict[str, Any]:
         """One batch API call of ``kind`` on ``target`` (queue URL / topic ARN)."""
@@ -183,6 +175,101 @@ class Connection:
             log=logger,
             what=what,
         )
+
+
+class Poller:
+    """The long-poll thread of one consumer: ``ReceiveMessage`` calls, one at a time, on a
+    daemon thread of its own, so a poll still waiting never delays ``stop()``, ``close()`` or
+    the interpreter's exit.
+
+    boto3 cannot cancel a call in flight, so :meth:`receive` abandons it instead: whatever
+    an abandoned poll returns is made visible again (``ChangeMessageVisibilityBatch`` to 0)
+    from the poll thread itself, with no event loop needed; nothing it received waits out
+    its visibility timeout. Exactly one side owns a poll's messages: the awaiting caller if
+    the poll finished first, else the poll thread (the ``concurrent.futures.Future`` decides
+    atomically). Only a process that exits while a poll is being answered leaves those
+    messages hidden until their visibility timeout; they are redelivered then.
+    """
+
+    def __init__(self, client: Any, name: str) -> None:
+        self._client = client
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"messagebus-sqs-poll-{name}", daemon=True)
+        self._thread.start()
+
+    async def receive(self, **request: Any) -> list[Entry]:
+        """``ReceiveMessage`` with ``request`` (``QueueUrl`` and the rest): its ``Messages``. Raises
+        the native error. Cancelled, it returns at once and the messages of that poll, now or
+        when it returns, are handed back by the poll thread."""
+        job: Future[list[Entry]] = Future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        job.add_done_callback(functools.partial(_wake, loop, waiter))
+        self._jobs.put(functools.partial(self._poll, request, job))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if not job.cancel() and job.exception() is None:
+                # It returned just before the cancel reached us: those messages are ours.
+                self._jobs.put(functools.partial(self._hand_back, request["QueueUrl"], job.result()))
+            raise
+        return job.result()
+
+    def close(self) -> None:
+        """End the thread after its poll in flight and its hand-backs (not waited for).
+        Idempotent."""
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    def _poll(self, request: dict[str, Any], job: Future[list[Entry]]) -> None:
+        if job.cancelled():
+            return
+        try:
+            response = self._client.receive_message(**request)
+        except Exception as exc:
+            with contextlib.suppress(InvalidStateError):
+                job.set_exception(exc)
+            return
+        messages: list[Entry] = list(response.get("Messages", []))
+        try:
+            job.set_result(messages)
+        except InvalidStateError:  # abandoned by a stop: nobody else will hand these back
+            self._hand_back(request["QueueUrl"], messages)
+
+    def _hand_back(self, queue_url: str, messages: list[Entry]) -> None:
+        if not messages:
+            return
+        entries = [
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0} for i, m in enumerate(messages)
+        ]
+        reason: object = "refused"
+        try:
+            response = self._client.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries)
+            failed = len(response.get("Failed", []))
+        except Exception as exc:
+            failed, reason = len(entries), exc
+        if failed:
+            logger.warning(
+                "%d messages received from %s by a poll abandoned at stop were not made visible again (%s); "
+                "they come back after their visibility timeout",
+                failed,
+                queue_url,
+                reason,
+            )
+
+
+def _wake(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None], _: Future[Any]) -> None:
+    # Runs on the poll thread (or the loop's, on cancel); the loop may be gone by then.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_set, waiter)
+
+
+def _set(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 async def _send_batch(

@@ -13,14 +13,13 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from messagebus import ConsumeError, DecodeError
 from messagebus.transports import AttributeValue, ConsumerBase, Delivery, DeliveryHandler, Destination
 
 from ._codec import decode_message
-from ._connection import Connection, Entry
+from ._connection import Connection, Entry, Poller
 from ._errors import errors, is_missing
 from ._telemetry import consume_attributes
 
@@ -58,7 +57,7 @@ class SqsConsumer(ConsumerBase):
         self._leased: dict[Delivery, float] = {}
         self._extending: dict[Delivery, asyncio.Future[Entry]] = {}
         self._remembered: OrderedDict[str, Mapping[str, str]] = OrderedDict()
-        self._poller = ThreadPoolExecutor(1, thread_name_prefix="messagebus-sqs-poll")
+        self._poller: Poller | None = None
         self._redeclaring: asyncio.Task[bool] | None = None
 
     async def declare(self, *, fresh: bool = False) -> None:
@@ -74,8 +73,9 @@ class SqsConsumer(ConsumerBase):
         self._visibility = conn.batcher("visibility", self.queue_url)
 
     def start(self) -> None:
-        """Start the workers, the fetch loop and the lease loop."""
+        """Start the workers, the poll thread, the fetch loop and the lease loop."""
         super().start()
+        self._poller = Poller(self._conn.sqs, self.name)
         fetching = self.fetch_loop(
             self._fetch,
             describe_error=lambda exc: str(errors.map(exc, ConsumeError, f"receiving from {self.queue_url}")),
@@ -93,26 +93,19 @@ class SqsConsumer(ConsumerBase):
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def _receive(self, count: int) -> list[dict[str, Any]]:
-        response = self._conn.sqs.receive_message(
-            QueueUrl=self.queue_url,
-            MaxNumberOfMessages=count,
-            WaitTimeSeconds=self._conn.options.wait_time,
-            VisibilityTimeout=self._vt,
-            MessageAttributeNames=["All"],
-            MessageSystemAttributeNames=["All"],
-        )
-        return list(response.get("Messages", []))
-
     async def _fetch(self, room: int) -> list[Delivery]:
-        poll = asyncio.get_running_loop().run_in_executor(self._poller, self._receive, min(10, room))
+        assert self._poller is not None
         try:
-            messages = await asyncio.shield(poll)
-        except asyncio.CancelledError:
-            # stop() cancels this loop while the long poll goes on in its thread, or just after
-            # it returned: hand back what it received (SqsTransport.close waits for that).
-            self._conn.linger(self._release_late(poll))
-            raise
+            # stop() cancels this loop mid-poll without waiting for the poll: the poller
+            # hands back whatever that poll receives.
+            messages = await self._poller.receive(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=min(10, room),
+                WaitTimeSeconds=self._conn.options.wait_time,
+                VisibilityTimeout=self._vt,
+                MessageAttributeNames=["All"],
+                MessageSystemAttributeNames=["All"],
+            )
         except Exception as exc:
             redeclaring = self._queue_missing(exc)
             if redeclaring is not None:
@@ -220,12 +213,8 @@ class SqsConsumer(ConsumerBase):
         """After the hand-back: send every queued settle."""
         await self._deleter.drain()
         await self._visibility.drain()
-        self._poller.shutdown(wait=False)
-
-    async def _release_late(self, poll: asyncio.Future[list[dict[str, Any]]]) -> None:
-        with contextlib.suppress(Exception):
-            deadline = time.monotonic() + self._vt
-            await self.release([self._delivery(m, deadline) for m in await poll])
+        if self._poller is not None:
+            self._poller.close()
 
     # -- a queue that vanished ---------------------------------------------------------------
 
