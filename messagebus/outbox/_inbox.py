@@ -93,7 +93,7 @@ class Inbox:
         self._db = Database(database, max_size=10)
         self._window = seconds_arg(window, "window", allow_zero=False)
         self._cleanup_interval = seconds_arg(cleanup_interval, "cleanup_interval", allow_zero=False)
-        self._next_cleanup = 0.0
+        self._next_cleanup = time.monotonic() + self._cleanup_interval
         self._cleanup_task: asyncio.Task[None] | None = None
         self._warned_no_id = False
         inbox = self.tables.inbox

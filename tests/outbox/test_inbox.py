@@ -161,7 +161,7 @@ async def test_handler_publishes_through_the_outbox_in_the_inbox_transaction(bus
 async def test_expired_records_are_cleaned_up_and_the_window_is_per_handler(pool: Any, schema: str) -> None:
     """Catches: a clean-up that deletes records still inside their window (duplicates then
     run again) or never deletes expired ones (the table grows forever)."""
-    inbox = Inbox(pool, schema=schema, window=3600)
+    inbox = Inbox(pool, schema=schema, window=3600, cleanup_interval=3600)
     short = inbox.dedupe(window=0.001)
     seen: list[str] = []
 
