@@ -194,26 +194,21 @@ class Poller:
     def __init__(self, client: Any, name: str) -> None:
         self._client = client
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=f"messagebus-sqs-poll-{name}", daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._run, name=f"messagebus-sqs-poll-{name}", daemon=True).start()
 
     async def receive(self, **request: Any) -> list[Entry]:
         """``ReceiveMessage`` with ``request`` (``QueueUrl`` and the rest): its ``Messages``. Raises
         the native error. Cancelled, it returns at once and the messages of that poll, now or
         when it returns, are handed back by the poll thread."""
         job: Future[list[Entry]] = Future()
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        job.add_done_callback(functools.partial(_wake, loop, waiter))
         self._jobs.put(functools.partial(self._poll, request, job))
         try:
-            await waiter
+            return await asyncio.wrap_future(job)
         except asyncio.CancelledError:
             if not job.cancel() and job.exception() is None:
                 # It returned just before the cancel reached us: those messages are ours.
                 self._jobs.put(functools.partial(self._hand_back, request["QueueUrl"], job.result()))
             raise
-        return job.result()
 
     def close(self) -> None:
         """End the thread after its poll in flight and its hand-backs (not waited for).
@@ -228,12 +223,11 @@ class Poller:
         if job.cancelled():
             return
         try:
-            response = self._client.receive_message(**request)
+            messages: list[Entry] = self._client.receive_message(**request).get("Messages", [])
         except Exception as exc:
             with contextlib.suppress(InvalidStateError):
                 job.set_exception(exc)
             return
-        messages: list[Entry] = list(response.get("Messages", []))
         try:
             job.set_result(messages)
         except InvalidStateError:  # abandoned by a stop: nobody else will hand these back
@@ -245,31 +239,17 @@ class Poller:
         entries = [
             {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0} for i, m in enumerate(messages)
         ]
-        reason: object = "refused"
         try:
-            response = self._client.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries)
-            failed = len(response.get("Failed", []))
+            failed = self._client.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries).get("Failed")
         except Exception as exc:
-            failed, reason = len(entries), exc
+            failed = exc
         if failed:
             logger.warning(
-                "%d messages received from %s by a poll abandoned at stop were not made visible again (%s); "
-                "they come back after their visibility timeout",
-                failed,
+                "messages a poll abandoned at stop received from %s were not all made visible again (%s); they "
+                "come back after their visibility timeout",
                 queue_url,
-                reason,
+                failed,
             )
-
-
-def _wake(loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None], _: Future[Any]) -> None:
-    # Runs on the poll thread (or the loop's, on cancel); the loop may be gone by then.
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(_set, waiter)
-
-
-def _set(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 async def _send_batch(
