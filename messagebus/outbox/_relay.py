@@ -96,25 +96,25 @@ class Relay:
         self._next_cleanup = 0.0
         outbox = tables.outbox
         self._claim = f"""
-            WITH claimed AS (
-                SELECT id FROM {outbox} o
-                WHERE sent_at IS NULL AND available_at <= now() AND (retry_at IS NULL OR retry_at <= now())
-                  AND (message_key IS NULL OR NOT EXISTS (
-                      SELECT 1 FROM {outbox} p
-                      WHERE p.sent_at IS NULL AND p.destination = o.destination AND p.message_key = o.message_key
-                        AND p.id < o.id AND p.retry_at > now()
-                  ))
-                ORDER BY id LIMIT $1
-                FOR UPDATE SKIP LOCKED
-            )
+            SELECT id FROM {outbox} o
+            WHERE sent_at IS NULL AND available_at <= now() AND (retry_at IS NULL OR retry_at <= now())
+              AND (message_key IS NULL OR NOT EXISTS (
+                  SELECT 1 FROM {outbox} p
+                  WHERE p.sent_at IS NULL AND p.destination = o.destination AND p.message_key = o.message_key
+                    AND p.id < o.id AND p.retry_at > now()
+              ))
+            ORDER BY id LIMIT $1
+            FOR UPDATE SKIP LOCKED"""
+        self._in_order = f"""
             SELECT o.id, o.destination_kind, o.destination, o.message_key, o.headers, o.body
-            FROM {outbox} o JOIN claimed c ON c.id = o.id
-            WHERE o.message_key IS NULL OR NOT EXISTS (
+            FROM {outbox} o
+            WHERE o.id = ANY($1::bigint[]) AND (o.message_key IS NULL OR NOT EXISTS (
                 SELECT 1 FROM {outbox} p
                 WHERE p.sent_at IS NULL AND p.destination = o.destination AND p.message_key = o.message_key
-                  AND p.id < o.id AND p.available_at <= now() AND p.id NOT IN (SELECT id FROM claimed)
-            )
+                  AND p.id < o.id AND p.available_at <= now() AND p.id <> ALL($1::bigint[])
+            ))
             ORDER BY o.id"""
+        self._notify = "SELECT pg_notify($1, '')"
         self._mark = (
             f"UPDATE {outbox} SET sent_at = clock_timestamp(), attempts = attempts + 1, retry_at = NULL "
             "WHERE id = ANY($1::bigint[])"
@@ -186,7 +186,14 @@ class Relay:
         only."""
         pool = await self._db.pool()
         async with pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(self._claim, self._limit)
+            claimed = [row["id"] for row in await conn.fetch(self._claim, self._limit)]
+            if not claimed:
+                return 0
+            rows = await conn.fetch(self._in_order, claimed)
+            if len(rows) < len(claimed):
+                # Some wait behind rows another relay holds: when this transaction ends,
+                # wake the relays (that one included) to take them in order.
+                await conn.execute(self._notify, self._tables.channel)
             if not rows:
                 return 0
             messages = [_message(row) for row in rows]
