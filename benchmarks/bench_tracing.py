@@ -17,7 +17,9 @@ each run of a configuration is paired with an ``off`` run just before or after i
   ``BatchSpanProcessor`` feeding an exporter that drops everything, and a ``MeterProvider``
   with an in-memory reader; every span and metric is recorded;
 - ``sampled``: as ``sdk``, with the sampler a production service would leave on,
-  ``ParentBased(TraceIdRatioBased(0.1))``: one trace in ten recorded, every metric.
+  ``ParentBased(TraceIdRatioBased(0.1))``: one trace in ten recorded, every metric;
+- ``sampled-traces``: as ``sampled`` with ``MESSAGEBUS_TELEMETRY=traces`` (the meter provider
+  still installed): what tracing left on costs when the metrics are not wanted.
 
 The ``BatchSpanProcessor`` has the SDK's default settings (queue 2,048, batches of 512, 5 s
 delay) and its exporter counts what it receives: after every traced run the processor is
@@ -64,6 +66,7 @@ CONFIGS = {
     "traces": "SDK tracer provider only (no-op exporter), no meter provider",
     "sdk": "tracing + metrics on, SDK + no-op exporter",
     "sampled": "as sdk, sampler ParentBased(TraceIdRatioBased(0.1))",
+    "sampled-traces": "as sampled, MESSAGEBUS_TELEMETRY=traces",
 }
 #: Configurations whose every span is sampled, so the spans a run must export are known.
 ALL_SAMPLED = ("traces", "sdk")
@@ -123,7 +126,8 @@ def _install_tracer_provider() -> None:
 def _use_sampler(config: str) -> None:
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 
-    _Spans.sampler = ParentBased(TraceIdRatioBased(SAMPLE_RATIO)) if config == "sampled" else ALWAYS_ON
+    sampled = config.startswith("sampled")
+    _Spans.sampler = ParentBased(TraceIdRatioBased(SAMPLE_RATIO)) if sampled else ALWAYS_ON
 
 
 def _install_meter_provider() -> None:
@@ -171,6 +175,8 @@ def _set_config(config: str) -> None:
     # The default middleware is chosen when a Bus is built, from MESSAGEBUS_TELEMETRY.
     if config == "off":
         os.environ["MESSAGEBUS_TELEMETRY"] = "off"
+    elif config == "sampled-traces":
+        os.environ["MESSAGEBUS_TELEMETRY"] = "traces"
     else:
         os.environ.pop("MESSAGEBUS_TELEMETRY", None)
 
@@ -214,7 +220,14 @@ def _chain_overhead(loops: int = 200_000) -> tuple[float, float]:
 
 
 #: Each measured configuration and the baseline it is paired with, round by round.
-PAIRS = {"off": "off", "api": "off", "traces": "off-traces", "sdk": "off-sdk", "sampled": "off-sampled"}
+PAIRS = {
+    "off": "off",
+    "api": "off",
+    "traces": "off-traces",
+    "sdk": "off-sdk",
+    "sampled": "off-sampled",
+    "sampled-traces": "off-sampled-traces",
+}
 
 
 def _sdk_floor(loops: int = 3000) -> dict[str, float]:
@@ -222,7 +235,8 @@ def _sdk_floor(loops: int = 3000) -> dict[str, float]:
     one message published alone and handled cost by themselves, with no messagebus code: the
     floor under any traced rate. Spans: the ``send`` span (its attributes, made current, the
     context injected), the context extracted, the ``process`` span (made current, an ``ack``
-    event); metrics: two counter adds and two histogram records. Best of 5."""
+    event); metrics: two counter adds and two histogram records, taken while the span is
+    current. Median of 5."""
     from opentelemetry import context, propagate, trace
     from opentelemetry.metrics import get_meter_provider
     from opentelemetry.util.types import AttributeValue
@@ -265,11 +279,14 @@ def _sdk_floor(loops: int = 3000) -> dict[str, float]:
         "messaging.consumer.group.name": "bench",
     }
 
-    def spans() -> None:
+    def spans(record: bool = False) -> None:
         span = tracer.start_span("send ticks", kind=trace.SpanKind.PRODUCER, attributes=send_attributes)
         token = context.attach(trace.set_span_in_context(span))
         headers: dict[str, str] = {}
         propagate.inject(headers)
+        if record:  # while the span is current, as the middleware does: exemplars are taken
+            op.record(0.0001, metric_send)
+            sent.add(1, metric_send)
         context.detach(token)
         span.end()
         parent = propagate.extract(headers)
@@ -277,27 +294,61 @@ def _sdk_floor(loops: int = 3000) -> dict[str, float]:
             "process ticks", context=parent, kind=trace.SpanKind.CONSUMER, attributes=process_attributes
         )
         token = context.attach(trace.set_span_in_context(span, parent))
+        if record:
+            consumed.add(1, metric_process)
+            process.record(0.0001, metric_process)
         context.detach(token)
         span.add_event("ack")
         span.end()
 
-    def metrics() -> None:
-        op.record(0.0001, metric_send)
-        sent.add(1, metric_send)
-        consumed.add(1, metric_process)
-        process.record(0.0001, metric_process)
+    def both() -> None:
+        spans(record=True)
 
     out = {}
-    for name, call in (("spans", spans), ("metrics", metrics)):
-        best = float("inf")
+    for name, call in (("spans", spans), ("both", both)):
+        taken = []
         for _ in range(5):
             start = time.process_time()
             for _ in range(loops):
                 call()
-            best = min(best, time.process_time() - start)
-        out[name] = best / loops * 1e6
+            taken.append(time.process_time() - start)
+        out[name] = statistics.median(taken) / loops * 1e6
     _Spans.provider.force_flush()
-    return out
+    return {"spans": out["spans"], "metrics": out["both"] - out["spans"]}
+
+
+def _profile_shares(n: int) -> dict[str, float]:
+    """Where a fully traced run (``sdk``, publish one at a time) spends its time, by cProfile's
+    own time per function, grouped by package: the OpenTelemetry SDK and API, messagebus's
+    tracing and metrics middleware, the rest of messagebus, everything else (asyncio,
+    pydantic, builtins called from Python code are charged to the builtin). Shares of the
+    total; cProfile slows every call alike, so the shares hold better than the times."""
+    import cProfile
+    import pstats
+
+    _set_config("sdk")
+    _use_sampler("sdk")
+    profile = cProfile.Profile()
+    profile.enable()
+    asyncio.run(_run("publish", n))
+    profile.disable()
+    _Spans.provider.force_flush()  # so its spans are not counted by the next run
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    shares: dict[str, float] = {}
+    for (path, _line, _name), (_cc, _nc, own, _cum, _callers) in stats.items():
+        if "opentelemetry" in path:
+            group = "OpenTelemetry SDK and API"
+        elif "messagebus/middleware" in path:
+            group = "messagebus tracing and metrics middleware"
+        elif "messagebus" in path:
+            group = "messagebus core and memory transport"
+        elif path == "~":
+            group = "builtins (mostly called by OpenTelemetry: isinstance, locks, dict ops)"
+        else:
+            group = "asyncio, pydantic and the rest"
+        shares[group] = shares.get(group, 0.0) + own
+    total = sum(shares.values())
+    return {group: own / total for group, own in sorted(shares.items(), key=lambda kv: -kv[1])}
 
 
 #: Messages per workload in the runs that load the span processor (far more than its queue).
@@ -306,16 +357,16 @@ PRESSURE = 20_000
 
 def _expected_spans(workload: str, count: int) -> int:
     # send + process per message; a batch adds one create per message and one send per batch
-    return 2 * count if workload == "publish" else 2 * count + count // 1000
+    return 2 * count if workload == "publish" else 2 * count + -(-count // 1000)
 
 
 def child(rounds: int, n: int) -> None:
     """Run every configuration in this process, each round pairing it with a baseline run
     (telemetry off) right before or after it, in alternating order: ``api`` first, then
-    ``traces`` once the SDK tracer provider is installed, then ``sdk`` and ``sampled`` once
-    the SDK meter provider is installed too. Prints the samples, the spans expected and
+    ``traces`` once the SDK tracer provider is installed, then ``sdk``, ``sampled`` and
+    ``sampled-traces`` once the SDK meter provider is installed too. Prints the samples, the spans expected and
     exported, and the bare-chain overhead as JSON."""
-    buckets = ("off", "api", "off-traces", "traces", "off-sdk", "sdk", "off-sampled", "sampled")
+    buckets = (*CONFIGS, *(f"off-{c}" for c in ("traces", "sdk", "sampled", "sampled-traces")))
     samples: dict[str, dict[str, list[float]]] = {b: {w: [] for w in WORKLOADS} for b in buckets}
     spans: dict[str, dict[str, dict[str, float]]] = {
         c: {w: {"expected": 0, "exported": 0, "wall_rate": 0.0} for w in WORKLOADS} for c in (*ALL_SAMPLED, "pressure")
@@ -357,9 +408,13 @@ def child(rounds: int, n: int) -> None:
     _install_meter_provider()
     paired("sdk")
     paired("sampled")
+    paired("sampled-traces")
     floor = _sdk_floor()
+    shares = _profile_shares(max(500, n // (2 * SDK_SHARE)))
     run("pressure", "pressure")  # every span sampled, tracing and metrics on, as in sdk
-    print(json.dumps({"samples": samples, "spans": spans, "overhead_ns": overhead, "floor_us": floor}))
+    print(
+        json.dumps({"samples": samples, "spans": spans, "overhead_ns": overhead, "floor_us": floor, "profile": shares})
+    )
 
 
 FASTSTREAM_SCRIPT = r"""
@@ -401,9 +456,11 @@ meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
 
 async def run(config, n):
     global sampler
-    sampler = ParentBased(TraceIdRatioBased(ratio)) if config == "sampled" else ALWAYS_ON
+    sampler = ParentBased(TraceIdRatioBased(ratio)) if config.startswith("sampled") else ALWAYS_ON
     middlewares = []
-    if config != "untraced":
+    if config == "sampled-traces":  # no meter provider given, none global: its meter is a no-op
+        middlewares = [KafkaTelemetryMiddleware(tracer_provider=tracer_provider)]
+    elif config != "untraced":
         middlewares = [KafkaTelemetryMiddleware(tracer_provider=tracer_provider, meter_provider=meter_provider)]
     broker = KafkaBroker(middlewares=middlewares)
     count = 0
@@ -428,7 +485,7 @@ async def run(config, n):
 async def main():
     for config in ("untraced", "traced"):  # warm up
         await run(config, 300)
-    out = {"untraced": [], "traced": [], "sampled": []}
+    out = {"untraced": [], "traced": [], "sampled": [], "sampled-traces": []}
     for r in range(rounds):
         order = list(out) if r % 2 == 0 else list(reversed(out))
         for config in order:
@@ -525,9 +582,11 @@ def main(quick: bool, n: int | None, rounds: int | None, faststream_python: str 
             )
     targets = [
         f"- traced (`sdk`) publish one at a time: {medians['sdk']['publish_ratio']:.3f}x of untraced "
-        f"(target >= 0.30x); with one trace in ten sampled: {medians['sampled']['publish_ratio']:.3f}x",
+        f"(target >= 0.30x); with one trace in ten sampled: {medians['sampled']['publish_ratio']:.3f}x; "
+        f"sampled, no metrics: {medians['sampled-traces']['publish_ratio']:.3f}x",
         f"- traced (`sdk`) publish_many: {medians['sdk']['publish_many_ratio']:.3f}x of untraced; "
-        f"sampled: {medians['sampled']['publish_many_ratio']:.3f}x",
+        f"sampled: {medians['sampled']['publish_many_ratio']:.3f}x; sampled, no metrics: "
+        f"{medians['sampled-traces']['publish_many_ratio']:.3f}x",
     ]
     floor = result["floor_us"]
     untraced_us = 1e6 / medians["off"]["publish"]
@@ -536,16 +595,23 @@ def main(quick: bool, n: int | None, rounds: int | None, faststream_python: str 
     targets.append(
         f"- the floor: the OpenTelemetry SDK calls messagebus makes for one message published alone and "
         f"handled (two spans with their attributes, context made current, injected and extracted, the "
-        f"`ack` event; two counter adds and two histogram records) cost {floor['spans']:.0f} us (spans) + "
+        f"`ack` event; two counter adds and two histogram records taken with the span current) cost "
+        f"{floor['spans']:.0f} us (spans) + "
         f"{floor['metrics']:.0f} us (metrics) of CPU by themselves, without messagebus, against "
         f"{untraced_us:.0f} us for the whole untraced message: no instrumentation making these calls can "
         f"exceed {ceiling:.3f}x of untraced here. messagebus traced takes {traced_us:.0f} us per message, "
-        f"{traced_us - untraced_us - floor['spans'] - floor['metrics']:.0f} us above untraced + floor"
+        f"{traced_us - untraced_us - floor['spans'] - floor['metrics']:.0f} us above untraced + floor "
+        "(the floor is measured in a tight loop, warm caches; the profile below shows where a traced run's "
+        "time goes)"
     )
+    profile_lines = ["| where | share of a traced run's own time |", "|---|---:|"]
+    profile_lines += [f"| {group} | {share * 100:.0f}% |" for group, share in result["profile"].items()]
     fs_text = ""
     if fs is not None:
-        fs_un, fs_tr, fs_sa = (statistics.median(fs[c]) for c in ("untraced", "traced", "sampled"))
-        ours_tr, ours_sa = medians["sdk"]["publish"], medians["sampled"]["publish"]
+        fs_un, fs_tr, fs_sa, fs_st = (
+            statistics.median(fs[c]) for c in ("untraced", "traced", "sampled", "sampled-traces")
+        )
+        ours_tr, ours_sa, ours_st = (medians[c]["publish"] for c in ("sdk", "sampled", "sampled-traces"))
         fs_text = (
             f"\n### FastStream {fs['version']}, same run\n\n"
             "`TestKafkaBroker`, one message published at a time, the same pydantic model; "
@@ -558,10 +624,12 @@ def main(quick: bool, n: int | None, rounds: int | None, faststream_python: str 
             f"| traced + metrics, every span sampled | {fs_tr:,.0f} | {ours_tr:,.0f} | {ours_tr / fs_tr:.1f}x |\n"
             f"| traced + metrics, ParentBased(TraceIdRatioBased(0.1)) | {fs_sa:,.0f} | {ours_sa:,.0f} | "
             f"{ours_sa / fs_sa:.1f}x |\n"
+            f"| traced, ParentBased(TraceIdRatioBased(0.1)), no metrics | {fs_st:,.0f} | {ours_st:,.0f} | "
+            f"{ours_st / fs_st:.1f}x |\n"
         )
         targets.append(
             f"- traced vs FastStream traced, publish one at a time: {ours_tr / fs_tr:.1f}x (target >= 8x); "
-            f"sampled: {ours_sa / fs_sa:.1f}x"
+            f"sampled: {ours_sa / fs_sa:.1f}x; sampled without metrics: {ours_st / fs_st:.1f}x"
         )
     text = (
         "## Tracing and metrics cost on memory:// end to end\n\n"
@@ -580,6 +648,9 @@ def main(quick: bool, n: int | None, rounds: int | None, faststream_python: str 
         + "\n".join(targets)
         + "\n"
         + fs_text
+        + "\n### Profile of a traced run (`sdk`, publish one at a time, cProfile own time)\n\n"
+        + "\n".join(profile_lines)
+        + "\n"
         + "\n### Spans through the SDK's BatchSpanProcessor (default settings, counting exporter)\n\n"
         + "Every run of the fully sampled configurations, flushed after each run; *lost* is what the "
         "processor dropped (its queue holds 2,048 spans).\n\n" + "\n".join(span_lines) + "\n"
