@@ -37,8 +37,8 @@ class SqsTransport(TransportBase[SqsOptions, Connection, Publisher], schemes=("s
     :class:`UnsupportedFeature` (a key on a standard destination with ``strict_keys``).
     ``subscribe`` declares the queue (for a group: subscribed to the SNS topic with raw
     delivery) and long-polls it, ``prefetch`` messages ahead of the handlers. ``close`` also
-    sends pending settles and waits for long polls still running (at most ``wait_time``;
-    what they received is made visible again). Credentials come from the normal AWS chain
+    sends pending settles; it waits for no long poll (a poll it cuts off makes what it
+    still receives visible again from its own thread). Credentials come from the normal AWS chain
     and are never logged nor put in an error message. ``Delivery.attempt`` is SQS's
     ``ApproximateReceiveCount``: broker redeliveries count.
     """
