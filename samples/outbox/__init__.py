@@ -1,0 +1,1 @@
+"""The outbox sample: orders written and their events published atomically, charged once."""
