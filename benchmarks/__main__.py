@@ -18,7 +18,7 @@ from pathlib import Path
 from benchmarks._common import machine
 
 HERE = Path(__file__).parent
-ORDER = ["memory", "tracing", "latency", "lifecycle", "rabbitmq", "kafka", "sqs", "pubsub", "redis", "nats"]
+ORDER = ["memory", "tracing", "latency", "lifecycle", "rabbitmq", "kafka", "sqs", "pubsub", "redis", "nats", "outbox"]
 SECTIONS = ["summary", *ORDER]
 
 
