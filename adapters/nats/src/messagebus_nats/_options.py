@@ -26,6 +26,7 @@ class NatsOptions(TransportOptions):
     replicas: int = Field(1, ge=1, le=5, description="replicas of the streams it creates")
     ack_wait: float = Field(30.0, ge=1, le=43_200, description="seconds before an unacked delivery is redelivered")
     max_deliver: int = Field(-1, ge=-1, description="JetStream's delivery limit per message (-1: none)")
+    start_from: str = Field("now", pattern=r"^(now|earliest|\d{1,15})$", description="now, earliest or Unix ms")
     pull_expires: float = Field(5.0, ge=0.1, le=300, description="seconds one pull request waits for messages")
     publish_timeout: float = Field(10.0, gt=0, le=600, description="seconds to wait for JetStream's publish ack")
     connect_timeout: float = Field(5.0, gt=0, le=600, description="seconds per connection attempt")

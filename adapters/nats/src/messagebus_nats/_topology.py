@@ -1,7 +1,7 @@
 """Logical destinations -> JetStream streams, subjects and durable consumers; declarations.
 
 Topic ``T``: subject ``P.T`` (``P`` the prefix) in stream ``P_T`` with interest retention;
-group ``G``: the durable pull consumer ``G`` on it (messages stored after it was made).
+group ``G``: the durable pull consumer ``G`` on it (from ``start_from`` when it is made).
 Queue ``Q``: subject ``P.Q`` in work-queue stream ``P_Q``, durable ``messagebus-queue``.
 Dead letters are queues. Topics and queues share one name space (the README has more).
 """
@@ -9,11 +9,14 @@ Dead letters are queues. Topics and queues share one name space (the README has 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
 
 from messagebus import TopologyError
 from messagebus.transports import Destination, DestinationKind, dead_letter_name, sanitize_name
@@ -81,12 +84,8 @@ def physical_names(destination: Destination, options: NatsOptions | None = None)
 
 
 class Topology:
-    """Creates streams and durable consumers on demand, each stream once per connection.
-
-    Not thread-safe (one event loop). ``ensure_stream`` is idempotent and free once a stream
-    is known; creating one of the same settings again is a no-op on the server, other
-    settings raise :class:`TopologyError`.
-    """
+    """Creates streams and durable consumers on demand, each stream once per connection. Not
+    thread-safe (one loop). Idempotent; a stream of other settings raises :class:`TopologyError`."""
 
     def __init__(self, js: JetStreamContext, options: NatsOptions) -> None:
         self._js = js
@@ -120,20 +119,27 @@ class Topology:
             logger.debug("nats stream ensured: %s", names.stream)
 
     async def ensure_consumer(self, names: Names) -> None:
-        """Create the durable pull consumer of ``names`` (same settings: a no-op). A topic's
-        group sees messages stored from now on; a queue's consumer all of them."""
+        """Create the durable pull consumer of ``names`` (idempotent). A queue's consumer gets
+        every message, a new group those from ``start_from``; an existing one keeps its start."""
         await self.ensure_stream(names)
-        o = self._options
-        config = ConsumerConfig(
-            durable_name=names.consumer,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL if names.queue else DeliverPolicy.NEW,
-            filter_subject=names.subject,
-            ack_wait=o.ack_wait,
-            max_deliver=o.max_deliver,
-            max_ack_pending=-1,
-        )
+        start = "earliest" if names.queue else self._options.start_from
+        policy = {"now": DeliverPolicy.NEW, "earliest": DeliverPolicy.ALL}.get(start, DeliverPolicy.BY_START_TIME)
+        at = None if start.isalpha() else datetime.fromtimestamp(int(start) / 1000, UTC)
         try:
+            if not names.queue:  # JetStream cannot move an existing durable: it keeps its start
+                with contextlib.suppress(NotFoundError):
+                    old = (await self._js.consumer_info(names.stream, names.consumer)).config
+                    policy, at = old.deliver_policy or policy, old.opt_start_time
+            config = ConsumerConfig(
+                durable_name=names.consumer,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=policy,
+                opt_start_time=at,
+                filter_subject=names.subject,
+                ack_wait=self._options.ack_wait,
+                max_deliver=self._options.max_deliver,
+                max_ack_pending=-1,
+            )
             await self._js.add_consumer(names.stream, config)
         except Exception as exc:
             what = f"cannot create the durable consumer {names.consumer!r} of stream {names.stream!r}"

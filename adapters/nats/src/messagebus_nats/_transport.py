@@ -19,7 +19,7 @@ class NatsTransport(TransportBase[NatsOptions, Connection, Publisher], schemes=S
 
     The lifecycle of :class:`~messagebus.transports.TransportBase`. ``publish`` returns once
     JetStream acked every message (stored in its stream); streams are created on demand.
-    A topic's group sees what was stored after it first subscribed; a queue keeps
+    A new topic group starts at ``start_from`` (default: now, its first subscribe); a queue keeps
     everything until consumed. Per-key order holds within one consumer instance, not across
     competing instances of a group. ``Delivery.attempt`` counts retries and JetStream's
     redeliveries (ack_wait ran out, a hand-back at stop).
