@@ -1,6 +1,7 @@
 """Connection supervision: the redis-py client of a transport (a pool of connections that
-reopen on the next command after a failure), opened with back-off within
-``connect_timeout``, and the dedicated single-connection clients consumers block on.
+reopen on the next command after a failure; a ``RedisCluster`` for ``redis+cluster://``, a
+Sentinel-discovered master for ``redis+sentinel://``), opened with back-off within
+``connect_timeout``, and the dedicated clients consumers block on.
 
 redis-py's own command retries are off: a retried XREADGROUP whose reply was lost would
 strand entries, and a retried publish would be invisible to the caller's deadline. Each
@@ -15,7 +16,9 @@ import time
 from typing import Any
 
 import redis.asyncio as aredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from messagebus import ConnectError, LifecycleError
@@ -35,8 +38,12 @@ class Connection:
 
     def __init__(self, url: TransportURL, db: int, options: RedisOptions) -> None:
         self.options = options
-        self.address = f"{url.host or '127.0.0.1'}:{url.port or 6379}/{db}"
+        self.address = ",".join(f"{h}:{p}" for h, p in url.hosts) or "127.0.0.1:6379"
+        self.address += f"/{db}"
         self.client: aredis.Redis | None = None
+        self.kind = url.scheme.partition("+")[2]  # "", "cluster" or "sentinel"
+        self._nodes = [(h or "127.0.0.1", p or (26379 if self.kind == "sentinel" else 6379)) for h, p in url.hosts]
+        self._service = url.path.strip("/").partition("/")[0]
         self._lock = asyncio.Lock()
         o = options
         self._kwargs: dict[str, Any] = {
@@ -67,10 +74,26 @@ class Connection:
         return self.client
 
     def dedicated(self, name: str) -> aredis.Redis:
-        """A client of one connection of its own (a consumer's blocking reads), named ``name``
-        on the server so that it can be found and unblocked."""
+        """A client of its own (a consumer's blocking reads; one connection outside a cluster),
+        named ``name`` on the server so that it can be found and unblocked."""
         self.require()
-        return aredis.Redis(**{**self._kwargs, "client_name": name}, single_connection_client=True)
+        return self._new(client_name=name, single_connection_client=True)
+
+    def _new(self, **extra: Any) -> aredis.Redis:
+        kwargs = {**self._kwargs, **extra}
+        if self.kind == "cluster":
+            for key in ("host", "port", "db", "single_connection_client"):
+                kwargs.pop(key, None)
+            nodes = [ClusterNode(h, p) for h, p in self._nodes]
+            return RedisCluster(startup_nodes=nodes, **kwargs)  # type: ignore[return-value]
+        if self.kind == "sentinel":
+            for key in ("host", "port", "single_connection_client"):
+                kwargs.pop(key, None)
+            # The URL's credentials are the master's; the sentinels are asked without any.
+            sentinel = Sentinel(self._nodes, sentinel_kwargs={"socket_timeout": kwargs["socket_timeout"]})  # type: ignore[no-untyped-call]
+            master: aredis.Redis = sentinel.master_for(self._service, **kwargs)
+            return master
+        return aredis.Redis(**kwargs)
 
     async def open(self) -> None:
         """PING until it answers, retrying transient failures with back-off for
@@ -79,7 +102,7 @@ class Connection:
         async with self._lock:
             if self.client is not None:
                 return
-            client = aredis.Redis(**self._kwargs)
+            client = self._new()
             deadline = time.monotonic() + self.options.connect_timeout
             backoff = Backoff(0.1, 1.0)
             while True:

@@ -68,6 +68,7 @@ class RedisConsumer(ConsumerBase):
         self._options = o = conn.options
         # redis-py's command stubs type replies as unions of every shape: read them as Any.
         self._client: Any = conn.require()
+        self._cluster = conn.kind == "cluster"
         client = self._client
         self._reader: Any = conn.dedicated(self.consumer)
         self._vis_ms = int(o.visibility_timeout * 1000)
@@ -137,13 +138,17 @@ class RedisConsumer(ConsumerBase):
     async def _hand_over(self, deliveries: Sequence[Delivery], delay: float, headers: Mapping[str, str]) -> None:
         n = self.names
         pairs = [x for item in headers.items() for x in item]
-        pipe = self._client.pipeline(transaction=False)
+        # A cluster pipeline refuses scripts: there each runs alone (its keys share one slot).
+        pipe = None if self._cluster else self._client.pipeline(transaction=False)
         for d in deliveries:
             entry: RedisEntry = d.native
             delete = "1" if entry.stream in self._deletes else "0"
             args: list[str | int] = [n.group, self.consumer, entry.id, int(delay * 1000), d.attempt + 1, delete, *pairs]
-            await self._redeliver(keys=[entry.stream, n.retry, n.due], args=args, client=pipe)
-        await pipe.execute()
+            await self._redeliver(
+                keys=[entry.stream, n.retry, n.due], args=args, client=self._client if pipe is None else pipe
+            )
+        if pipe is not None:
+            await pipe.execute()
         for d in deliveries:
             self._inflight.discard((d.native.stream, d.native.id))
 

@@ -65,11 +65,16 @@ def load_options(url: TransportURL) -> tuple[int, RedisOptions]:
     Raises :class:`InvalidURL` (several hosts, a bad path) or :class:`InvalidOption` naming
     what is wrong and what is allowed. Never shows the password.
     """
-    if len(url.hosts) > 1:
-        raise InvalidURL(f"redis URL {url.render()!r} names several hosts; give one: redis://host:6379/0")
-    path = url.path.strip("/")
-    if path and not (path.isdigit() and int(path) < 100_000):
-        raise InvalidURL(f"redis URL {url.render()!r}: the path is the database number (redis://host:6379/0)")
+    kind = url.scheme.partition("+")[2]
+    if len(url.hosts) > 1 and not kind:
+        raise InvalidURL(f"redis URL {url.render()!r} names several hosts; give one (or use redis+cluster://)")
+    service, _, path = url.path.strip("/").rpartition("/") if kind == "sentinel" else ("", "", url.path.strip("/"))
+    if kind == "sentinel" and not service:
+        service, path = path, ""
+    if kind == "sentinel" and not service:
+        raise InvalidURL(f"redis URL {url.render()!r} needs the master's name: redis+sentinel://host:26379/mymaster/0")
+    if path and not (path.isdigit() and int(path) < 100_000 and (kind != "cluster" or path == "0")):
+        raise InvalidURL(f"redis URL {url.render()!r}: the path is the database number (0 on a cluster)")
     options = parse_options(url, RedisOptions)
     try:
         options.check(url.scheme == "rediss")

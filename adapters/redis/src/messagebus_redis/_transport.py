@@ -14,10 +14,14 @@ __all__ = ["RedisTransport"]
 
 
 class RedisTransport(
-    TransportBase[RedisOptions, Connection, Publisher], schemes=("redis", "rediss"), system=MESSAGING_SYSTEM
+    TransportBase[RedisOptions, Connection, Publisher],
+    schemes=("redis", "rediss", "redis+cluster", "redis+sentinel"),
+    system=MESSAGING_SYSTEM,
 ):
     """A Redis connection for one :class:`~messagebus.Bus`; URLs
-    ``redis[s]://[[user]:password@]host[:port][/db][?options]``.
+    ``redis[s]://[[user]:password@]host[:port][/db][?options]``,
+    ``redis+cluster://host:port[,host:port...][?options]`` and
+    ``redis+sentinel://host:26379[,host...]/master_name[/db][?options]``.
 
     The lifecycle of :class:`~messagebus.transports.TransportBase`. ``publish`` returns once
     Redis replied to every XADD (stored in memory; on disk as the server's ``appendfsync``
