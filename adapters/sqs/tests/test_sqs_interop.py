@@ -20,7 +20,7 @@ from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from messagebus_sqs import SqsTransport, physical_names
-from messagebus_sqs._codec import MAX_ATTRIBUTES, PACKED
+from messagebus_sqs._codec import MAX_ATTRIBUTES, PACKED, decode_message
 
 from messagebus import Bus, Envelope
 from messagebus.testing import Collector
@@ -298,3 +298,23 @@ async def test_user_headers_are_real_attributes_so_sns_filter_policies_match_the
     for label in ("raw", "envelope"):
         attrs = await _call(sqs.get_queue_attributes, QueueUrl=inboxes[label], AttributeNames=["All"])
         assert attrs["Attributes"]["ApproximateNumberOfMessages"] == "0", f"{label}: a filtered-out message arrived"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"Type": "Notification", "Message": "x", "MessageAttributes": [1]}',
+        '{"Type": "Notification", "Message": 5}',
+        '{"Type": "Notification", "Message": "x", "MessageAttributes": {"a": 1, "b": {"Value": 2}}, "Timestamp": 3}',
+        '["Notification"]',
+        '{"Type": "Notification", ',
+    ],
+)
+def test_a_body_that_only_looks_like_an_sns_envelope_never_breaks_decoding(body: str) -> None:
+    """Catches a foreign JSON body shaped almost like an SNS notification raising something
+    other than DecodeError in the decoder (the consumer only turns DecodeError into a dead
+    letter; anything else would fail every receive of that queue): it is read as a plain
+    body, or as the envelope's message with the malformed parts left out."""
+    got_body, headers, _ = decode_message({"Body": body, "MessageId": "m-1"})
+    assert got_body in (body.encode(), b"x")
+    assert headers.get("ce-id") == "m-1" or got_body == b"x"

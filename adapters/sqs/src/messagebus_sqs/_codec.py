@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import re
 from collections.abc import Mapping
@@ -57,12 +58,10 @@ _INVALID_TEXT = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0
 _ATTR_NAME = re.compile(r"[A-Za-z0-9_-](?:[A-Za-z0-9_.-]{0,254}[A-Za-z0-9_-])?")
 _PRIORITY = (h.CE_ID, h.CE_SOURCE, h.CE_TYPE, h.CE_SPECVERSION, h.CE_TIME, h.CE_CONTENT_TYPE)
 _TRACE = ("traceparent", "tracestate")
-# Headers the bus or this codec sets (not the user's): they yield the attribute slots to the
-# user's headers.
+# Headers of the bus and this codec: they yield the attribute slots to the user's.
 _ENVELOPE_PREFIXES = ("ce-", "messagebus-")
 # A foreign producer's data content type (the HTTP and Pub/Sub bindings' name).
 _CONTENT_TYPE = "content-type"
-_SNS_NOTIFICATION = "Notification"
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,54 +136,22 @@ def _attribute_text(attr: Mapping[str, Any]) -> str | None:
 
 
 def _sns_envelope(message: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The SNS notification a non-raw subscription wrapped the body in, or ``None``.
-
-    Only a message with no SQS attributes of its own can be one: SNS puts the attributes
-    inside the envelope, and every message messagebus sends carries attributes."""
-    if message.get("MessageAttributes"):
-        return None
+    """The SNS notification a non-raw subscription wrapped the body in, or ``None``. Only a
+    message with no SQS attributes can be one: SNS puts them inside, and every message
+    messagebus sends has some."""
     text = message.get("Body")
-    if not isinstance(text, str) or not text.startswith("{") or '"Notification"' not in text:
+    if message.get("MessageAttributes") or not isinstance(text, str) or '"Notification"' not in text:
         return None
-    try:
-        envelope = json.loads(text)
-    except ValueError:
-        return None
-    if (
-        isinstance(envelope, dict)
-        and envelope.get("Type") == _SNS_NOTIFICATION
-        and isinstance(envelope.get("Message"), str)
-        and isinstance(envelope.get("MessageId"), str)
-        and isinstance(envelope.get("TopicArn"), str)
-    ):
-        return envelope
+    with contextlib.suppress(ValueError):
+        note = json.loads(text)
+        if (
+            isinstance(note, dict)
+            and note.get("Type") == "Notification"
+            and isinstance(note.get("Message"), str)
+            and isinstance(note.get("MessageAttributes", {}), dict)
+        ):
+            return note
     return None
-
-
-def _envelope_attributes(envelope: Mapping[str, Any]) -> dict[str, str]:
-    # SNS envelope attributes are {"Type": "String" | "Number" | "Binary" | "String.Array",
-    # "Value": text}; a Binary value is already base64 text, as _attribute_text makes it.
-    attrs = envelope.get("MessageAttributes")
-    if not isinstance(attrs, Mapping):
-        return {}
-    return {
-        str(name): attr["Value"]
-        for name, attr in attrs.items()
-        if isinstance(attr, Mapping) and isinstance(attr.get("Value"), str)
-    }
-
-
-def _sns_time(value: object) -> datetime | None:
-    try:
-        return datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        return None
-
-
-def _sent_time(value: object) -> float | None:
-    # SQS's SentTimestamp: epoch milliseconds as text.
-    text = str(value)
-    return int(text) / 1000 if text.isdigit() else None
 
 
 def decode_message(message: Mapping[str, Any]) -> tuple[bytes, dict[str, str], str | None]:
@@ -197,28 +164,29 @@ def decode_message(message: Mapping[str, Any]) -> tuple[bytes, dict[str, str], s
     message id and time (SNS's for an envelope, else SQS's ``SentTimestamp``) stand in.
     Raises :class:`DecodeError` only if our own packing is corrupt.
     """
-    envelope = _sns_envelope(message)
-    if envelope is not None:
-        text = str(envelope["Message"])
-        attributes = _envelope_attributes(envelope)
-        native_id = str(envelope["MessageId"])
-        native_time: datetime | float | None = _sns_time(envelope.get("Timestamp"))
+    note = _sns_envelope(message)
+    time: datetime | float | None = None
+    if note is not None:
+        text, native_id, attrs = note["Message"], str(note.get("MessageId", "")), note.get("MessageAttributes") or {}
+        # SNS's attributes are {"Type": ..., "Value": text}, a Binary value already base64.
+        values = {n: a.get("Value") if isinstance(a, dict) else None for n, a in attrs.items()}
+        attributes = {n: v for n, v in values.items() if isinstance(v, str)}
+        with contextlib.suppress(ValueError, TypeError):
+            time = datetime.fromisoformat(note.get("Timestamp", ""))
     else:
-        text = str(message.get("Body", ""))
+        text, native_id = str(message.get("Body", "")), str(message.get("MessageId", ""))
         raw_attrs: Mapping[str, Mapping[str, Any]] = message.get("MessageAttributes") or {}
         attributes = {n: v for n, a in raw_attrs.items() if (v := _attribute_text(a)) is not None}
-        native_id = str(message.get("MessageId") or "")
-        native_time = _sent_time((message.get("Attributes") or {}).get("SentTimestamp"))
+        sent = str((message.get("Attributes") or {}).get("SentTimestamp", ""))  # epoch ms
+        time = int(sent) / 1000 if sent.isdigit() else None
     headers: dict[str, str] = {}
     encoding = attributes.pop(BODY_ENCODING, None)
     packed_text = attributes.pop(PACKED, None)
     for name, value in attributes.items():
         lowered = name.lower()
-        if lowered.startswith(h.CE_PREFIX):
-            # The binding's names are case-insensitive; user headers cannot start with ce-.
-            headers.setdefault(lowered, value)
-        elif lowered == _CONTENT_TYPE:
-            headers.setdefault(h.CE_CONTENT_TYPE, value)
+        if lowered.startswith(h.CE_PREFIX) or lowered == _CONTENT_TYPE:
+            # The bindings' names are case-insensitive; a user's header cannot take them.
+            headers.setdefault(h.CE_CONTENT_TYPE if lowered == _CONTENT_TYPE else lowered, value)
         else:
             headers[name] = value
     if packed_text is not None:
@@ -236,4 +204,4 @@ def decode_message(message: Mapping[str, Any]) -> tuple[bytes, dict[str, str], s
     else:
         body = text.encode("utf-8")
     key = headers.pop(h.KEY, None)
-    return body, dict(h.with_broker_defaults(headers, native_id, native_time)), key
+    return body, dict(h.with_broker_defaults(headers, native_id, time)), key
