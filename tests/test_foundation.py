@@ -5,13 +5,14 @@ the edges that a broker rarely hits on cue."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 
 from messagebus import ConfigurationError, ConnectError, ConsumeError, PublishError, TransportError
-from messagebus.transports import Backoff, Batcher, ConsumerBase, Delivery, DeliveryLike, ErrorMap
+from messagebus.transports import Backoff, Batcher, BlockingWorker, ConsumerBase, Delivery, DeliveryLike, ErrorMap
 
 
 class Source(ConsumerBase):
@@ -271,3 +272,50 @@ def test_error_map_uses_the_first_matching_rule_and_chains() -> None:
     assert type(other) is PublishError and str(other) == "publishing to q: KeyError: 'k'"
     ours = TransportError("already ours")
     assert errors.map(ours, PublishError, "x") is ours
+
+
+async def test_blocking_worker_returns_results_and_raises_errors() -> None:
+    """Bug caught: a worker that loses a call's result or swallows its exception."""
+    worker = BlockingWorker("test-worker")
+    try:
+        assert await worker.call(lambda: 42, lambda result: None) == 42
+
+        def fail() -> int:
+            raise OSError("boom")
+
+        with pytest.raises(OSError, match="boom"):
+            await worker.call(fail, lambda result: None)
+    finally:
+        worker.close()
+
+
+async def test_blocking_worker_cancel_returns_at_once_and_hands_the_result_over() -> None:
+    """Bug caught: a stop that waits for a blocking call to finish (SQS's 20 s long poll), or
+    drops what the abandoned call returned (messages received by an abandoned poll lost
+    until their visibility timeout instead of handed back)."""
+    release, started, handed_back = threading.Event(), threading.Event(), threading.Event()
+    handed: list[str] = []
+
+    def long_poll() -> str:
+        started.set()
+        release.wait(30)
+        return "messages"
+
+    def abandoned(result: str) -> None:
+        handed.append(result)
+        handed_back.set()
+
+    worker = BlockingWorker("test-worker")
+    try:
+        call = asyncio.ensure_future(worker.call(long_poll, abandoned))
+        assert await asyncio.to_thread(started.wait, 5)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(call, 5)  # returns while long_poll still blocks
+        assert not release.is_set() and handed == []
+        release.set()
+        assert await asyncio.to_thread(handed_back.wait, 5)
+        assert handed == ["messages"]
+        assert await worker.call(lambda: "next", lambda result: None) == "next"
+    finally:
+        worker.close()

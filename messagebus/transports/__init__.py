@@ -5,6 +5,7 @@ Adapter authors import from here and from :mod:`messagebus`; nothing else is pub
 
 from .._backoff import Backoff
 from .._batcher import BatchCall, Batcher
+from .._blocking import BlockingWorker
 from .._config import TransportOptions, TransportURL, parse_options
 from .._consumer import ConsumerBase
 from .._delivery import Delivery, DeliverySource
@@ -31,6 +32,7 @@ __all__ = [
     "Backoff",
     "BatchCall",
     "Batcher",
+    "BlockingWorker",
     "Capabilities",
     "Consumer",
     "ConsumerBase",

@@ -76,8 +76,7 @@ class WireMessage:
 def _valid_name(name: str) -> bool:
     if _ATTR_NAME.fullmatch(name) is None or ".." in name:
         return False
-    lowered = name.lower()
-    return not (lowered.startswith("aws.") or lowered.startswith("amazon."))
+    return not name.lower().startswith(("aws.", "amazon."))
 
 
 def _valid_value(value: str) -> bool:
@@ -114,9 +113,8 @@ def encode_message(body: bytes, headers: Mapping[str, str], key: str | None) -> 
         slots -= 1  # one slot holds the packed rest
     native = eligible[:slots]
     packed = {n: all_headers[n] for n in ordered if n not in set(native)}
-    attributes = {n: {"DataType": _STRING, "StringValue": all_headers[n]} for n in native}
-    for name, value in internal.items():
-        attributes[name] = {"DataType": _STRING, "StringValue": value}
+    values = {**{n: all_headers[n] for n in native}, **internal}
+    attributes = {n: {"DataType": _STRING, "StringValue": v} for n, v in values.items()}
     if packed:
         attributes[PACKED] = {"DataType": _STRING, "StringValue": json.dumps(packed, separators=(",", ":"))}
     size = len(text.encode()) + sum(

@@ -9,14 +9,12 @@ import asyncio
 import contextlib
 import functools
 import logging
-import queue
-import threading
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
 from messagebus import ConnectError, ConsumeError, LifecycleError, MessageBusError, PublishError, TransportError
-from messagebus.transports import Backoff, Batcher
+from messagebus.transports import Backoff, Batcher, BlockingWorker
 
 from ._codec import MAX_WIRE_SIZE
 from ._errors import CONNECTION_ERRORS, errors
@@ -178,60 +176,32 @@ class Connection:
 
 
 class Poller:
-    """The long-poll thread of one consumer: ``ReceiveMessage`` calls, one at a time, on a
-    daemon thread of its own, so a poll still waiting never delays ``stop()``, ``close()`` or
-    the interpreter's exit.
-
-    boto3 cannot cancel a call in flight, so :meth:`receive` abandons it instead: whatever
-    an abandoned poll returns is made visible again (``ChangeMessageVisibilityBatch`` to 0)
-    from the poll thread itself, with no event loop needed; nothing it received waits out
-    its visibility timeout. Exactly one side owns a poll's messages: the awaiting caller if
-    the poll finished first, else the poll thread (the ``concurrent.futures.Future`` decides
-    atomically). Only a process that exits while a poll is being answered leaves those
-    messages hidden until their visibility timeout; they are redelivered then.
+    """The long-poll thread of one consumer: ``ReceiveMessage`` calls on a
+    :class:`~messagebus.transports.BlockingWorker`, so a poll still waiting never delays
+    ``stop()``, ``close()`` or the interpreter's exit. boto3 cannot cancel a call in flight:
+    what an abandoned poll returns is made visible again (``ChangeMessageVisibilityBatch`` to
+    0) from the poll thread, so nothing it received waits out its visibility timeout. Only a
+    process that exits while a poll is being answered leaves those messages hidden until
+    their visibility timeout; they are redelivered then.
     """
 
     def __init__(self, client: Any, name: str) -> None:
         self._client = client
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        threading.Thread(target=self._run, name=f"messagebus-sqs-poll-{name}", daemon=True).start()
+        self._worker = BlockingWorker(f"messagebus-sqs-poll-{name}")
 
     async def receive(self, **request: Any) -> list[Entry]:
-        """``ReceiveMessage`` with ``request`` (``QueueUrl`` and the rest): its ``Messages``. Raises
-        the native error. Cancelled, it returns at once and the messages of that poll, now or
-        when it returns, are handed back by the poll thread."""
-        job: Future[list[Entry]] = Future()
-        self._jobs.put(functools.partial(self._poll, request, job))
-        try:
-            return await asyncio.wrap_future(job)
-        except asyncio.CancelledError:
-            if not job.cancel() and job.exception() is None:
-                # It returned just before the cancel reached us: those messages are ours.
-                self._jobs.put(functools.partial(self._hand_back, request["QueueUrl"], job.result()))
-            raise
+        """``ReceiveMessage`` with ``request`` (``QueueUrl`` and the rest): its ``Messages``.
+        Raises the native error. Cancelled, it returns at once (see the class)."""
+
+        def poll() -> list[Entry]:
+            messages: list[Entry] = self._client.receive_message(**request).get("Messages", [])
+            return messages
+
+        return await self._worker.call(poll, functools.partial(self._hand_back, request["QueueUrl"]))
 
     def close(self) -> None:
-        """End the thread after its poll in flight and its hand-backs (not waited for).
-        Idempotent."""
-        self._jobs.put(None)
-
-    def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            job()
-
-    def _poll(self, request: dict[str, Any], job: Future[list[Entry]]) -> None:
-        if job.cancelled():
-            return
-        try:
-            messages: list[Entry] = self._client.receive_message(**request).get("Messages", [])
-        except Exception as exc:
-            with contextlib.suppress(InvalidStateError):
-                job.set_exception(exc)
-            return
-        try:
-            job.set_result(messages)
-        except InvalidStateError:  # abandoned by a stop: nobody else will hand these back
-            self._hand_back(request["QueueUrl"], messages)
+        """End the thread after its poll in flight and its hand-backs (not waited for)."""
+        self._worker.close()
 
     def _hand_back(self, queue_url: str, messages: list[Entry]) -> None:
         if not messages:

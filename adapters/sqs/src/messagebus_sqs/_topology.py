@@ -46,9 +46,8 @@ def is_topic(destination: Destination) -> bool:
 
 def logical_queue(destination: Destination) -> str:
     """The logical queue name a destination is consumed from (``topic.group`` or the queue)."""
-    if destination.kind is DestinationKind.TOPIC:
-        return f"{destination.name}.{destination.group}"
-    return destination.name
+    topic = destination.kind is DestinationKind.TOPIC
+    return f"{destination.name}.{destination.group}" if topic else destination.name
 
 
 def physical_names(destination: Destination, options: SqsOptions | None = None) -> dict[str, str]:
@@ -62,8 +61,8 @@ def physical_names(destination: Destination, options: SqsOptions | None = None) 
         names["topic"] = topic_name(destination.name, prefix=o.topic_prefix, fifo=o.fifo)
         if not destination.group:
             return names
-    dead_letter = dead_letter_name(destination.name, destination.group)
     names["queue"] = queue_name(logical_queue(destination), prefix=o.queue_prefix, fifo=o.fifo)
+    dead_letter = dead_letter_name(destination.name, destination.group)
     names["dead_letter"] = queue_name(dead_letter, prefix=o.queue_prefix, fifo=o.fifo)
     return names
 
