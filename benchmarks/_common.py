@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import platform
 import resource
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -110,3 +111,9 @@ class Count:
             self.last = time.perf_counter()
             self.cpu_last = time.process_time()
             self.done.set()
+
+
+def latency_ms(samples: list[float]) -> tuple[float, float]:
+    """p50 and p99 of latency ``samples`` (seconds), in milliseconds."""
+    ordered = sorted(samples)
+    return statistics.median(ordered) * 1000, ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000

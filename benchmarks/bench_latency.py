@@ -17,25 +17,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from benchmarks._common import machine, versions, write
+from benchmarks._common import latency_ms, machine, versions, write
 from messagebus import Bus
 
 Sample = Callable[[], Awaitable[None]]
 WARMUP = 20
-
-
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    p50 = statistics.median(ordered)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return p50 * 1000, p99 * 1000
 
 
 async def measure(n: int, one: Sample) -> tuple[float, float]:
@@ -45,7 +37,7 @@ async def measure(n: int, one: Sample) -> tuple[float, float]:
         await one()
         if i >= WARMUP:
             samples.append(time.perf_counter() - start)
-    return percentiles(samples)
+    return latency_ms(samples)
 
 
 async def bus_latency(url: str, n: int) -> tuple[float, float]:

@@ -34,7 +34,7 @@ from typing import Any
 import nats
 from nats.js.api import RetentionPolicy, StreamConfig
 
-from benchmarks._common import Count, Row, machine, table, versions, write
+from benchmarks._common import Count, Row, latency_ms, machine, table, versions, write
 from messagebus import Bus
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -232,11 +232,6 @@ async def faststream_publish_many(url: str, n: int, batch: int = 1000) -> Row:
 # -- latency ---------------------------------------------------------------------------------
 
 
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return ordered[len(ordered) // 2] * 1e3, ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3
-
-
 async def raw_latency(url: str, n: int) -> tuple[float, float]:
     stream = f"bench-rawlat-{uuid.uuid4().hex[:8]}"
     nc = await nats.connect(server(url))
@@ -267,7 +262,7 @@ async def raw_latency(url: str, n: int) -> tuple[float, float]:
         await js.delete_stream(stream)
     finally:
         await nc.close()
-    return percentiles(samples)
+    return latency_ms(samples)
 
 
 async def bus_latency(url: str, n: int) -> tuple[float, float]:
@@ -286,7 +281,7 @@ async def bus_latency(url: str, n: int) -> tuple[float, float]:
             await bus.send(queue, payload(i))
             samples.append(await got.get() - start)
     await delete(url, queue)
-    return percentiles(samples)
+    return latency_ms(samples)
 
 
 async def rounds(contenders: list[Any], count: int) -> list[Row]:

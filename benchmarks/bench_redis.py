@@ -34,7 +34,7 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-from benchmarks._common import Count, Row, machine, table, versions, write
+from benchmarks._common import Count, Row, latency_ms, machine, table, versions, write
 from messagebus import Bus
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
@@ -228,11 +228,6 @@ async def bus_publish_many(url: str, n: int, batch: int = 1000) -> Row:
 # -- latency ---------------------------------------------------------------------------------
 
 
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    return statistics.median(ordered) * 1000, ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
-
-
 async def measure(n: int, one: Callable[[int], Awaitable[None]]) -> tuple[float, float]:
     samples = []
     for i in range(n + 20):  # 20 warm-up round trips
@@ -240,7 +235,7 @@ async def measure(n: int, one: Callable[[int], Awaitable[None]]) -> tuple[float,
         await one(i)
         if i >= 20:
             samples.append(time.perf_counter() - start)
-    return percentiles(samples)
+    return latency_ms(samples)
 
 
 async def bus_latency(url: str, n: int) -> tuple[float, float]:
