@@ -8,30 +8,45 @@ import os
 import signal
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast, overload
 
 from . import _headers as h
+from ._batch import BatchCollector
 from ._config import TransportURL
-from ._destination import Destination, DestinationKind, validate_name
+from ._dead_letter import error_message, error_type_name
+from ._delay import deliver_at
+from ._destination import Destination, DestinationKind, validate_name, validate_pattern
 from ._discovery import load_transport
-from ._errors import ConfigurationError, LifecycleError, MessageBusError, PublishError
-from ._handler import UserHandler, bind_handler
-from ._message import OutgoingMessage
-from ._middleware import Middleware, PublishFn, PublishMiddleware, compose
+from ._errors import (
+    ConfigurationError,
+    InvalidHeaders,
+    LifecycleError,
+    MessageBusError,
+    PublishError,
+    RequestFailed,
+    RequestTimeout,
+    UnsupportedFeature,
+)
+from ._handler import UserHandler, bind_batch_handler, bind_handler, may_reply
+from ._message import Envelope, OutgoingMessage
+from ._middleware import Handler, Middleware, PublishFn, PublishMiddleware, compose
 from ._observability import default_consume_middleware, default_publish_middleware
+from ._request import Replies, past_reply_by, reply_by
 from ._retry import Retry
-from ._serialization import encode, type_name
+from ._serialization import JSON, decoder_for, encode, type_name
 from ._settle import Settler
 from ._transport import Consumer, PublishAttributes, ReadyConsumer, Transport
+from .middleware.metrics import filtered_counter
 
 __all__ = ["Bus", "BusState"]
 
 logger = logging.getLogger("messagebus")
 
 H = TypeVar("H", bound=UserHandler)
+T = TypeVar("T")
 
 _SPECVERSION = "1.0"
 
@@ -53,6 +68,8 @@ class _Registration:
     concurrency: int
     retry: Retry | None
     middleware: tuple[Middleware, ...]
+    batch: int | None = None
+    batch_timeout: float = 0.5
 
 
 class Bus:
@@ -107,9 +124,7 @@ class Bus:
                 f"got {slow_handler_warning!r}"
             )
         self._slow_handler_warning = slow_handler_warning
-        if isinstance(ready_timeout, bool) or not isinstance(ready_timeout, int | float) or not ready_timeout > 0:
-            raise ConfigurationError(f"ready_timeout must be a number of seconds > 0, got {ready_timeout!r}")
-        self._ready_timeout = float(ready_timeout)
+        self._ready_timeout = _seconds(ready_timeout, "ready_timeout")
         self._url = url
         system = transport.messaging_system
         server = self._telemetry_server()
@@ -126,6 +141,7 @@ class Bus:
         self._stopping: asyncio.Task[None] | None = None
         self._names: set[str] = set()
         self._types: dict[type, str] = {}
+        self._replies: Replies | None = None
         base: PublishFn = self._publish_to_transport
         self._publish: PublishFn = compose(base, self._publish_middleware)
 
@@ -181,17 +197,42 @@ class Bus:
         concurrency: int = 1,
         retry: Retry | None = None,
         middleware: Iterable[Middleware] = (),
+        batch: int | None = None,
+        batch_timeout: float = 0.5,
+        filter: dict[str, str] | None = None,
     ) -> Callable[[H], H]:
         """Decorator: handle every message published to ``topic``, as subscription ``group``
         (default: the service name). Instances of one group compete; each group gets every
-        message. Raises :class:`LifecycleError` after start, :class:`InvalidDestination`,
-        :class:`InvalidHandler`, or :class:`ConfigurationError` for a duplicate."""
+        message.
+
+        ``topic`` may be a pattern where the transport declares ``wildcards``: ``*`` matches
+        one dot-separated segment, ``#`` any number (``orders.*``, ``orders.#``);
+        ``Envelope.destination`` is then the topic each message was published to.
+        ``filter`` (header name -> value) handles only messages whose headers all match:
+        matched by the broker where it can, else acked unhandled at the client and counted
+        in ``messagebus.filtered.messages``. ``batch=N`` calls the handler with a
+        ``list[T]`` of up to N messages (a partial batch ``batch_timeout`` seconds after its
+        first message); ``concurrency`` is then the number of batches in flight.
+
+        Raises :class:`LifecycleError` after start, :class:`InvalidDestination`,
+        :class:`InvalidHandler`, :class:`InvalidHeaders` (a filter name), or
+        :class:`ConfigurationError` for a duplicate or a bad ``batch``/``batch_timeout``;
+        :class:`UnsupportedFeature` for a pattern on a transport without wildcards."""
+        name = validate_pattern(topic, "topic")
+        if "*" in name or "#" in name:
+            capabilities = self.transport.capabilities
+            if not capabilities.wildcards:
+                raise UnsupportedFeature(
+                    f"{self.transport.messaging_system} cannot subscribe to the pattern {name!r}: "
+                    f"{capabilities.wildcards_reason}; subscribe to each topic by name"
+                )
         source = Destination(
             DestinationKind.TOPIC,
-            validate_name(topic, "topic"),
+            name,
             validate_name(group if group is not None else self.service, "group"),
+            _filter(filter, name),
         )
-        return self._register(source, concurrency, retry, middleware)
+        return self._register(source, concurrency, retry, middleware, batch, batch_timeout)
 
     def consume(
         self,
@@ -200,14 +241,24 @@ class Bus:
         concurrency: int = 1,
         retry: Retry | None = None,
         middleware: Iterable[Middleware] = (),
+        batch: int | None = None,
+        batch_timeout: float = 0.5,
     ) -> Callable[[H], H]:
         """Decorator: take messages from work queue ``queue`` (each handled by one consumer;
-        messages sent before any consumer existed wait). Raises like :meth:`subscribe`."""
+        messages sent before any consumer existed wait). A handler's non-None return value
+        is the reply to a :meth:`request`. ``batch`` as in :meth:`subscribe`. Raises like
+        :meth:`subscribe`."""
         source = Destination(DestinationKind.QUEUE, validate_name(queue, "queue"))
-        return self._register(source, concurrency, retry, middleware)
+        return self._register(source, concurrency, retry, middleware, batch, batch_timeout)
 
     def _register(
-        self, source: Destination, concurrency: int, retry: Retry | None, middleware: Iterable[Middleware]
+        self,
+        source: Destination,
+        concurrency: int,
+        retry: Retry | None,
+        middleware: Iterable[Middleware],
+        batch: int | None = None,
+        batch_timeout: float = 0.5,
     ) -> Callable[[H], H]:
         if self._state is not BusState.NEW:
             raise LifecycleError(
@@ -223,12 +274,26 @@ class Bus:
                 f"{source} already has a handler on this bus; one handler per topic and group "
                 "(use another group to get a second copy of each message)"
             )
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+            raise ConfigurationError(
+                f"batch for {source} must be an int >= 1 (the most messages per call), got {batch!r}"
+            )
+        if isinstance(batch_timeout, bool) or not isinstance(batch_timeout, int | float) or not batch_timeout > 0:
+            raise ConfigurationError(
+                f"batch_timeout for {source} must be a number of seconds > 0, got {batch_timeout!r}"
+            )
         chain = tuple(middleware)
 
         def decorator(fn: H) -> H:
-            bind_handler(fn, str(source))  # validate now, not at start
+            # Validate now, not at start.
+            if batch is None:
+                bind_handler(fn, str(source))
+            else:
+                bind_batch_handler(fn, str(source))
             self._sources.add(source)
-            self._registrations.append(_Registration(source, fn, concurrency, retry, chain))
+            self._registrations.append(
+                _Registration(source, fn, concurrency, retry, chain, batch, float(batch_timeout))
+            )
             return fn
 
         return decorator
@@ -246,18 +311,23 @@ class Bus:
         self._state = BusState.STARTING
         try:
             await self.transport.connect()
+            system = self.transport.messaging_system
             for reg in self._registrations:
-                chain = compose(bind_handler(reg.handler, str(reg.source)), self._middleware + reg.middleware)
+                chain = compose(self._innermost(reg), self._middleware + reg.middleware)
                 settler = Settler(
                     reg.source,
                     chain,
                     reg.retry or self.retry,
                     # Dead-letter copies go through the publish middleware: a send span and metric.
                     self._publish,
-                    self.transport.messaging_system,
+                    system,
                     warn_after=self._slow_handler_warning,
+                    on_dead_letter=self._reply_failure if reg.source.kind is DestinationKind.QUEUE else None,
+                    filtered=filtered_counter(system, reg.source.name, reg.source.group) if reg.source.filter else None,
                 )
-                consumer = await self.transport.subscribe(reg.source, settler.handle, concurrency=reg.concurrency)
+                # A batch subscription takes up to `batch` messages per batch in flight.
+                concurrency = reg.concurrency * (reg.batch or 1)
+                consumer = await self.transport.subscribe(reg.source, settler.handle, concurrency=concurrency)
                 self._consumers.append(consumer)
             await self._wait_ready()
         except BaseException:
@@ -265,6 +335,50 @@ class Bus:
             self._state = BusState.NEW
             raise
         self._state = BusState.RUNNING
+
+    def _innermost(self, reg: _Registration) -> Handler:
+        where = str(reg.source)
+        if reg.batch is not None:
+            decode, call = bind_batch_handler(reg.handler, where)
+            return BatchCollector(decode, call, reg.batch, reg.batch_timeout, where).handler()
+        handler = bind_handler(reg.handler, where)
+        if reg.source.kind is DestinationKind.QUEUE and may_reply(reg.handler):
+            return self._replying(handler)
+        return handler
+
+    def _replying(self, handler: Handler) -> Handler:
+        """Send a handler's non-None return value to the requester's reply queue."""
+        call = cast("Callable[[Envelope], Any]", handler)
+
+        async def reply(envelope: Envelope) -> None:
+            result = await call(envelope)
+            reply_to = envelope.wire_headers.get(h.REPLY_TO)
+            if result is None or not reply_to:
+                return
+            if past_reply_by(envelope.wire_headers):
+                logger.info("not replying to request %s: its caller stopped waiting", envelope.id)
+                return
+            await self._reply(reply_to, envelope, result, None)
+
+        return reply
+
+    async def _reply(self, reply_to: str, request: Envelope, payload: object, error: tuple[str, str] | None) -> None:
+        try:
+            destination = Destination(DestinationKind.QUEUE, validate_name(reply_to, "reply queue"))
+        except MessageBusError:
+            logger.warning("request %s names an illegal reply queue %r; no reply sent", request.id, reply_to)
+            return
+        message = self._message(destination, payload, None, None)
+        message.headers[h.CORRELATION_ID] = request.id
+        if error is not None:
+            message.headers[h.REPLY_ERROR_TYPE], message.headers[h.REPLY_ERROR_MESSAGE] = error
+        await self._send([message])
+
+    async def _reply_failure(self, envelope: Envelope, error: Exception) -> None:
+        reply_to = envelope.wire_headers.get(h.REPLY_TO)
+        if reply_to and not past_reply_by(envelope.wire_headers):
+            kind, text = error_type_name(error), error_message(error)
+            await self._reply(reply_to, envelope, {"error_type": kind, "error_message": text}, (kind, text))
 
     async def _wait_ready(self) -> None:
         # All at once: joins run in parallel, so start() takes one join, not one per handler.
@@ -304,6 +418,9 @@ class Bus:
         try:
             if consumers:
                 await asyncio.gather(*(c.stop(grace) for c in consumers))
+            if self._replies is not None:
+                # After the consumers: a handler finishing in the grace may still make a request.
+                await self._replies.close(grace)
         finally:
             await self.transport.close()
 
@@ -342,24 +459,126 @@ class Bus:
     # -- publishing ------------------------------------------------------------------------
 
     async def publish(
-        self, topic: str, payload: object, *, key: str | None = None, headers: dict[str, str] | None = None
+        self,
+        topic: str,
+        payload: object,
+        *,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+        delay: float | timedelta | None = None,
     ) -> None:
         """Publish ``payload`` to every subscription group of ``topic``; return once the
-        broker confirmed it. Raises :class:`LifecycleError`, :class:`EncodeError`,
-        :class:`InvalidHeaders`, :class:`InvalidDestination`, :class:`MessageTooLarge` or
-        :class:`PublishError`."""
+        broker confirmed it. With ``delay`` (seconds or a ``timedelta``) no handler gets it
+        before that time has passed (it is stored now; each group holds its copy back
+        without holding back other messages). Raises :class:`LifecycleError`,
+        :class:`EncodeError`, :class:`InvalidHeaders`, :class:`InvalidDestination`,
+        :class:`MessageTooLarge`, :class:`PublishError`, or :class:`ConfigurationError` for
+        a bad ``delay``."""
         self._check_running("publish")
         destination = Destination(DestinationKind.TOPIC, self._name(topic, "topic"))
-        await self._send([self._message(destination, payload, key, headers)])
+        await self._send([self._message(destination, payload, key, headers, due=deliver_at(delay, repr(topic)))])
 
     async def send(
-        self, queue: str, payload: object, *, key: str | None = None, headers: dict[str, str] | None = None
+        self,
+        queue: str,
+        payload: object,
+        *,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+        delay: float | timedelta | None = None,
     ) -> None:
         """Send ``payload`` to work queue ``queue`` (kept until a consumer takes it); return
-        once confirmed. Raises like :meth:`publish`."""
+        once confirmed. ``delay`` as in :meth:`publish`. Raises like :meth:`publish`."""
         self._check_running("send")
         destination = Destination(DestinationKind.QUEUE, self._name(queue, "queue"))
-        await self._send([self._message(destination, payload, key, headers)])
+        await self._send([self._message(destination, payload, key, headers, due=deliver_at(delay, repr(queue)))])
+
+    @overload
+    async def request(
+        self,
+        queue: str,
+        payload: object,
+        *,
+        reply_type: type[T],
+        timeout: float = 30.0,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> T: ...
+
+    @overload
+    async def request(
+        self,
+        queue: str,
+        payload: object,
+        *,
+        reply_type: None = None,
+        timeout: float = 30.0,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Envelope: ...
+
+    async def request(
+        self,
+        queue: str,
+        payload: object,
+        *,
+        reply_type: Any = None,
+        timeout: float = 30.0,
+        key: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """Send ``payload`` to ``queue`` and return the reply its handler returns, decoded
+        as ``reply_type`` (``None``: the reply :class:`Envelope`). Safe to call from many
+        tasks at once: each gets its own reply. The first request makes this bus's reply
+        queue (deleted on stop where the transport can); its time counts in ``timeout``.
+
+        Raises :class:`RequestTimeout` when no reply came within ``timeout`` seconds (the
+        responder then sends none), :class:`RequestFailed` (naming the error type) when the
+        responder's handler failed for good, :class:`DecodeError` when the reply does not
+        decode as ``reply_type``, :class:`LifecycleError` when the bus stops first, and
+        like :meth:`send`."""
+        self._check_running("request")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise ConfigurationError(
+                f"timeout of a request to {queue!r} must be a number of seconds > 0, got {timeout!r}"
+            )
+        destination = Destination(DestinationKind.QUEUE, self._name(queue, "queue"))
+        message = self._message(destination, payload, key, headers)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        replies = self._replies
+        if replies is None:
+            replies = self._replies = Replies(self.transport, self.service)
+        try:
+            await asyncio.wait_for(replies.open(), timeout)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no reply from {queue!r} within {timeout}s: the reply queue was not ready in time"
+            ) from None
+        message.headers[h.REPLY_TO] = replies.queue
+        message.headers[h.REPLY_BY] = reply_by(max(deadline - loop.time(), 0.0))
+        future = replies.expect(message.id)
+        try:
+            await self._send([message])
+            reply = await asyncio.wait_for(future, max(deadline - loop.time(), 0.0))
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no reply from {queue!r} within {timeout}s (is a consumer of {queue!r} running, "
+                "and does its handler return a value?)"
+            ) from None
+        finally:
+            replies.forget(message.id)
+        failure = reply.wire_headers.get(h.REPLY_ERROR_TYPE)
+        if failure is not None:
+            text = reply.wire_headers.get(h.REPLY_ERROR_MESSAGE, "")
+            raise RequestFailed(
+                f"the handler of {queue!r} failed for good ({failure}: {text}); the request was dead-lettered",
+                error_type=failure,
+                error_message=text,
+            )
+        if reply_type is None:
+            return reply
+        return decoder_for(reply_type)(reply.body, reply.wire_headers.get(h.CE_CONTENT_TYPE, JSON))
 
     async def publish_many(
         self,
@@ -368,13 +587,15 @@ class Bus:
         *,
         key: str | Callable[[Any], str | None] | None = None,
         headers: dict[str, str] | None = None,
+        delay: float | timedelta | None = None,
     ) -> None:
         """Publish many payloads in batches, with confirms pipelined; return once all are
-        confirmed. ``key`` may be a function of the payload. Raises like :meth:`publish`;
-        on error some messages may have been published (each at most once)."""
+        confirmed. ``key`` may be a function of the payload; ``delay`` as in :meth:`publish`
+        (one due time for all). Raises like :meth:`publish`; on error some messages may
+        have been published (each at most once)."""
         self._check_running("publish_many")
         destination = Destination(DestinationKind.TOPIC, self._name(topic, "topic"))
-        await self._send(self._messages(destination, payloads, key, headers))
+        await self._send(self._messages(destination, payloads, key, headers, deliver_at(delay, repr(topic))))
 
     async def send_many(
         self,
@@ -383,11 +604,12 @@ class Bus:
         *,
         key: str | Callable[[Any], str | None] | None = None,
         headers: dict[str, str] | None = None,
+        delay: float | timedelta | None = None,
     ) -> None:
         """Send many payloads to ``queue``, batched; like :meth:`publish_many`."""
         self._check_running("send_many")
         destination = Destination(DestinationKind.QUEUE, self._name(queue, "queue"))
-        await self._send(self._messages(destination, payloads, key, headers))
+        await self._send(self._messages(destination, payloads, key, headers, deliver_at(delay, repr(queue))))
 
     def _messages(
         self,
@@ -395,6 +617,7 @@ class Bus:
         payloads: Iterable[object],
         key: str | Callable[[Any], str | None] | None,
         headers: dict[str, str] | None,
+        due: str | None = None,
     ) -> list[OutgoingMessage]:
         items = payloads if isinstance(payloads, list | tuple) else list(payloads)
         extra = h.validate_headers(headers) if headers else None
@@ -404,11 +627,11 @@ class Bus:
         make = self._message
         if callable(key):
             return [
-                make(destination, p, key(p), extra, checked=True, now=now, id=ids[32 * i : 32 * i + 32])
+                make(destination, p, key(p), extra, checked=True, now=now, id=ids[32 * i : 32 * i + 32], due=due)
                 for i, p in enumerate(items)
             ]
         return [
-            make(destination, p, key, extra, checked=True, now=now, id=ids[32 * i : 32 * i + 32])
+            make(destination, p, key, extra, checked=True, now=now, id=ids[32 * i : 32 * i + 32], due=due)
             for i, p in enumerate(items)
         ]
 
@@ -437,6 +660,7 @@ class Bus:
         checked: bool = False,
         now: str | None = None,
         id: str | None = None,
+        due: str | None = None,
     ) -> OutgoingMessage:
         if key is not None and not isinstance(key, str):
             raise ConfigurationError(f"message key must be a str or None, got {type(key).__name__}")
@@ -455,6 +679,8 @@ class Bus:
         }
         if headers:
             wire.update(headers if checked else h.validate_headers(headers))
+        if due is not None:
+            wire[h.DELIVER_AT] = due
         return OutgoingMessage(destination, body, wire, key)
 
     async def _send(self, messages: Sequence[OutgoingMessage]) -> None:
@@ -468,3 +694,27 @@ class Bus:
             raise
         except Exception as exc:  # a transport bug must not leak a bare client error
             raise PublishError(f"publishing to {messages[0].destination.name!r} failed: {exc!r}") from exc
+
+
+def _seconds(value: object, what: str) -> float:
+    """``value`` as float seconds if it is a number > 0 (not a bool), else :class:`ConfigurationError`."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigurationError(f"{what} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def _filter(filter: object, topic: str) -> tuple[tuple[str, str], ...]:
+    """A subscription filter as sorted ``(header, value)`` pairs. Raises
+    :class:`InvalidHeaders` for names a user header cannot have, :class:`ConfigurationError`
+    for anything but a ``dict[str, str]``."""
+    if filter is None:
+        return ()
+    if not isinstance(filter, dict) or not filter:
+        raise ConfigurationError(
+            f"filter of the subscription to {topic!r} must be a non-empty dict of header name -> value, got {filter!r}"
+        )
+    try:
+        checked = h.validate_headers(filter)
+    except InvalidHeaders as exc:
+        raise InvalidHeaders(f"filter of the subscription to {topic!r}: {exc}") from exc
+    return tuple(sorted(checked.items()))

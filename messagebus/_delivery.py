@@ -70,7 +70,8 @@ class Delivery:
     redeliveries after a crash, is stated by each transport), ``native`` the broker client's
     message and ``token`` any per-delivery state of the adapter (a partition, a receipt).
     ``raw`` is the native message the user sees (``source.raw_of(delivery)``, built once on
-    first access).
+    first access). ``topic`` is the topic the message was published to, set by a transport
+    delivering a pattern subscription (``orders.*``); ``None`` means the subscribed name.
 
     Exactly one settle call takes effect: :meth:`ack` or :meth:`retry`; later calls do
     nothing. A settle that fails leaves the delivery unsettled (the consumer hands it back
@@ -79,7 +80,19 @@ class Delivery:
     """
 
     # Plain attributes, not properties: the bus reads each once per message on the hot path.
-    __slots__ = ("_attrs", "_raw", "attempt", "body", "headers", "key", "native", "settled", "source", "token")
+    __slots__ = (
+        "_attrs",
+        "_raw",
+        "attempt",
+        "body",
+        "headers",
+        "key",
+        "native",
+        "settled",
+        "source",
+        "token",
+        "topic",
+    )
 
     def __init__(
         self,
@@ -90,8 +103,10 @@ class Delivery:
         key: str | None,
         attempt: int,
         token: Any = None,
+        topic: str | None = None,
     ) -> None:
         self.source = source
+        self.topic = topic
         self.native = native
         self.body = body
         self.headers = headers

@@ -9,10 +9,19 @@ from enum import StrEnum
 
 from ._errors import InvalidDestination
 
-__all__ = ["Destination", "DestinationKind", "dead_letter_name", "sanitize_name", "validate_name"]
+__all__ = [
+    "Destination",
+    "DestinationKind",
+    "dead_letter_name",
+    "matches_pattern",
+    "sanitize_name",
+    "validate_name",
+    "validate_pattern",
+]
 
 _NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,198}[A-Za-z0-9_])?")
 MAX_NAME_LENGTH = 200
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class DestinationKind(StrEnum):
@@ -26,17 +35,28 @@ class DestinationKind(StrEnum):
 class Destination:
     """Where a message goes or comes from: a topic (with a subscription group) or a queue.
 
-    ``group`` is ``None`` for queues and for publishing to a topic. Immutable and hashable.
+    ``group`` is ``None`` for queues and for publishing to a topic. A subscription's
+    ``name`` may be a pattern (:attr:`is_pattern`: ``*`` one dot-separated segment, ``#``
+    any number of them); ``filter`` holds the header equalities a subscription's messages
+    must match (sorted pairs; empty: every message). Immutable and hashable.
     """
 
     kind: DestinationKind
     name: str
     group: str | None = None
+    filter: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def is_pattern(self) -> bool:
+        """Whether ``name`` is a wildcard pattern (a subscription to many topics)."""
+        return "*" in self.name or "#" in self.name
 
     @property
     def dead_letter_queue(self) -> str:
-        """The logical dead-letter queue: ``<topic>.<group>.dlq`` or ``<queue>.dlq``."""
-        return dead_letter_name(self.name, self.group)
+        """The logical dead-letter queue: ``<topic>.<group>.dlq`` or ``<queue>.dlq``; a
+        pattern's wildcards are spelled ``_star_`` and ``_hash_`` there (a legal name)."""
+        name = self.name.replace("*", "_star_").replace("#", "_hash_") if self.is_pattern else self.name
+        return dead_letter_name(name, self.group)
 
     def __str__(self) -> str:
         return f"{self.name} (group {self.group})" if self.group else self.name
@@ -58,6 +78,43 @@ def validate_name(name: object, what: str = "destination") -> str:
             "not starting or ending with '.' or '-'"
         )
     return name
+
+
+def validate_pattern(pattern: object, what: str = "topic") -> str:
+    """Return ``pattern`` if it is a legal topic name or wildcard pattern, else raise
+    :class:`InvalidDestination`. A pattern is a legal name whose dot-separated segments may
+    also be ``*`` (exactly one segment) or ``#`` (zero or more segments)."""
+    if not isinstance(pattern, str) or ("*" not in pattern and "#" not in pattern):
+        return validate_name(pattern, what)
+    segments = pattern.split(".")
+    for segment in segments:
+        if segment in ("*", "#"):
+            continue
+        if not segment or _SEGMENT.fullmatch(segment) is None:
+            raise InvalidDestination(
+                f"illegal {what} pattern {pattern!r}: each dot-separated segment must be '*' (one segment), "
+                "'#' (any number of segments) or letters, digits, '-' and '_'"
+            )
+    if len(pattern) > MAX_NAME_LENGTH:
+        raise InvalidDestination(f"{what} pattern {pattern!r} is longer than {MAX_NAME_LENGTH} characters")
+    return pattern
+
+
+def matches_pattern(pattern: str, topic: str) -> bool:
+    """Whether ``topic`` matches ``pattern`` (``*`` one segment, ``#`` zero or more), as
+    AMQP topic bindings match routing keys. Pure."""
+    return _matches(pattern.split("."), topic.split("."))
+
+
+def _matches(pattern: list[str], topic: list[str]) -> bool:
+    if not pattern:
+        return not topic
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_matches(rest, topic[i:]) for i in range(len(topic) + 1))
+    if not topic:
+        return False
+    return (head == "*" or head == topic[0]) and _matches(rest, topic[1:])
 
 
 def dead_letter_name(name: str, group: str | None) -> str:

@@ -14,6 +14,8 @@ errors are translated by the adapters and chained (``raise ... from native``), s
     │   └── InvalidHandler          a handler that is not ``async def`` or has bad parameters
     ├── LifecycleError              an operation in the wrong bus state (publish before start ...)
     ├── UnsupportedFeature          the transport cannot do what was asked
+    ├── RequestTimeout              no reply to ``Bus.request`` in time (also a TimeoutError)
+    ├── RequestFailed               the responder failed for good (its error type is named)
     ├── TransportError              the broker or the connection to it failed
     │   ├── ConnectError            cannot connect / authenticate / reach the broker
     │   ├── PublishError            the broker did not confirm a publish
@@ -44,6 +46,8 @@ __all__ = [
     "MessageBusError",
     "MessageTooLarge",
     "PublishError",
+    "RequestFailed",
+    "RequestTimeout",
     "SerializationError",
     "TopologyError",
     "TransportError",
@@ -90,6 +94,24 @@ class LifecycleError(MessageBusError, RuntimeError):
 
 class UnsupportedFeature(MessageBusError):
     """The transport does not support the requested feature."""
+
+
+class RequestTimeout(MessageBusError, TimeoutError):
+    """``Bus.request`` got no reply within its timeout (no responder, or one too slow)."""
+
+
+class RequestFailed(MessageBusError):
+    """The responder's handler failed for good (dead-lettered) instead of replying.
+
+    ``error_type`` is the qualified class name of what it raised (``builtins.ValueError``,
+    ``messagebus.DecodeError`` ...), ``error_message`` its message; the exception itself
+    stays in the responder's process.
+    """
+
+    def __init__(self, message: str, *, error_type: str = "", error_message: str = "") -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.error_message = error_message
 
 
 class TransportError(MessageBusError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 from ._errors import InvalidHandler
 from ._headers import CE_CONTENT_TYPE
@@ -13,9 +13,10 @@ from ._message import Envelope
 from ._middleware import Handler
 from ._serialization import JSON, decoder_for
 
-__all__ = ["UserHandler", "bind_handler"]
+__all__ = ["UserHandler", "bind_batch_handler", "bind_handler", "may_reply"]
 
 UserHandler = Callable[..., Any]
+BatchFn = Callable[[list[object], list[Envelope]], Awaitable[None]]
 
 
 def _is_async(fn: object) -> bool:
@@ -27,9 +28,17 @@ def _is_async(fn: object) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
-def bind_handler(fn: UserHandler, where: str) -> Handler:
-    """Turn ``fn`` into ``Handler(envelope)``: decode the body by its first parameter's
-    annotation, pass an ``Envelope`` parameter if it has one. Raises :class:`InvalidHandler`."""
+def may_reply(fn: UserHandler) -> bool:
+    """Whether ``fn`` may return a reply: its return annotation is not ``None`` (an
+    unannotated handler may). Handlers annotated ``-> None`` skip the reply check."""
+    try:
+        hints = get_type_hints(fn)
+    except (TypeError, ValueError, NameError):
+        return True
+    return hints.get("return", Any) is not type(None)
+
+
+def _signature(fn: UserHandler, where: str) -> tuple[str, list[inspect.Parameter], dict[str, Any]]:
     name = getattr(fn, "__qualname__", repr(fn))
     if not _is_async(fn):
         raise InvalidHandler(
@@ -45,6 +54,52 @@ def bind_handler(fn: UserHandler, where: str) -> Handler:
     required_kw = [p.name for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
     if required_kw:
         raise InvalidHandler(f"handler {name} for {where} has required keyword-only parameters {required_kw}")
+    extra = [p.name for p in params[2:] if p.default is p.empty]
+    if extra:
+        raise InvalidHandler(
+            f"handler {name} for {where} has extra required parameters {extra}; "
+            "it may take the message and optionally an Envelope"
+        )
+    return name, params, hints
+
+
+def bind_batch_handler(fn: UserHandler, where: str) -> tuple[Callable[[Envelope], object], BatchFn]:
+    """For ``batch=N``: ``fn(items: list[T])`` or ``fn(items: list[T], envelopes:
+    list[Envelope])``. Returns ``(decode one envelope's body as T, call fn with a batch)``.
+    Raises :class:`InvalidHandler` when the first parameter is not annotated ``list[T]``."""
+    name, params, hints = _signature(fn, where)
+    annotation = hints.get(params[0].name) if params else None
+    if get_origin(annotation) is not list:
+        raise InvalidHandler(
+            f"batch handler {name} for {where} must take the batch as its first parameter annotated "
+            "list[T], e.g. 'async def handle(orders: list[OrderCreated])' "
+            "(optionally 'envelopes: list[Envelope]' second)"
+        )
+    (item_type,) = get_args(annotation) or (Any,)
+    decode_body = decoder_for(item_type)
+
+    def decode(envelope: Envelope) -> object:
+        return decode_body(envelope.body, envelope.wire_headers.get(CE_CONTENT_TYPE, JSON))
+
+    if len(params) > 1:
+
+        def call_with_envelopes(items: list[object], envelopes: list[Envelope]) -> Awaitable[None]:
+            result: Awaitable[None] = fn(items, envelopes)
+            return result
+
+        return decode, call_with_envelopes
+
+    def call(items: list[object], envelopes: list[Envelope]) -> Awaitable[None]:
+        result: Awaitable[None] = fn(items)
+        return result
+
+    return decode, call
+
+
+def bind_handler(fn: UserHandler, where: str) -> Handler:
+    """Turn ``fn`` into ``Handler(envelope)``: decode the body by its first parameter's
+    annotation, pass an ``Envelope`` parameter if it has one. Raises :class:`InvalidHandler`."""
+    name, params, hints = _signature(fn, where)
 
     def is_envelope(p: inspect.Parameter) -> bool:
         return hints.get(p.name) is Envelope or (p.name == "envelope" and p.name not in hints)
@@ -53,12 +108,6 @@ def bind_handler(fn: UserHandler, where: str) -> Handler:
         raise InvalidHandler(
             f"handler {name} for {where} takes no parameters; it needs the message, e.g. "
             "'async def handle(order: OrderCreated)' or '(order: OrderCreated, envelope: Envelope)'"
-        )
-    extra = [p.name for p in params[2:] if p.default is p.empty]
-    if extra:
-        raise InvalidHandler(
-            f"handler {name} for {where} has extra required parameters {extra}; "
-            "it may take the message and optionally an Envelope"
         )
     first = params[0]
     if is_envelope(first):

@@ -54,10 +54,17 @@ __all__ = [
     "DLQ_ERROR_TYPE",
     "DLQ_FIRST_FAILURE",
     "DLQ_GROUP",
+    "DELIVER_AT",
     "DLQ_LAST_FAILURE",
     "FIRST_FAILURE",
+    "HELD",
     "KEY",
     "NACKS",
+    "REPLY_BY",
+    "REPLY_ERROR_MESSAGE",
+    "REPLY_ERROR_TYPE",
+    "REPLY_TO",
+    "CORRELATION_ID",
     "RESERVED_PREFIXES",
     "from_wire",
     "iso_utc",
@@ -85,6 +92,21 @@ FIRST_FAILURE = "messagebus-first-failure"
 NACKS = "messagebus-nacks"
 #: The message key, for transports with no native key field.
 KEY = "messagebus-key"
+#: When a delayed message is due (Unix epoch milliseconds, an int): the consumer holds it
+#: back until then (``delay=`` on publish and send).
+DELIVER_AT = "messagebus-deliver-at"
+#: How many deliveries of a delayed message were held back until due (not attempts:
+#: ``Envelope.attempt`` leaves them out).
+HELD = "messagebus-held"
+#: The logical queue a reply goes to (set by ``Bus.request``).
+REPLY_TO = "messagebus-reply-to"
+#: The ``ce-id`` of the request a reply answers.
+CORRELATION_ID = "messagebus-correlation-id"
+#: When the caller stops waiting for a reply (Unix epoch milliseconds): later, no reply is sent.
+REPLY_BY = "messagebus-reply-by"
+#: On an error reply: the qualified type name and the message of what the responder raised.
+REPLY_ERROR_TYPE = "messagebus-error-type"
+REPLY_ERROR_MESSAGE = "messagebus-error-message"
 
 DLQ_DESTINATION = "dlq-destination"
 DLQ_GROUP = "dlq-group"

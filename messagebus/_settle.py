@@ -12,6 +12,7 @@ from typing import Any
 
 from . import _headers as h
 from ._dead_letter import dead_letter_headers, error_message, error_type_name, utc_now
+from ._delay import held_count, remaining
 from ._destination import Destination, DestinationKind
 from ._errors import DecodeError, MessageBusError
 from ._message import Envelope, OutgoingMessage, delivered_envelope
@@ -26,6 +27,8 @@ __all__ = ["Outcome", "SettleCallback", "Settlement", "Settler", "log_fields", "
 logger = logging.getLogger("messagebus")
 
 Publish = Callable[[Sequence[OutgoingMessage]], Awaitable[None]]
+#: Called after a message was dead-lettered, with what failed (the bus answers a request).
+DeadLetterHook = Callable[[Envelope, Exception], Awaitable[None]]
 
 #: Seconds before a delivery whose settling raised is redelivered: long enough not to spin
 #: on a bug, short enough that the message is not noticeably held up.
@@ -37,6 +40,8 @@ class Outcome(StrEnum):
 
     ACK = "ack"  #: handled; acked
     RETRY = "retry"  #: redelivery scheduled (backoff after a failure, or a ``Nack``)
+    HELD = "held"  #: a delayed message received before it was due, handed back until then
+    FILTERED = "filtered"  #: did not match the subscription's filter: acked, not handled
     DEAD_LETTER = "dead_letter"  #: copied to the dead-letter queue, then acked
     UNSETTLED = "unsettled"  #: not settled (cancelled, or settling failed): the broker redelivers
 
@@ -124,6 +129,10 @@ class Settler:
     - :class:`Reject` or :class:`DecodeError`: dead-letter at once;
     - another exception: redeliver with backoff while ``retry`` allows, then dead-letter.
 
+    Before the chain: a delayed message not yet due is handed back to the transport's
+    delayed redelivery until it is (``Envelope.attempt`` does not count those holds); a
+    message that does not match ``filter`` (header equalities) is acked unhandled.
+
     A cancelled handler (stop grace ran out) is never settled: the transport redelivers it.
     No exception raised while settling takes the consumer slot out of service: it is logged
     and the delivery handed back for redelivery. A handler running longer than
@@ -134,9 +143,12 @@ class Settler:
         "_chain",
         "_dlq",
         "_epoch",
+        "_filter",
+        "_filtered",
         "_group",
         "_inflight",
         "_name",
+        "_on_dead_letter",
         "_publish",
         "_retry",
         "_system",
@@ -153,7 +165,12 @@ class Settler:
         system: str,
         *,
         warn_after: float | None = None,
+        on_dead_letter: DeadLetterHook | None = None,
+        filtered: Callable[[], None] | None = None,
     ) -> None:
+        self._filter = source.filter
+        self._filtered = filtered
+        self._on_dead_letter = on_dead_letter
         self._name = source.name
         self._group = source.group
         self._chain = chain
@@ -176,12 +193,23 @@ class Settler:
 
         Never raises but ``CancelledError``."""
         headers = delivery.headers
+        attempt = delivery.attempt
+        if h.DELIVER_AT in headers:
+            wait = remaining(headers)
+            held = held_count(headers)
+            if wait > 0:
+                await self._hold(delivery, wait, held)
+                return
+            attempt = max(attempt - held, 1)
+        if self._filter and not self._matches(headers):
+            await self._skip(delivery)
+            return
         key = delivery.key
         if key is None:
             # CloudEvents' partitioning extension is the key of a foreign event sent without one.
             key = headers.get(h.CE_PARTITIONKEY)
         envelope = delivered_envelope(
-            delivery.body, headers, self._name, self._group, key, delivery.attempt, self._system, delivery
+            delivery.body, headers, delivery.topic or self._name, self._group, key, attempt, self._system, delivery
         )
         settlement: Settlement | None = None
         acked = False
@@ -219,6 +247,24 @@ class Settler:
                 if settlement is None:
                     settlement = Settlement(Outcome.ACK if acked else Outcome.UNSETTLED, envelope.attempt)
                 _notify(observers, settlement, envelope)
+
+    def _matches(self, headers: Mapping[str, str]) -> bool:
+        return all(headers.get(name) == value for name, value in self._filter)
+
+    async def _hold(self, delivery: DeliveryLike, wait: float, held: int) -> None:
+        # Not an attempt: the hold count lets the handler see attempt 1 when it is due.
+        try:
+            await delivery.retry(wait, {h.HELD: str(held + 1)})
+        except MessageBusError:
+            logger.warning("holding a delayed message failed; the broker will redeliver it", exc_info=True)
+
+    async def _skip(self, delivery: DeliveryLike) -> None:
+        if self._filtered is not None:
+            self._filtered()
+        try:
+            await delivery.ack()
+        except MessageBusError:
+            logger.warning("ack of a filtered-out message failed; the broker will redeliver it", exc_info=True)
 
     def _arm_watchdog(self) -> None:
         assert self._warn_after is not None
@@ -332,4 +378,10 @@ class Settler:
             # Not dead-lettered, so not acked: it comes back and is dead-lettered then.
             await delivery.retry(self._retry.delay(max(failures, 1)), {})
             raise
+        if self._on_dead_letter is not None:
+            try:
+                await self._on_dead_letter(envelope, error)
+            except Exception:
+                # The dead letter is stored: the caller of a request then times out instead.
+                logger.exception("the dead-letter hook failed", extra=fields)
         await delivery.ack()

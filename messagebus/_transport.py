@@ -23,6 +23,7 @@ from ._message import AttributeValue, OutgoingMessage
 __all__ = [
     "Capabilities",
     "Consumer",
+    "DeleteQueue",
     "DeliveryHandler",
     "DeliveryLike",
     "PublishAttributes",
@@ -45,6 +46,11 @@ class Capabilities:
     - ``consumer_groups``: a topic can feed several independent groups.
     - ``max_message_size``: largest encoded body in bytes (``None``: no limit known).
     - ``network``: the broker is reached over TCP (reconnect tests run through a proxy).
+    - ``wildcards``: ``subscribe`` takes a pattern source (``orders.*``, ``orders.#``; see
+      :attr:`Destination.is_pattern`) and delivers the messages of every matching topic,
+      also of topics made after it started (within the time the adapter's README states).
+      Without it the bus raises :class:`UnsupportedFeature` at registration.
+    - ``wildcards_reason``: why not, named in that error (``"SNS topics are separate ..."``).
     """
 
     ordering: bool = True
@@ -54,6 +60,8 @@ class Capabilities:
     consumer_groups: bool = True
     max_message_size: int | None = None
     network: bool = True
+    wildcards: bool = False
+    wildcards_reason: str = "its adapter does not map subscription patterns"
 
 
 @runtime_checkable
@@ -88,6 +96,12 @@ class DeliveryLike(Protocol):
     @property
     def attempt(self) -> int:
         """Delivery attempt, starting at 1."""
+        ...
+
+    @property
+    def topic(self) -> str | None:
+        """The topic a pattern subscription's message was published to (``None``: the
+        subscribed name)."""
         ...
 
     @property
@@ -152,6 +166,17 @@ class PublishAttributes(Protocol):
 
 
 @runtime_checkable
+class DeleteQueue(Protocol):
+    """Optional capability: delete a queue the bus made for itself (a request's reply queue)."""
+
+    async def delete_queue(self, name: str) -> None:
+        """Delete logical queue ``name`` and every message in it (and its dead-letter queue
+        if one was made). Idempotent: a queue that does not exist is not an error. Raises
+        :class:`TransportError` when the broker refuses."""
+        ...
+
+
+@runtime_checkable
 class Transport(Protocol):
     """A broker connection. One per :class:`~messagebus.Bus`; used from one event loop and
     not thread-safe.
@@ -196,7 +221,10 @@ class Transport(Protocol):
         """Declare ``source`` (the group's queue/subscription, or the queue) and start
         delivering to ``handler`` with at most ``concurrency`` calls in flight, keeping
         per-key order when ``capabilities.ordering``. Messages are settled by the handler.
-        Raises :class:`TopologyError` when the declaration conflicts with what exists."""
+        ``source.filter`` (header equalities) may be matched by the broker where it can
+        (the bus matches it again, so an adapter may ignore it); a pattern ``source.name``
+        comes only when ``capabilities.wildcards``. Raises :class:`TopologyError` when the
+        declaration conflicts with what exists."""
         ...
 
 

@@ -19,6 +19,7 @@ class FakeDelivery:
     attempt: int = 1
     raw: Any = None
     messaging_attributes: Mapping[str, Any] = field(default_factory=dict)
+    topic: str | None = None
 
     async def ack(self) -> None: ...
 

@@ -61,6 +61,10 @@ class _DeliveryProxy:
         return self._inner.attempt
 
     @property
+    def topic(self) -> str | None:
+        return self._inner.topic
+
+    @property
     def raw(self) -> Any:
         return self._inner.raw
 

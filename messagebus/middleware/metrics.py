@@ -15,12 +15,15 @@ Instruments (OpenTelemetry messaging semantic conventions):
   and ``messaging.operation.name`` (``process``).
 - ``messaging.process.duration`` (histogram, ``s``): duration of the handler chain, same
   attributes plus ``error.type`` when the handler raised (a ``Nack`` is not an error).
+- ``messagebus.filtered.messages`` (counter, ``{message}``): messages a subscription's
+  ``filter=`` left unhandled (acked at the client, where the broker cannot filter), by
+  system, destination and group.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import opentelemetry.metrics as _metrics_api
 from opentelemetry.metrics import Counter, Histogram, Meter
@@ -44,6 +47,7 @@ __all__ = [
     "DURATION_BUCKETS",
     "MessagingInstruments",
     "MeterGate",
+    "filtered_counter",
     "metrics_middleware",
     "metrics_publish_middleware",
 ]
@@ -72,7 +76,7 @@ DURATION_BUCKETS: tuple[float, ...] = (
 class MessagingInstruments:
     """The four messaging instruments, created once from ``meter``."""
 
-    __slots__ = ("consumed", "operation_duration", "process_duration", "sent")
+    __slots__ = ("consumed", "filtered", "operation_duration", "process_duration", "sent")
 
     def __init__(self, meter: Meter) -> None:
         self.sent: Counter = meter.create_counter(
@@ -96,6 +100,11 @@ class MessagingInstruments:
             unit="s",
             description="Duration of processing operation.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.filtered: Counter = meter.create_counter(
+            "messagebus.filtered.messages",
+            unit="{message}",
+            description="Messages acked unhandled because they did not match the subscription's filter.",
         )
 
 
@@ -220,3 +229,21 @@ def metrics_middleware(messaging_system: str | None = None, gate: MeterGate | No
         return entry
 
     return middleware
+
+
+def filtered_counter(
+    messaging_system: str, destination: str, group: str | None, gate: MeterGate | None = None
+) -> Callable[[], None]:
+    """A callable that adds one to ``messagebus.filtered.messages`` for this subscription
+    (nothing while no meter provider is installed). Cheap; call it from the event loop."""
+    gate = gate or MeterGate()
+    attributes: dict[str, AttributeValue] = {SYSTEM: messaging_system, DESTINATION: destination}
+    if group:
+        attributes[CONSUMER_GROUP] = group
+
+    def count() -> None:
+        instruments = gate.instruments()
+        if instruments is not None:
+            instruments.filtered.add(1, attributes)
+
+    return count

@@ -9,7 +9,14 @@ from .._blocking import BlockingWorker
 from .._config import TransportOptions, TransportURL, parse_options
 from .._consumer import ConsumerBase
 from .._delivery import Delivery, DeliverySource
-from .._destination import Destination, DestinationKind, dead_letter_name, sanitize_name, validate_name
+from .._destination import (
+    Destination,
+    DestinationKind,
+    dead_letter_name,
+    matches_pattern,
+    sanitize_name,
+    validate_name,
+)
 from .._dispatch import WorkerPool
 from .._error_map import ErrorMap, ErrorRule, describe_error
 from .._headers import from_wire, to_wire
@@ -17,6 +24,7 @@ from .._message import AttributeValue, OutgoingMessage
 from .._transport import (
     Capabilities,
     Consumer,
+    DeleteQueue,
     DeliveryHandler,
     DeliveryLike,
     PublishAttributes,
@@ -36,6 +44,7 @@ __all__ = [
     "Capabilities",
     "Consumer",
     "ConsumerBase",
+    "DeleteQueue",
     "Delivery",
     "DeliveryHandler",
     "DeliveryLike",
@@ -57,6 +66,7 @@ __all__ = [
     "describe_error",
     "from_wire",
     "headers",
+    "matches_pattern",
     "parse_options",
     "sanitize_name",
     "to_wire",

@@ -25,7 +25,7 @@ from .._clock import Clock, SystemClock
 from .._config import TransportOptions, TransportURL, parse_options
 from .._consumer import ConsumerBase, check_concurrency
 from .._delivery import Delivery
-from .._destination import Destination, DestinationKind
+from .._destination import Destination, DestinationKind, dead_letter_name, matches_pattern
 from .._errors import ConnectError, InvalidDestination, LifecycleError, MessageTooLarge
 from .._message import OutgoingMessage
 from .._transport import Capabilities, Consumer, DeliveryHandler
@@ -50,6 +50,7 @@ class _Stored:
     headers: Mapping[str, str]
     key: str | None
     attempt: int = 1
+    topic: str | None = None  # set on a pattern group's copy: the topic it was published to
 
 
 class _MemQueue:
@@ -166,7 +167,7 @@ class _MemConsumer(ConsumerBase):
         self.queue.unacked += 1
         if stored.key is not None:
             self.queue.hold_key(stored.key, self)
-        delivery = Delivery(self, stored, stored.body, stored.headers, stored.key, stored.attempt)
+        delivery = Delivery(self, stored, stored.body, stored.headers, stored.key, stored.attempt, topic=stored.topic)
         # Same thread as the consumer's loop: hand over directly; else through its loop.
         if get_ident() == self.thread:
             self.pool.submit_nowait(delivery)
@@ -180,7 +181,9 @@ class _MemConsumer(ConsumerBase):
     def settle_redeliver(self, delivery: Delivery, delay: float, headers: Mapping[str, str]) -> None:
         """Store a copy with ``attempt + 1`` and ``headers`` added, due after ``delay`` seconds."""
         old: _Stored = delivery.native
-        again = _Stored(old.body, {**old.headers, **headers} if headers else old.headers, old.key, old.attempt + 1)
+        again = _Stored(
+            old.body, {**old.headers, **headers} if headers else old.headers, old.key, old.attempt + 1, old.topic
+        )
         queue = self.queue
         queue.broker.schedule(queue, again, delay)
         self._returned_one(delivery.key)
@@ -191,7 +194,7 @@ class _MemConsumer(ConsumerBase):
         with queue.broker.lock:
             for d in reversed(deliveries):
                 s: _Stored = d.native
-                queue.ready.appendleft(_Stored(s.body, s.headers, s.key, s.attempt + 1))
+                queue.ready.appendleft(_Stored(s.body, s.headers, s.key, s.attempt + 1, s.topic))
             self._returned(deliveries)
 
     def _returned_one(self, key: str | None) -> None:
@@ -238,6 +241,8 @@ class MemoryBroker:
         self.clock: Clock = clock or SystemClock()
         self.lock = threading.RLock()
         self._topics: dict[str, dict[str, _MemQueue]] = {}
+        #: pattern subscriptions: pattern -> group -> queue (a message to each matching topic)
+        self._patterns: dict[str, dict[str, _MemQueue]] = {}
         self._queues: dict[str, _MemQueue] = {}
         self._delayed: list[tuple[float, int, _MemQueue, _Stored]] = []
         self._seq = itertools.count()
@@ -264,17 +269,31 @@ class MemoryBroker:
             self._release_due()
             last: Destination | None = None
             queues: list[_MemQueue] = []
+            matching: list[_MemQueue] = []
             for message in messages:
                 dest = message.destination
                 if dest is not last:  # a batch goes to one destination: look it up once
                     last = dest
                     if dest.kind is DestinationKind.TOPIC:
                         queues = list(self._topics.get(dest.name, {}).values())
+                        matching = self._matching(dest.name) if self._patterns else []
                     else:
-                        queues = [self._queue(dest.name)]
+                        queues, matching = [self._queue(dest.name)], []
                 stored = _Stored(message.body, message.headers, message.key)
                 for queue in queues:
                     queue.put(stored)
+                if matching:
+                    copy = _Stored(message.body, message.headers, message.key, topic=dest.name)
+                    for queue in matching:
+                        queue.put(copy)
+
+    def _matching(self, topic: str) -> list[_MemQueue]:
+        return [
+            queue
+            for pattern, groups in self._patterns.items()
+            if matches_pattern(pattern, topic)
+            for queue in groups.values()
+        ]
 
     def schedule(self, queue: _MemQueue, stored: _Stored, delay: float) -> None:
         """Put ``stored`` back on ``queue`` after ``delay`` seconds of the broker clock."""
@@ -312,7 +331,7 @@ class MemoryBroker:
         with self.lock:
             if source.kind is DestinationKind.QUEUE:
                 return self._queue(source.name)
-            groups = self._topics.setdefault(source.name, {})
+            groups = (self._patterns if source.is_pattern else self._topics).setdefault(source.name, {})
             group = source.group or ""
             queue = groups.get(group)
             if queue is None:
@@ -331,7 +350,8 @@ class MemoryBroker:
     def pending(self, queue: str, group: str | None = None) -> int:
         """Messages waiting (ready or delayed, not in flight) in a queue or a topic's group."""
         with self.lock:
-            q = self._topics.get(queue, {}).get(group or "") if group is not None else self._queues.get(queue)
+            topics = self._patterns if "*" in queue or "#" in queue else self._topics
+            q = topics.get(queue, {}).get(group or "") if group is not None else self._queues.get(queue)
             if q is None:
                 return 0
             return len(q.ready) + sum(1 for d in self._delayed if d[2] is q)
@@ -370,15 +390,24 @@ class MemoryBroker:
 
     def _all_queues(self) -> list[_MemQueue]:
         out = list(self._queues.values())
-        for groups in self._topics.values():
+        for groups in (*self._topics.values(), *self._patterns.values()):
             out.extend(groups.values())
         return out
+
+    def delete_queue(self, name: str) -> None:
+        """Drop work queue ``name`` and its dead-letter queue with every message in them."""
+        with self.lock:
+            for gone in (self._queues.pop(name, None), self._queues.pop(dead_letter_name(name, None), None)):
+                if gone is not None:
+                    self._delayed = [d for d in self._delayed if d[2] is not gone]
+                    heapq.heapify(self._delayed)
 
     def reset(self) -> None:
         """Drop every topic, queue and message (for tests). Live consumers keep running but
         are detached from the dropped queues."""
         with self.lock:
             self._topics.clear()
+            self._patterns.clear()
             self._queues.clear()
             self._delayed.clear()
 
@@ -401,6 +430,7 @@ class MemoryTransport:
             consumer_groups=True,
             max_message_size=max_message_size,
             network=False,
+            wildcards=True,
         )
         self._max = max_message_size
         self._connected = False
@@ -438,8 +468,13 @@ class MemoryTransport:
                 )
         self.broker.publish(messages)
 
+    async def delete_queue(self, name: str) -> None:
+        """Drop work queue ``name`` (a reply queue) and every message in it. Idempotent."""
+        self.broker.delete_queue(name)
+
     async def subscribe(self, source: Destination, handler: DeliveryHandler, *, concurrency: int) -> Consumer:
-        """Attach a consumer with ``concurrency`` workers to the source's queue."""
+        """Attach a consumer with ``concurrency`` workers to the source's queue (a pattern
+        source gets the messages of every matching topic, ``Delivery.topic`` naming it)."""
         if not self._connected:
             raise LifecycleError("memory transport is not connected")
         check_concurrency(concurrency, f"{source.name!r}")
