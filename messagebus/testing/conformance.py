@@ -66,6 +66,7 @@ from ._collect import Collector, PeakGate
 from ._crash import CrashFaultTests
 from ._faults import FaultTests
 from ._header_kit import HeaderLimitTests
+from ._patterns_kit import PatternTests
 from ._proxy import TcpProxy
 from ._target import ConformanceTarget
 
@@ -86,7 +87,7 @@ def _names(prefix: str) -> str:
     return f"conf.{prefix}.{uuid.uuid4().hex[:10]}"
 
 
-class TransportConformance(FaultTests, CrashFaultTests, HeaderLimitTests):
+class TransportConformance(FaultTests, CrashFaultTests, HeaderLimitTests, PatternTests):
     """Base class holding the conformance tests; subclass it and define a ``target`` fixture."""
 
     pytestmark = [pytest.mark.asyncio]

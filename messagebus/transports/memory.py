@@ -394,6 +394,11 @@ class MemoryBroker:
             out.extend(groups.values())
         return out
 
+    def queue_names(self) -> list[str]:
+        """The work queues that exist (for tests: a reply queue is gone after its bus stops)."""
+        with self.lock:
+            return sorted(self._queues)
+
     def delete_queue(self, name: str) -> None:
         """Drop work queue ``name`` and its dead-letter queue with every message in them."""
         with self.lock:
