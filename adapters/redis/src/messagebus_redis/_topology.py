@@ -29,7 +29,18 @@ from messagebus.transports import Destination, DestinationKind, dead_letter_name
 from ._errors import ERRORS
 from ._options import RedisOptions
 
-__all__ = ["DUE", "QUEUE_GROUP", "REDELIVER", "TRIM", "Names", "declare", "names_for", "physical_names", "stream_key"]
+__all__ = [
+    "DUE",
+    "QUEUE_GROUP",
+    "REDELIVER",
+    "TRIM",
+    "Names",
+    "declare",
+    "delete_queue",
+    "names_for",
+    "physical_names",
+    "stream_key",
+]
 
 #: The consumer group of every queue stream.
 QUEUE_GROUP = "messagebus"
@@ -98,6 +109,20 @@ async def declare(client: Any, names: Names, start_from: str) -> None:
                 raise ERRORS.map(exc, TopologyError, f"cannot create group {names.group!r} on {stream!r}") from exc
         except rex.RedisError as exc:
             raise ERRORS.map(exc, TopologyError, f"cannot create group {names.group!r} on {stream!r}") from exc
+
+
+async def delete_queue(client: Any, name: str, prefix: str) -> None:
+    """Delete queue ``name``'s stream, retry stream and due set, and those of its dead-letter
+    queue ``name.dlq``. Idempotent (missing keys are fine). One DEL per key, so that keys of
+    different cluster slots never meet in one command. Raises :class:`TopologyError` (no
+    permission) or :class:`ConnectError`."""
+    for queue in (name, dead_letter_name(name, None)):
+        names = names_for(Destination(DestinationKind.QUEUE, queue), prefix)
+        for key in (names.stream, names.retry, names.due):
+            try:
+                await client.delete(key)
+            except rex.RedisError as exc:
+                raise ERRORS.map(exc, TopologyError, f"cannot delete {key!r} of queue {name!r}") from exc
 
 
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"

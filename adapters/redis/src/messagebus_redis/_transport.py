@@ -9,6 +9,7 @@ from ._consuming import RedisConsumer
 from ._options import RedisOptions, load_options
 from ._publishing import Publisher
 from ._telemetry import MESSAGING_SYSTEM
+from ._topology import delete_queue
 
 __all__ = ["RedisTransport"]
 
@@ -42,6 +43,11 @@ class RedisTransport(
             consumer_groups=True,
             max_message_size=self.options.max_message_size,
             network=True,
+            wildcards_reason=(
+                "each Redis topic is a stream of its own (mb:t:{topic}) and a consumer group reads one "
+                "stream; Redis has no group across streams, and this adapter does not scan for matching "
+                "streams"
+            ),
         )
         connection = Connection(self.url, self._db, self.options)
         return capabilities, connection, Publisher(connection)
@@ -60,6 +66,13 @@ class RedisTransport(
         """After the consumers stopped: finish publishes in flight, then close the client."""
         await self.publisher.drain()
         await self.connection.close()
+
+    async def delete_queue(self, name: str) -> None:
+        """Delete queue ``name`` (a reply queue): its stream with its group and every message,
+        its retry stream and due set, and the same of ``name.dlq``. Idempotent. Raises
+        :class:`LifecycleError` before ``connect``, :class:`TopologyError` or
+        :class:`ConnectError` when Redis refuses or is unreachable."""
+        await delete_queue(self.connection.require(), name, self.options.prefix)
 
     async def open_consumer(self, source: Destination, handler: DeliveryHandler, concurrency: int) -> Consumer:
         """One Redis consumer in the source's group, on its stream and retry stream."""
