@@ -20,6 +20,8 @@ from messagebus import (
     LifecycleError,
     OutgoingMessage,
     PublishFn,
+    Reject,
+    RequestFailed,
     RequestTimeout,
     Retry,
 )
@@ -299,3 +301,50 @@ def test_patterns_match_like_amqp_topic_bindings() -> None:
     ]
     for pattern, topic, expected in cases:
         assert matches_pattern(pattern, topic) is expected, (pattern, topic)
+
+
+async def test_rejected_or_undecodable_request_fails_fast(bus_factory: BusFactory) -> None:
+    """Catches a caller left waiting when the responder rejects the request or cannot
+    decode it (both dead-letter at once, without retries)."""
+    responder, caller = bus_factory("pricing"), bus_factory("shop")
+
+    @responder.consume("strict")
+    async def strict(job: Job) -> Job:
+        raise Reject("sku unknown")
+
+    async with responder, caller:
+        with pytest.raises(RequestFailed) as rejected:
+            await caller.request("strict", Job(n=1), timeout=30)
+        with pytest.raises(RequestFailed) as undecodable:
+            await caller.request("strict", {"n": "not a number"}, timeout=30)
+    assert rejected.value.error_type == "messagebus.Reject"
+    assert undecodable.value.error_type == "messagebus.DecodeError"
+    assert isinstance(RequestTimeout("x"), TimeoutError)
+
+
+async def test_out_of_range_delays_are_refused(bus_factory: BusFactory) -> None:
+    """Catches a delay in the wrong unit (milliseconds as seconds: years) or NaN accepted."""
+    bus = bus_factory()
+    async with bus:
+        for bad in (366 * 24 * 3600, float("nan"), float("inf"), timedelta(days=-1)):
+            with pytest.raises(ConfigurationError, match="delay"):
+                await bus.send("q", Job(n=1), delay=bad)
+
+
+async def test_each_message_of_a_batch_has_its_own_process_span(
+    bus_factory: BusFactory, telemetry: TelemetryCapture
+) -> None:
+    """Catches a batch traced as one message (the others' traces would end at the broker)."""
+    got: Collector[int] = Collector(5)
+    bus = bus_factory()
+
+    @bus.consume("traced", batch=5, batch_timeout=0.05)
+    async def bulk(jobs: list[Job]) -> None:
+        got.add(len(jobs))
+
+    async with bus:
+        await bus.send_many("traced", [Job(n=i) for i in range(5)])
+        await got.wait_until(lambda sizes: sum(sizes) == 5, "5 messages")
+    consumers = [s for s in telemetry.spans() if s.kind is SpanKind.CONSUMER]
+    assert len(consumers) == 5
+    assert len({s.parent.span_id for s in consumers if s.parent}) == 5

@@ -136,3 +136,17 @@ def test_the_readme_pytest_setup_runs_the_plugin(tmp_path: Path) -> None:
 def test_readme_says_what_the_plugin_needs(needed: str) -> None:
     """Catches the Testing section losing what a newcomer needs to know before the fixtures work."""
     assert needed in README.split("### Testing your services", 1)[1].split("\n### ", 1)[0]
+
+
+def test_patterns_example_runs_as_written() -> None:
+    """Catches README's request/delay/batch/routing example going stale: it runs verbatim in
+    a fresh interpreter and prints the reply, the batch and the routed, delayed event."""
+    import subprocess
+    import sys
+
+    [code] = _blocks("python", "### Request/reply, delays, batches, routing")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "quote: 9.5"
+    assert "audit: orders.created" in lines
