@@ -33,13 +33,12 @@ from ._errors import (
 from ._handler import UserHandler, bind_batch_handler, bind_handler, may_reply
 from ._message import Envelope, OutgoingMessage
 from ._middleware import Handler, Middleware, PublishFn, PublishMiddleware, compose
-from ._observability import default_consume_middleware, default_publish_middleware
+from ._observability import default_consume_middleware, default_publish_middleware, filtered_counter
 from ._request import Replies, past_reply_by, reply_by
 from ._retry import Retry
 from ._serialization import JSON, decoder_for, encode, type_name
 from ._settle import Settler
 from ._transport import Consumer, PublishAttributes, ReadyConsumer, Transport
-from .middleware.metrics import filtered_counter
 
 __all__ = ["Bus", "BusState"]
 

@@ -22,6 +22,7 @@ __all__ = [
     "SIGNALS",
     "TELEMETRY_ENV",
     "default_consume_middleware",
+    "filtered_counter",
     "default_publish_middleware",
     "telemetry_enabled",
     "telemetry_signals",
@@ -127,3 +128,17 @@ def default_publish_middleware(
     if "metrics" in signals:
         out.append(metrics_publish_middleware(system))
     return tuple(out)
+
+
+def filtered_counter(system: str, destination: str, group: str | None) -> Callable[[], None]:
+    """What counts a message a subscription's filter left unhandled: the
+    ``messagebus.filtered.messages`` counter, or nothing when metrics are off."""
+    if "metrics" not in telemetry_signals():
+        return _nothing
+    from .middleware.metrics import filtered_counter as counter
+
+    return counter(system, destination, group)
+
+
+def _nothing() -> None:
+    return None
