@@ -1,0 +1,146 @@
+"""The pattern samples (samples/patterns) run and keep their promises: on a fresh memory://
+broker each, once each on RabbitMQ, and from the command line by URL.
+
+Each sample's ``main`` checks its own pattern (replies reach their caller, the delayed
+message is not early, batches and dead letters, routing and filters) and returns 1 with the
+broken promise printed; these tests assert the return code and the printed story.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from messagebus.transports.memory import MemoryTransport
+from samples.patterns import batch, delay, request_reply, routing
+
+ROOT = Path(__file__).resolve().parent.parent
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
+Main = Callable[..., Awaitable[int]]
+
+
+def fresh_memory() -> str:
+    return f"memory://patterns-{uuid.uuid4().hex[:8]}"
+
+
+async def test_request_reply_answers_fails_fast_and_times_out(capsys: pytest.CaptureFixture[str]) -> None:
+    """Catches: a reply lost or given to another of the concurrent callers, a responder's
+    final failure that does not reach the caller as RequestFailed naming the error type,
+    and a request to a queue nobody consumes that does not end in RequestTimeout."""
+    assert await request_reply.main(fresh_memory()) == 0
+    out = capsys.readouterr().out
+    assert "got Quote(sku='widget', quantity=10, unit_price=2.5, total=25.0)" in out
+    assert "asked for 500 x sprocket at once with the others: $1800.0" not in out  # the bulk price applied
+    assert "asked for 500 x sprocket at once with the others: $180.0" in out
+    assert "RequestFailed after" in out and "error_type=builtins.LookupError" in out
+    assert "RequestTimeout after" in out and "quotes.archive" in out
+    assert "OK: every promise of the pattern kept" in out
+
+
+async def test_delay_handles_the_undelayed_reminder_first_and_the_delayed_one_not_early(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Catches: a delayed message handled before its due time (the sample measures it
+    against the send time), and a delayed message holding back the one sent after it."""
+    assert await delay.main(fresh_memory()) == 0
+    out = capsys.readouterr().out
+    assert "handled in this order: ['coffee is ready', 'stand-up in 2 s']" in out
+    assert re.search(r"'stand-up in 2 s' handled \+\d+ ms after its due time \(lateness\)", out)
+
+
+async def test_batch_indexes_every_order_in_batches_and_dead_letters_the_poison_alone(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Catches: a batch larger than ``batch=50``, an order lost or indexed twice, the
+    poison message failing its batch (its good orders dead-lettered or retried) instead of
+    going to the dead letters alone with a DecodeError."""
+    assert await batch.main(fresh_memory()) == 0
+    out = capsys.readouterr().out
+    sizes = [int(n) for n in re.findall(r"bulk-indexed\s+(\d+) orders", out)]
+    assert sum(sizes) == batch.ORDERS and max(sizes) <= batch.BATCH
+    assert len(sizes) < batch.ORDERS  # really batched, not one call per message
+    assert out.count("dead letter b'garbled: not an order': messagebus.DecodeError") == 1
+    assert "OK: every promise of the pattern kept" in out
+
+
+async def test_routing_audits_each_orders_event_by_topic_and_filters_eu(capsys: pytest.CaptureFixture[str]) -> None:
+    """Catches: Envelope.destination naming the pattern instead of the topic published to,
+    ``orders.*`` matching more than one segment (orders.created.v2), and the header filter
+    letting a US order through to the EU group."""
+    assert await routing.main(fresh_memory()) == 0
+    out = capsys.readouterr().out
+    for line in ("orders.created: order-1 (us)", "orders.paid: order-2 (eu)", "orders.cancelled: order-1 (us)"):
+        assert f"audit      | {line}" in out
+    assert "audit      | orders.created.v2" not in out and "orders.*:" not in out
+    assert re.findall(r"picking (order-\d+)", out) == ["order-2", "order-5"]
+
+
+async def test_routing_without_wildcards_says_why_and_runs_the_filter_part(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Catches: the sample crashing (or silently auditing nothing) on a transport that
+    refuses patterns, instead of printing the UnsupportedFeature reason and running the
+    filter part alone. The transport is memory:// declaring no wildcards."""
+    build = MemoryTransport.from_url
+
+    def without_wildcards(url: object) -> MemoryTransport:
+        transport = build(url)  # type: ignore[arg-type]
+        transport.capabilities = dataclasses.replace(
+            transport.capabilities, wildcards=False, wildcards_reason="this test's broker has no patterns"
+        )
+        return transport
+
+    monkeypatch.setattr(MemoryTransport, "from_url", staticmethod(without_wildcards))
+    assert await routing.main(fresh_memory()) == 0
+    out = capsys.readouterr().out
+    assert "no wildcard subscription here: memory cannot subscribe to the pattern 'orders.*'" in out
+    assert "this test's broker has no patterns" in out
+    assert "audit      | orders." not in out
+    assert re.findall(r"picking (order-\d+)", out) == ["order-2", "order-5"]
+
+
+def test_samples_run_from_the_command_line_by_url_and_by_environment() -> None:
+    """Catches: a broken ``python -m samples.patterns.<name> [URL]`` entry (no main guard,
+    the URL argument or MESSAGEBUS_URL ignored, the exit code not main's)."""
+    by_argument = subprocess.run(
+        [sys.executable, "-m", "samples.patterns.request_reply", "memory://cli-arg"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert by_argument.returncode == 0, by_argument.stdout + by_argument.stderr
+    assert "OK: every promise of the pattern kept" in by_argument.stdout
+    env = {**os.environ, "MESSAGEBUS_URL": "nosuchscheme://nowhere"}
+    by_environment = subprocess.run(
+        [sys.executable, "-m", "samples.patterns.routing"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert by_environment.returncode != 0
+    assert "nosuchscheme" in by_environment.stderr
+
+
+@pytest.mark.parametrize("sample", [request_reply, delay, batch, routing], ids=lambda m: m.__name__.rsplit(".", 1)[1])
+async def test_sample_runs_on_rabbitmq(sample: object, capsys: pytest.CaptureFixture[str]) -> None:
+    """Catches: a pattern that works on memory:// but not through RabbitMQ (reply queue,
+    TTL-held delay, batch prefetch, dead letters, header filter; the pattern subscription
+    where the adapter maps it, else its UnsupportedFeature reason). Fresh names per run."""
+    pytest.importorskip("messagebus_rabbitmq")
+    main: Main = sample.main  # type: ignore[attr-defined]
+    assert await main(RABBITMQ_URL) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "OK: every promise of the pattern kept" in out
+    if sample is routing:
+        assert "no wildcard subscription here: rabbitmq" in out or ".orders.paid: order-2 (eu)" in out
