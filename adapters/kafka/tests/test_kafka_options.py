@@ -28,9 +28,11 @@ def test_defaults_and_several_bootstrap_hosts() -> None:
 def test_typed_options_are_parsed() -> None:
     t = make(
         "kafka://h:9092?client_id=svc&partitions=12&replication_factor=3&compression=gzip"
-        "&session_timeout_ms=20000&max_request_size=2097152&idempotence=false"
+        "&session_timeout_ms=20000&max_request_size=2097152&idempotence=false&metadata_max_age_ms=1000"
     )
     o = t.options
+    assert o.metadata_max_age_ms == 1000  # how soon a pattern subscription sees a new topic
+    assert make("kafka://h:9092").options.metadata_max_age_ms == 5000
     assert (o.client_id, o.partitions, o.replication_factor, o.compression) == ("svc", 12, 3, "gzip")
     assert (o.session_timeout_ms, o.max_request_size, o.idempotence) == (20000, 2097152, False)
 

@@ -15,13 +15,15 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from messagebus.transports import headers
 
-__all__ = ["CE_PREFIX", "DUE", "HeaderEncoder", "RecordHeaders", "decode_headers", "encode_headers"]
+__all__ = ["CE_PREFIX", "DUE", "TOPIC", "HeaderEncoder", "RecordHeaders", "decode_headers", "encode_headers"]
 
 CE_PREFIX = "ce_"
 #: The binding's header for ``datacontenttype``.
 CONTENT_TYPE = "content-type"
 #: When a message in a retry topic becomes due (epoch milliseconds). Adapter-internal.
 DUE = "messagebus-due"
+#: The topic a pattern subscription's message was published to, on its retry records. Adapter-internal.
+TOPIC = "messagebus-topic"
 
 _LOGICAL_CE = headers.CE_PREFIX
 _N = len(_LOGICAL_CE)
@@ -101,7 +103,7 @@ def decode_headers(wire: Sequence[tuple[str, bytes | None]]) -> dict[str, str]:
 
 WireHeaders = Sequence[tuple[str, bytes | None]]
 #: Adapter-internal headers: on the wire, never in a delivery's logical headers.
-_HIDDEN = frozenset({DUE, headers.ATTEMPT})
+_HIDDEN = frozenset({DUE, TOPIC, headers.ATTEMPT})
 _CE_TIME = headers.CE_TIME
 
 

@@ -43,15 +43,10 @@ class Connection:
     def client_kwargs(self) -> dict[str, Any]:
         """Connection settings shared by the producer, consumers and admin client."""
         o = self.options
-        kwargs: dict[str, Any] = {
-            "bootstrap_servers": self.servers,
-            "client_id": o.client_id,
-            "request_timeout_ms": o.request_timeout_ms,
-            "security_protocol": o.effective_protocol,
-        }
+        kwargs: dict[str, Any] = {"bootstrap_servers": self.servers, "client_id": o.client_id}
+        kwargs.update(request_timeout_ms=o.request_timeout_ms, security_protocol=o.effective_protocol)
         if o.sasl_username is not None:
-            kwargs["sasl_mechanism"] = o.sasl_mechanism or "PLAIN"
-            kwargs["sasl_plain_username"] = o.sasl_username
+            kwargs.update(sasl_mechanism=o.sasl_mechanism or "PLAIN", sasl_plain_username=o.sasl_username)
             kwargs["sasl_plain_password"] = o.sasl_password
         if o.uses_ssl:
             try:
@@ -94,15 +89,10 @@ class Connection:
             kwargs = self.client_kwargs()
 
             async def start(deadline: float) -> tuple[AIOKafkaProducer, AIOKafkaAdminClient]:
-                producer = AIOKafkaProducer(
-                    **kwargs,
-                    acks="all",
-                    enable_idempotence=o.idempotence,
-                    compression_type=None if o.compression == "none" else o.compression,
-                    max_request_size=o.max_request_size,
-                    max_batch_size=o.max_batch_size,
-                    linger_ms=o.linger_ms,
-                )
+                settings: dict[str, Any] = {"compression_type": None if o.compression == "none" else o.compression}
+                settings.update(max_request_size=o.max_request_size, max_batch_size=o.max_batch_size)
+                settings.update(linger_ms=o.linger_ms, enable_idempotence=o.idempotence, acks="all")
+                producer = AIOKafkaProducer(**kwargs, **settings)
                 admin = AIOKafkaAdminClient(**kwargs)
                 try:
                     await asyncio.wait_for(producer.start(), max(deadline - time.monotonic(), 0.1))
@@ -116,22 +106,15 @@ class Connection:
             def transient(exc: Exception) -> bool:
                 # Broad on purpose: aiokafka's SASL code can fail with plain KeyError /
                 # ValueError on an unexpected server answer; the caller gets ConnectError.
-                return not (
-                    not isinstance(exc, kerr.KafkaError | OSError | TimeoutError)
-                    or isinstance(exc, kerr.UnsupportedSaslMechanismError | kerr.SaslAuthenticationFailed)
-                    or (o.idempotence and isinstance(exc, kerr.UnknownError))  # InitProducerId refused
-                )
+                refused = o.idempotence and isinstance(exc, kerr.UnknownError)  # InitProducerId refused
+                sasl = isinstance(exc, kerr.UnsupportedSaslMechanismError | kerr.SaslAuthenticationFailed)
+                return isinstance(exc, kerr.KafkaError | OSError | TimeoutError) and not sasl and not refused
 
+            give_up = lambda exc, retried: self.connect_error(exc, gave_up=retried)  # noqa: E731
             producer, admin = await Backoff(0.1, 1.0).retry_for(
-                o.connect_timeout,
-                start,
-                transient=transient,
-                give_up=lambda exc, retried: self.connect_error(exc, gave_up=retried),
-                log=logger,
-                what="connecting to Kafka",
+                o.connect_timeout, start, transient=transient, give_up=give_up, log=logger, what="connecting to Kafka"
             )
-            self.producer = producer
-            self._admin = admin
+            self.producer, self._admin = producer, admin
             self.topics = TopicAdmin(admin, partitions=o.partitions, replication_factor=o.replication_factor)
 
     async def close(self) -> None:

@@ -3,9 +3,15 @@ the main topic and the group's retry topic.
 
 Offsets are committed manually: ``offset + 1`` of the lowest contiguous settled record of each
 partition, never past a record whose handler has not settled (or was cancelled). Retries are
-re-published to the retry topic with a due time; the consumer holds due-later records and
-pauses that retry partition until they are due, so nothing seeks back and no main partition
-is blocked. Each delivery's ``token`` is its partition's :class:`_Partition`.
+re-published to the retry topic with a due time; the consumer holds due-later records in
+memory, each on its own timer (a retry partition is paused only while ``fetch_max_records`` of
+its records are held), so nothing seeks back, a long delay does not hold back a shorter one
+behind it, and no main partition is blocked. Each delivery's ``token`` is its partition's :class:`_Partition`.
+
+A pattern subscription subscribes to a topic regex (plus its retry topic); its deliveries name
+the record's topic, and its retry records carry that topic in a header. A reply queue's
+consumer assigns itself every partition of its topic and retry topic: no group join, commits
+as usual.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -33,18 +40,18 @@ from messagebus.transports import (
     headers,
 )
 
-from ._codec import DUE, RecordHeaders, encode_headers
+from ._codec import DUE, TOPIC, RecordHeaders, encode_headers
 from ._connection import quietly
 from ._publishing import Publisher
 from ._telemetry import delivery_attributes
-from ._topology import subscription_names
+from ._topology import is_reply_queue, subscription_names
 
 __all__ = ["KafkaConsumer"]
 
 logger = logging.getLogger("messagebus.kafka")
 
 _ATTEMPT = headers.ATTEMPT
-_INTERNAL = frozenset({_ATTEMPT, DUE})
+_INTERNAL = frozenset({_ATTEMPT, DUE, TOPIC})
 _Record: TypeAlias = ConsumerRecord[Any, Any]
 
 
@@ -87,18 +94,12 @@ class _Partition:
             self.drained.set_result(None)
 
 
-def _delivery(source: KafkaConsumer, st: _Partition, record: _Record, attempt: int) -> Delivery:
+def _delivery(source: KafkaConsumer, st: _Partition, record: _Record, attempt: int, topic: str | None) -> Delivery:
     value: bytes | None = record.value
     key: bytes | None = record.key
-    return Delivery(
-        source,
-        record,
-        value if value is not None else b"",
-        RecordHeaders(record.headers, record.timestamp),
-        key.decode("utf-8", "replace") if key is not None else None,
-        attempt,
-        st,
-    )
+    text = key.decode("utf-8", "replace") if key is not None else None
+    wire = RecordHeaders(record.headers, record.timestamp)
+    return Delivery(source, record, value if value is not None else b"", wire, text, attempt, st, topic)
 
 
 class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[misc]
@@ -111,26 +112,18 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
     counts retries only (an uncommitted record the group gets again keeps its count).
     """
 
-    def __init__(
-        self,
-        publisher: Publisher,
-        source: Destination,
-        handler: DeliveryHandler,
-        concurrency: int,
-    ) -> None:
+    def __init__(self, publisher: Publisher, source: Destination, handler: DeliveryHandler, concurrency: int) -> None:
         connection = publisher.connection
         names = subscription_names(source)
         o = connection.options
         # One fetch hand-over may wait whole in the pool: the records are in memory anyway.
-        super().__init__(
-            handler, concurrency, name=names.group_id, capacity=concurrency + o.fetch_max_records, log=logger
-        )
-        self._connection = connection
-        self._publisher = publisher
-        self.source = source
-        self.names = names
+        capacity = concurrency + o.fetch_max_records
+        super().__init__(handler, concurrency, name=names.group_id, capacity=capacity, log=logger)
+        self._connection, self._publisher, self.source, self.names = connection, publisher, source, names
         self.group_id = names.group_id
         self.inline = concurrency == 1
+        #: A pattern subscription (deliveries name their topic)
+        self.pattern = names.pattern is not None
         self._max_records = o.fetch_max_records
         self._revoke_wait = o.rebalance_timeout_ms / 2000
         self._consumer: AIOKafkaConsumer | None = None
@@ -139,8 +132,7 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
         self._start_offsets: dict[TopicPartition, int] = {}
         self._ready: deque[Delivery] = deque()
         self._dirty = asyncio.Event()
-        self._polling = False
-        self._grace = 0.0
+        self._polling, self._grace = False, 0.0
         self._fetch_task: asyncio.Task[None] | None = None
 
     @property
@@ -176,6 +168,8 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
         wire.extend(extra_wire)
         wire.append((_ATTEMPT, str(delivery.attempt + 1).encode()))
         wire.append((DUE, str(int((time.time() + delay) * 1000)).encode()))
+        if delivery.topic is not None:
+            wire.append((TOPIC, delivery.topic.encode()))
         await self._publisher.send_record(self.names.retry_topic, record.value, record.key, wire)
         self.settle_ack(delivery)
 
@@ -189,31 +183,43 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
         """Start the aiokafka consumer and the fetch/commit tasks (the group join goes on in
         the background). Raises :class:`ConnectError`."""
         o = self._connection.options
+        same: tuple[str, ...] = (
+            "session_timeout_ms",
+            "heartbeat_interval_ms",
+            "rebalance_timeout_ms",
+            "max_poll_interval_ms",
+        )
+        same += ("fetch_max_wait_ms", "max_partition_fetch_bytes", "metadata_max_age_ms")
         consumer = AIOKafkaConsumer(
             **self._connection.client_kwargs(),
+            **{name: getattr(o, name) for name in same},
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            session_timeout_ms=o.session_timeout_ms,
-            heartbeat_interval_ms=o.heartbeat_interval_ms,
-            rebalance_timeout_ms=o.rebalance_timeout_ms,
-            max_poll_interval_ms=o.max_poll_interval_ms,
             max_poll_records=o.fetch_max_records,
-            fetch_max_wait_ms=o.fetch_max_wait_ms,
-            max_partition_fetch_bytes=o.max_partition_fetch_bytes,
         )
+        names, source = self.names, self.source
+        own = source.kind is DestinationKind.QUEUE and is_reply_queue(source.name)
         try:
             await consumer.start()
-            if self.source.kind is DestinationKind.TOPIC and self.source.group:
-                # A new group starts where the topic ends now, not at its history (see subscribe).
-                producer, _ = self._connection.require()
-                parts = await producer.partitions_for(self.names.topic)
-                tps = [TopicPartition(self.names.topic, p) for p in sorted(parts)]
+            producer, _ = self._connection.require()
+            topics = [names.topic, names.retry_topic] if own else [names.topic]
+            if names.pattern is not None:
+                topics = [t for t in await consumer.topics() if re.match(names.pattern, t) and t != names.retry_topic]
+            tps = [TopicPartition(t, p) for t in topics for p in sorted(await producer.partitions_for(t))]
+            if source.kind is DestinationKind.TOPIC and source.group and tps:
+                # A new group starts where the topics end now, not at their history (see subscribe).
                 self._start_offsets = dict(await consumer.end_offsets(tps))
         except Exception as exc:
             await quietly(consumer.stop())
             raise self._connection.connect_error(exc) from exc
-        consumer.subscribe([self.names.topic, self.names.retry_topic], listener=self)
+        if own:  # its one owner takes every partition: no group join (what made a first request slow)
+            consumer.assign(tps)
+            self._parts = {tp: _Partition(tp) for tp in tps}
+            self._joined.set()
+        else:
+            topics = [] if names.pattern else [names.topic, names.retry_topic]
+            consumer.subscribe(topics, pattern=names.pattern, listener=self)
         self._consumer = consumer
         if not self.inline:
             self.start()
@@ -292,6 +298,7 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
         consumer = self._consumer
         assert consumer is not None
         retry_topic = self.names.retry_topic
+        pattern = self.pattern
         parts = self._parts
         inline = self.inline
         stopping = self.stopping
@@ -338,7 +345,7 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
                             self._hold(delivery, due)
                             continue
                     else:
-                        delivery = _delivery(self, st, record, 1)
+                        delivery = _delivery(self, st, record, 1, record.topic if pattern else None)
                     if inline or not self.submit_nowait(delivery):
                         await self._dispatch(delivery)
 
@@ -348,6 +355,7 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
         handler = self.handler
         pending = st.pending
         stopping = self.stopping
+        topic = st.tp.topic if self.pattern else None
         # Counted active for the whole run: a revoke waits for the handler in progress, and
         # the loop stops at the next record once it sees the partition revoked.
         st.active += 1
@@ -357,7 +365,7 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
                     return
                 pending.append(record.offset)
                 try:
-                    await handler(_delivery(self, st, record, 1))
+                    await handler(_delivery(self, st, record, 1, topic))
                 except Exception:
                     # The bus's handler settles every outcome itself; this is a bug guard. The
                     # record stays unsettled, so it is redelivered later.
@@ -366,7 +374,7 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
             st.finished()
 
     def _retry_delivery(self, st: _Partition, record: _Record) -> tuple[Delivery, float]:
-        attempt, due = 2, 0.0
+        attempt, due, topic = 2, 0.0, None
         for k, v in record.headers:
             if k == _ATTEMPT:
                 with contextlib.suppress(ValueError):
@@ -374,16 +382,19 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
             elif k == DUE:
                 with contextlib.suppress(ValueError):
                     due = float(v)
-        return _delivery(self, st, record, attempt), due
+            elif k == TOPIC:
+                topic = v.decode("utf-8", "replace")
+        return _delivery(self, st, record, attempt, topic), due
 
     def _hold(self, delivery: Delivery, due_ms: float) -> None:
+        # Each held record has its own timer, so a long delay never holds back a shorter one
+        # behind it. Only with fetch_max_records of them held is this retry partition paused
+        # until one is due (bounded memory, no seek, no busy loop); main partitions keep flowing.
         st: _Partition = delivery.token
-        if not st.held:
-            # Stop fetching this retry partition until its held records are due: no seek,
-            # no busy loop, bounded memory. Main partitions keep flowing.
+        st.held.add(delivery)
+        if len(st.held) == self._max_records:
             assert self._consumer is not None
             self._consumer.pause(st.tp)
-        st.held.add(delivery)
         self.hold(delivery, due_ms / 1000 - time.time(), self._due)
 
     def _due(self, delivery: Delivery) -> None:
@@ -391,7 +402,7 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
         st: _Partition = delivery.token
         st.held.discard(delivery)
         self._ready.append(delivery)  # the fetch loop dispatches it (inline or to the pool)
-        if not st.held and self._consumer is not None:
+        if len(st.held) == self._max_records - 1 and self._consumer is not None:
             with contextlib.suppress(kerr.IllegalStateError):
                 self._consumer.resume(st.tp)
 

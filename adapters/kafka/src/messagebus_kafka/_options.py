@@ -17,13 +17,8 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 
-_CODEC_AVAILABLE = {
-    "none": lambda: True,
-    "gzip": codec.has_gzip,
-    "snappy": codec.has_snappy,
-    "lz4": codec.has_lz4,
-    "zstd": codec.has_zstd,
-}
+_CODEC_AVAILABLE = {"none": lambda: True, "gzip": codec.has_gzip, "snappy": codec.has_snappy}
+_CODEC_AVAILABLE.update(lz4=codec.has_lz4, zstd=codec.has_zstd)
 _CODEC_PACKAGE = {"snappy": "cramjam", "lz4": "cramjam", "zstd": "cramjam"}
 
 
@@ -69,6 +64,9 @@ class KafkaOptions(TransportOptions):
     fetch_max_wait_ms: int = Field(100, ge=0, le=60_000)
     #: Most bytes one fetch returns per partition (Kafka's ``max.partition.fetch.bytes``).
     max_partition_fetch_bytes: int = Field(1_048_576, ge=1_024, le=1_073_741_824)
+    #: How often consumers refresh topic metadata: a pattern subscription sees a new matching
+    #: topic within this (plus a group rebalance). aiokafka's default is five minutes.
+    metadata_max_age_ms: int = Field(5_000, ge=100, le=86_400_000)
 
     def check(self) -> None:
         """Cross-field checks; raises ``ValueError`` with a message safe to show (no secrets)."""

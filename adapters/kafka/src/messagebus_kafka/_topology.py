@@ -6,24 +6,31 @@ Mapping (all names pass :func:`kafka_name`):
 - subscription of group ``G`` to ``T``: consumer group ``T.G``; retries go to ``T.G.retry``
 - queue ``Q``: the fixed consumer group ``messagebus.queue.Q``; retries go to ``Q.retry``
 - dead letters: the queues ``T.G.dlq`` / ``Q.dlq`` (named by the core), i.e. Kafka topics
+- pattern ``P`` (``orders.*``, ``orders.#``) of group ``G``: a regex subscription over topic
+  names (:func:`pattern_regex`) in the group ``P'.G``, where ``P'`` spells ``*`` and ``#`` as
+  ``_star_`` and ``_hash_``; retries go to ``P'.G.retry``, dead letters to ``P'.G.dlq``
+- a request's reply queue (``<service>.replies.<12 hex>``, :func:`is_reply_queue`): a queue
+  read by its one owner, which assigns itself every partition (no group join)
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 
 from aiokafka import errors as kerr
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from messagebus import TopologyError
-from messagebus.transports import Destination, DestinationKind, dead_letter_name, sanitize_name
+from messagebus.transports import Destination, DestinationKind, sanitize_name
 
 from ._errors import errors
 from ._options import KafkaOptions
 
-__all__ = ["MAX_TOPIC_LENGTH", "SubscriptionNames", "TopicAdmin", "kafka_name", "physical_names", "subscription_names"]
+__all__ = ["SubscriptionNames", "TopicAdmin", "is_reply_queue", "kafka_name", "pattern_regex", "physical_names"]
 
 logger = logging.getLogger("messagebus.kafka")
 
@@ -31,6 +38,26 @@ logger = logging.getLogger("messagebus.kafka")
 MAX_TOPIC_LENGTH = 249
 _ALLOWED = r"A-Za-z0-9._-"
 QUEUE_GROUP_PREFIX = "messagebus.queue."
+#: Topics a pattern never matches: retry topics, dead-letter queues, reply queues.
+_INTERNAL = r"(?!.*\.(?:retry|dlq)$)(?!.*\.replies\.[0-9a-f]{12}$)(?!\.)"
+
+
+def is_reply_queue(name: str) -> bool:
+    """Whether queue ``name`` is a request's reply queue (the core's ``<service>.replies.<hex>``)."""
+    return re.fullmatch(r".*\.replies\.[0-9a-f]{12}", name) is not None
+
+
+def pattern_regex(pattern: str, retry_topic: str) -> str:
+    """The regex of Kafka topic names a subscription to ``pattern`` reads: the topics matching
+    it (``*`` one dot-separated segment, ``#`` any number, as
+    :func:`~messagebus.transports.matches_pattern`) except retry topics, dead-letter queues
+    and reply queues (names ending in ``.retry``, ``.dlq``, ``.replies.<12 hex>``), plus the
+    group's own ``retry_topic``. Pure."""
+    # Each segment after the first needs a dot before it, unless every segment before it
+    # matched nothing (``#``): ``(?:^|\.)`` is that dot, or the start of the name.
+    pieces = {"*": r"(?:^|\.)[^.]+", "#": r"(?:(?:^|\.)[^.]+)*"}
+    body = "".join(pieces.get(s) or r"(?:^|\.)" + re.escape(s) for s in pattern.split("."))
+    return f"(?:{re.escape(retry_topic)}|{_INTERNAL}{body})$"
 
 
 def kafka_name(logical: str) -> str:
@@ -39,18 +66,19 @@ def kafka_name(logical: str) -> str:
     Names that had to change or be cut get a hash suffix, so distinct logical names stay
     distinct. ``.`` and ``..`` (illegal in Kafka) are mapped too. Pure.
     """
-    if logical in (".", ".."):
-        return sanitize_name(logical + "_", max_length=MAX_TOPIC_LENGTH, allowed=_ALLOWED, replacement="_")
-    return sanitize_name(logical, max_length=MAX_TOPIC_LENGTH, allowed=_ALLOWED, replacement="_")
+    name = logical + "_" if logical in (".", "..") else logical
+    return sanitize_name(name, max_length=MAX_TOPIC_LENGTH, allowed=_ALLOWED, replacement="_")
 
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionNames:
-    """Physical names used by one subscription."""
+    """Physical names used by one subscription (``pattern``: the topic regex of a pattern
+    subscription, whose ``topic`` is then its group's base name)."""
 
     topic: str
     group_id: str
     retry_topic: str
+    pattern: str | None = None
 
 
 def subscription_names(source: Destination) -> SubscriptionNames:
@@ -58,6 +86,10 @@ def subscription_names(source: Destination) -> SubscriptionNames:
     if source.kind is DestinationKind.QUEUE or not source.group:
         base = source.name
         return SubscriptionNames(kafka_name(base), kafka_name(QUEUE_GROUP_PREFIX + base), kafka_name(base + ".retry"))
+    if source.is_pattern:
+        base = source.dead_letter_queue.removesuffix(".dlq")
+        retry = kafka_name(base + ".retry")
+        return SubscriptionNames(kafka_name(base), kafka_name(base), retry, pattern_regex(source.name, retry))
     base = f"{source.name}.{source.group}"
     return SubscriptionNames(kafka_name(source.name), kafka_name(base), kafka_name(base + ".retry"))
 
@@ -70,8 +102,12 @@ def physical_names(destination: Destination, options: KafkaOptions | None = None
     if destination.kind is DestinationKind.TOPIC and not destination.group:
         return {"topic": kafka_name(destination.name)}
     names = subscription_names(destination)
-    dead_letter = kafka_name(dead_letter_name(destination.name, destination.group))
-    return {"topic": names.topic, "group": names.group_id, "retry": names.retry_topic, "dead_letter": dead_letter}
+    roles = {
+        "group": names.group_id,
+        "retry": names.retry_topic,
+        "dead_letter": kafka_name(destination.dead_letter_queue),
+    }
+    return {"pattern" if names.pattern else "topic": names.pattern or names.topic, **roles}
 
 
 class TopicAdmin:
@@ -108,3 +144,24 @@ class TopicAdmin:
                     raise errors.map(error, TopologyError, f"cannot create Kafka topic {topic!r}") from error
             self.known.update(missing)
             logger.debug("kafka topics ensured: %s", missing)
+
+    async def delete(self, topics: list[str], group: str) -> None:
+        """Delete ``topics`` (missing ones are fine), then consumer group ``group`` where the
+        broker allows (a refusal is logged). Raises :class:`TopologyError`."""
+        self.known.difference_update(topics)
+        try:
+            response = await self._admin.delete_topics(topics)
+        except kerr.KafkaError as exc:
+            raise errors.map(exc, TopologyError, f"cannot delete Kafka topics {', '.join(topics)}") from exc
+        for topic, code, *_ in response.topic_error_codes:
+            if code not in (0, kerr.UnknownTopicOrPartitionError.errno):
+                error = kerr.for_code(code)()
+                raise errors.map(error, TopologyError, f"cannot delete Kafka topic {topic!r}") from error
+        try:  # aiokafka's admin has no DeleteGroups call: its request, to the group's coordinator
+            node = await self._admin.find_coordinator(group)
+            answer = await self._admin._send_request(DeleteGroupsRequest([group]), node)
+            codes = [code for _, code in answer.results if code not in (0, 69)]  # 69: GROUP_ID_NOT_FOUND
+            if codes:
+                raise kerr.for_code(codes[0])()
+        except (kerr.KafkaError, OSError) as exc:
+            logger.info("Kafka consumer group %s not deleted: %r", group, exc)

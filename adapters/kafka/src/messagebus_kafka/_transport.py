@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 from messagebus import InvalidURL
-from messagebus.transports import (
-    Capabilities,
-    Consumer,
-    DeliveryHandler,
-    Destination,
-    TransportBase,
-    TransportURL,
-)
+from messagebus.transports import Capabilities, Consumer, DeliveryHandler, Destination, TransportBase, TransportURL
 
 from ._connection import Connection
 from ._consuming import KafkaConsumer
 from ._options import KafkaOptions, load_options
 from ._publishing import HEADER_ROOM, Publisher
 from ._telemetry import MESSAGING_SYSTEM
+from ._topology import QUEUE_GROUP_PREFIX, kafka_name
 
 __all__ = ["KafkaTransport"]
 
@@ -31,6 +25,8 @@ class KafkaTransport(TransportBase[KafkaOptions, Connection, Publisher], schemes
     first time starts at the topic's end as of ``subscribe``; a queue's group at the earliest
     message. ``Delivery.attempt`` counts retries only: a record the group gets again because
     it was never committed (a crash, a rebalance, a cancelled handler) keeps its attempt.
+    Pattern subscriptions (``orders.*``, ``orders.#``) see new matching topics within
+    ``metadata_max_age_ms`` plus a group rebalance; :meth:`delete_queue` removes a queue.
     """
 
     def build(self) -> tuple[Capabilities, Connection, Publisher]:
@@ -38,7 +34,7 @@ class KafkaTransport(TransportBase[KafkaOptions, Connection, Publisher], schemes
         connection and the publisher."""
         connection = Connection(self.url, self.options)
         return (
-            Capabilities(max_message_size=self.options.max_request_size - HEADER_ROOM),
+            Capabilities(max_message_size=self.options.max_request_size - HEADER_ROOM, wildcards=True),
             connection,
             Publisher(connection),
         )
@@ -64,6 +60,15 @@ class KafkaTransport(TransportBase[KafkaOptions, Connection, Publisher], schemes
         """One consumer in the source's Kafka group, on the main and retry topics."""
         _, topics = self.connection.require()
         consumer = KafkaConsumer(self.publisher, source, handler, concurrency)
-        await topics.ensure({consumer.names.topic, consumer.names.retry_topic})
+        names = consumer.names
+        await topics.ensure({names.retry_topic} if names.pattern else {names.topic, names.retry_topic})
         await consumer.start_consuming()
         return consumer
+
+    async def delete_queue(self, name: str) -> None:
+        """Delete the topics of logical queue ``name`` (its retry topic, its dead-letter
+        queue and that one's retry topic, where made) and its consumer group where the broker
+        allows. Idempotent; raises :class:`TopologyError` when Kafka refuses a deletion."""
+        _, topics = self.connection.require()
+        physical = [kafka_name(name + suffix) for suffix in ("", ".retry", ".dlq", ".dlq.retry")]
+        await topics.delete(physical, kafka_name(QUEUE_GROUP_PREFIX + name))
