@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from google.pubsub_v1.types import PublishRequest, PubsubMessage
@@ -32,6 +33,7 @@ __all__ = [
     "decode_attributes",
     "decode_message",
     "encode_attributes",
+    "native_filter",
     "raw_message",
     "read_retry",
     "retry_attributes",
@@ -57,6 +59,9 @@ _MAX_ORDERING_KEY = 1024
 _RESERVED_KWARGS = frozenset({"topic", "data", "ordering_key", "retry", "timeout"})
 # The binding's data content type attribute (``Content-Type``; names are case-insensitive).
 _CONTENT_TYPE = "content-type"
+# Attribute names a filter may spell bare; others are string literals. Pub/Sub's filter limit.
+_BARE = re.compile(r"[A-Za-z0-9_-]+")
+_MAX_FILTER = 256
 _RAW_MESSAGE = PubsubMessage.pb()
 _RAW_REQUEST = PublishRequest.pb()
 
@@ -109,6 +114,31 @@ def encode_attributes(headers: Mapping[str, str], key: str | None, ordering: boo
         for i, chunk in enumerate(chunks):
             native[f"{PACKED_PREFIX}{i}"] = chunk
     return native, ordering_key
+
+
+def native_filter(pairs: Sequence[tuple[str, str]]) -> str:
+    """The Pub/Sub subscription filter for header equalities ``pairs`` ('' for none). Pure.
+
+    It may let more through than ``pairs`` ask, never less (the bus matches every message
+    again): only pairs that always travel as real attributes (:func:`encode_attributes`) are
+    in it, as ``attributes.NAME = "VALUE"`` (names and values escaped), ANDed until Pub/Sub's
+    256-byte limit; and a message with packed headers always passes, since a filtered
+    header may be among them."""
+    clauses: list[str] = []
+    for name, value in pairs:
+        if not _native(name, value):
+            continue
+        key = name if _BARE.fullmatch(name) else _literal(name)
+        clause = f"attributes.{key} = {_literal(value)}"
+        if len(" AND ".join([*clauses, clause]).encode()) > _MAX_FILTER - 40:
+            continue
+        clauses.append(clause)
+    return f"({' AND '.join(clauses)}) OR attributes:{PACKED_PREFIX}0" if clauses else ""
+
+
+def _literal(text: str) -> str:
+    # A double-quoted string literal: quotes, backslashes and control characters escaped.
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _utf8_chunks(text: str, limit: int) -> list[str]:

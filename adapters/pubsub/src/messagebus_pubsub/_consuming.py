@@ -53,6 +53,9 @@ _MAX_BYTES = 100 * 1024 * 1024
 _MAX_ACK_IDS = 2500
 # Leases are extended for at most this many seconds; then Pub/Sub redelivers.
 _MAX_LEASE = 3600.0
+# A held retry older than this is re-published: Pub/Sub drops messages older than the retry
+# subscription's retention (7 days), and a delay may be longer.
+_REFRESH_AGE = 24 * 3600.0
 # Seconds a stopping consumer waits for its last acks and hand-backs to be confirmed.
 _CLOSE_WAIT = 10.0
 
@@ -212,6 +215,9 @@ class PubSubConsumer(ConsumerBase):
             if lane.retried:
                 attempt, due = read_retry(wire)
                 remaining = due - time.time()
+                if remaining > _LOCAL_HOLD and time.time() - message.message.publish_time.seconds > _REFRESH_AGE:
+                    self.spawn(self._refresh(lane, message), name=f"pubsub-refresh-{self.name}")
+                    continue
                 if remaining > _LOCAL_HOLD:
                     # Back to Pub/Sub until shortly before it is due: it holds no flow-control
                     # slot and no worker meanwhile, and other messages flow past it.
@@ -256,6 +262,13 @@ class PubSubConsumer(ConsumerBase):
         check_size(topic, delivery.body, attributes, "")
         await self._publisher.send(topic, delivery.body, attributes, "")
         self._ack(delivery)
+
+    async def _refresh(self, lane: _Lane, message: Any) -> None:
+        # A fresh copy of a long-held retry, then the old one acked (if publishing fails, the
+        # old one comes back after its ack deadline and is refreshed then).
+        assert self._names.retry_topic is not None
+        await self._publisher.send(self._names.retry_topic, message.message.data, dict(message.message.attributes), "")
+        lane.batcher.add((message.ack_id, None))
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Hand back for immediate redelivery (ack deadline 0; order kept for ordering keys)."""

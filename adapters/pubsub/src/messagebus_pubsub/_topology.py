@@ -20,10 +20,11 @@ from google.pubsub_v1.types import ExpirationPolicy, Subscription
 from messagebus import TopologyError
 from messagebus.transports import Destination, DestinationKind, dead_letter_name, sanitize_name, validate_name
 
+from ._codec import native_filter
 from ._errors import errors, transient_retry
 from ._options import PubSubOptions
 
-__all__ = ["RETRY_SUFFIX", "Names", "Topology", "names_for", "physical_names", "resource_id"]
+__all__ = ["RETRY_SUFFIX", "Names", "Topology", "names_for", "physical_names", "queue_names", "resource_id"]
 
 RETRY_SUFFIX = "~retry"
 _ALLOWED = r"A-Za-z0-9._~+%-"
@@ -45,11 +46,13 @@ def resource_id(name: str) -> str:
 
 
 class Names:
-    """Resource paths of one destination: its topic, and (for consumers) its subscriptions."""
+    """Resource paths of one destination: its topic, and (for consumers) its subscriptions
+    and the Pub/Sub filter of its subscription ('' for none)."""
 
-    __slots__ = ("retry_subscription", "retry_topic", "subscription", "topic")
+    __slots__ = ("filter", "retry_subscription", "retry_topic", "subscription", "topic")
 
-    def __init__(self, project: str, topic: str, subscription: str | None) -> None:
+    def __init__(self, project: str, topic: str, subscription: str | None, filter: str = "") -> None:
+        self.filter = filter
         self.topic = f"projects/{project}/topics/{resource_id(topic)}"
         self.subscription: str | None = None
         self.retry_topic: str | None = None
@@ -64,7 +67,9 @@ class Names:
 @functools.lru_cache(maxsize=4096)
 def names_for(project: str, destination: Destination) -> Names:
     """Paths for ``destination``: a queue has its own subscription; a topic with a group has
-    ``topic.group``; a topic without a group (publishing) has none. Raises
+    ``topic.group``, with the native filter of ``destination.filter`` (a queue's filter is
+    matched by the bus only: its subscription is made by its first send, before any
+    consumer says what it wants); a topic without a group (publishing) has none. Raises
     :class:`InvalidDestination` for an illegal name (cached once valid)."""
     validate_name(destination.name, destination.kind.value)
     if destination.group is not None:
@@ -72,8 +77,15 @@ def names_for(project: str, destination: Destination) -> Names:
     if destination.kind is DestinationKind.QUEUE:
         return Names(project, destination.name, destination.name)
     if destination.group:
-        return Names(project, destination.name, f"{destination.name}.{destination.group}")
+        group = f"{destination.name}.{destination.group}"
+        return Names(project, destination.name, group, native_filter(destination.filter))
     return Names(project, destination.name, None)
+
+
+def queue_names(project: str, name: str) -> tuple[Names, Names]:
+    """Paths of queue ``name`` and of its dead-letter queue. Raises :class:`InvalidDestination`."""
+    dead_letter = dead_letter_name(name, None)
+    return names_for(project, Destination(DestinationKind.QUEUE, name)), Names(project, dead_letter, dead_letter)
 
 
 def physical_names(destination: Destination, options: PubSubOptions | None = None) -> dict[str, str]:
@@ -127,22 +139,25 @@ class Topology:
         """Create topic ``path`` unless it exists. Raises TopologyError / ConnectError."""
         await self._once(path, lambda: self._create_topic(path))
 
-    async def ensure_subscription(self, path: str, topic: str, *, ordered: bool | None = None) -> None:
-        """Create subscription ``path`` on ``topic`` (declaring the topic first) unless it
-        exists; an existing one must be attached to ``topic``. Raises TopologyError."""
+    async def ensure_subscription(
+        self, path: str, topic: str, *, ordered: bool | None = None, filter: str = ""
+    ) -> None:
+        """Create subscription ``path`` on ``topic`` with Pub/Sub filter ``filter`` (declaring
+        the topic first) unless it exists; an existing one must be attached to ``topic`` and
+        have that filter (Pub/Sub cannot change it). Raises TopologyError."""
         known = self._sub_topics.get(path)
         if known is not None and known != topic:
             raise _clash(path, known, topic)
         await self.ensure_topic(topic)
         want_order = self._options.ordering if ordered is None else ordered
-        await self._once(path, lambda: self._create_subscription(path, topic, want_order))
+        await self._once(path, lambda: self._create_subscription(path, topic, want_order, filter))
         self._sub_topics[path] = topic
 
     async def ensure_consumer(self, names: Names) -> None:
         """Declare everything a consumer reads: its subscription and its retry topic/subscription."""
         assert names.subscription is not None and names.retry_topic and names.retry_subscription
         await asyncio.gather(
-            self.ensure_subscription(names.subscription, names.topic),
+            self.ensure_subscription(names.subscription, names.topic, filter=names.filter),
             # Retries are re-published out of order anyway; an unordered subscription keeps a
             # long-delayed retry from holding back the next retry with the same key.
             self.ensure_subscription(names.retry_subscription, names.retry_topic, ordered=False),
@@ -163,11 +178,30 @@ class Topology:
         if not task.cancelled() and task.exception() is None:
             self._done.add(path)
 
-    async def _call(self, what: str, fn: Callable[..., Awaitable[Any]], request: Any) -> Any:
+    async def delete(self, *names: Names) -> None:
+        """Delete the subscriptions, then the topics of ``names`` (deleting a topic leaves
+        its subscriptions behind); one already gone is fine. Raises TopologyError."""
+        subscriptions = [p for n in names for p in (n.subscription, n.retry_subscription) if p]
+        topics = [p for n in names for p in (n.topic, n.retry_topic) if p]
+        for field, fn, paths in (
+            ("subscription", self._subscriber.delete_subscription, subscriptions),
+            ("topic", self._publisher.delete_topic, topics),
+        ):
+            await asyncio.gather(*(self._delete(field, fn, path) for path in paths))
+
+    async def _delete(self, field: str, fn: Callable[..., Awaitable[Any]], path: str) -> None:
+        with contextlib.suppress(gexc.NotFound):
+            await self._call(f"delete {field} {path}", fn, {field: path}, gexc.NotFound)
+        self.forget(path)
+
+    async def _call(
+        self, what: str, fn: Callable[..., Awaitable[Any]], request: Any, keep: type[Exception] = gexc.AlreadyExists
+    ) -> Any:
+        # ``keep``: the error the caller handles itself (raised as it is).
         try:
             timeout = self._options.connect_timeout
             return await fn(request=request, retry=transient_retry(timeout), timeout=timeout)
-        except gexc.AlreadyExists:
+        except keep:
             raise
         except Exception as exc:
             raise errors.map(exc, TopologyError, f"cannot {what} at {self._where}") from exc
@@ -176,10 +210,11 @@ class Topology:
         with contextlib.suppress(gexc.AlreadyExists):
             await self._call(f"create topic {path}", self._publisher.create_topic, {"name": path})
 
-    async def _create_subscription(self, path: str, topic: str, ordered: bool) -> None:
+    async def _create_subscription(self, path: str, topic: str, ordered: bool, filter: str) -> None:
         sub = Subscription(
             name=path,
             topic=topic,
+            filter=filter,
             ack_deadline_seconds=self._options.ack_deadline,
             enable_message_ordering=ordered,
             # Durable like a queue: never expire for inactivity (Pub/Sub's default is 31 days).
@@ -200,6 +235,12 @@ class Topology:
             raise TopologyError(
                 f"subscription {path} exists without message ordering, but ordering=true; Pub/Sub cannot "
                 "change this on an existing subscription: delete it, or use ordering=false"
+            )
+        if existing.filter != filter:
+            raise TopologyError(
+                f"subscription {path} exists with filter {existing.filter!r}, but this subscription wants "
+                f"{filter!r}; Pub/Sub cannot change a subscription's filter: subscribe with a new group name, "
+                "or delete the subscription (and the messages waiting in it) and start again"
             )
 
 

@@ -10,7 +10,7 @@ from ._consuming import PubSubConsumer
 from ._options import PubSubOptions, emulator_of, project_of
 from ._publishing import Publisher
 from ._telemetry import MESSAGING_SYSTEM
-from ._topology import names_for
+from ._topology import names_for, queue_names
 
 __all__ = ["PubSubTransport"]
 
@@ -27,7 +27,10 @@ class PubSubTransport(
     before sending anything and :class:`PublishError` when a message was refused or not
     confirmed within ``publish_timeout``. ``subscribe`` declares the subscription
     (``topic.group`` or the queue's) and its retry topic and subscription, and keeps per-key
-    order within one instance. ``Delivery.attempt`` counts ``retry`` calls only: a redelivery
+    order within one instance; a topic group's ``filter`` becomes the subscription's Pub/Sub
+    filter (fixed at creation: a different one later is a :class:`TopologyError`).
+    ``delete_queue`` is the optional :class:`~messagebus.transports.DeleteQueue`; patterns
+    are not supported (``wildcards_reason``). ``Delivery.attempt`` counts ``retry`` calls only: a redelivery
     by Pub/Sub itself (an expired lease, a hand-back at stop) keeps the attempt it had.
     """
 
@@ -43,6 +46,11 @@ class PubSubTransport(
             # Pub/Sub stores messages durably; the emulator keeps them in memory only.
             persistence=connection.emulator_host is None,
             max_message_size=MAX_BODY,
+            wildcards_reason=(
+                "Pub/Sub topics are separate: a subscription is attached to exactly one topic, and Pub/Sub "
+                "has no topic hierarchy or pattern subscription (subscribe to each topic, or publish to one "
+                "topic and subscribe with filter= on a header)"
+            ),
         )
         return capabilities, connection, Publisher(connection)
 
@@ -71,3 +79,10 @@ class PubSubTransport(
         consumer = PubSubConsumer(self.connection, self.publisher, names, handler, concurrency)
         consumer.start()
         return consumer
+
+    async def delete_queue(self, name: str) -> None:
+        """Delete queue ``name``: its subscription and topic, its retry subscription and
+        topic, and those of its dead-letter queue ``name.dlq``, with the messages in them.
+        Idempotent. Raises :class:`InvalidDestination` for an illegal name,
+        :class:`TopologyError` / :class:`ConnectError` when Pub/Sub refuses or is unreachable."""
+        await self.connection.require().topology.delete(*queue_names(self.connection.project, name))
