@@ -20,7 +20,7 @@ from typing import Any
 import aiormq
 import pytest
 from messagebus_rabbitmq import physical_name, queue_name
-from messagebus_rabbitmq._topology import Topology
+from messagebus_rabbitmq._topology import TOPICS, Topology, filter_exchange
 from rmq_helpers import DEFAULT_URL, private_rabbitmq
 
 from messagebus.testing import missing_broker, wait_for_port
@@ -61,13 +61,14 @@ def _delete_test_objects() -> Iterator[None]:
     """Delete the queues and exchanges this test process declared, so durable objects do not
     pile up on the shared broker. Declarations are recorded by wrapping the adapter's
     ``Topology`` methods (the broker client itself is untouched); the shared delay buckets
-    are kept. Objects of concurrent sessions on the same broker are never touched."""
+    and ``messagebus.topics`` are kept. Objects of concurrent sessions on the same broker are never touched."""
     queues: set[str] = set()
     exchanges: set[str] = set()
     originals = {attr: getattr(Topology, attr) for attr in ("exchange", "queue", "subscription")}
 
     async def exchange(self: Topology, connection: Any, name: str) -> None:
-        exchanges.add(name)
+        if name != TOPICS:  # shared by every topic, like the delay buckets: kept
+            exchanges.add(name)
         await originals["exchange"](self, connection, name)
 
     async def queue(self: Topology, connection: Any, name: str) -> None:
@@ -77,6 +78,8 @@ def _delete_test_objects() -> Iterator[None]:
     async def subscription(self: Topology, connection: Any, source: Destination) -> str:
         if source.kind is DestinationKind.TOPIC:
             exchanges.add(physical_name(source.name))
+        if source.filter:
+            exchanges.add(filter_exchange(source))
         queues.add(queue_name(source))
         result: str = await originals["subscription"](self, connection, source)
         return result

@@ -55,10 +55,13 @@ async def test_subscription_declares_exchange_durable_queue_and_binding(rabbitmq
         assert ok.consumer_count == 1
         with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed):
             await ch.queue_declare(f"{name}.billing", durable=False)
-        # The binding: a message published to the exchange with any routing key lands in the queue.
+        # The binding: a message published to the exchange with any routing key lands in the
+        # queue; ours carry the topic name (pattern subscriptions match it on TOPICS).
         await t.publish([message(topic(name), 1, key="a.b.c")])
-        await inbox.wait_for(1)
-        assert inbox.items[0].messaging_attributes["messaging.rabbitmq.destination.routing_key"] == "a.b.c"
+        ch2 = await admin.conn.channel()
+        await ch2.basic_publish(b'{"n": 2}', exchange=name, routing_key="any.key")
+        await inbox.wait_for(2)
+        assert inbox.items[0].messaging_attributes["messaging.rabbitmq.destination.routing_key"] == name
         await consumer.stop(1)
     finally:
         await t.close()
@@ -144,6 +147,17 @@ def test_bucket_rounding_never_early_and_bounded() -> None:
         assert ms <= delay * 1000 * 1.34
     assert bucket_for(10**9) == RETRY_BUCKETS_MS[-1]
     assert list(RETRY_BUCKETS_MS) == sorted(set(RETRY_BUCKETS_MS))
+
+
+def test_bucket_for_a_held_delay_rounds_down() -> None:
+    """Catches holds rounded up like retries: a 3.1 s delay would come 0.9 s late (bucket
+    4 s) where rounding down (3 s) lets the bus hold the last 0.1 s again."""
+    assert bucket_for(0.004, down=True) == 0
+    assert bucket_for(0.007, down=True) == 10  # the smallest bucket: at most 5 ms late
+    for delay in (0.01, 0.05, 0.3, 0.6, 1.0, 2.7, 3.1, 7.0, 45.0, 3600.0):
+        ms = bucket_for(delay, down=True)
+        assert delay * 1000 * 0.75 <= ms <= delay * 1000
+    assert bucket_for(10**9, down=True) == RETRY_BUCKETS_MS[-1]
 
 
 def test_names_fit_rabbitmq_limits() -> None:

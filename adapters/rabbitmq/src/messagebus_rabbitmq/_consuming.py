@@ -21,9 +21,9 @@ from messagebus.transports import headers as h
 
 from ._codec import attempt_of, decode_headers
 from ._connection import CLOSE_TIMEOUT, close_quietly
-from ._publishing import Publisher
+from ._publishing import TOPIC, Publisher
 from ._telemetry import delivery_attributes
-from ._topology import queue_name
+from ._topology import physical_name, queue_name
 
 __all__ = ["LazyIncomingMessage", "RabbitMQConsumer"]
 
@@ -116,10 +116,18 @@ class RabbitMQConsumer(ConsumerBase):
         if self.stopping.is_set():
             return  # the channel's close hands it back to the queue
         headers = decode_headers(message.header.properties)
-        redelivered = cast(Basic.Deliver, message.delivery).redelivered
-        self.pool.submit_nowait(
-            Delivery(self, message, message.body, headers, headers.get(_KEY), attempt_of(headers, bool(redelivered)))
-        )
+        deliver = cast(Basic.Deliver, message.delivery)
+        topic = None
+        if self.source.is_pattern:
+            topic = headers.get(TOPIC)
+            if topic is None:
+                topic = deliver.routing_key or ""
+                if physical_name(topic) != deliver.exchange:
+                    # From a publisher before wildcards (its routing key is the message key).
+                    await message.channel.basic_ack(cast(int, deliver.delivery_tag))
+                    return
+        attempt = attempt_of(headers, bool(deliver.redelivered))
+        self.pool.submit_nowait(Delivery(self, message, message.body, headers, headers.get(_KEY), attempt, topic=topic))
 
     def pool_handler(self, handler: DeliveryHandler) -> DeliveryHandler:
         """Skips a delivery whose channel died before its handler ran (it comes again)."""

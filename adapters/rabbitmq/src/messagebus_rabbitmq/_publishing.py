@@ -21,7 +21,10 @@ from ._connection import Connection
 from ._errors import ERRORS, REFUSED, RETRYABLE
 from ._topology import Topology, bucket_for, physical_name, retry_exchange
 
-__all__ = ["Publisher"]
+__all__ = ["TOPIC", "Publisher"]
+
+#: Header of a retried pattern delivery: the topic it was published to.
+TOPIC = "messagebus-topic"
 
 # "FRAME_ERROR - type 2, all octets = <<>>: {frame_too_large,200066,131064}": size, limit.
 _FRAME_TOO_LARGE = re.compile(r"frame_too_large,\s*(\d+),\s*(\d+)")
@@ -47,7 +50,10 @@ class _Out:
         self.refused = 0  # connection-level refusals by the broker (see REFUSED)
 
     def missing(self, topology: Topology) -> bool:
-        return self.exchange not in topology.exchanges if self.exchange else self.routing_key not in topology.queues
+        # A reply (not mandatory) is never declared: its requester's queue may be gone on purpose.
+        if self.exchange:
+            return self.exchange not in topology.exchanges
+        return self.mandatory and self.routing_key not in topology.queues
 
     async def declare(self, topology: Topology, raw: aiormq.abc.AbstractConnection) -> None:
         if self.bucket:
@@ -101,18 +107,22 @@ class Publisher:
         dest = message.destination
         props = encode_properties(message.headers, message.key)
         if dest.kind is DestinationKind.TOPIC:
-            key = message.key
-            # The key doubles as routing key (handy for operators' own bindings) when it fits.
-            routing_key = key if key is not None and len(key.encode()) <= 255 else ""
-            return _Out(physical_name(dest.name), routing_key, message.body, props)
-        return _Out("", physical_name(dest.name), message.body, props)
+            # Routing key: the logical topic name, which pattern bindings on TOPICS match.
+            return _Out(physical_name(dest.name), dest.name, message.body, props)
+        out = _Out("", physical_name(dest.name), message.body, props)
+        out.mandatory = h.CORRELATION_ID not in message.headers or h.REPLY_TO in message.headers
+        return out
 
     async def republish(self, queue: str, delivery: Delivery, delay: float, headers: Mapping[str, str]) -> None:
         """Send a copy of ``delivery`` back to ``queue`` only, with ``attempt + 1`` and
-        ``headers`` added, through the delay bucket of ``delay`` (at once for a tiny delay)."""
+        ``headers`` added, through the delay bucket of ``delay`` (at once for a tiny delay).
+        A pattern subscription's copy carries its topic in :data:`TOPIC`. A held delayed
+        message (``messagebus-held``) takes the bucket below: the bus holds what is left."""
         wire = {**delivery.headers, **headers, h.ATTEMPT: str(delivery.attempt + 1)}
+        if delivery.topic is not None:
+            wire[TOPIC] = delivery.topic
         props = encode_properties(wire, delivery.key)
-        bucket = bucket_for(delay)
+        bucket = bucket_for(delay, down=h.HELD in headers)
         await self._send([_Out(retry_exchange(bucket) if bucket else "", queue, delivery.body, props, bucket)])
 
     async def _open_channel(self, timeout: float) -> aiormq.abc.AbstractChannel:

@@ -1,7 +1,11 @@
 """Logical names -> RabbitMQ objects (see the README's topology table), and the idempotent
-declarations behind them. A retry waits in a shared delay bucket (a fanout exchange and a
-queue with ``x-message-ttl`` and ``x-dead-letter-exchange=""``), published with the source
-queue as routing key, so it is dead-lettered straight back to that queue when due."""
+declarations behind them. Every topic exchange forwards all it gets (routing key: the
+logical topic name) to the shared topic exchange :data:`TOPICS`, where pattern
+subscriptions bind. A filtered subscription's queue is bound through a headers exchange of
+its own (:func:`filter_exchange`) instead of to its topic exchange. A retry waits in a
+shared delay bucket (a fanout exchange and a queue with ``x-message-ttl`` and
+``x-dead-letter-exchange=""``), published with the source queue as routing key, so it is
+dead-lettered straight back to that queue when due."""
 
 from __future__ import annotations
 
@@ -24,8 +28,10 @@ from ._options import RabbitMQOptions
 
 __all__ = [
     "RETRY_BUCKETS_MS",
+    "TOPICS",
     "Topology",
     "bucket_for",
+    "filter_exchange",
     "physical_name",
     "physical_names",
     "queue_name",
@@ -36,6 +42,10 @@ _Step = Callable[[aiormq.Channel], Awaitable[Any]]
 _exchange_declare = aiormq.Channel.exchange_declare
 _queue_declare = aiormq.Channel.queue_declare
 _queue_bind = aiormq.Channel.queue_bind
+_exchange_bind = aiormq.Channel.exchange_bind
+#: The shared topic exchange every topic exchange is bound to with ``#``: pattern queues bind here.
+TOPICS = "messagebus.topics"
+_declare_topics = functools.partial(_exchange_declare, exchange=TOPICS, exchange_type="topic", durable=True)
 #: RabbitMQ's limit for exchange and queue names (bytes; our names are ASCII).
 MAX_NAME = 255
 #: Delay buckets in milliseconds, 10 ms to 7 days: 10 steps per decade (1, 1.2, 1.5, 2, 2.5,
@@ -49,17 +59,19 @@ RETRY_BUCKETS_MS = tuple(
 )
 
 
-def bucket_for(delay: float) -> int:
+def bucket_for(delay: float, down: bool = False) -> int:
     """The delay bucket (ms) used for a retry ``delay`` in seconds; 0 means redeliver now.
 
-    Rounds up (a retry never comes back early) to the next of 10 steps per decade; delays
-    under 5 ms are immediate and delays over 7 days are capped at 7 days.
+    Rounds up (a retry never comes back early) to the next of 10 steps per decade; with
+    ``down`` (holding a delayed message, which the bus holds again for what is left) to the
+    step below, at least 10 ms. Delays under 5 ms are immediate and delays over 7 days are
+    capped at 7 days.
     """
     ms = delay * 1000.0
     if ms < 5.0:
         return 0
-    i = bisect.bisect_left(RETRY_BUCKETS_MS, int(ms * 0.98))  # 2 % slack absorbs float noise
-    return RETRY_BUCKETS_MS[min(i, len(RETRY_BUCKETS_MS) - 1)]
+    i = bisect.bisect_right(RETRY_BUCKETS_MS, ms) - 1 if down else bisect.bisect_left(RETRY_BUCKETS_MS, int(ms * 0.98))
+    return RETRY_BUCKETS_MS[min(max(i, 0), len(RETRY_BUCKETS_MS) - 1)]
 
 
 def retry_exchange(bucket_ms: int) -> str:
@@ -81,6 +93,11 @@ def physical_name(logical: str) -> str:
     return sanitize_name(logical, max_length=MAX_NAME, allowed=r"A-Za-z0-9._\-")
 
 
+def filter_exchange(source: Destination) -> str:
+    """The headers exchange between a filtered subscription's source exchange and its queue."""
+    return physical_name(f"messagebus.filter.{queue_name(source)}")
+
+
 def queue_name(source: Destination) -> str:
     """The physical queue consumed for ``source`` (``T.G`` for a subscription, ``Q`` for a queue)."""
     if source.kind is DestinationKind.TOPIC:
@@ -90,8 +107,9 @@ def queue_name(source: Destination) -> str:
 
 def physical_names(destination: Destination, options: RabbitMQOptions | None = None) -> dict[str, str]:
     """The RabbitMQ objects behind ``destination``, by role: ``exchange`` (a topic's topic
-    exchange), ``queue`` (the queue consumed: ``T.G`` or ``Q``) and ``dead_letter`` (its
-    dead-letter queue). A topic without a group names its exchange only. Retries go through
+    exchange), ``queue`` (the queue consumed: ``T.G`` or ``Q``), ``dead_letter`` (its
+    dead-letter queue) and for a filtered subscription ``filter`` (its headers exchange). A
+    topic without a group names its exchange only. Retries go through
     the shared delay buckets (:func:`retry_exchange`), which belong to no one destination.
     ``options`` change no name on this broker. Pure."""
     names: dict[str, str] = {}
@@ -100,7 +118,9 @@ def physical_names(destination: Destination, options: RabbitMQOptions | None = N
         if destination.group is None:
             return names
     names["queue"] = queue_name(destination)
-    names["dead_letter"] = physical_name(dead_letter_name(destination.name, destination.group))
+    names["dead_letter"] = physical_name(destination.dead_letter_queue)
+    if destination.filter:
+        names["filter"] = filter_exchange(destination)
     return names
 
 
@@ -148,9 +168,13 @@ class Topology:
             known.add(key)
 
     async def exchange(self, connection: aiormq.abc.AbstractConnection, name: str) -> None:
-        """Declare the durable topic exchange ``name`` (once). Raises :class:`TopologyError`."""
-        step = functools.partial(_exchange_declare, exchange=name, exchange_type="topic", durable=True)
-        await self._declare(connection, self.exchanges, name, f"topic exchange {name!r} (type topic, durable)", step)
+        """Declare the durable topic exchange ``name`` (once), the shared :data:`TOPICS` and
+        the ``#`` binding of ``name`` to it. Raises :class:`TopologyError`."""
+        declare = functools.partial(_exchange_declare, exchange=name, exchange_type="topic", durable=True)
+        bind = functools.partial(_exchange_bind, destination=TOPICS, source=name, routing_key="#")
+        steps = (declare, _declare_topics, bind) if name != TOPICS else (_declare_topics,)
+        what = f"topic exchange {name!r} (type topic, durable) bound to {TOPICS!r}"
+        await self._declare(connection, self.exchanges, name, what, *steps)
 
     async def queue(self, connection: aiormq.abc.AbstractConnection, name: str) -> None:
         """Declare the durable queue ``name`` without arguments (once). Raises :class:`TopologyError`."""
@@ -160,18 +184,58 @@ class Topology:
     async def subscription(self, connection: aiormq.abc.AbstractConnection, source: Destination) -> str:
         """Declare what consuming ``source`` needs, always (an operator may have removed a
         queue or binding), so it is safe to call again after a reconnect; return the queue.
-        A subscription gets its topic exchange, its group queue and the ``#`` binding."""
+        A subscription gets its topic exchange, its group queue and the ``#`` binding (a
+        pattern: :data:`TOPICS` and a binding keyed by the pattern); a filter goes through
+        :meth:`_filter`."""
         qname = queue_name(source)
         self.queues.discard(qname)
-        if source.kind is DestinationKind.TOPIC:
-            exchange = physical_name(source.name)
-            self.exchanges.discard(exchange)
-            await self.exchange(connection, exchange)
+        if source.kind is DestinationKind.QUEUE:
+            await self.queue(connection, qname)
+            return qname
+        exchange, key = (TOPICS, source.name) if source.is_pattern else (physical_name(source.name), "#")
+        self.exchanges.discard(exchange)
+        await self.exchange(connection, exchange)
         await self.queue(connection, qname)
-        if source.kind is DestinationKind.TOPIC:
-            bind = functools.partial(_queue_bind, queue=qname, exchange=exchange, routing_key="#")
-            await self._declare(connection, set(), qname, f"binding of queue {qname!r} to exchange {exchange!r}", bind)
+        await self._filter(connection, source, qname, exchange, key)
         return qname
+
+    async def _run(self, connection: aiormq.abc.AbstractConnection, what: str, *steps: _Step) -> None:
+        await self._declare(connection, set(), "", what, *steps)
+
+    async def _filter(
+        self, connection: aiormq.abc.AbstractConnection, source: Destination, qname: str, exchange: str, key: str
+    ) -> None:
+        """Bind ``qname`` to ``exchange`` by ``key``; or, filtered, through the headers
+        exchange :func:`filter_exchange` (``x-match=all-with-x``), left unbound from
+        ``exchange``. That exchange carries the filter's hash (as its alternate exchange,
+        the one argument RabbitMQ compares): one declared for another filter is replaced,
+        the queue bound to everything meanwhile (nothing is lost; the bus filters too)."""
+        p = functools.partial
+        hx = filter_exchange(source)
+        bind_all = p(_queue_bind, queue=qname, exchange=exchange, routing_key=key)
+        drop = p(aiormq.Channel.exchange_delete, exchange=hx)
+        if not source.filter:
+            return await self._run(connection, f"binding of queue {qname!r} to exchange {exchange!r}", bind_all, drop)
+        digest = hashlib.sha256(repr(source.filter).encode()).hexdigest()[:16]
+        args: dict[str, FieldValue] = {"alternate-exchange": f"messagebus.filter.{digest}"}
+        declare = p(_exchange_declare, exchange=hx, exchange_type="headers", durable=True, arguments=args)
+        what = f"filter {dict(source.filter)} of queue {qname!r} (headers exchange {hx!r})"
+        try:
+            await self._run(connection, what, declare)
+        except TopologyError:  # made for another filter: replaced, the queue bound to all meanwhile
+            await self._run(connection, what, bind_all, drop, declare)
+        match: dict[str, FieldValue] = {"x-match": "all-with-x", **dict(source.filter)}
+        via = p(_exchange_bind, destination=hx, source=exchange, routing_key=key)
+        unbind = p(aiormq.Channel.queue_unbind, queue=qname, exchange=exchange, routing_key=key)
+        return await self._run(connection, what, via, p(_queue_bind, queue=qname, exchange=hx, arguments=match), unbind)
+
+    async def delete(self, connection: aiormq.abc.AbstractConnection, name: str) -> None:
+        """Delete the queue of logical queue ``name`` and its dead-letter queue (missing ones
+        are no error). Raises :class:`TopologyError` when the broker refuses."""
+        names = (physical_name(name), physical_name(dead_letter_name(name, None)))
+        self.queues.difference_update(names)
+        steps = [functools.partial(aiormq.Channel.queue_delete, queue=q) for q in names]
+        await self._run(connection, f"deletion of queue {names[0]!r} and {names[1]!r}", *steps)
 
     async def bucket(self, connection: aiormq.abc.AbstractConnection, bucket_ms: int) -> None:
         """Declare the delay bucket ``bucket_ms`` (once): exchange and queue :func:`retry_exchange`."""

@@ -48,6 +48,7 @@ class RabbitMQTransport(
         capabilities = Capabilities(
             # No partitions: competing consumers of one queue each take messages of any key.
             ordering_across_instances=False,
+            wildcards=True,
             max_message_size=self.options.max_message_size,
         )
         connection = Connection(self.url, self.options)
@@ -82,6 +83,13 @@ class RabbitMQTransport(
     def connected(self) -> bool:
         """True while the connection is open (False while reconnecting)."""
         return self.connection.ready
+
+    async def delete_queue(self, name: str) -> None:
+        """Delete logical queue ``name`` and its dead-letter queue (see
+        :class:`~messagebus.transports.DeleteQueue`); raises :class:`TopologyError` when
+        RabbitMQ refuses, :class:`LifecycleError` when closed."""
+        raw = await self.connection.wait_ready(self.options.connect_timeout)
+        await self.publisher.topology.delete(raw, name)
 
     async def open_consumer(self, source: Destination, handler: DeliveryHandler, concurrency: int) -> Consumer:
         """Declare ``source`` and consume it on a channel of its own."""
