@@ -80,7 +80,7 @@ async def test_routing_audits_each_orders_event_by_topic_and_filters_eu(capsys: 
     for line in ("orders.created: order-1 (us)", "orders.paid: order-2 (eu)", "orders.cancelled: order-1 (us)"):
         assert f"audit      | {line}" in out
     assert "audit      | orders.created.v2" not in out and "orders.*:" not in out
-    assert re.findall(r"picking (order-\d+)", out) == ["order-2", "order-5"]
+    assert sorted(re.findall(r"picking (order-\d+)", out)) == ["order-2", "order-5"]
 
 
 async def test_routing_without_wildcards_says_why_and_runs_the_filter_part(
@@ -104,7 +104,7 @@ async def test_routing_without_wildcards_says_why_and_runs_the_filter_part(
     assert "no wildcard subscription here: memory cannot subscribe to the pattern 'orders.*'" in out
     assert "this test's broker has no patterns" in out
     assert "audit      | orders." not in out
-    assert re.findall(r"picking (order-\d+)", out) == ["order-2", "order-5"]
+    assert sorted(re.findall(r"picking (order-\d+)", out)) == ["order-2", "order-5"]
 
 
 def test_samples_run_from_the_command_line_by_url_and_by_environment() -> None:
