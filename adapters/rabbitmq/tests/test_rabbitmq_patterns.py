@@ -183,7 +183,8 @@ async def test_filter_binds_through_a_headers_exchange_and_follows_filter_change
 
 async def test_filtered_pattern_subscription(rabbitmq_url: str, name: str, admin) -> None:
     """Catches a filter on a pattern subscription bound to the topic exchange rather than
-    to the shared one by the pattern (it would get nothing, or everything)."""
+    to the shared one by the pattern (it would get nothing, or everything), and a filter
+    exchange outliving its queue (it would go on taking every message of its source)."""
     source = sub(f"{name}.#", "g", region="eu")
     admin.cleanup_later(queues=(queue_name(source),), exchanges=(f"{name}.a.b", filter_exchange(source)))
     t = transport(rabbitmq_url)
@@ -199,6 +200,9 @@ async def test_filtered_pattern_subscription(rabbitmq_url: str, name: str, admin
             ]
         )
         assert await admin.queue_info(queue_name(source)) == (1, 0)
+        ch = await admin.conn.channel()
+        await ch.queue_delete(queue_name(source))  # the group is removed: no filter exchange left over
+        assert not await admin.exchange_exists(filter_exchange(source))
     finally:
         await t.close()
 

@@ -46,6 +46,7 @@ _exchange_bind = aiormq.Channel.exchange_bind
 #: The shared topic exchange every topic exchange is bound to with ``#``: pattern queues bind here.
 TOPICS = "messagebus.topics"
 _declare_topics = functools.partial(_exchange_declare, exchange=TOPICS, exchange_type="topic", durable=True)
+_filter_exchange = functools.partial(_exchange_declare, exchange_type="headers", durable=True, auto_delete=True)
 #: RabbitMQ's limit for exchange and queue names (bytes; our names are ASCII).
 MAX_NAME = 255
 #: Delay buckets in milliseconds, 10 ms to 7 days: 10 steps per decade (1, 1.2, 1.5, 2, 2.5,
@@ -206,10 +207,11 @@ class Topology:
         self, connection: aiormq.abc.AbstractConnection, source: Destination, qname: str, exchange: str, key: str
     ) -> None:
         """Bind ``qname`` to ``exchange`` by ``key``; or, filtered, through the headers
-        exchange :func:`filter_exchange` (``x-match=all-with-x``), left unbound from
-        ``exchange``. That exchange carries the filter's hash (as its alternate exchange,
-        the one argument RabbitMQ compares): one declared for another filter is replaced,
-        the queue bound to everything meanwhile (nothing is lost; the bus filters too)."""
+        exchange :func:`filter_exchange` (``x-match=all-with-x``; auto-deleted with the
+        queue's binding), left unbound from ``exchange``. That exchange carries the filter's
+        hash (as its alternate exchange, the one argument RabbitMQ compares): one declared
+        for another filter is replaced, the queue bound to everything meanwhile (nothing is
+        lost; the bus filters too)."""
         p = functools.partial
         hx = filter_exchange(source)
         bind_all = p(_queue_bind, queue=qname, exchange=exchange, routing_key=key)
@@ -218,7 +220,7 @@ class Topology:
             return await self._run(connection, f"binding of queue {qname!r} to exchange {exchange!r}", bind_all, drop)
         digest = hashlib.sha256(repr(source.filter).encode()).hexdigest()[:16]
         args: dict[str, FieldValue] = {"alternate-exchange": f"messagebus.filter.{digest}"}
-        declare = p(_exchange_declare, exchange=hx, exchange_type="headers", durable=True, arguments=args)
+        declare = p(_filter_exchange, exchange=hx, arguments=args)
         what = f"filter {dict(source.filter)} of queue {qname!r} (headers exchange {hx!r})"
         try:
             await self._run(connection, what, declare)
