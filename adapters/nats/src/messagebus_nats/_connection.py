@@ -118,7 +118,7 @@ class Connection:
             self.client = client
             self.max_payload = client.max_payload
             self.js = client.jetstream(timeout=self.options.publish_timeout)
-            self.topology = Topology(self.js, self.options)
+            self.topology = Topology(client, self.js, self.options)
 
     async def _on_error(self, exc: Exception) -> None:
         logger.debug("nats client error: %s", describe_error(exc))

@@ -27,6 +27,7 @@ from messagebus.transports import (
     ConsumerBase,
     Delivery,
     DeliveryHandler,
+    DeliveryLike,
     Destination,
     describe_error,
     headers,
@@ -36,9 +37,9 @@ from ._codec import DUE, FOR, MSG_ID, decode_headers, encode_headers, unpack
 from ._connection import Connection, quietly
 from ._publishing import Publisher
 from ._telemetry import delivery_attributes
-from ._topology import Names
+from ._topology import Names, pattern_durable
 
-__all__ = ["NatsConsumer"]
+__all__ = ["NatsConsumer", "PatternConsumer"]
 
 logger = logging.getLogger("messagebus.nats")
 
@@ -47,9 +48,19 @@ class NatsConsumer(ConsumerBase):
     """One running subscription on a durable pull consumer. Not thread-safe (one loop)."""
 
     def __init__(
-        self, conn: Connection, publisher: Publisher, source: Destination, handler: DeliveryHandler, concurrency: int
+        self,
+        conn: Connection,
+        publisher: Publisher,
+        source: Destination,
+        handler: DeliveryHandler,
+        concurrency: int,
+        names: Names | None = None,
+        topic: str | None = None,
     ) -> None:
-        self.names: Names = publisher.names(source)
+        """``names`` and ``topic`` for one topic of a pattern subscription (its deliveries
+        name ``topic``); otherwise the names of ``source``."""
+        self.names: Names = names or publisher.names(source)
+        self._topic = topic
         super().__init__(handler, concurrency, name=f"{self.names.stream}/{self.names.consumer}", log=logger)
         self._conn = conn
         self._publisher = publisher
@@ -93,23 +104,38 @@ class NatsConsumer(ConsumerBase):
             self._unsettled.pop(delivery, None)
             await msg.nak(delay=delay or None)
             return
+        await self._copy(delivery, extra, delivery.attempt + 1, int((time.time() + delay) * 1000) if delay > 0 else 0)
+
+    async def _copy(self, delivery: Delivery, extra: Mapping[str, str], attempt: int, due: int) -> None:
+        # A confirmed copy for this consumer only (attempt, due time), then +ACK of the original.
+        msg: Msg = delivery.native
         wire = dict(msg.headers or {})
         wire |= encode_headers(extra)
-        wire[headers.ATTEMPT] = str(delivery.attempt + 1)
-        wire[MSG_ID] = f"{wire.get(MSG_ID) or msg.reply}:{delivery.attempt + 1}"  # not a duplicate of the original
+        wire[headers.ATTEMPT] = str(attempt)
+        # Not a duplicate of the original, nor of another group's copy of the same attempt.
+        wire[MSG_ID] = f"{wire.get(MSG_ID) or msg.reply}:{self.names.consumer}:{attempt}"
         wire[FOR] = self.names.consumer
-        if delay > 0:
-            wire[DUE] = str(int((time.time() + delay) * 1000))
+        if due:
+            wire[DUE] = str(due)
         await self._publisher.send([(self.names, msg.data, wire)])
         self._unsettled.pop(delivery, None)
         await msg.ack()
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
-        """``-NAK`` each now; one the server already took back (a dropped connection) is
-        redelivered after ``ack_wait`` anyway, so failures are only logged."""
+        """``-NAK`` each now; one still held until its due time is copied unchanged instead
+        (then acked), so that holding it counts no redelivery. One the server already took
+        back (a dropped connection) is redelivered after ``ack_wait`` anyway, so failures are
+        only logged."""
+        now = time.time() * 1000
+        back = []
         for delivery in deliveries:
             self._unsettled.pop(delivery, None)
-        await asyncio.gather(*(quietly(d.native.nak()) for d in deliveries))
+            due = _due(delivery.native.headers)
+            if due > now:
+                back.append(quietly(self._copy(delivery, {}, delivery.attempt, due)))
+            else:
+                back.append(quietly(delivery.native.nak()))
+        await asyncio.gather(*back)
         self._wake.set()
 
     def attributes_of(self, delivery: Delivery) -> Mapping[str, AttributeValue]:
@@ -186,7 +212,13 @@ class NatsConsumer(ConsumerBase):
                 del self._open[reply]
             break
         if self.stopping.is_set():
-            await quietly(msg.nak())
+            due = _due(hdrs)
+            if due > time.time() * 1000 and hdrs is not None and hdrs.get(FOR) == self.names.consumer:
+                # Our own held copy, back through a pull still open: pass it on, not counted.
+                held = self._delivery(msg, hdrs)
+                await quietly(self._copy(held, {}, held.attempt, due))
+            else:
+                await quietly(msg.nak())
             return
         if hdrs is not None:
             owner = hdrs.get(FOR)
@@ -200,8 +232,7 @@ class NatsConsumer(ConsumerBase):
             self.log.exception("a message of %s could not be read; JetStream redelivers it", self.describe())
             return
         self._unsettled[delivery] = None
-        due = hdrs.get(DUE) if hdrs else None
-        wait = int(due) / 1000 - time.time() if due and due.isdigit() else 0.0
+        wait = _due(hdrs) / 1000 - time.time()
         if wait > 0:
             self.hold(delivery, wait)
             self._wake.set()  # held retries take no worker: ask for more
@@ -211,12 +242,12 @@ class NatsConsumer(ConsumerBase):
     def _delivery(self, msg: Msg, hdrs: Mapping[str, str] | None) -> Delivery:
         redeliveries = msg.metadata.num_delivered - 1
         if not hdrs:
-            return Delivery(self, msg, msg.data, {}, None, 1 + redeliveries)
+            return Delivery(self, msg, msg.data, {}, None, 1 + redeliveries, topic=self._topic)
         hdrs, body = unpack(hdrs, msg.data)
         assert hdrs is not None
         first = hdrs.get(headers.ATTEMPT)
         attempt = (int(first) if first and first.isdigit() else 1) + redeliveries
-        return Delivery(self, msg, body, decode_headers(hdrs), hdrs.get(headers.KEY), attempt)
+        return Delivery(self, msg, body, decode_headers(hdrs), hdrs.get(headers.KEY), attempt, topic=self._topic)
 
     async def _keep_alive(self) -> None:
         # +WPI for every delivery in a handler or held: JetStream restarts its ack_wait.
@@ -239,6 +270,74 @@ class NatsConsumer(ConsumerBase):
         sub, self._sub = self._sub, None
         if sub is not None:
             await quietly(asyncio.wait_for(sub.drain(), self._options.publish_timeout))  # type: ignore[no-untyped-call]
+
+
+class PatternConsumer:
+    """A pattern subscription: one :class:`NatsConsumer` per matching topic's stream, on the
+    durable :func:`~._topology.pattern_durable` there (so the group's instances compete per
+    topic and other groups are untouched). Topics are listed at start and every
+    ``pattern_interval`` seconds after; a durable made meanwhile by a publisher keeps the new
+    topic's messages until then. At most ``concurrency`` handler calls run at once over all
+    topics. Not thread-safe (one loop)."""
+
+    def __init__(
+        self, conn: Connection, publisher: Publisher, source: Destination, handler: DeliveryHandler, concurrency: int
+    ) -> None:
+        self._conn, self._publisher, self._source = conn, publisher, source
+        self._handler, self._concurrency = handler, concurrency
+        self._limit = asyncio.Semaphore(concurrency)
+        self._children: dict[str, NatsConsumer] = {}
+        self._since = "now"
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Record the pattern, consume every matching topic, then list them again on a timer.
+        Raises :class:`TopologyError` when the first listing or declaration fails."""
+        _, topology = self._conn.require()
+        self._since = await topology.register(self._source)
+        await self._scan()
+        self._task = asyncio.create_task(self._rescan(), name=f"nats-pattern-{self._source}")
+
+    async def _scan(self) -> None:
+        _, topology = self._conn.require()
+        for topic, names in (await topology.matching(self._source.name)).items():
+            if names.stream in self._children or self._stopping.is_set():
+                continue
+            names = Names(names.stream, names.subject, pattern_durable(self._source), False)
+            await topology.ensure_consumer(names, self._since)
+            child = NatsConsumer(
+                self._conn, self._publisher, self._source, self._limited, self._concurrency, names, topic
+            )
+            await child.start_consuming()
+            self._children[names.stream] = child
+            logger.info("pattern %s: consuming topic %r", self._source, topic)
+
+    async def _rescan(self) -> None:
+        while not await _wait(self._stopping, self._conn.options.pattern_interval):
+            try:
+                await self._scan()
+            except Exception as exc:
+                logger.warning("listing the topics of pattern %s failed (%s)", self._source, describe_error(exc))
+
+    async def _limited(self, delivery: DeliveryLike) -> None:
+        async with self._limit:
+            await self._handler(delivery)
+
+    async def stop(self, grace: float) -> None:
+        """Stop listing, then stop every topic's consumer (``grace`` as theirs). Idempotent."""
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(*(c.stop(grace) for c in self._children.values()))
+
+
+def _due(hdrs: Mapping[str, str] | None) -> int:
+    """The due time (Unix ms) of a held copy; 0 for any other message."""
+    due = hdrs.get(DUE) if hdrs else None
+    return int(due) if due and due.isdigit() else 0
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> bool:

@@ -28,6 +28,9 @@ class NatsOptions(TransportOptions):
     max_deliver: int = Field(-1, ge=-1, description="JetStream's delivery limit per message (-1: none)")
     start_from: str = Field("now", pattern=r"^(now|earliest|\d{1,15})$", description="now, earliest or Unix ms")
     pull_expires: float = Field(5.0, ge=0.1, le=300, description="seconds one pull request waits for messages")
+    pattern_interval: float = Field(
+        5.0, ge=0.1, le=3_600, description="seconds between two listings of a pattern subscription's topics"
+    )
     publish_timeout: float = Field(10.0, gt=0, le=600, description="seconds to wait for JetStream's publish ack")
     connect_timeout: float = Field(5.0, gt=0, le=600, description="seconds per connection attempt")
     connect_retries: int = Field(3, ge=0, le=100, description="extra connection attempts before ConnectError")

@@ -4,27 +4,35 @@ Topic ``T``: subject ``P.T`` (``P`` the prefix) in stream ``P_T`` with interest 
 group ``G``: the durable pull consumer ``G`` on it (from ``start_from`` when it is made).
 Queue ``Q``: subject ``P.Q`` in work-queue stream ``P_Q``, durable ``messagebus-queue``.
 Dead letters are queues. Topics and queues share one name space (the README has more).
+
+A pattern subscription (``orders.*`` as group ``G``) is recorded once in the registry stream
+(subjects ``P.messagebus~patterns.<durable>``, one record each, its time the group's start)
+and has the durable :func:`pattern_durable` on every matching topic's stream: made by the
+subscriber for streams that exist, and by whoever creates a matching stream later, before
+its first message, so a new topic loses nothing for the pattern's group.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from messagebus import TopologyError
-from messagebus.transports import Destination, DestinationKind, dead_letter_name, sanitize_name
+from messagebus.transports import Destination, DestinationKind, dead_letter_name, matches_pattern, sanitize_name
 
 from ._errors import ERRORS
 from ._options import NatsOptions
 
-__all__ = ["QUEUE_CONSUMER", "Names", "Topology", "names_of", "physical_names"]
+__all__ = ["QUEUE_CONSUMER", "Names", "Topology", "names_of", "pattern_durable", "physical_names"]
 
 logger = logging.getLogger("messagebus.nats")
 
@@ -32,6 +40,8 @@ QUEUE_CONSUMER = "messagebus-queue"
 #: Stream and consumer names become file names on the server: keep them short.
 MAX_NAME = 120
 _ALLOWED = r"A-Za-z0-9_-"
+#: The registry's logical name: ``~`` is in no logical name, so no topic or queue meets it.
+REGISTRY = "messagebus~patterns"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +68,28 @@ def subject_of(logical: str, prefix: str = "") -> str:
     return f"{prefix}.{subject}" if prefix else subject
 
 
+def topic_of(subject: str, prefix: str = "") -> str:
+    """The topic of a stream subject of this prefix ("" when it is not one: another prefix or
+    a wildcard). Pure; the inverse of :func:`subject_of` for names without ``..``."""
+    if prefix:
+        head, dot, subject = subject.partition(".")
+        if head != prefix or not dot:
+            return ""
+    return "" if any(t in ("*", ">") for t in subject.split(".")) else subject
+
+
 def names_of(destination: Destination, prefix: str = "") -> Names:
     """The stream, subject and durable consumer of ``destination``. Pure."""
     queue = destination.kind is DestinationKind.QUEUE
     consumer = QUEUE_CONSUMER if queue else stream_name(destination.group) if destination.group else ""
     return Names(stream_name(destination.name, prefix), subject_of(destination.name, prefix), consumer, queue)
+
+
+def pattern_durable(source: Destination) -> str:
+    """The durable consumer of pattern subscription ``source`` on each matching topic's stream:
+    group and pattern together (``audit`` on ``orders.*`` -> ``orders__star__audit_<hash>``),
+    never the name of a plain group. Pure."""
+    return stream_name(source.dead_letter_queue.removesuffix(".dlq"))
 
 
 def physical_names(destination: Destination, options: NatsOptions | None = None) -> dict[str, str]:
@@ -87,9 +114,12 @@ class Topology:
     """Creates streams and durable consumers on demand, each stream once per connection. Not
     thread-safe (one loop). Idempotent; a stream of other settings raises :class:`TopologyError`."""
 
-    def __init__(self, js: JetStreamContext, options: NatsOptions) -> None:
+    def __init__(self, client: Client, js: JetStreamContext, options: NatsOptions) -> None:
+        self._client = client
         self._js = js
         self._options = options
+        prefix = options.prefix
+        self._registry = Names(stream_name(REGISTRY, prefix), f"{subject_of(REGISTRY, prefix)}.*", "", False)
         self._locks: dict[str, asyncio.Lock] = {}
         #: Streams known to exist (read it for the fast path; never modify it).
         self.known: set[str] = set()
@@ -103,26 +133,119 @@ class Topology:
             if names.stream in self.known:
                 return
             o = self._options
+            registry = names is self._registry
             config = StreamConfig(
                 name=names.stream,
                 subjects=[names.subject],
-                retention=RetentionPolicy.WORK_QUEUE if names.queue else RetentionPolicy.INTEREST,
+                retention=RetentionPolicy.LIMITS
+                if registry
+                else RetentionPolicy.WORK_QUEUE
+                if names.queue
+                else RetentionPolicy.INTEREST,
+                max_msgs_per_subject=1 if registry else -1,
                 storage=StorageType.FILE if o.storage == "file" else StorageType.MEMORY,
                 num_replicas=o.replicas,
             )
             try:
                 await self._js.add_stream(config)
+                if not names.queue and not registry:  # before anything is published to it
+                    for source, since in await self.patterns():
+                        if matches_pattern(source.name, topic_of(names.subject, o.prefix)):
+                            await self._add_consumer(replace(names, consumer=pattern_durable(source)), since)
+            except TopologyError:
+                raise
             except Exception as exc:
                 what = f"cannot create JetStream stream {names.stream!r} for {names.subject!r}"
                 raise ERRORS.map(exc, TopologyError, what) from exc
             self.known.add(names.stream)
             logger.debug("nats stream ensured: %s", names.stream)
 
-    async def ensure_consumer(self, names: Names) -> None:
+    async def delete(self, names: Names) -> None:
+        """Delete the stream of ``names`` with its consumers and messages. Idempotent."""
+        self.known.discard(names.stream)
+        try:
+            with contextlib.suppress(NotFoundError):
+                await self._js.delete_stream(names.stream)
+        except Exception as exc:
+            raise ERRORS.map(exc, TopologyError, f"cannot delete JetStream stream {names.stream!r}") from exc
+
+    async def register(self, source: Destination) -> str:
+        """Record pattern subscription ``source`` in the registry unless it is there; returns
+        its start (``start_from``, or the first record's time in Unix ms for ``now``)."""
+        await self.ensure_stream(self._registry)
+        subject = self._registry.subject.replace("*", pattern_durable(source))
+        body = json.dumps({"pattern": source.name, "group": source.group}).encode()
+        try:
+            with contextlib.suppress(APIError):  # 10071: recorded already (the first time stays)
+                await self._js.publish(subject, body, headers={"Nats-Expected-Last-Subject-Sequence": "0"})
+            first = await self._js.get_last_msg(self._registry.stream, subject)
+        except Exception as exc:
+            raise ERRORS.map(exc, TopologyError, f"cannot record pattern {source} in {subject!r}") from exc
+        start = self._options.start_from
+        return str(int(first.time.timestamp() * 1000)) if start == "now" and first.time else start
+
+    async def patterns(self) -> list[tuple[Destination, str]]:
+        """Every recorded pattern subscription with its start ([] while there is no registry)."""
+        out: list[tuple[Destination, str]] = []
+        seq = 1
+        while True:
+            try:
+                msg = await self._js.get_msg(self._registry.stream, seq, subject=self._registry.subject, next=True)
+            except NotFoundError:  # no registry, or no more records
+                return out
+            seq = (msg.seq or seq) + 1
+            with contextlib.suppress(ValueError, KeyError, TypeError):  # a foreign record
+                record = json.loads(msg.data or b"")
+                source = Destination(DestinationKind.TOPIC, str(record["pattern"]), str(record["group"]))
+                since = str(int(msg.time.timestamp() * 1000)) if msg.time else "now"
+                out.append((source, since if self._options.start_from == "now" else self._options.start_from))
+
+    async def matching(self, pattern: str) -> dict[str, Names]:
+        """Topic -> names of every topic stream of this prefix whose topic matches ``pattern``
+        (streams listed by the server, filtered by subject; queues and foreign streams left out)."""
+        prefix = self._options.prefix
+        head = pattern.split("#")[0].rstrip(".")
+        wanted = (head + ".>" if "#" in pattern else pattern) if head else ">"
+        wanted = f"{prefix}.{wanted}" if prefix else wanted
+        out: dict[str, Names] = {}
+        offset, total = 0, 1
+        while offset < total:
+            request = json.dumps({"offset": offset, "subject": wanted}).encode()
+            try:
+                reply = json.loads((await self._client.request("$JS.API.STREAM.LIST", request, timeout=5.0)).data)
+            except Exception as exc:
+                raise ERRORS.map(exc, TopologyError, f"cannot list the JetStream streams of {wanted!r}") from exc
+            streams = reply.get("streams") or []
+            offset, total = offset + len(streams), int(reply.get("total", 0)) if streams else 0
+            for info in streams:
+                config = info.get("config", {})
+                subjects = config.get("subjects") or []
+                topic = topic_of(subjects[0], prefix) if len(subjects) == 1 else ""
+                if (
+                    topic
+                    and config.get("retention") == "interest"
+                    and config.get("name") == stream_name(topic, prefix)
+                    and matches_pattern(pattern, topic)
+                ):
+                    out[topic] = Names(config["name"], subjects[0], "", False)
+        # "orders.#" also matches "orders" itself, which "orders.>" does not list.
+        if pattern.endswith(".#") and head and matches_pattern(pattern, head) and "*" not in head:
+            with contextlib.suppress(NotFoundError):
+                names = names_of(Destination(DestinationKind.TOPIC, head), prefix)
+                info = await self._js.stream_info(names.stream)
+                if info.config.retention is RetentionPolicy.INTEREST:
+                    out[head] = names
+        return out
+
+    async def ensure_consumer(self, names: Names, start: str | None = None) -> None:
         """Create the durable pull consumer of ``names`` (idempotent). A queue's consumer gets
-        every message, a new group those from ``start_from``; an existing one keeps its start."""
+        every message, a new group those from ``start`` (default ``start_from``); an existing
+        one keeps its start."""
         await self.ensure_stream(names)
-        start = "earliest" if names.queue else self._options.start_from
+        await self._add_consumer(names, start)
+
+    async def _add_consumer(self, names: Names, start: str | None = None) -> None:
+        start = "earliest" if names.queue else start or self._options.start_from
         policy = {"now": DeliverPolicy.NEW, "earliest": DeliverPolicy.ALL}.get(start, DeliverPolicy.BY_START_TIME)
         at = None if start.isalpha() else datetime.fromtimestamp(int(start) / 1000, UTC)
         try:

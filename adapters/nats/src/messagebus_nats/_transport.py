@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from messagebus.transports import Capabilities, Consumer, DeliveryHandler, Destination, TransportBase, TransportURL
+from messagebus.transports import (
+    Capabilities,
+    Consumer,
+    DeliveryHandler,
+    Destination,
+    DestinationKind,
+    TransportBase,
+    TransportURL,
+    dead_letter_name,
+)
 
 from ._connection import Connection
-from ._consuming import NatsConsumer
+from ._consuming import NatsConsumer, PatternConsumer
 from ._options import SCHEMES, NatsOptions, load_options
 from ._publishing import Publisher
 from ._telemetry import MESSAGING_SYSTEM
+from ._topology import names_of
 
 __all__ = ["NatsTransport"]
 
@@ -35,6 +45,7 @@ class NatsTransport(TransportBase[NatsOptions, Connection, Publisher], schemes=S
             consumer_groups=True,
             max_message_size=self.options.max_message_size,
             network=True,
+            wildcards=True,  # a durable per matching topic stream, new topics within pattern_interval
         )
         connection = Connection(self.url, self.options)
         return capabilities, connection, Publisher(connection)
@@ -44,9 +55,26 @@ class NatsTransport(TransportBase[NatsOptions, Connection, Publisher], schemes=S
         """Raises :class:`InvalidURL` for no server or a path, :class:`InvalidOption` for bad options."""
         return load_options(url)
 
-    async def open_consumer(self, source: Destination, handler: DeliveryHandler, concurrency: int) -> Consumer:
-        """Declare the stream and durable pull consumer of ``source``, then start consuming."""
+    async def delete_queue(self, name: str) -> None:
+        """Delete queue ``name``'s stream (its durable and messages with it) and that of
+        ``name.dlq``. Idempotent. Raises :class:`LifecycleError` before ``connect``,
+        :class:`TopologyError` when JetStream refuses."""
         _, topology = self.connection.require()
+        for queue in (name, dead_letter_name(name, None)):
+            await topology.delete(names_of(Destination(DestinationKind.QUEUE, queue), self.options.prefix))
+
+    async def open_consumer(self, source: Destination, handler: DeliveryHandler, concurrency: int) -> Consumer:
+        """Declare the stream and durable pull consumer of ``source``, then start consuming;
+        a pattern source gets a :class:`PatternConsumer`."""
+        _, topology = self.connection.require()
+        if source.is_pattern:
+            pattern = PatternConsumer(self.connection, self.publisher, source, handler, concurrency)
+            try:
+                await pattern.start()
+            except BaseException:
+                await pattern.stop(0.0)
+                raise
+            return pattern
         consumer = NatsConsumer(self.connection, self.publisher, source, handler, concurrency)
         await topology.ensure_consumer(consumer.names)
         await consumer.start_consuming()
