@@ -186,6 +186,11 @@ async def test_unfiltered_group_keeps_no_filter_and_same_filter_restarts(
         consumer = await transport.subscribe(source, ack, concurrency=1)
         await consumer.stop(1)
     assert await admin.filter_of(f"{name}.all") == ""
+    # The same transport, whose declarations are cached, refuses the change too.
+    with pytest.raises(TopologyError, match="filter"):
+        await transport.subscribe(
+            Destination(DestinationKind.TOPIC, name, "eu", (("region", "us"),)), ack, concurrency=1
+        )
     other = PubSubTransport.from_url(transport.url)  # a fresh process: no cached declarations
     await other.connect()
     try:

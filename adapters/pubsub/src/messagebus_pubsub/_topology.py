@@ -121,7 +121,7 @@ class Topology:
         self._options = options
         self._where = where
         self._done: set[str] = set()
-        self._sub_topics: dict[str, str] = {}
+        self._sub_topics: dict[str, tuple[str, str]] = {}  # subscription -> (topic, filter)
         self._pending: dict[str, asyncio.Task[None]] = {}
 
     def forget_all(self) -> None:
@@ -146,12 +146,12 @@ class Topology:
         the topic first) unless it exists; an existing one must be attached to ``topic`` and
         have that filter (Pub/Sub cannot change it). Raises TopologyError."""
         known = self._sub_topics.get(path)
-        if known is not None and known != topic:
-            raise _clash(path, known, topic)
+        if known is not None and known != (topic, filter):
+            raise _clash(path, known[0], topic) if known[0] != topic else _refilter(path, known[1], filter)
         await self.ensure_topic(topic)
         want_order = self._options.ordering if ordered is None else ordered
         await self._once(path, lambda: self._create_subscription(path, topic, want_order, filter))
-        self._sub_topics[path] = topic
+        self._sub_topics[path] = (topic, filter)
 
     async def ensure_consumer(self, names: Names) -> None:
         """Declare everything a consumer reads: its subscription and its retry topic/subscription."""
@@ -237,11 +237,15 @@ class Topology:
                 "change this on an existing subscription: delete it, or use ordering=false"
             )
         if existing.filter != filter:
-            raise TopologyError(
-                f"subscription {path} exists with filter {existing.filter!r}, but this subscription wants "
-                f"{filter!r}; Pub/Sub cannot change a subscription's filter: subscribe with a new group name, "
-                "or delete the subscription (and the messages waiting in it) and start again"
-            )
+            raise _refilter(path, existing.filter, filter)
+
+
+def _refilter(path: str, existing: str, wanted: str) -> TopologyError:
+    return TopologyError(
+        f"subscription {path} exists with filter {existing!r}, but this subscription wants {wanted!r}; Pub/Sub "
+        "cannot change a subscription's filter: subscribe with a new group name, or delete the subscription "
+        "(and the messages waiting in it) and start again"
+    )
 
 
 def _clash(path: str, existing: str, wanted: str) -> TopologyError:
