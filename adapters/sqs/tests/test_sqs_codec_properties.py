@@ -6,10 +6,9 @@ from hypothesis import strategies as st
 from messagebus_sqs._codec import (
     BODY_ENCODING,
     MAX_ATTRIBUTES,
-    _valid_name,
-    _valid_value,
     decode_message,
     encode_message,
+    valid_attribute,
 )
 
 from messagebus import _headers as h
@@ -54,15 +53,14 @@ def test_headers_body_and_key_round_trip(
     wire = encode_message(body, headers, key)
     assert len(wire.attributes) <= MAX_ATTRIBUTES
     for name, attr in wire.attributes.items():
-        assert _valid_name(name), name
-        assert _valid_value(attr["StringValue"]), (name, attr)
+        assert valid_attribute(name, attr["StringValue"]), (name, attr)
     native = {"Body": wire.body, "MessageAttributes": wire.attributes}
     got_body, got_headers, got_key = decode_message(native)
     assert got_body == body
     assert got_key == key
     for name, value in headers.items():
         assert got_headers.get(name) == value, name
-    accepted = [n for n in user if _valid_name(n) and _valid_value(user[n])]
+    accepted = [n for n in user if valid_attribute(n, user[n])]
     if len(wire.attributes) < MAX_ATTRIBUTES or len(accepted) < MAX_ATTRIBUTES - 1:
         real = accepted[: MAX_ATTRIBUTES - 1 - (BODY_ENCODING in wire.attributes)]
         assert set(real) <= set(wire.attributes), "a user header was packed while an envelope header had a slot"

@@ -41,6 +41,7 @@ __all__ = [
     "WireMessage",
     "decode_message",
     "encode_message",
+    "valid_attribute",
 ]
 
 #: SQS and SNS limit: body plus every attribute name, type and value (256 KiB).
@@ -73,13 +74,10 @@ class WireMessage:
     size: int
 
 
-def _valid_name(name: str) -> bool:
-    if _ATTR_NAME.fullmatch(name) is None or ".." in name:
+def valid_attribute(name: str, value: str) -> bool:
+    """Whether SQS/SNS take ``name: value`` as a message attribute (else it is packed)."""
+    if _ATTR_NAME.fullmatch(name) is None or ".." in name or name.lower().startswith(("aws.", "amazon.")):
         return False
-    return not name.lower().startswith(("aws.", "amazon."))
-
-
-def _valid_value(value: str) -> bool:
     return bool(value) and _INVALID_TEXT.search(value) is None
 
 
@@ -107,7 +105,7 @@ def encode_message(body: bytes, headers: Mapping[str, str], key: str | None) -> 
     ordered += [n for n in _TRACE if n in all_headers]
     seen = set(ordered)
     ordered += [n for n in all_headers if n not in seen]
-    eligible = [n for n in ordered if _valid_name(n) and _valid_value(all_headers[n])]
+    eligible = [n for n in ordered if valid_attribute(n, all_headers[n])]
     slots = MAX_ATTRIBUTES - len(internal)
     if len(eligible) < len(ordered) or len(eligible) > slots:
         slots -= 1  # one slot holds the packed rest

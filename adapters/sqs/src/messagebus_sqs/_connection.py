@@ -214,12 +214,8 @@ class Poller:
         except Exception as exc:
             failed = exc
         if failed:
-            logger.warning(
-                "messages a poll abandoned at stop received from %s were not all made visible again (%s); they "
-                "come back after their visibility timeout",
-                queue_url,
-                failed,
-            )
+            msg = "messages a poll abandoned at stop got from %s not all visible again (%s): back after their timeout"
+            logger.warning(msg, queue_url, failed)
 
 
 async def _send_batch(

@@ -37,13 +37,7 @@ class SqsConsumer(ConsumerBase):
     messages held. Every held message, and every acked one until SQS confirmed its delete,
     has its visibility extended, so no other consumer gets it meanwhile."""
 
-    def __init__(
-        self,
-        conn: Connection,
-        source: Destination,
-        handler: DeliveryHandler,
-        concurrency: int,
-    ) -> None:
+    def __init__(self, conn: Connection, source: Destination, handler: DeliveryHandler, concurrency: int) -> None:
         options = conn.options
         super().__init__(handler, concurrency, name=str(source), capacity=concurrency + options.prefetch, log=logger)
         self.source = source
@@ -62,11 +56,14 @@ class SqsConsumer(ConsumerBase):
 
     async def declare(self, *, fresh: bool = False) -> None:
         """Declare the queue (for a group also the topic, the queue policy and the raw
-        subscription); ``fresh``: again, though cached. Raises :class:`TopologyError`."""
+        subscription with the SNS filter policy of ``source.filter``); ``fresh``: again,
+        though cached. Raises :class:`TopologyError`."""
         conn, source = self._conn, self.source
         if source.group:
             declare = conn.require().subscription_queue
-            self.queue_url, self.topic_arn = await conn.run(declare, source.name, source.group, fresh=fresh)
+            self.queue_url, self.topic_arn = await conn.run(
+                declare, source.name, source.group, fresh=fresh, pairs=source.filter
+            )
         else:
             self.queue_url = await conn.run(conn.require().queue_url, source.name, fresh=fresh)
         self._deleter = conn.batcher("delete", self.queue_url)
@@ -166,13 +163,8 @@ class SqsConsumer(ConsumerBase):
         results = await asyncio.gather(*(self._set_visibility(d, 0) for d in deliveries), return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed and self._queue_missing(failed[0]) is None:
-            logger.warning(
-                "could not make %d unsettled messages of %s visible again (%s); they come back after "
-                "the visibility timeout",
-                len(failed),
-                self.source,
-                failed[0],
-            )
+            msg = "could not make %d unsettled messages of %s visible again (%s): back after the visibility timeout"
+            logger.warning(msg, len(failed), self.source, failed[0])
 
     async def _set_visibility(self, delivery: Delivery, seconds: int) -> Entry:
         self._leased.pop(delivery, None)

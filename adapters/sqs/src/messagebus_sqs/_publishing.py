@@ -8,7 +8,9 @@ import asyncio
 import functools
 import hashlib
 import logging
+import math
 import re
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -17,6 +19,7 @@ from botocore.exceptions import ClientError
 
 from messagebus import MessageTooLarge, PublishError, UnsupportedFeature
 from messagebus.transports import Batcher, Consumer, Destination, DestinationKind, OutgoingMessage
+from messagebus.transports import headers as h
 
 from ._codec import MAX_BODY_SIZE, MAX_WIRE_SIZE, encode_message
 from ._connection import BatchKind, Connection, Entry
@@ -42,7 +45,10 @@ def _fifo_id(value: str) -> str:
 def encode_entry(message: OutgoingMessage, options: SqsOptions) -> tuple[Entry, int]:
     """The batch entry of ``message`` and its size as SQS counts it. Raises
     :class:`MessageTooLarge` or :class:`UnsupportedFeature` (a key on a standard destination
-    with ``strict_keys``). Pure."""
+    with ``strict_keys``). A delayed message (``messagebus-deliver-at``) to a standard queue
+    gets ``DelaySeconds`` (the seconds until due, rounded up, at most SQS's 900): received no
+    earlier, and held by the consumer beyond 15 minutes. FIFO queues take no per-message delay
+    and SNS topics none at all: there the consumers hold it. Pure but for the clock."""
     dest = message.destination
     if len(message.body) > MAX_BODY_SIZE:
         raise MessageTooLarge(
@@ -64,6 +70,9 @@ def encode_entry(message: OutgoingMessage, options: SqsOptions) -> tuple[Entry, 
     entry: Entry = {("Message" if is_topic(dest) else "MessageBody"): wire.body}
     if wire.attributes:
         entry["MessageAttributes"] = wire.attributes
+    due = message.headers.get(h.DELIVER_AT, "")
+    if due.isdigit() and not options.fifo and not is_topic(dest):
+        entry["DelaySeconds"] = min(900, max(0, math.ceil(int(due) / 1000 - time.time())))
     if options.fifo:
         # A message without an id (a foreign producer's) gets a fresh one: a constant would
         # make SQS drop every later message as a duplicate for five minutes.

@@ -19,16 +19,10 @@ def publish_attributes(destination: Destination, topology: Topology | None) -> d
     ``messaging.system`` is SNS for topics, SQS for queues."""
     topic = is_topic(destination)
     attrs: dict[str, AttributeValue] = {"messaging.system": SNS_SYSTEM if topic else SQS_SYSTEM}
-    if topology is None:
-        return attrs
-    if topic:
-        arn = topology.topics.get(destination.name)
-        if arn:
-            attrs["aws.sns.topic.arn"] = arn
-    else:
-        url = topology.queues.get(destination.name)
-        if url:
-            attrs["aws.sqs.queue.url"] = url
+    names = None if topology is None else topology.topics if topic else topology.queues
+    known = None if names is None else names.get(destination.name)
+    if known:
+        attrs["aws.sns.topic.arn" if topic else "aws.sqs.queue.url"] = known
     return attrs
 
 

@@ -14,10 +14,11 @@ from botocore.exceptions import ClientError
 from messagebus import TopologyError
 from messagebus.transports import Destination, DestinationKind, dead_letter_name, sanitize_name
 
-from ._errors import error_code, errors
+from ._codec import PACKED, valid_attribute
+from ._errors import error_code, errors, is_missing
 from ._options import SqsOptions
 
-__all__ = ["RETENTION_SECONDS", "Topology", "is_topic", "logical_queue", "physical_names", "queue_name", "topic_name"]
+__all__ = ["Topology", "filter_policy", "is_topic", "logical_queue", "physical_names", "queue_name", "topic_name"]
 
 #: Messages are kept as long as SQS allows (14 days), not the 4-day default.
 RETENTION_SECONDS = 1_209_600
@@ -48,6 +49,17 @@ def logical_queue(destination: Destination) -> str:
     """The logical queue name a destination is consumed from (``topic.group`` or the queue)."""
     topic = destination.kind is DestinationKind.TOPIC
     return f"{destination.name}.{destination.group}" if topic else destination.name
+
+
+def filter_policy(pairs: tuple[tuple[str, str], ...]) -> str:
+    """The SNS filter policy (``MessageAttributes`` scope) of a subscription filter: its
+    header equalities, or a message whose headers did not all fit in attributes (packed into
+    :data:`PACKED`, which the bus matches itself); ``"{}"`` (none) without a filter or for one
+    SNS cannot match (more than 4 headers, or a name or value SQS refuses as an attribute, so
+    it is always packed). Never drops a message the filter matches. Pure."""
+    if not pairs or len(pairs) > 4 or not all(valid_attribute(n, v) for n, v in pairs):
+        return "{}"
+    return json.dumps({"$or": [{n: [v] for n, v in pairs}, {PACKED: [{"exists": True}]}]}, sort_keys=True)
 
 
 def physical_names(destination: Destination, options: SqsOptions | None = None) -> dict[str, str]:
@@ -84,7 +96,7 @@ class Topology:
         self._lock = threading.Lock()
         self.queues: dict[str, str] = {}
         self.topics: dict[str, str] = {}
-        self._subscribed: set[tuple[str, str]] = set()
+        self._subscribed: set[tuple[str, str, str]] = set()  # (topic, group, filter policy)
 
     def queue_url(self, logical: str, *, fresh: bool = False) -> str:
         """Create (if needed) the queue for ``logical`` and return its URL; ``fresh`` declares it
@@ -135,13 +147,17 @@ class Topology:
             self.topics[logical] = arn
         return arn
 
-    def subscription_queue(self, topic: str, group: str, *, fresh: bool = False) -> tuple[str, str]:
+    def subscription_queue(
+        self, topic: str, group: str, *, fresh: bool = False, pairs: tuple[tuple[str, str], ...] = ()
+    ) -> tuple[str, str]:
         """Declare the group's queue, allow the topic to send to it, subscribe it with raw
-        delivery (``fresh``: all of it again). Returns ``(queue_url, topic_arn)``. Idempotent;
-        raises TopologyError."""
+        delivery and the :func:`filter_policy` of ``pairs`` (replacing any other policy;
+        none without ``pairs``), ``fresh``: all of it again. Returns ``(queue_url,
+        topic_arn)``. Idempotent; raises TopologyError."""
         arn = self.topic_arn(topic, fresh=fresh)
         url = self.queue_url(f"{topic}.{group}", fresh=fresh)
-        if (topic, group) in self._subscribed:
+        wanted = filter_policy(pairs)
+        if (topic, group, wanted) in self._subscribed:
             return url, arn
         what = f"subscribing the queue of group {group!r} to topic {topic!r}"
         try:
@@ -150,20 +166,22 @@ class Topology:
             policy = _merge_policy(attrs.get("Policy"), queue_arn, arn)
             if policy is not None:
                 self._sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": policy})
-            self._subscribe(arn, queue_arn)
+            self._subscribe(arn, queue_arn, wanted)
         except Exception as exc:
             raise errors.map(exc, TopologyError, what) from exc
         with self._lock:
-            self._subscribed.add((topic, group))
+            self._subscribed = {s for s in self._subscribed if s[:2] != (topic, group)} | {(topic, group, wanted)}
         return url, arn
 
-    def _subscribe(self, topic_arn: str, queue_arn: str) -> None:
+    def _subscribe(self, topic_arn: str, queue_arn: str, policy: str) -> None:
+        # "{}" is SNS's "no filter policy": it replaces one a filter set before.
+        attributes = {"RawMessageDelivery": "true", "FilterPolicyScope": "MessageAttributes", "FilterPolicy": policy}
         try:
             self._sns.subscribe(
                 TopicArn=topic_arn,
                 Protocol="sqs",
                 Endpoint=queue_arn,
-                Attributes={"RawMessageDelivery": "true"},
+                Attributes=attributes,
                 ReturnSubscriptionArn=True,
             )
             return
@@ -171,46 +189,48 @@ class Topology:
             if error_code(exc) != "InvalidParameter":
                 raise
             conflict = exc
-        # A subscription exists with other attributes: make it raw instead of failing, since a
-        # non-raw subscription would wrap every body in an SNS JSON envelope.
-        paginator = self._sns.get_paginator("list_subscriptions_by_topic")
-        for page in paginator.paginate(TopicArn=topic_arn):
+        # A subscription exists with other attributes (not raw: every body would come wrapped
+        # in an SNS JSON envelope; another filter): set ours instead of failing.
+        for page in self._sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic_arn):
             for sub in page.get("Subscriptions", []):
                 if sub.get("Endpoint") == queue_arn and sub.get("Protocol") == "sqs":
-                    self._sns.set_subscription_attributes(
-                        SubscriptionArn=sub["SubscriptionArn"],
-                        AttributeName="RawMessageDelivery",
-                        AttributeValue="true",
-                    )
+                    for name, value in attributes.items():
+                        self._sns.set_subscription_attributes(
+                            SubscriptionArn=sub["SubscriptionArn"], AttributeName=name, AttributeValue=value
+                        )
                     return
         raise conflict
+
+    def delete_queue(self, logical: str) -> None:
+        """Delete the queue of ``logical`` with its messages; a missing queue is no error.
+        Raises TopologyError."""
+        with self._lock:
+            url = self.queues.pop(logical, None)
+        name = queue_name(logical, prefix=self._queue_prefix, fifo=self.fifo)
+        try:
+            url = url or str(self._sqs.get_queue_url(QueueName=name)["QueueUrl"])
+            self._sqs.delete_queue(QueueUrl=url)
+        except Exception as exc:
+            if not is_missing(exc):
+                raise errors.map(exc, TopologyError, f"deleting SQS queue {name!r} (of {logical!r})") from exc
 
 
 def _merge_policy(existing: str | None, queue_arn: str, topic_arn: str) -> str | None:
     """The queue policy with a statement allowing ``topic_arn`` to send, or ``None`` if present."""
     sid = "messagebus-" + hashlib.sha256(topic_arn.encode()).hexdigest()[:16]
-    policy: dict[str, Any]
     try:
-        policy = json.loads(existing) if existing else {}
+        policy = json.loads(existing or "{}")
     except ValueError:
         policy = {}
-    if not isinstance(policy, dict):
-        policy = {}
+    policy = policy if isinstance(policy, dict) else {}
     statements = policy.get("Statement")
     if not isinstance(statements, list):
         statements = [statements] if isinstance(statements, dict) else []
     if any(isinstance(s, dict) and s.get("Sid") == sid for s in statements):
         return None
-    statements.append(
-        {
-            "Sid": sid,
-            "Effect": "Allow",
-            "Principal": {"Service": "sns.amazonaws.com"},
-            "Action": "sqs:SendMessage",
-            "Resource": queue_arn,
-            "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
-        }
-    )
+    principal, condition = {"Service": "sns.amazonaws.com"}, {"ArnEquals": {"aws:SourceArn": topic_arn}}
+    statement = {"Effect": "Allow", "Principal": principal, "Action": "sqs:SendMessage", "Resource": queue_arn}
+    statements.append({"Sid": sid, **statement, "Condition": condition})
     policy.setdefault("Version", "2012-10-17")
     policy["Statement"] = statements
     return json.dumps(policy)

@@ -12,6 +12,8 @@ from messagebus.transports import (
     Destination,
     TransportBase,
     TransportURL,
+    dead_letter_name,
+    validate_name,
 )
 
 from ._codec import MAX_BODY_SIZE
@@ -46,7 +48,12 @@ class SqsTransport(TransportBase[SqsOptions, Connection, Publisher], schemes=("s
     def build(self) -> tuple[Capabilities, Connection, Publisher]:
         """Capabilities (ordered only with ``fifo``), the clients' connection, the publisher."""
         connection = Connection(self.options)
-        capabilities = Capabilities(ordering=self.options.fifo, max_message_size=MAX_BODY_SIZE)
+        capabilities = Capabilities(
+            ordering=self.options.fifo,
+            max_message_size=MAX_BODY_SIZE,
+            wildcards_reason="SNS has no wildcard subscriptions: each SNS topic is a separate resource subscribed "
+            "by its exact ARN, so a pattern (and topics made after it) cannot be subscribed on the broker",
+        )
         return capabilities, connection, Publisher(connection, self.consumers)
 
     @classmethod
@@ -79,3 +86,13 @@ class SqsTransport(TransportBase[SqsOptions, Connection, Publisher], schemes=("s
         await consumer.declare()
         consumer.start()
         return consumer
+
+    async def delete_queue(self, name: str) -> None:
+        """Delete the SQS queue of logical queue ``name`` (a request's reply queue) and its
+        dead-letter queue if one was made, with every message in them. Idempotent; raises
+        :class:`InvalidDestination` for an illegal name and :class:`TopologyError` when AWS
+        refuses."""
+        validate_name(name, "queue")
+        topology = self.connection.require()
+        for logical in (name, dead_letter_name(name, None)):
+            await self.connection.run(topology.delete_queue, logical)
