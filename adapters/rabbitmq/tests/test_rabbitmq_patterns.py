@@ -9,11 +9,12 @@ import time
 from dataclasses import dataclass
 
 import aiormq
+import pytest
 from messagebus_rabbitmq import RabbitMQTransport, physical_names, queue_name, retry_exchange
 from messagebus_rabbitmq._topology import TOPICS, filter_exchange
 from rmq_helpers import Inbox, message, number, queue, topic
 
-from messagebus import Bus
+from messagebus import Bus, LifecycleError, TransportError
 from messagebus.transports import Delivery, Destination, DestinationKind, TransportURL
 from messagebus.transports import headers as h
 
@@ -275,3 +276,21 @@ async def test_a_held_delayed_message_waits_in_the_bucket_below_its_remaining_de
         assert [d["queue"] for d in back.raw.headers["x-death"]] == [retry_exchange(300)]
     finally:
         await t.close()
+
+
+async def test_delete_queue_refused_by_the_broker_raises_a_transport_error(rabbitmq_url: str, name: str, admin) -> None:
+    """Catches a refusal (here RESOURCE_LOCKED: another connection's exclusive queue)
+    escaping as a raw aiormq exception instead of a messagebus TransportError, and a
+    closed transport's delete_queue not raising LifecycleError."""
+    ch = await admin.conn.channel()
+    await ch.queue_declare(name, exclusive=True)
+    t = transport(rabbitmq_url)
+    await t.connect()
+    try:
+        with pytest.raises(TransportError, match=name):
+            await t.delete_queue(name)
+        await t.delete_queue(f"{name}.other")  # the topology channel is usable again
+    finally:
+        await t.close()
+    with pytest.raises(LifecycleError):
+        await t.delete_queue(name)

@@ -117,15 +117,11 @@ class RabbitMQConsumer(ConsumerBase):
             return  # the channel's close hands it back to the queue
         headers = decode_headers(message.header.properties)
         deliver = cast(Basic.Deliver, message.delivery)
-        topic = None
-        if self.source.is_pattern:
-            topic = headers.get(TOPIC)
-            if topic is None:
-                topic = deliver.routing_key or ""
-                if physical_name(topic) != deliver.exchange:
-                    # From a publisher before wildcards (its routing key is the message key).
-                    await message.channel.basic_ack(cast(int, deliver.delivery_tag))
-                    return
+        topic = (headers.get(TOPIC) or deliver.routing_key or "") if self.source.is_pattern else None
+        if topic is not None and TOPIC not in headers and physical_name(topic) != deliver.exchange:
+            # From a publisher before wildcards (its routing key is the message key): not ours.
+            await message.channel.basic_ack(cast(int, deliver.delivery_tag))
+            return
         attempt = attempt_of(headers, bool(deliver.redelivered))
         self.pool.submit_nowait(Delivery(self, message, message.body, headers, headers.get(_KEY), attempt, topic=topic))
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from messagebus import InvalidOption, InvalidURL
+import aiormq.exceptions
+
+from messagebus import InvalidOption, InvalidURL, TopologyError
 from messagebus.transports import (
     Capabilities,
     Consumer,
@@ -15,6 +17,7 @@ from messagebus.transports import (
 
 from ._connection import Connection
 from ._consuming import RabbitMQConsumer
+from ._errors import ERRORS
 from ._options import RabbitMQOptions
 from ._publishing import Publisher
 from ._telemetry import MESSAGING_SYSTEM
@@ -87,9 +90,14 @@ class RabbitMQTransport(
     async def delete_queue(self, name: str) -> None:
         """Delete logical queue ``name`` and its dead-letter queue (see
         :class:`~messagebus.transports.DeleteQueue`); raises :class:`TopologyError` when
-        RabbitMQ refuses, :class:`LifecycleError` when closed."""
-        raw = await self.connection.wait_ready(self.options.connect_timeout)
-        await self.publisher.topology.delete(raw, name)
+        RabbitMQ refuses, :class:`LifecycleError` when closed, a :class:`TransportError`
+        (by the adapter's error map) when the connection fails or stays down past
+        ``connect_timeout``."""
+        try:
+            raw = await self.connection.wait_ready(self.options.connect_timeout)
+            await self.publisher.topology.delete(raw, name)
+        except (aiormq.exceptions.AMQPError, TimeoutError) as exc:
+            raise ERRORS.map(exc, TopologyError, f"cannot delete RabbitMQ queue {name!r}") from exc
 
     async def open_consumer(self, source: Destination, handler: DeliveryHandler, concurrency: int) -> Consumer:
         """Declare ``source`` and consume it on a channel of its own."""
