@@ -76,10 +76,10 @@ def test_native_filter_escapes_names_and_values_and_keeps_packed_messages() -> N
     headers were packed (the filtered one maybe among them) dropped by the broker."""
     assert native_filter(()) == ""
     assert native_filter((("region", "eu"), ("tier", "1"))) == (
-        '(attributes.region = "eu" AND attributes.tier = "1") OR attributes:messagebus-packed-0'
+        '(attributes."region" = "eu" AND attributes."tier" = "1") OR attributes:"messagebus-packed-0"'
     )
     assert native_filter((("a.b", 'say "hi"\\\n'),)) == (
-        '(attributes."a.b" = "say \\"hi\\"\\\\\\n") OR attributes:messagebus-packed-0'
+        '(attributes."a.b" = "say \\"hi\\"\\\\\\n") OR attributes:"messagebus-packed-0"'
     )
     # Never real attributes: left to the bus, so the broker lets every message through.
     assert native_filter((("big", "x" * 1025), ("googthing", "1"), ("timeout", "5"))) == ""
@@ -102,7 +102,7 @@ async def test_group_subscription_is_created_with_the_native_filter(
     consumer = await transport.subscribe(source, ack, concurrency=1)
     await consumer.stop(1)
     assert await admin.filter_of(f"{name}.eu") == (
-        '(attributes.region = "e\\"u" AND attributes."x.tier" = "1") OR attributes:messagebus-packed-0'
+        '(attributes."region" = "e\\"u" AND attributes."x.tier" = "1") OR attributes:"messagebus-packed-0"'
     )
     assert await admin.filter_of(f"{name}.eu~retry") == ""
 
@@ -166,7 +166,7 @@ async def test_a_different_filter_on_an_existing_subscription_is_a_topology_erro
     await again.stop()
     text = str(refused.value)
     assert f"{resource_id(topic + '.eu')}" in text
-    assert '(attributes.region = "eu")' in text and '(attributes.region = "us")' in text
+    assert '(attributes."region" = "eu")' in text and '(attributes."region" = "us")' in text
     assert "new group name" in text and "delete the subscription" in text
     assert "eu" in await admin.filter_of(f"{topic}.eu"), "the existing filter is left alone"
 

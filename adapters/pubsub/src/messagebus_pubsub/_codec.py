@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -59,8 +58,7 @@ _MAX_ORDERING_KEY = 1024
 _RESERVED_KWARGS = frozenset({"topic", "data", "ordering_key", "retry", "timeout"})
 # The binding's data content type attribute (``Content-Type``; names are case-insensitive).
 _CONTENT_TYPE = "content-type"
-# Attribute names a filter may spell bare; others are string literals. Pub/Sub's filter limit.
-_BARE = re.compile(r"[A-Za-z0-9_-]+")
+# Pub/Sub's limit on a subscription filter, in bytes.
 _MAX_FILTER = 256
 _RAW_MESSAGE = PubsubMessage.pb()
 _RAW_REQUEST = PublishRequest.pb()
@@ -121,19 +119,19 @@ def native_filter(pairs: Sequence[tuple[str, str]]) -> str:
 
     It may let more through than ``pairs`` ask, never less (the bus matches every message
     again): only pairs that always travel as real attributes (:func:`encode_attributes`) are
-    in it, as ``attributes.NAME = "VALUE"`` (names and values escaped), ANDed until Pub/Sub's
-    256-byte limit; and a message with packed headers always passes, since a filtered
+    in it, as ``attributes."NAME" = "VALUE"`` (string literals, escaped: a bare name with a
+    ``-`` or a leading digit is not read as one name by every parser of the filter grammar),
+    ANDed until Pub/Sub's 256-byte limit; and a message with packed headers always passes, since a filtered
     header may be among them."""
     clauses: list[str] = []
     for name, value in pairs:
         if not _native(name, value):
             continue
-        key = name if _BARE.fullmatch(name) else _literal(name)
-        clause = f"attributes.{key} = {_literal(value)}"
+        clause = f"attributes.{_literal(name)} = {_literal(value)}"
         if len(" AND ".join([*clauses, clause]).encode()) > _MAX_FILTER - 40:
             continue
         clauses.append(clause)
-    return f"({' AND '.join(clauses)}) OR attributes:{PACKED_PREFIX}0" if clauses else ""
+    return f"({' AND '.join(clauses)}) OR attributes:{_literal(PACKED_PREFIX + '0')}" if clauses else ""
 
 
 def _literal(text: str) -> str:
