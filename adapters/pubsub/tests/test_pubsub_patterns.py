@@ -300,21 +300,25 @@ async def test_delay_beyond_the_retention_goes_on_in_a_fresh_copy(
     pubsub_url: str, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Bug caught: a delay longer than Pub/Sub keeps an unacked message (7 days) silently
-    lost; here the refresh age is 1 s, so the held message is re-published on its first
-    redelivery and must still be handled once, when due."""
+    lost, or refreshed without acking the old copy (handled again and again). Here the
+    refresh age is 1 s, so held messages are re-published on their redeliveries; each must
+    still be handled once, when due. A second message due after the old copy's ack deadline
+    (10 s) would have come back is the barrier for duplicates."""
     monkeypatch.setattr(_consuming, "_MAX_ACK_DEADLINE", 2)
     monkeypatch.setattr(_consuming, "_REFRESH_AGE", 1.0)
-    got: Collector[tuple[float, int]] = Collector(60.0)
+    got: Collector[tuple[str, float, int]] = Collector(60.0)
     bus = Bus.from_url(pubsub_url, service="svc")
 
     @bus.consume(f"{name}.later")
     async def later(item: dict[str, str], envelope: Envelope) -> None:
-        got.add((time.time(), envelope.attempt))
+        got.add((item["id"], time.time(), envelope.attempt))
 
-    delay = 6.0
     async with bus:
         sent = time.time()
-        await bus.send(f"{name}.later", {"id": "delayed"}, delay=delay)
-        [(handled, attempt)] = await got.wait_for(1)
-    assert handled >= sent + delay - 0.002
-    assert attempt == 1
+        await bus.send(f"{name}.later", {"id": "6s"}, delay=6.0)
+        await bus.send(f"{name}.later", {"id": "14s"}, delay=14.0)
+        await got.wait_until(lambda items: any(i[0] == "14s" for i in items), "the 14 s message")
+    assert [i[0] for i in got.items] == ["6s", "14s"], "each handled exactly once"
+    for (_, handled, attempt), delay in zip(got.items, (6.0, 14.0), strict=True):
+        assert handled >= sent + delay - 0.002
+        assert attempt == 1
