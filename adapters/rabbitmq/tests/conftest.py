@@ -61,7 +61,7 @@ def _delete_test_objects() -> Iterator[None]:
     """Delete the queues and exchanges this test process declared, so durable objects do not
     pile up on the shared broker. Declarations are recorded by wrapping the adapter's
     ``Topology`` methods (the broker client itself is untouched); the shared delay buckets
-    and ``messagebus.topics`` are kept. Objects of concurrent sessions on the same broker are never touched."""
+    and ``messagebus:topics`` are kept. Objects of concurrent sessions on the same broker are never touched."""
     queues: set[str] = set()
     exchanges: set[str] = set()
     originals = {attr: getattr(Topology, attr) for attr in ("exchange", "queue", "subscription")}

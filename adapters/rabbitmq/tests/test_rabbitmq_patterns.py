@@ -156,6 +156,7 @@ async def test_filter_binds_through_a_headers_exchange_and_follows_filter_change
     plain, eu, us = sub(name, "g"), sub(name, "g", region="eu"), sub(name, "g", region="us")
     qname = queue_name(plain)
     assert physical_names(eu)["filter"] == filter_exchange(eu)
+    assert len(filter_exchange(sub("t" * 200, "g" * 200, a="b")).encode()) <= 255
     admin.cleanup_later(queues=(qname,), exchanges=(name, filter_exchange(eu)))
     t = transport(rabbitmq_url)
     await t.connect()

@@ -43,8 +43,9 @@ _exchange_declare = aiormq.Channel.exchange_declare
 _queue_declare = aiormq.Channel.queue_declare
 _queue_bind = aiormq.Channel.queue_bind
 _exchange_bind = aiormq.Channel.exchange_bind
-#: The shared topic exchange every topic exchange is bound to with ``#``: pattern queues bind here.
-TOPICS = "messagebus.topics"
+#: The shared topic exchange every topic exchange is bound to with ``#``: pattern queues bind
+#: here. The colon keeps it (and the filter exchanges) apart from every logical topic name.
+TOPICS = "messagebus:topics"
 _declare_topics = functools.partial(_exchange_declare, exchange=TOPICS, exchange_type="topic", durable=True)
 _filter_exchange = functools.partial(_exchange_declare, exchange_type="headers", durable=True, auto_delete=True)
 #: RabbitMQ's limit for exchange and queue names (bytes; our names are ASCII).
@@ -96,7 +97,7 @@ def physical_name(logical: str) -> str:
 
 def filter_exchange(source: Destination) -> str:
     """The headers exchange between a filtered subscription's source exchange and its queue."""
-    return physical_name(f"messagebus.filter.{queue_name(source)}")
+    return sanitize_name(f"messagebus:filter:{queue_name(source)}", max_length=MAX_NAME, allowed=r"A-Za-z0-9._:\-")
 
 
 def queue_name(source: Destination) -> str:
