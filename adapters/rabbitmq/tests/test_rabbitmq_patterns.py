@@ -90,6 +90,7 @@ async def test_pattern_gets_topics_made_later_with_their_names_and_retries_stay_
     pattern = sub(f"{name}.*", "audit")
     other = sub(f"{name}.a", "billing")
     qnames = (queue_name(pattern), queue_name(other))
+    assert physical_names(pattern)["dead_letter"] == f"{name}._star_.audit.dlq"  # the core's dead-letter queue
     admin.cleanup_later(queues=qnames, exchanges=(f"{name}.a", f"{name}.b", f"{name}.a.x"))
     t = transport(rabbitmq_url)
     await t.connect()
