@@ -212,7 +212,8 @@ class Topology:
         while offset < total:
             request = json.dumps({"offset": offset, "subject": wanted}).encode()
             try:
-                reply = json.loads((await self._client.request("$JS.API.STREAM.LIST", request, timeout=5.0)).data)
+                answer = await self._client.request("$JS.API.STREAM.LIST", request, self._options.publish_timeout)
+                reply = json.loads(answer.data)
             except Exception as exc:
                 raise ERRORS.map(exc, TopologyError, f"cannot list the JetStream streams of {wanted!r}") from exc
             streams = reply.get("streams") or []
