@@ -220,7 +220,7 @@ class Topology:
         if not source.filter:
             return await self._run(connection, f"binding of queue {qname!r} to exchange {exchange!r}", bind_all, drop)
         digest = hashlib.sha256(repr(source.filter).encode()).hexdigest()[:16]
-        args: dict[str, FieldValue] = {"alternate-exchange": f"messagebus.filter.{digest}"}
+        args: dict[str, FieldValue] = {"alternate-exchange": f"messagebus:filter-hash:{digest}"}
         declare = p(_filter_exchange, exchange=hx, arguments=args)
         what = f"filter {dict(source.filter)} of queue {qname!r} (headers exchange {hx!r})"
         try:
