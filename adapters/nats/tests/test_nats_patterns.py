@@ -260,3 +260,40 @@ async def test_two_groups_retrying_one_message_each_get_their_retry(nats_url: st
         await bus.publish(topic, {"n": 1})
         await got.wait_for(4)
     assert sorted(got.items) == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
+
+
+async def test_hash_matches_zero_segments_and_star_exactly_one(nats_url: str) -> None:
+    """Catches ``#`` listed as NATS ``>`` alone (which needs one token at least: ``base.#``
+    would miss topic ``base``) and ``*`` matching deeper topics, for topics existing before
+    the subscription started (found by the first listing) and made after (by the rescan)."""
+    base = fresh("zero")
+    sender = Bus.from_url(nats_url, service="s")
+    bus = Bus.from_url(f"{nats_url}&pattern_interval=0.2", service="z")
+    deep: Collector[str] = Collector(TIMEOUT)
+    one: Collector[str] = Collector(TIMEOUT)
+
+    @bus.subscribe(f"{base}.#", group="deep")
+    async def on_deep(data: dict[str, int], envelope: Envelope) -> None:
+        deep.add(envelope.destination)
+
+    @bus.subscribe(f"{base}.*", group="one")
+    async def on_one(data: dict[str, int], envelope: Envelope) -> None:
+        one.add(envelope.destination)
+
+    keeper = Bus.from_url(nats_url, service="k")  # makes the streams before the patterns start
+    for topic in (base, f"{base}.a"):
+        keeper.subscribe(topic, group="keeper")(_ignore)
+    async with sender, keeper, bus:
+        for topic in (base, f"{base}.a", f"{base}.a.b", f"{fresh('other')}.a"):
+            await sender.publish(topic, {"n": 1})
+        await deep.wait_for(3)
+        await one.wait_for(1)
+        await sender.publish(f"{base}.last", {"n": 2})
+        await one.wait_for(2)
+        await deep.wait_for(4)
+    assert sorted(deep.items) == sorted([base, f"{base}.a", f"{base}.a.b", f"{base}.last"])
+    assert sorted(one.items) == [f"{base}.a", f"{base}.last"]
+
+
+async def _ignore(data: dict[str, int]) -> None:
+    return None

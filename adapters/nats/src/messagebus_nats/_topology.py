@@ -234,7 +234,7 @@ class Topology:
             with contextlib.suppress(NotFoundError):
                 names = names_of(Destination(DestinationKind.TOPIC, head), prefix)
                 info = await self._js.stream_info(names.stream)
-                if info.config.retention is RetentionPolicy.INTEREST:
+                if info.config.retention == RetentionPolicy.INTEREST:  # nats-py leaves it a str
                     out[head] = names
         return out
 
