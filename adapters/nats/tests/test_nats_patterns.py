@@ -264,13 +264,19 @@ async def test_two_groups_retrying_one_message_each_get_their_retry(nats_url: st
 
 async def test_hash_matches_zero_segments_and_star_exactly_one(nats_url: str) -> None:
     """Catches ``#`` listed as NATS ``>`` alone (which needs one token at least: ``base.#``
-    would miss topic ``base``) and ``*`` matching deeper topics, for topics existing before
-    the subscription started (found by the first listing) and made after (by the rescan)."""
+    would miss topic ``base``, ``base.*.#`` topic ``base.a``) and ``*`` matching deeper
+    topics, for topics existing before the subscription started (found by the first listing)
+    and made after (by the rescan)."""
     base = fresh("zero")
     sender = Bus.from_url(nats_url, service="s")
     bus = Bus.from_url(f"{nats_url}&pattern_interval=0.2", service="z")
     deep: Collector[str] = Collector(TIMEOUT)
     one: Collector[str] = Collector(TIMEOUT)
+    mid: Collector[str] = Collector(TIMEOUT)
+
+    @bus.subscribe(f"{base}.*.#", group="mid")
+    async def on_mid(data: dict[str, int], envelope: Envelope) -> None:
+        mid.add(envelope.destination)
 
     @bus.subscribe(f"{base}.#", group="deep")
     async def on_deep(data: dict[str, int], envelope: Envelope) -> None:
@@ -291,6 +297,8 @@ async def test_hash_matches_zero_segments_and_star_exactly_one(nats_url: str) ->
         await sender.publish(f"{base}.last", {"n": 2})
         await one.wait_for(2)
         await deep.wait_for(4)
+        await mid.wait_for(3)
+    assert sorted(mid.items) == sorted([f"{base}.a", f"{base}.a.b", f"{base}.last"])
     assert sorted(deep.items) == sorted([base, f"{base}.a", f"{base}.a.b", f"{base}.last"])
     assert sorted(one.items) == [f"{base}.a", f"{base}.last"]
 

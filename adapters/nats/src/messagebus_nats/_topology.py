@@ -205,9 +205,15 @@ class Topology:
         (streams listed by the server, filtered by subject; queues and foreign streams left out)."""
         prefix = self._options.prefix
         head = pattern.split("#")[0].rstrip(".")
-        wanted = (head + ".>" if "#" in pattern else pattern) if head else ">"
-        wanted = f"{prefix}.{wanted}" if prefix else wanted
+        # "#" is NATS ">" (one token or more) after the head; "orders.#" also matches "orders".
+        filters = [f"{head}.>" if head else ">", *([head] if head and pattern.endswith(".#") else [])]
         out: dict[str, Names] = {}
+        for wanted in [pattern] if "#" not in pattern else filters:
+            await self._list(f"{prefix}.{wanted}" if prefix else wanted, pattern, out)
+        return out
+
+    async def _list(self, wanted: str, pattern: str, out: dict[str, Names]) -> None:
+        prefix = self._options.prefix
         offset, total = 0, 1
         while offset < total:
             request = json.dumps({"offset": offset, "subject": wanted}).encode()
@@ -229,14 +235,6 @@ class Topology:
                     and matches_pattern(pattern, topic)
                 ):
                     out[topic] = Names(config["name"], subjects[0], "", False)
-        # "orders.#" also matches "orders" itself, which "orders.>" does not list.
-        if pattern.endswith(".#") and head and matches_pattern(pattern, head) and "*" not in head:
-            with contextlib.suppress(NotFoundError):
-                names = names_of(Destination(DestinationKind.TOPIC, head), prefix)
-                info = await self._js.stream_info(names.stream)
-                if info.config.retention == RetentionPolicy.INTEREST:  # nats-py leaves it a str
-                    out[head] = names
-        return out
 
     async def ensure_consumer(self, names: Names, start: str | None = None) -> None:
         """Create the durable pull consumer of ``names`` (idempotent). A queue's consumer gets
