@@ -18,7 +18,20 @@ from pathlib import Path
 from benchmarks._common import machine
 
 HERE = Path(__file__).parent
-ORDER = ["memory", "tracing", "latency", "lifecycle", "rabbitmq", "kafka", "sqs", "pubsub", "redis", "nats", "outbox"]
+ORDER = [
+    "memory",
+    "tracing",
+    "latency",
+    "lifecycle",
+    "rabbitmq",
+    "kafka",
+    "sqs",
+    "pubsub",
+    "redis",
+    "nats",
+    "outbox",
+    "patterns",
+]
 SECTIONS = ["summary", *ORDER]
 
 
