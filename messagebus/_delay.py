@@ -13,6 +13,7 @@ The due time is wall-clock: producer and consumer clocks should agree (NTP).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from datetime import timedelta
@@ -44,7 +45,8 @@ def deliver_at(delay: object, what: str) -> str | None:
         raise ConfigurationError(f"delay of {what} must be between 0 and {MAX_DELAY:.0f} seconds, got {delay!r}")
     if seconds == 0:
         return None
-    return str(int((time.time() + seconds) * 1000))
+    # Rounded up to the millisecond: never due before the exact instant.
+    return str(math.ceil((time.time() + seconds) * 1000))
 
 
 def remaining(headers: Mapping[str, str], now: float | None = None) -> float:
