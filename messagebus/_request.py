@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping
 
@@ -26,12 +27,21 @@ from ._errors import LifecycleError, MessageBusError
 from ._message import Envelope, delivered_envelope
 from ._transport import Consumer, DeleteQueue, DeliveryLike, ReadyConsumer, Transport
 
-__all__ = ["REPLY_CONCURRENCY", "Replies", "past_reply_by", "reply_by"]
+__all__ = ["REPLY_CONCURRENCY", "REPLY_QUEUE_PATTERN", "Replies", "is_reply_queue", "past_reply_by", "reply_by"]
 
 logger = logging.getLogger("messagebus")
 
 #: Reply deliveries in flight on the reply queue (each only completes a future and acks).
 REPLY_CONCURRENCY = 16
+#: What a bus's reply queue is called (a regex over logical names): ``<service>.replies.<12 hex>``.
+REPLY_QUEUE_PATTERN = r".+\.replies\.[0-9a-f]{12}"
+_REPLY_QUEUE = re.compile(REPLY_QUEUE_PATTERN)
+
+
+def is_reply_queue(name: str) -> bool:
+    """Whether logical queue ``name`` is a bus's reply queue: one consumer, its owner, so a
+    transport may skip what competing consumers need (Kafka: a group join). Pure."""
+    return _REPLY_QUEUE.fullmatch(name) is not None
 
 
 def reply_by(timeout: float) -> str:

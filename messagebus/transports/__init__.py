@@ -21,6 +21,7 @@ from .._dispatch import WorkerPool
 from .._error_map import ErrorMap, ErrorRule, describe_error
 from .._headers import from_wire, to_wire
 from .._message import AttributeValue, OutgoingMessage
+from .._request import REPLY_QUEUE_PATTERN, is_reply_queue
 from .._transport import (
     Capabilities,
     Consumer,
@@ -36,6 +37,7 @@ from .._transport_base import TransportBase
 from . import headers
 
 __all__ = [
+    "REPLY_QUEUE_PATTERN",
     "AttributeValue",
     "Backoff",
     "BatchCall",
@@ -66,6 +68,7 @@ __all__ = [
     "describe_error",
     "from_wire",
     "headers",
+    "is_reply_queue",
     "matches_pattern",
     "parse_options",
     "sanitize_name",

@@ -38,13 +38,14 @@ from messagebus.transports import (
     Destination,
     DestinationKind,
     headers,
+    is_reply_queue,
 )
 
 from ._codec import DUE, TOPIC, RecordHeaders, encode_headers
 from ._connection import quietly
 from ._publishing import Publisher
 from ._telemetry import delivery_attributes
-from ._topology import is_reply_queue, subscription_names
+from ._topology import subscription_names
 
 __all__ = ["KafkaConsumer"]
 

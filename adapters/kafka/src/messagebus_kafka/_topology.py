@@ -9,7 +9,7 @@ Mapping (all names pass :func:`kafka_name`):
 - pattern ``P`` (``orders.*``, ``orders.#``) of group ``G``: a regex subscription over topic
   names (:func:`pattern_regex`) in the group ``P'.G``, where ``P'`` spells ``*`` and ``#`` as
   ``_star_`` and ``_hash_``; retries go to ``P'.G.retry``, dead letters to ``P'.G.dlq``
-- a request's reply queue (``<service>.replies.<12 hex>``, :func:`is_reply_queue`): a queue
+- a request's reply queue (``<service>.replies.<12 hex>``, the core's ``is_reply_queue``): a queue
   read by its one owner, which assigns itself every partition (no group join)
 """
 
@@ -25,12 +25,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.protocol.admin import DeleteGroupsRequest
 
 from messagebus import TopologyError
-from messagebus.transports import Destination, DestinationKind, sanitize_name
+from messagebus.transports import REPLY_QUEUE_PATTERN, Destination, DestinationKind, sanitize_name
 
 from ._errors import errors
 from ._options import KafkaOptions
 
-__all__ = ["SubscriptionNames", "TopicAdmin", "is_reply_queue", "kafka_name", "pattern_regex", "physical_names"]
+__all__ = ["SubscriptionNames", "TopicAdmin", "kafka_name", "pattern_regex", "physical_names"]
 
 logger = logging.getLogger("messagebus.kafka")
 
@@ -39,12 +39,7 @@ MAX_TOPIC_LENGTH = 249
 _ALLOWED = r"A-Za-z0-9._-"
 QUEUE_GROUP_PREFIX = "messagebus.queue."
 #: Topics a pattern never matches: retry topics, dead-letter queues, reply queues.
-_INTERNAL = r"(?!.*\.(?:retry|dlq)$)(?!.*\.replies\.[0-9a-f]{12}$)(?!\.)"
-
-
-def is_reply_queue(name: str) -> bool:
-    """Whether queue ``name`` is a request's reply queue (the core's ``<service>.replies.<hex>``)."""
-    return re.fullmatch(r".*\.replies\.[0-9a-f]{12}", name) is not None
+_INTERNAL = rf"(?!.*\.(?:retry|dlq)$)(?!{REPLY_QUEUE_PATTERN}$)(?!\.)"
 
 
 def pattern_regex(pattern: str, retry_topic: str) -> str:
