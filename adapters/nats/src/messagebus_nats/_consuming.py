@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -104,7 +105,8 @@ class NatsConsumer(ConsumerBase):
             self._unsettled.pop(delivery, None)
             await msg.nak(delay=delay or None)
             return
-        await self._copy(delivery, extra, delivery.attempt + 1, int((time.time() + delay) * 1000) if delay > 0 else 0)
+        due = math.ceil((time.time() + delay) * 1000) if delay > 0 else 0  # whole ms, never early
+        await self._copy(delivery, extra, delivery.attempt + 1, due)
 
     async def _copy(self, delivery: Delivery, extra: Mapping[str, str], attempt: int, due: int) -> None:
         # A confirmed copy for this consumer only (attempt, due time), then +ACK of the original.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import os
 import socket
 import uuid
@@ -138,12 +139,13 @@ class RedisConsumer(ConsumerBase):
     async def _hand_over(self, deliveries: Sequence[Delivery], delay: float, headers: Mapping[str, str]) -> None:
         n = self.names
         pairs = [x for item in headers.items() for x in item]
+        delay_ms = math.ceil(delay * 1000)  # never early: due times are whole milliseconds
         # A cluster pipeline refuses scripts: there each runs alone (its keys share one slot).
         pipe = None if self._cluster else self._client.pipeline(transaction=False)
         for d in deliveries:
             entry: RedisEntry = d.native
             delete = "1" if entry.stream in self._deletes else "0"
-            args: list[str | int] = [n.group, self.consumer, entry.id, int(delay * 1000), d.attempt + 1, delete, *pairs]
+            args: list[str | int] = [n.group, self.consumer, entry.id, delay_ms, d.attempt + 1, delete, *pairs]
             await self._redeliver(
                 keys=[entry.stream, n.retry, n.due], args=args, client=self._client if pipe is None else pipe
             )
