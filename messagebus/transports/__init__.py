@@ -37,7 +37,6 @@ from .._transport_base import TransportBase
 from . import headers
 
 __all__ = [
-    "REPLY_QUEUE_PATTERN",
     "AttributeValue",
     "Backoff",
     "BatchCall",
@@ -57,6 +56,7 @@ __all__ = [
     "ErrorRule",
     "OutgoingMessage",
     "PublishAttributes",
+    "REPLY_QUEUE_PATTERN",
     "ReadyConsumer",
     "Transport",
     "TransportBase",
