@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 from kafka_broker import TEST_OPTIONS, Tansu, crashable_tansu, start_tansu
+from messagebus_kafka import KafkaTransport
 
 from messagebus.testing._brokers import BrokerProcess
 
@@ -60,3 +61,14 @@ def kafka_crash_broker() -> Iterator[BrokerProcess]:
 def unique() -> str:
     """A fresh name prefix so tests never share topics or groups."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def transport(kafka_url: str) -> AsyncIterator[KafkaTransport]:
+    """A connected Kafka transport on the test broker, closed afterwards."""
+    t = KafkaTransport.from_url(kafka_url)
+    await t.connect()
+    try:
+        yield t
+    finally:
+        await t.close()

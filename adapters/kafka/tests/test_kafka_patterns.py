@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from messagebus_kafka import KafkaTransport, physical_names
 from messagebus_kafka._topology import pattern_regex
@@ -20,16 +18,6 @@ from messagebus import Bus
 from messagebus.transports import Delivery, Destination, DestinationKind, matches_pattern
 
 TIMEOUT = 30.0
-
-
-@pytest.fixture
-async def transport(kafka_url: str) -> AsyncIterator[KafkaTransport]:
-    t = KafkaTransport.from_url(kafka_url)
-    await t.connect()
-    try:
-        yield t
-    finally:
-        await t.close()
 
 
 async def topic_names(kafka_url: str) -> set[str]:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
-import pytest
 from messagebus_kafka import KafkaTransport
 
 from messagebus.transports import Delivery, Destination, DestinationKind, OutgoingMessage
@@ -52,16 +51,6 @@ class Collector:
                 await self.changed.wait()
 
         await asyncio.wait_for(loop(), timeout)
-
-
-@pytest.fixture
-async def transport(kafka_url: str) -> AsyncIterator[KafkaTransport]:
-    t = KafkaTransport.from_url(kafka_url)
-    await t.connect()
-    try:
-        yield t
-    finally:
-        await t.close()
 
 
 async def test_topic_round_trip_with_headers_key_and_attributes(transport: KafkaTransport, unique: str) -> None:
