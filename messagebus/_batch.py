@@ -48,7 +48,9 @@ def _observe(done: asyncio.Future[None]) -> None:
 
 class BatchCollector:
     """Gathers messages of one subscription into batches of at most ``size`` and runs
-    ``call`` on each, ``timeout`` seconds after a batch's first message at the latest.
+    ``call`` on each, ``timeout`` seconds after a batch's first message at the latest, with
+    at most ``concurrency`` calls at once (the transport is given room for one more batch,
+    so the next one fills while a call runs).
 
     :meth:`handler` is the innermost handler of the subscription's chain. A handler call
     that is cancelled (stop's grace ran out) leaves its message unsettled: it is taken out
@@ -56,9 +58,12 @@ class BatchCollector:
     redelivered). Not thread-safe: use it from one event loop.
     """
 
-    __slots__ = ("_call", "_current", "_decode", "_size", "_timeout", "_where")
+    __slots__ = ("_call", "_current", "_decode", "_running", "_size", "_timeout", "_where")
 
-    def __init__(self, decode: Decode, call: BatchCall, size: int, timeout: float, where: str) -> None:
+    def __init__(
+        self, decode: Decode, call: BatchCall, size: int, timeout: float, where: str, *, concurrency: int = 1
+    ) -> None:
+        self._running = asyncio.Semaphore(concurrency)
         self._decode = decode
         self._call = call
         self._size = size
@@ -110,7 +115,8 @@ class BatchCollector:
     async def _run(self, batch: _Batch) -> None:
         done = batch.done
         try:
-            await self._call(list(batch.items), list(batch.envelopes))
+            async with self._running:
+                await self._call(list(batch.items), list(batch.envelopes))
         except asyncio.CancelledError:
             if not done.done():
                 done.cancel()

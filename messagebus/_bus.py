@@ -36,7 +36,7 @@ from ._middleware import Handler, Middleware, PublishFn, PublishMiddleware, comp
 from ._observability import default_consume_middleware, default_publish_middleware, filtered_counter
 from ._request import Replies, past_reply_by, reply_by
 from ._retry import Retry
-from ._serialization import JSON, decoder_for, encode, type_name
+from ._serialization import JSON, Decoder, decoder_for, encode, type_name
 from ._settle import Settler
 from ._transport import Consumer, PublishAttributes, ReadyConsumer, Transport
 
@@ -141,6 +141,7 @@ class Bus:
         self._names: set[str] = set()
         self._types: dict[type, str] = {}
         self._replies: Replies | None = None
+        self._decoders: dict[Any, Decoder] = {}
         base: PublishFn = self._publish_to_transport
         self._publish: PublishFn = compose(base, self._publish_middleware)
 
@@ -211,7 +212,7 @@ class Bus:
         matched by the broker where it can, else acked unhandled at the client and counted
         in ``messagebus.filtered.messages``. ``batch=N`` calls the handler with a
         ``list[T]`` of up to N messages (a partial batch ``batch_timeout`` seconds after its
-        first message); ``concurrency`` is then the number of batches in flight.
+        first message); ``concurrency`` is then the number of batch calls at once.
 
         Raises :class:`LifecycleError` after start, :class:`InvalidDestination`,
         :class:`InvalidHandler`, :class:`InvalidHeaders` (a filter name), or
@@ -324,8 +325,9 @@ class Bus:
                     on_dead_letter=self._reply_failure if reg.source.kind is DestinationKind.QUEUE else None,
                     filtered=filtered_counter(system, reg.source.name, reg.source.group) if reg.source.filter else None,
                 )
-                # A batch subscription takes up to `batch` messages per batch in flight.
-                concurrency = reg.concurrency * (reg.batch or 1)
+                # A batch subscription holds `batch` messages per batch in flight, plus one
+                # batch filling while the calls run (else the broker idles between batches).
+                concurrency = (reg.concurrency + 1) * reg.batch if reg.batch else reg.concurrency
                 consumer = await self.transport.subscribe(reg.source, settler.handle, concurrency=concurrency)
                 self._consumers.append(consumer)
             await self._wait_ready()
@@ -339,7 +341,9 @@ class Bus:
         where = str(reg.source)
         if reg.batch is not None:
             decode, call = bind_batch_handler(reg.handler, where)
-            return BatchCollector(decode, call, reg.batch, reg.batch_timeout, where).handler()
+            return BatchCollector(
+                decode, call, reg.batch, reg.batch_timeout, where, concurrency=reg.concurrency
+            ).handler()
         handler = bind_handler(reg.handler, where)
         if reg.source.kind is DestinationKind.QUEUE and may_reply(reg.handler):
             return self._replying(handler)
@@ -549,7 +553,8 @@ class Bus:
         if replies is None:
             replies = self._replies = Replies(self.transport, self.service)
         try:
-            await asyncio.wait_for(replies.open(), timeout)
+            if not replies.is_open:
+                await asyncio.wait_for(replies.open(), timeout)
         except TimeoutError:
             raise RequestTimeout(
                 f"no reply from {queue!r} within {timeout}s: the reply queue was not ready in time"
@@ -577,7 +582,11 @@ class Bus:
             )
         if reply_type is None:
             return reply
-        return decoder_for(reply_type)(reply.body, reply.wire_headers.get(h.CE_CONTENT_TYPE, JSON))
+        decode = self._decoders.get(reply_type)
+        if decode is None:
+            # Built once per type: a TypeAdapter per request cost more than the rest of it.
+            decode = self._decoders[reply_type] = decoder_for(reply_type)
+        return decode(reply.body, reply.wire_headers.get(h.CE_CONTENT_TYPE, JSON))
 
     async def publish_many(
         self,

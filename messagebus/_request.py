@@ -72,6 +72,11 @@ class Replies:
         self._opening: asyncio.Task[Consumer] | None = None
         self._closed = False
 
+    @property
+    def is_open(self) -> bool:
+        """Whether the reply queue is consumed (no :meth:`open` needed)."""
+        return self._consumer is not None
+
     async def open(self) -> None:
         """Make and consume the reply queue (once; concurrent callers share the one attempt),
         and wait until it receives. Raises :class:`LifecycleError` once closed, transport

@@ -26,6 +26,7 @@ from messagebus import (
     Retry,
 )
 from messagebus.testing import Collector
+from messagebus.testing._collect import PeakGate
 from messagebus.testing._otel import TelemetryCapture, capture_telemetry
 from messagebus.transports.memory import MemoryBroker
 
@@ -348,3 +349,25 @@ async def test_each_message_of_a_batch_has_its_own_process_span(
     consumers = [s for s in telemetry.spans() if s.kind is SpanKind.CONSUMER]
     assert len(consumers) == 5
     assert len({s.parent.span_id for s in consumers if s.parent}) == 5
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+async def test_batch_concurrency_is_the_number_of_batch_calls_at_once(
+    bus_factory: BusFactory, concurrency: int
+) -> None:
+    """Catches batch calls running beyond ``concurrency`` (the room given to the transport
+    for the next batch to fill must not become another call), or fewer than it."""
+    gate = PeakGate(target=concurrency + 1, timeout=0.3)
+    got: Collector[int] = Collector(10)
+    bus = bus_factory()
+
+    @bus.consume("peak", batch=2, batch_timeout=0.01, concurrency=concurrency)
+    async def bulk(jobs: list[Job]) -> None:
+        await gate.hold()
+        for job in jobs:
+            got.add(job["n"])
+
+    async with bus:
+        await bus.send_many("peak", [Job(n=i) for i in range(12)])
+        await got.wait_for(12)
+    assert gate.peak == concurrency
