@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from pubsub_helpers import Emulator, crashable_emulator, url_for
+from pubsub_helpers import Admin, Emulator, crashable_emulator, url_for
 
 from messagebus.testing import free_port, missing_broker, wait_for_port
 from messagebus.testing._brokers import BrokerProcess
@@ -79,3 +79,11 @@ def pubsub_url(pubsub_emulator: str) -> str:
 def name() -> str:
     """A unique logical name prefix for one test (the emulator is shared)."""
     return f"t.ps.{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def admin(pubsub_emulator: str) -> AsyncIterator[Admin]:
+    """Google's own clients on the emulator, to inspect what the adapter made."""
+    a = Admin(pubsub_emulator)
+    yield a
+    await a.close()

@@ -10,12 +10,57 @@ import signal
 import subprocess
 from pathlib import Path
 
+import grpc
+from google.api_core import exceptions as gexc
+from google.pubsub_v1 import PublisherAsyncClient, SubscriberAsyncClient
+from google.pubsub_v1.services.publisher.transports import PublisherGrpcAsyncIOTransport
+from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncIOTransport
+from messagebus_pubsub import resource_id
+
 from messagebus.testing import free_port, missing_broker, wait_for_port
 from messagebus.testing._brokers import BrokerProcess
 
 PROJECT = "messagebus-test"
 # Short ack deadline: a message lost with a dropped stream comes back within seconds.
 TEST_OPTIONS = {"ack_deadline": "10", "connect_timeout": "10", "publish_timeout": "30"}
+
+
+class Admin:
+    """The emulator inspected through Google's own async clients."""
+
+    def __init__(self, host: str) -> None:
+        channel = grpc.aio.insecure_channel
+        self.publisher = PublisherAsyncClient(transport=PublisherGrpcAsyncIOTransport(channel=channel(host)))
+        self.subscriber = SubscriberAsyncClient(transport=SubscriberGrpcAsyncIOTransport(channel=channel(host)))
+
+    async def resources(self, containing: str) -> list[str]:
+        """Ids of the project's topics and subscriptions whose id contains ``containing``."""
+        project = f"projects/{PROJECT}"
+        topics = [t.name async for t in await self.publisher.list_topics(project=project)]
+        subs = [s.name async for s in await self.subscriber.list_subscriptions(project=project)]
+        return sorted(p.rsplit("/", 1)[-1] for p in topics + subs if containing in p.rsplit("/", 1)[-1])
+
+    async def filter_of(self, subscription: str) -> str:
+        """The filter of subscription ``subscription`` (logical name; empty: none)."""
+        sub = await self.subscriber.get_subscription(
+            subscription=f"projects/{PROJECT}/subscriptions/{resource_id(subscription)}"
+        )
+        return str(sub.filter)
+
+    async def subscription_topic(self, name: str) -> str | None:
+        """The topic id of subscription ``name`` (logical name), ``None`` if it does not exist."""
+        try:
+            sub = await self.subscriber.get_subscription(
+                subscription=f"projects/{PROJECT}/subscriptions/{resource_id(name)}"
+            )
+        except gexc.NotFound:
+            return None
+        return str(sub.topic).rsplit("/", 1)[-1]
+
+    async def close(self) -> None:
+        """Close both clients."""
+        await self.publisher.transport.close()
+        await self.subscriber.transport.close()
 
 
 def url_for(emulator_host: str, **extra: str) -> str:

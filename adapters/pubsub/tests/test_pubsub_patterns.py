@@ -7,51 +7,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-import grpc
 import pytest
-from google.pubsub_v1 import PublisherAsyncClient, SubscriberAsyncClient
-from google.pubsub_v1.services.publisher.transports import PublisherGrpcAsyncIOTransport
-from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncIOTransport
 from messagebus_pubsub import PubSubTransport, _consuming, resource_id
 from messagebus_pubsub._codec import native_filter
-from pubsub_helpers import PROJECT
+from pubsub_helpers import Admin
 
 from messagebus import Bus, Envelope, InvalidDestination, TopologyError, UnsupportedFeature
 from messagebus.testing._collect import Collector
 from messagebus.transports import Delivery, Destination, DestinationKind, OutgoingMessage, TransportURL
-
-
-class Admin:
-    """The emulator inspected through Google's own async clients."""
-
-    def __init__(self, host: str) -> None:
-        channel = grpc.aio.insecure_channel
-        self.publisher = PublisherAsyncClient(transport=PublisherGrpcAsyncIOTransport(channel=channel(host)))
-        self.subscriber = SubscriberAsyncClient(transport=SubscriberGrpcAsyncIOTransport(channel=channel(host)))
-
-    async def resources(self, containing: str) -> list[str]:
-        """Ids of the project's topics and subscriptions whose id contains ``containing``."""
-        project = f"projects/{PROJECT}"
-        topics = [t.name async for t in await self.publisher.list_topics(project=project)]
-        subs = [s.name async for s in await self.subscriber.list_subscriptions(project=project)]
-        return sorted(p.rsplit("/", 1)[-1] for p in topics + subs if containing in p.rsplit("/", 1)[-1])
-
-    async def filter_of(self, subscription: str) -> str:
-        sub = await self.subscriber.get_subscription(
-            subscription=f"projects/{PROJECT}/subscriptions/{resource_id(subscription)}"
-        )
-        return str(sub.filter)
-
-    async def close(self) -> None:
-        await self.publisher.transport.close()
-        await self.subscriber.transport.close()
-
-
-@pytest.fixture
-async def admin(pubsub_emulator: str) -> AsyncIterator[Admin]:
-    a = Admin(pubsub_emulator)
-    yield a
-    await a.close()
 
 
 @pytest.fixture

@@ -10,14 +10,10 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 from google.api_core import exceptions as gexc
-from google.pubsub_v1 import PublisherAsyncClient, SubscriberAsyncClient
-from google.pubsub_v1.services.publisher.transports import PublisherGrpcAsyncIOTransport
-from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncIOTransport
 from messagebus_pubsub import PubSubTransport, resource_id
-from pubsub_helpers import PROJECT, url_for
+from pubsub_helpers import PROJECT, Admin, url_for
 
 from messagebus import (
     Bus,
@@ -45,38 +41,6 @@ async def transport(pubsub_url: str) -> AsyncIterator[PubSubTransport]:
     await t.connect()
     yield t
     await t.close()
-
-
-class Admin:
-    """The emulator inspected through Google's own async clients."""
-
-    def __init__(self, host: str) -> None:
-        self.publisher = PublisherAsyncClient(
-            transport=PublisherGrpcAsyncIOTransport(channel=grpc.aio.insecure_channel(host))
-        )
-        self.subscriber = SubscriberAsyncClient(
-            transport=SubscriberGrpcAsyncIOTransport(channel=grpc.aio.insecure_channel(host))
-        )
-
-    async def subscription_topic(self, name: str) -> str | None:
-        try:
-            sub = await self.subscriber.get_subscription(
-                subscription=f"projects/{PROJECT}/subscriptions/{resource_id(name)}"
-            )
-        except gexc.NotFound:
-            return None
-        return str(sub.topic).rsplit("/", 1)[-1]
-
-    async def close(self) -> None:
-        await self.publisher.transport.close()
-        await self.subscriber.transport.close()
-
-
-@pytest.fixture
-async def admin(pubsub_emulator: str) -> AsyncIterator[Admin]:
-    a = Admin(pubsub_emulator)
-    yield a
-    await a.close()
 
 
 def out(dest: Destination, body: bytes, key: str | None = None, **headers: str) -> OutgoingMessage:
