@@ -12,7 +12,6 @@ with that exception and is retried or dead-lettered by its own ``Retry`` count.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -127,6 +126,5 @@ class BatchCollector:
             if not done.done():
                 done.set_result(None)
         finally:
-            with contextlib.suppress(Exception):
-                if not done.done():
-                    done.cancel()
+            if not done.done():  # anything else ended the call (KeyboardInterrupt ...): no outcome
+                done.cancel()

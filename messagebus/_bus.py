@@ -219,19 +219,18 @@ class Bus:
         :class:`ConfigurationError` for a duplicate or a bad ``batch``/``batch_timeout``;
         :class:`UnsupportedFeature` for a pattern on a transport without wildcards."""
         name = validate_pattern(topic, "topic")
-        if "*" in name or "#" in name:
-            capabilities = self.transport.capabilities
-            if not capabilities.wildcards:
-                raise UnsupportedFeature(
-                    f"{self.transport.messaging_system} cannot subscribe to the pattern {name!r}: "
-                    f"{capabilities.wildcards_reason}; subscribe to each topic by name"
-                )
         source = Destination(
             DestinationKind.TOPIC,
             name,
             validate_name(group if group is not None else self.service, "group"),
             _filter(filter, name),
         )
+        capabilities = self.transport.capabilities
+        if source.is_pattern and not capabilities.wildcards:
+            raise UnsupportedFeature(
+                f"{self.transport.messaging_system} cannot subscribe to the pattern {name!r}: "
+                f"{capabilities.wildcards_reason}; subscribe to each topic by name"
+            )
         return self._register(source, concurrency, retry, middleware, batch, batch_timeout)
 
     def consume(
@@ -278,10 +277,7 @@ class Bus:
             raise ConfigurationError(
                 f"batch for {source} must be an int >= 1 (the most messages per call), got {batch!r}"
             )
-        if isinstance(batch_timeout, bool) or not isinstance(batch_timeout, int | float) or not batch_timeout > 0:
-            raise ConfigurationError(
-                f"batch_timeout for {source} must be a number of seconds > 0, got {batch_timeout!r}"
-            )
+        _seconds(batch_timeout, f"batch_timeout for {source}")
         chain = tuple(middleware)
 
         def decorator(fn: H) -> H:
@@ -541,10 +537,7 @@ class Bus:
         decode as ``reply_type``, :class:`LifecycleError` when the bus stops first, and
         like :meth:`send`."""
         self._check_running("request")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-            raise ConfigurationError(
-                f"timeout of a request to {queue!r} must be a number of seconds > 0, got {timeout!r}"
-            )
+        _seconds(timeout, f"timeout of a request to {queue!r}")
         destination = Destination(DestinationKind.QUEUE, self._name(queue, "queue"))
         message = self._message(destination, payload, key, headers)
         loop = asyncio.get_running_loop()

@@ -3,8 +3,8 @@
 A delayed message carries its due time (``messagebus-deliver-at``, Unix epoch milliseconds)
 and goes to its destination at once. A consumer that receives it early does not run the
 handler: it hands it to the transport's delayed redelivery (the same means retries use:
-RabbitMQ's TTL delay buckets, Kafka's paused retry topic, SQS visibility, Pub/Sub's held
-redelivery, Redis's due-time set, NATS ``nak(delay)``), so every transport delays without
+RabbitMQ's TTL delay buckets, Kafka's retry topic, SQS visibility, Pub/Sub's held
+redelivery, Redis's due-time set, a held copy on NATS), so every transport delays without
 new machinery, each group holds its own copy, and a held message never blocks others.
 Adapters with a native per-message delay (SQS ``DelaySeconds``) may also use it on publish;
 the check at the consumer stays, so a delay longer than the native limit still holds.
@@ -21,7 +21,7 @@ from datetime import timedelta
 from . import _headers as h
 from ._errors import ConfigurationError
 
-__all__ = ["MAX_DELAY", "deliver_at", "held_count", "remaining"]
+__all__ = ["MAX_DELAY", "deliver_at", "remaining"]
 
 #: The longest delay accepted (one year): a typo in units, not a plan, is beyond it.
 MAX_DELAY = 365 * 24 * 3600.0
@@ -49,7 +49,7 @@ def deliver_at(delay: object, what: str) -> str | None:
     return str(math.ceil((time.time() + seconds) * 1000))
 
 
-def remaining(headers: Mapping[str, str], now: float | None = None) -> float:
+def remaining(headers: Mapping[str, str]) -> float:
     """Seconds until the message with ``headers`` is due (<= 0: due, or not delayed). A
     malformed due time from a foreign producer counts as due."""
     due = headers.get(h.DELIVER_AT)
@@ -59,15 +59,4 @@ def remaining(headers: Mapping[str, str], now: float | None = None) -> float:
         due_ms = int(due)
     except ValueError:
         return 0.0
-    return due_ms / 1000 - (time.time() if now is None else now)
-
-
-def held_count(headers: Mapping[str, str]) -> int:
-    """How many deliveries of this message were held back so far (0 when none)."""
-    raw = headers.get(h.HELD)
-    if not raw:
-        return 0
-    try:
-        return max(int(raw), 0)
-    except ValueError:
-        return 0
+    return due_ms / 1000 - time.time()

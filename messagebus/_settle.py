@@ -12,7 +12,7 @@ from typing import Any
 
 from . import _headers as h
 from ._dead_letter import dead_letter_headers, error_message, error_type_name, utc_now
-from ._delay import held_count, remaining
+from ._delay import remaining
 from ._destination import Destination, DestinationKind
 from ._errors import DecodeError, MessageBusError
 from ._message import Envelope, OutgoingMessage, delivered_envelope
@@ -40,8 +40,6 @@ class Outcome(StrEnum):
 
     ACK = "ack"  #: handled; acked
     RETRY = "retry"  #: redelivery scheduled (backoff after a failure, or a ``Nack``)
-    HELD = "held"  #: a delayed message received before it was due, handed back until then
-    FILTERED = "filtered"  #: did not match the subscription's filter: acked, not handled
     DEAD_LETTER = "dead_letter"  #: copied to the dead-letter queue, then acked
     UNSETTLED = "unsettled"  #: not settled (cancelled, or settling failed): the broker redelivers
 
@@ -196,11 +194,11 @@ class Settler:
         attempt = delivery.attempt
         if h.DELIVER_AT in headers:
             wait = remaining(headers)
-            held = held_count(headers)
+            held = _count(headers, h.HELD, attempt - 1)
             if wait > 0:
                 await self._hold(delivery, wait, held)
                 return
-            attempt = max(attempt - held, 1)
+            attempt -= held
         if self._filter and not self._matches(headers):
             await self._skip(delivery)
             return
