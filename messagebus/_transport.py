@@ -22,6 +22,7 @@ from ._message import AttributeValue, OutgoingMessage
 
 __all__ = [
     "Capabilities",
+    "BrokerAdmin",
     "Consumer",
     "DeleteQueue",
     "DeliveryHandler",
@@ -173,6 +174,51 @@ class DeleteQueue(Protocol):
         """Delete logical queue ``name`` and every message in it (and its dead-letter queue
         if one was made). Idempotent: a queue that does not exist is not an error. Raises
         :class:`TransportError` when the broker refuses."""
+        ...
+
+
+@runtime_checkable
+class BrokerAdmin(Protocol):
+    """Optional capability (every transport of this repository has it): what the operator's
+    tools ask of the broker. ``Bus.peek_dead_letters``/``replay_dead_letters``/
+    ``purge_dead_letters``, ``messagebus dlq``, ``tail`` and ``monitor`` use it; reading and
+    removing messages is done by the core through :meth:`Transport.subscribe` (a dead-letter
+    queue is a queue), so an adapter only answers what a consumer cannot.
+
+    Used from the transport's event loop, like the rest of it; every method may be called
+    concurrently with publishing and consuming. Errors are mapped like ``publish``'s
+    (:class:`TransportError` subclasses, the native error chained).
+    """
+
+    async def dead_letter_queues(self) -> list[str]:
+        """The logical names (``<topic>.<group>.dlq``, ``<queue>.dlq``) of the dead-letter
+        queues that exist on the broker, sorted. A broker name that cannot be mapped back to a
+        logical one (cut and hashed) is left out. Read-only."""
+        ...
+
+    async def depth(self, source: Destination) -> int | None:
+        """How many messages of ``source`` (a queue, or a topic's group) are stored and not
+        yet taken by a consumer: RabbitMQ's ready count, SQS's approximate visible count,
+        Kafka's lag behind the group's committed offsets, Redis's group lag, NATS's pending
+        count. ``0`` when the queue or group does not exist; ``None`` when the broker does not
+        tell (the adapter README says where). Read-only, never creates anything."""
+        ...
+
+    async def publish_to_group(self, source: Destination, messages: Sequence[OutgoingMessage]) -> None:
+        """Store ``messages`` for the one group ``source`` of a topic (``source.group`` set)
+        and for no other group: its queue, its retry topic or subject, whatever the adapter's
+        redelivery already uses; a replayed dead letter goes back this way. Each message is
+        delivered as a first attempt (``attempt == 1``) with its headers, key and body as
+        given; ``message.destination`` is the topic and is otherwise ignored. Returns once
+        the broker confirmed every message, like :meth:`Transport.publish`, and raises like it.
+        Creates the group's queue if it does not exist yet."""
+        ...
+
+    async def delete_group(self, source: Destination) -> None:
+        """Delete a topic group's subscription (``source.group`` set): its queue, consumer
+        group or subscription, with its retry and dead-letter parts, so that a throwaway
+        group (``messagebus tail``) leaves nothing behind. Idempotent: a group that does not
+        exist is not an error. Never touches another group."""
         ...
 
 

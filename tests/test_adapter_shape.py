@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = sorted(p for p in (ROOT / "adapters").glob("*/src/messagebus_*") if p.is_dir())
 MODULES = {
     "__init__",
+    "_admin",
     "_codec",
     "_connection",
     "_consuming",
@@ -27,7 +28,8 @@ MODULES = {
 }
 #: Logical lines of code of one adapter (docstrings, comments and blank lines not counted):
 #: the budget of a thin mapping. The docstrings that state each contract are not held against it.
-CODE_LINES_LIMIT = 1_000
+#: 1,000 until issue 18 added ``BrokerAdmin`` (four read/redeliver/delete methods, in ``_admin``).
+CODE_LINES_LIMIT = 1_100
 
 
 def code_lines(path: Path) -> int:

@@ -23,6 +23,7 @@ from .._headers import from_wire, to_wire
 from .._message import AttributeValue, OutgoingMessage
 from .._request import REPLY_QUEUE_PATTERN, is_reply_queue
 from .._transport import (
+    BrokerAdmin,
     Capabilities,
     Consumer,
     DeleteQueue,
@@ -42,6 +43,7 @@ __all__ = [
     "BatchCall",
     "Batcher",
     "BlockingWorker",
+    "BrokerAdmin",
     "Capabilities",
     "Consumer",
     "ConsumerBase",
