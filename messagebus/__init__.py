@@ -17,6 +17,7 @@ Quick start::
 from ._bus import Bus, BusState
 from ._clock import ManualClock
 from ._config import TransportURL
+from ._dead_letters import QueueDepth
 from ._destination import Destination, DestinationKind
 from ._errors import (
     ConfigurationError,
@@ -75,6 +76,7 @@ __all__ = [
     "PublishError",
     "PublishFn",
     "PublishMiddleware",
+    "QueueDepth",
     "Reject",
     "RequestFailed",
     "RequestTimeout",

@@ -13,10 +13,12 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast, overload
 
+from . import _dead_letters
 from . import _headers as h
 from ._batch import BatchCollector
 from ._config import TransportURL
 from ._dead_letter import error_message, error_type_name
+from ._dead_letters import QueueDepth
 from ._delay import deliver_at
 from ._destination import Destination, DestinationKind, validate_name, validate_pattern
 from ._discovery import load_transport
@@ -454,6 +456,57 @@ class Bus:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await self.stop(grace)
+
+    # -- operating: dead letters and depths -------------------------------------------------
+
+    async def dead_letter_queues(self) -> list[QueueDepth]:
+        """Every dead-letter queue on the broker (not only this bus's) with its depth, sorted
+        by name. Read-only. Raises :class:`LifecycleError` unless the bus runs,
+        :class:`UnsupportedFeature` when the transport is no :class:`BrokerAdmin`."""
+        self._check_running("list dead-letter queues")
+        return await _dead_letters.dead_letter_queues(self.transport)
+
+    async def queue_depth(self, name: str, group: str | None = None) -> int | None:
+        """Messages stored and not yet taken in queue ``name``, or in topic ``name``'s
+        ``group`` (``None``: the broker does not tell; ``0``: no such queue or group; see
+        :meth:`BrokerAdmin.depth`). Read-only; raises like :meth:`dead_letter_queues`."""
+        self._check_running("read a queue depth")
+        source = (
+            Destination(DestinationKind.TOPIC, self._name(name, "topic"), validate_name(group, "group"))
+            if group is not None
+            else Destination(DestinationKind.QUEUE, self._name(name, "queue"))
+        )
+        return await _dead_letters.admin_of(self.transport).depth(source)
+
+    async def peek_dead_letters(self, queue: str, limit: int = 10, *, wait: float = 1.0) -> list[Envelope]:
+        """Up to ``limit`` dead letters of ``queue`` (``<topic>.<group>.dlq``, ``<queue>.dlq``)
+        as envelopes (body, headers with the ``dlq-*`` failure record), removing nothing. It
+        returns once it has ``limit``, or the queue's depth, or after ``wait`` seconds
+        without a message. Raises :class:`ConfigurationError` for a name not ending in
+        ``.dlq`` or a bad limit, and like :meth:`dead_letter_queues`."""
+        self._check_running("peek at dead letters")
+        return await _dead_letters.peek(self.transport, queue, limit, wait=_seconds(wait, "wait"))
+
+    async def replay_dead_letters(
+        self, queue: str, limit: int | None = None, *, ids: Iterable[str] | None = None, wait: float = 1.0
+    ) -> int:
+        """Send dead letters of ``queue`` back to the ORIGINAL group (or queue) only, up to
+        ``limit`` (``None``: all), only those with an id in ``ids`` when given; returns how
+        many. Same id, type, content type, key, body and headers; the attempt count starts
+        over at 1 and the header ``dlq-replayed`` says when. Each is removed from ``queue``
+        only after the broker confirmed its replay: a crash mid-replay duplicates, never
+        loses. Other groups of the topic never see a replayed message. Raises like
+        :meth:`peek_dead_letters`; a replay publish that fails raises its error with that
+        dead letter and the rest still in ``queue``."""
+        self._check_running("replay dead letters")
+        chosen = None if ids is None else [str(i) for i in ids]
+        return await _dead_letters.replay(self.transport, queue, limit, ids=chosen, wait=_seconds(wait, "wait"))
+
+    async def purge_dead_letters(self, queue: str, *, wait: float = 1.0) -> int:
+        """Remove every dead letter of ``queue`` (those there when it starts; it stops after
+        ``wait`` seconds without one); returns how many. Raises like :meth:`peek_dead_letters`."""
+        self._check_running("purge dead letters")
+        return await _dead_letters.purge(self.transport, queue, wait=_seconds(wait, "wait"))
 
     # -- publishing ------------------------------------------------------------------------
 

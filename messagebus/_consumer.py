@@ -21,7 +21,7 @@ from ._errors import ConfigurationError
 from ._message import AttributeValue
 from ._transport import DeliveryHandler, DeliveryLike
 
-__all__ = ["ConsumerBase", "check_concurrency"]
+__all__ = ["ConsumerBase", "UnorderedHandler", "check_concurrency"]
 
 logger = logging.getLogger("messagebus")
 
@@ -33,6 +33,17 @@ def check_concurrency(concurrency: object, what: str) -> int:
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ConfigurationError(f"concurrency of {what} must be an int >= 1, got {concurrency!r}")
     return concurrency
+
+
+class UnorderedHandler:
+    """Base of a delivery handler that wants no per-key order: every consumer built on
+    :class:`ConsumerBase` hands it deliveries of one key without waiting for the earlier ones
+    to settle. The dead-letter tools are one: they hold what they read unsettled, and a held
+    message must not hide the next message of its key. Subclasses define ``__call__`` as a
+    :data:`DeliveryHandler`."""
+
+    async def __call__(self, delivery: DeliveryLike) -> None:
+        raise NotImplementedError
 
 
 class ConsumerBase:
@@ -68,7 +79,7 @@ class ConsumerBase:
         self.pool = WorkerPool(
             self.pool_handler(handler),
             concurrency,
-            ordered=ordered,
+            ordered=ordered and not isinstance(handler, UnorderedHandler),
             name=name,
             capacity=capacity,
             finished=self._finished,

@@ -40,12 +40,15 @@ def dead_letter_headers(
 ) -> dict[str, str]:
     """The headers of a dead-lettered copy: the original ones (without retry bookkeeping)
     plus ``dlq-destination``, ``dlq-group``, ``dlq-error-type``, ``dlq-error-message``,
-    ``dlq-attempts``, ``dlq-first-failure`` and ``dlq-last-failure``. ``attempts`` counts the
+    ``dlq-attempts``, ``dlq-first-failure`` and ``dlq-last-failure`` (``dlq-replayed`` of an
+    earlier replay is kept). ``attempts`` counts the
     failed deliveries (``Nack`` redeliveries are not failures)."""
     now = utc_now()
     first = headers.get(h.FIRST_FAILURE) or now
     out = {
-        k: v for k, v in headers.items() if k not in (h.ATTEMPT, h.FIRST_FAILURE, h.NACKS) and not k.startswith("dlq-")
+        k: v
+        for k, v in headers.items()
+        if k not in (h.ATTEMPT, h.FIRST_FAILURE, h.NACKS) and (not k.startswith("dlq-") or k == h.DLQ_REPLAYED)
     }
     out.update(
         {

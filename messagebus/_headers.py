@@ -56,6 +56,7 @@ __all__ = [
     "DLQ_GROUP",
     "DELIVER_AT",
     "DLQ_LAST_FAILURE",
+    "DLQ_REPLAYED",
     "FIRST_FAILURE",
     "HELD",
     "KEY",
@@ -115,6 +116,8 @@ DLQ_ERROR_MESSAGE = "dlq-error-message"
 DLQ_ATTEMPTS = "dlq-attempts"
 DLQ_FIRST_FAILURE = "dlq-first-failure"
 DLQ_LAST_FAILURE = "dlq-last-failure"
+#: When a dead letter was last replayed (ISO 8601 UTC); kept if the message fails again.
+DLQ_REPLAYED = "dlq-replayed"
 
 #: Prefixes of the logical headers messagebus sets itself; :attr:`Envelope.headers` leaves
 #: them out.

@@ -64,6 +64,7 @@ from .. import Bus, Envelope, MessageTooLarge, Nack, Reject, Retry
 from .._bus import BusState
 from ._collect import Collector, PeakGate
 from ._crash import CrashFaultTests
+from ._dead_letters_kit import DeadLetterTests
 from ._faults import FaultTests
 from ._header_kit import HeaderLimitTests
 from ._patterns_kit import PatternTests
@@ -87,7 +88,7 @@ def _names(prefix: str) -> str:
     return f"conf.{prefix}.{uuid.uuid4().hex[:10]}"
 
 
-class TransportConformance(FaultTests, CrashFaultTests, HeaderLimitTests, PatternTests):
+class TransportConformance(FaultTests, CrashFaultTests, HeaderLimitTests, PatternTests, DeadLetterTests):
     """Base class holding the conformance tests; subclass it and define a ``target`` fixture."""
 
     pytestmark = [pytest.mark.asyncio]

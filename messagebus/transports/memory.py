@@ -407,6 +407,23 @@ class MemoryBroker:
                     self._delayed = [d for d in self._delayed if d[2] is not gone]
                     heapq.heapify(self._delayed)
 
+    def put_to_group(self, source: Destination, messages: Sequence[OutgoingMessage]) -> None:
+        """Store ``messages`` in the queue of group ``source`` only (created if needed)."""
+        queue = self.declare(source)
+        with self.lock:
+            for message in messages:
+                queue.put(_Stored(message.body, dict(message.headers), message.key))
+
+    def delete_group(self, source: Destination) -> None:
+        """Drop the queue of group ``source`` and its dead-letter queue with their messages."""
+        with self.lock:
+            groups = (self._patterns if source.is_pattern else self._topics).get(source.name, {})
+            for gone in (groups.pop(source.group or "", None), self._queues.pop(source.dead_letter_queue, None)):
+                if gone is not None:
+                    gone.consumers.clear()
+                    self._delayed = [d for d in self._delayed if d[2] is not gone]
+                    heapq.heapify(self._delayed)
+
     def reset(self) -> None:
         """Drop every topic, queue and message (for tests). Live consumers keep running but
         are detached from the dropped queues."""
@@ -476,6 +493,27 @@ class MemoryTransport:
     async def delete_queue(self, name: str) -> None:
         """Drop work queue ``name`` (a reply queue) and every message in it. Idempotent."""
         self.broker.delete_queue(name)
+
+    async def dead_letter_queues(self) -> list[str]:
+        """The work queues whose names end in ``.dlq``, sorted (:class:`BrokerAdmin`)."""
+        return [name for name in self.broker.queue_names() if name.endswith(".dlq")]
+
+    async def depth(self, source: Destination) -> int:
+        """Messages ready or waiting for a delayed redelivery in the queue or group (not
+        those in flight); 0 for one that does not exist (:class:`BrokerAdmin`)."""
+        return self.broker.pending(source.name, source.group if source.kind is DestinationKind.TOPIC else None)
+
+    async def publish_to_group(self, source: Destination, messages: Sequence[OutgoingMessage]) -> None:
+        """Store the messages in group ``source``'s queue only, as first attempts
+        (:class:`BrokerAdmin`). Raises :class:`ConnectError` when not connected."""
+        if not self._connected:
+            raise ConnectError("memory transport is not connected")
+        self.broker.put_to_group(source, messages)
+
+    async def delete_group(self, source: Destination) -> None:
+        """Drop group ``source``'s queue and dead-letter queue; its consumers get nothing
+        more. Idempotent (:class:`BrokerAdmin`)."""
+        self.broker.delete_group(source)
 
     async def subscribe(self, source: Destination, handler: DeliveryHandler, *, concurrency: int) -> Consumer:
         """Attach a consumer with ``concurrency`` workers to the source's queue (a pattern
