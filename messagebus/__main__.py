@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
+from . import _ops_cli as ops_cli
 from ._bus import Bus
 from ._config import TransportURL
 from ._destination import Destination, DestinationKind, dead_letter_name, validate_name
@@ -38,15 +39,24 @@ examples:
   messagebus names kafka://localhost:9092 orders.created billing
                                                   the Kafka topic, group id, retry and dead-letter
                                                   topics behind group billing (no I/O)
+  messagebus dlq list amqp://guest:guest@localhost/
+                                                  every dead-letter queue with its depth
+  messagebus dlq show amqp://localhost/ orders.created.billing.dlq --limit 5
+  messagebus dlq replay amqp://localhost/ orders.created.billing.dlq --id 3f2a...
+                                                  back to group billing only, as a first attempt
+  messagebus dlq purge amqp://localhost/ orders.created.billing.dlq --yes
+  messagebus tail kafka://localhost:9092 orders.created
+                                                  print messages as they pass (a throwaway group)
+  messagebus publish redis://localhost orders.created '{"id": 1}' --key 1 --header region=eu
   messagebus outbox migrate postgresql://localhost/app
                                                   create or upgrade the outbox/inbox tables
 
 The transport URL of 'run' comes from the Bus itself (Bus.from_env reads MESSAGEBUS_URL).
-Exit status: 0 on success, 2 on a usage or configuration error."""
+Exit status: 0 on success, 1 when 'dlq replay --id' did not find every id, 2 on a usage or
+configuration error (also a broker that cannot be reached)."""
 
 
-class _UsageError(Exception):
-    """A mistake in the command line the user can fix; printed without a traceback, exit 2."""
+_UsageError = ops_cli.UsageError
 
 
 def _buses_in(module: ModuleType) -> list[str]:
@@ -200,10 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     names.add_argument("destination", help="a logical topic or queue name, such as orders.created")
     names.add_argument("group", nargs="?", help="a subscription group (the service name by default in code)")
     outbox_cli.add_parser(commands)
+    ops_cli.add_parsers(commands)
     args = parser.parse_args(argv)
     try:
         if args.command == "schemes":
             print("\n".join(available_schemes()))
+        elif args.command in ("dlq", "tail", "publish"):
+            return ops_cli.run(args)
         elif args.command == "outbox":
             print(outbox_cli.run(args))
         elif args.command == "names":
