@@ -219,6 +219,25 @@ class ReplayAfterReconnectTransport(MemoryTransport):
         return await super().subscribe(source, recording, concurrency=concurrency)
 
 
+class ReplayToTopicTransport(MemoryTransport):
+    """Bug: a redelivery to one group that goes to the topic instead (issue 18: replaying a
+    dead letter with ``publish(topic, ...)`` re-delivers it to the healthy groups too)."""
+
+    async def publish_to_group(self, source: Destination, messages: Sequence[OutgoingMessage]) -> None:
+        await self.publish(messages)
+
+
+class LostHandBackTransport(MemoryTransport):
+    """Bug: unsettled deliveries handed back on stop are forgotten (a consumer that acks
+    what it prefetched when it closes): a look at dead letters then removes them."""
+
+    async def subscribe(self, source: Destination, handler: DeliveryHandler, *, concurrency: int) -> Consumer:
+        consumer = await super().subscribe(source, handler, concurrency=concurrency)
+        assert isinstance(consumer, _MemConsumer)
+        consumer.release = consumer._returned  # type: ignore[method-assign]
+        return consumer
+
+
 BROKEN: dict[str, type[MemoryTransport]] = {
     "healthy": MemoryTransport,
     "unordered": UnorderedTransport,
@@ -227,6 +246,8 @@ BROKEN: dict[str, type[MemoryTransport]] = {
     "early_ack": EarlyAckTransport,
     "dropped_redelivery": DroppedRedeliveryTransport,
     "replay_after_reconnect": ReplayAfterReconnectTransport,
+    "replay_to_topic": ReplayToTopicTransport,
+    "lost_hand_back": LostHandBackTransport,
 }
 
 
@@ -265,6 +286,11 @@ MUST_FAIL: dict[str, list[str]] = {
     "replay_after_reconnect": [
         "Bus::test_close_and_resubscribe_loses_nothing",
         "Kit::test_ack_settles_for_good",
+    ],
+    "replay_to_topic": ["Bus::test_dead_letters_replay_goes_to_the_failed_group_only"],
+    "lost_hand_back": [
+        "Bus::test_dead_letters_replay_goes_to_the_failed_group_only",
+        "Bus::test_dead_letters_replay_by_id_then_purge",
     ],
 }
 
