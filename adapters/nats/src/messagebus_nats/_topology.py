@@ -119,7 +119,8 @@ class Topology:
         self._js = js
         self._options = options
         prefix = options.prefix
-        self._registry = Names(stream_name(REGISTRY, prefix), f"{subject_of(REGISTRY, prefix)}.*", "", False)
+        #: The pattern registry's stream and subjects (one record a subject).
+        self.registry = Names(stream_name(REGISTRY, prefix), f"{subject_of(REGISTRY, prefix)}.*", "", False)
         self._locks: dict[str, asyncio.Lock] = {}
         #: Streams known to exist (read it for the fast path; never modify it).
         self.known: set[str] = set()
@@ -133,7 +134,7 @@ class Topology:
             if names.stream in self.known:
                 return
             o = self._options
-            registry = names is self._registry
+            registry = names is self.registry
             config = StreamConfig(
                 name=names.stream,
                 subjects=[names.subject],
@@ -172,13 +173,13 @@ class Topology:
     async def register(self, source: Destination) -> str:
         """Record pattern subscription ``source`` in the registry unless it is there; returns
         its start (``start_from``, or the first record's time in Unix ms for ``now``)."""
-        await self.ensure_stream(self._registry)
-        subject = self._registry.subject.replace("*", pattern_durable(source))
+        await self.ensure_stream(self.registry)
+        subject = self.registry.subject.replace("*", pattern_durable(source))
         body = json.dumps({"pattern": source.name, "group": source.group}).encode()
         try:
             with contextlib.suppress(APIError):  # 10071: recorded already (the first time stays)
                 await self._js.publish(subject, body, headers={"Nats-Expected-Last-Subject-Sequence": "0"})
-            first = await self._js.get_last_msg(self._registry.stream, subject)
+            first = await self._js.get_last_msg(self.registry.stream, subject)
         except Exception as exc:
             raise ERRORS.map(exc, TopologyError, f"cannot record pattern {source} in {subject!r}") from exc
         start = self._options.start_from
@@ -190,7 +191,7 @@ class Topology:
         seq = 1
         while True:
             try:
-                msg = await self._js.get_msg(self._registry.stream, seq, subject=self._registry.subject, next=True)
+                msg = await self._js.get_msg(self.registry.stream, seq, subject=self.registry.subject, next=True)
             except NotFoundError:  # no registry, or no more records
                 return out
             seq = (msg.seq or seq) + 1
@@ -200,19 +201,20 @@ class Topology:
                 since = str(int(msg.time.timestamp() * 1000)) if msg.time else "now"
                 out.append((source, since if self._options.start_from == "now" else self._options.start_from))
 
-    async def matching(self, pattern: str) -> dict[str, Names]:
-        """Topic -> names of every topic stream of this prefix whose topic matches ``pattern``
-        (streams listed by the server, filtered by subject; queues and foreign streams left out)."""
+    async def matching(self, pattern: str, retention: str = "interest") -> dict[str, Names]:
+        """Topic -> names of every topic stream (``retention="workqueue"``: queue stream) of
+        this prefix whose logical name matches ``pattern`` (streams listed by the server,
+        filtered by subject; those of the other kind and foreign streams left out)."""
         prefix = self._options.prefix
         head = pattern.split("#")[0].rstrip(".")
         # "#" is NATS ">" (one token or more) after the head; "orders.#" also matches "orders".
         filters = [f"{head}.>" if head else ">", *([head] if head and pattern.endswith(".#") else [])]
         out: dict[str, Names] = {}
         for wanted in [pattern] if "#" not in pattern else filters:
-            await self._list(f"{prefix}.{wanted}" if prefix else wanted, pattern, out)
+            await self._list(f"{prefix}.{wanted}" if prefix else wanted, pattern, retention, out)
         return out
 
-    async def _list(self, wanted: str, pattern: str, out: dict[str, Names]) -> None:
+    async def _list(self, wanted: str, pattern: str, retention: str, out: dict[str, Names]) -> None:
         prefix = self._options.prefix
         offset, total = 0, 1
         while offset < total:
@@ -230,11 +232,12 @@ class Topology:
                 topic = topic_of(subjects[0], prefix) if len(subjects) == 1 else ""
                 if (
                     topic
-                    and config.get("retention") == "interest"
+                    and config.get("retention") == retention
                     and config.get("name") == stream_name(topic, prefix)
                     and matches_pattern(pattern, topic)
                 ):
-                    out[topic] = Names(config["name"], subjects[0], "", False)
+                    queue = retention == "workqueue"
+                    out[topic] = Names(config["name"], subjects[0], QUEUE_CONSUMER if queue else "", queue)
 
     async def ensure_consumer(self, names: Names, start: str | None = None) -> None:
         """Create the durable pull consumer of ``names`` (idempotent). A queue's consumer gets

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from messagebus.transports import (
     Capabilities,
     Consumer,
     DeliveryHandler,
     Destination,
     DestinationKind,
+    OutgoingMessage,
     TransportBase,
     TransportURL,
     dead_letter_name,
 )
 
+from . import _admin
 from ._connection import Connection
 from ._consuming import NatsConsumer, PatternConsumer
 from ._options import SCHEMES, NatsOptions, load_options
@@ -79,3 +83,37 @@ class NatsTransport(TransportBase[NatsOptions, Connection, Publisher], schemes=S
         await topology.ensure_consumer(consumer.names)
         await consumer.start_consuming()
         return consumer
+
+    # -- BrokerAdmin ----------------------------------------------------------------------------
+
+    async def dead_letter_queues(self) -> list[str]:
+        """The logical dead-letter queues of this prefix: its work-queue streams whose subject
+        maps back to ``<queue>.dlq`` or ``<topic>.<group>.dlq``, sorted (a name the stream
+        could not hold, cut or hashed, is left out). Read-only. Raises :class:`TopologyError`
+        when listing fails, :class:`LifecycleError` before ``connect``."""
+        return await _admin.dead_letter_queues(self.connection)
+
+    async def depth(self, source: Destination) -> int:
+        """The ``num_pending`` (stored, not yet delivered) of the durable consumer of
+        ``source`` (a queue, or a topic's group; a pattern group's summed over its topics);
+        a queue nobody consumed yet counts its stream's messages; 0 when nothing exists.
+        Read-only. Raises :class:`InvalidDestination` for a topic without a group,
+        :class:`TopologyError` when JetStream does not answer."""
+        return await _admin.depth(self.connection, source)
+
+    async def publish_to_group(self, source: Destination, messages: Sequence[OutgoingMessage]) -> None:
+        """Store ``messages`` on the topic's stream as copies for the durable of group
+        ``source`` only (every other durable acks them unhandled, like another group's
+        retry), each an attempt 1 with a fresh ``Nats-Msg-Id`` (the same message replayed
+        twice is stored twice); creates the durable if missing; returns once JetStream acked
+        every one. A pattern group's copies go to each message's own topic. Raises like
+        :meth:`publish`, :class:`InvalidDestination` for a source that is not a topic's group."""
+        await _admin.publish_to_group(self.publisher, source, messages)
+
+    async def delete_group(self, source: Destination) -> None:
+        """Delete the durable consumer of group ``source`` (a pattern group's on every
+        matching topic stream, and its registry record) and its dead-letter stream. Another
+        group's durables and the messages they still have to take stay. Idempotent. Raises
+        :class:`InvalidDestination` for a source that is not a topic's group,
+        :class:`TopologyError` when JetStream refuses."""
+        await _admin.delete_group(self.connection, source)

@@ -1,0 +1,280 @@
+"""Issue 18 on NATS JetStream: the BrokerAdmin operations (dead-letter queues listed from the
+streams, depth from a durable's pending count, a replay to one group as a copy addressed to
+its durable, a group deleted with its dead letters). Against the shared nats-server, each
+test on names of its own under the session's prefix."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import nats
+import pytest
+from messagebus_nats import NatsTransport
+from messagebus_nats._topology import REGISTRY, pattern_durable, stream_name
+from nats.js import JetStreamContext
+from nats_helpers import HOST, PORT
+
+from messagebus import Bus, InvalidDestination, Reject
+from messagebus.testing import Collector
+from messagebus.transports import BrokerAdmin, Delivery, Destination, DestinationKind, OutgoingMessage, TransportURL
+
+QUEUE, TOPIC = DestinationKind.QUEUE, DestinationKind.TOPIC
+TIMEOUT = 30.0
+
+
+@pytest.fixture
+async def js() -> AsyncIterator[JetStreamContext]:
+    client = await nats.connect(f"nats://{HOST}:{PORT}")
+    yield client.jetstream()
+    await client.close()
+
+
+@pytest.fixture
+async def transport(nats_url: str) -> AsyncIterator[NatsTransport]:
+    transport = NatsTransport.from_url(nats_url)
+    await transport.connect()
+    yield transport
+    await transport.close()
+
+
+def prefix_of(url: str) -> str:
+    return str(TransportURL.parse(url).query["prefix"])
+
+
+def fresh(what: str) -> str:
+    return f"{what}{uuid.uuid4().hex[:8]}"
+
+
+def out(name: str, body: bytes, headers: dict[str, str] | None = None, key: str | None = None) -> OutgoingMessage:
+    kind = QUEUE if name.endswith(".dlq") else TOPIC
+    return OutgoingMessage(Destination(kind, name), body, headers or {}, key)
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Poll the broker-side condition ``check()`` until it holds."""
+    deadline = time.monotonic() + TIMEOUT
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def layout(js: JetStreamContext, prefix: str) -> dict[str, list[str]]:
+    """Stream -> its durable consumers, for the streams of ``prefix``."""
+    streams = [i.config.name for i in await js.streams_info() if i.config.name and i.config.name.startswith(prefix)]
+    return {s: sorted(str(c.name) for c in await js.consumers_info(s)) for s in streams}
+
+
+def recorder(collector: Collector[Delivery]) -> Callable[[Delivery], Awaitable[None]]:
+    async def handle(delivery: Delivery) -> None:
+        await delivery.ack()
+        collector.add(delivery)
+
+    return handle
+
+
+async def make_group(transport: NatsTransport, topic: str, group: str) -> None:
+    """Create the group's durable and leave it with no consumer running."""
+    consumer = await transport.subscribe(Destination(TOPIC, topic, group), recorder(Collector()), concurrency=1)
+    await consumer.stop(0)
+
+
+async def test_the_dead_letter_queues_of_failing_handlers_are_listed(nats_url: str) -> None:
+    """Bug caught: dead_letter_queues listing nothing (the wrong retention filtered on), other
+    queues and topics as dead letters, or names not mapped back to logical ones (stream names
+    with the prefix and ``_`` instead of the logical ``<topic>.<group>.dlq``)."""
+    topic, queue = fresh("orders"), fresh("jobs")
+    bus = Bus.from_url(nats_url, service="billing")
+
+    @bus.subscribe(topic, group="billing")
+    async def bill(data: int) -> None:
+        raise Reject("bad order")
+
+    @bus.consume(queue)
+    async def work(data: int) -> None:
+        raise Reject("bad job")
+
+    transport = NatsTransport.from_url(nats_url)
+    await transport.connect()
+    try:
+        assert isinstance(transport, BrokerAdmin)
+        async with bus:
+            await bus.publish(topic, 1)
+            await bus.send(queue, 2)
+            wanted = {f"{topic}.billing.dlq", f"{queue}.dlq"}
+
+            async def listed() -> bool:
+                return wanted <= set(await transport.dead_letter_queues())
+
+            await until(listed, f"{wanted} listed")
+        found = await transport.dead_letter_queues()
+    finally:
+        await transport.close()
+    assert found == sorted(found)
+    assert all(name.endswith(".dlq") for name in found), found
+    assert topic not in found and queue not in found
+
+
+async def test_depth_counts_what_a_queue_and_a_group_store_and_creates_nothing(
+    nats_url: str, transport: NatsTransport, js: JetStreamContext
+) -> None:
+    """Bug caught: depth counting delivered-but-unacked or all stored messages instead of
+    those a group has still to take, a queue nobody consumed yet reading 0, another group's
+    count, or asking about a missing queue/group creating its stream or durable."""
+    topic, queue = fresh("stock"), fresh("tasks")
+    await make_group(transport, topic, "a")
+    await make_group(transport, topic, "b")
+    await transport.publish([out(topic, b"%d" % i) for i in range(3)])
+    await transport.publish([OutgoingMessage(Destination(QUEUE, queue), b"%d" % i, {}, None) for i in range(4)])
+    taken: Collector[Delivery] = Collector(TIMEOUT)
+    b = await transport.subscribe(Destination(TOPIC, topic, "b"), recorder(taken), concurrency=1)
+    await taken.wait_for(3)
+    await b.stop(0)
+    assert await transport.depth(Destination(QUEUE, queue)) == 4  # no consumer yet
+    assert await transport.depth(Destination(TOPIC, topic, "a")) == 3
+    assert await transport.depth(Destination(TOPIC, topic, "b")) == 0
+    worker = await transport.subscribe(Destination(QUEUE, queue), recorder(taken), concurrency=1)
+    await taken.wait_for(7)
+    await worker.stop(0)
+    await transport.publish([OutgoingMessage(Destination(QUEUE, queue), b"late", {}, None)])
+    assert await transport.depth(Destination(QUEUE, queue)) == 1  # the queue's durable now
+    before = await layout(js, prefix_of(nats_url))
+    for missing in (
+        Destination(QUEUE, fresh("nothing")),
+        Destination(TOPIC, fresh("nothing"), "a"),
+        Destination(TOPIC, topic, "nobody"),
+    ):
+        assert await transport.depth(missing) == 0
+    assert await layout(js, prefix_of(nats_url)) == before
+    with pytest.raises(InvalidDestination):
+        await transport.depth(Destination(TOPIC, topic))
+
+
+async def test_depth_leaves_out_a_delivery_in_a_handler_and_counts_copies_for_other_groups(
+    transport: NatsTransport,
+) -> None:
+    """Bug caught: depth counting a message a handler holds unacked (it is taken), or the
+    README's claim that a group's depth includes the copies addressed to another group
+    (retries, replays: its consumer skips them when it runs) no longer holding."""
+    topic = fresh("parcels")
+    a, b = Destination(TOPIC, topic, "a"), Destination(TOPIC, topic, "b")
+    await make_group(transport, topic, "b")
+    entered, release = asyncio.Event(), asyncio.Event()
+    done: Collector[Delivery] = Collector(TIMEOUT)
+
+    async def slow(delivery: Delivery) -> None:
+        entered.set()
+        await release.wait()
+        await delivery.ack()
+        done.add(delivery)
+
+    consumer = await transport.subscribe(a, slow, concurrency=1)
+    await transport.publish([out(topic, b"%d" % i) for i in range(3)])
+    await asyncio.wait_for(entered.wait(), TIMEOUT)
+    try:
+        assert await transport.depth(a) == 2
+    finally:
+        release.set()
+        await done.wait_for(3)
+        await consumer.stop(0)
+    await transport.publish_to_group(a, [out(topic, b"again")])
+    assert (await transport.depth(a), await transport.depth(b)) == (1, 4)
+
+
+async def test_publish_to_group_reaches_only_that_group_as_a_first_attempt_even_when_it_is_not_running(
+    transport: NatsTransport,
+) -> None:
+    """Bug caught: a replay published on the topic (every group gets it again), one that
+    carries the dead letter's attempt or due time, loses body, key or headers, is dropped as
+    a duplicate of the original (same ce-id, so the same Nats-Msg-Id) or of the first replay,
+    or is lost while the group's consumer is not running."""
+    topic = fresh("refunds")
+    target, other = Destination(TOPIC, topic, "target"), Destination(TOPIC, topic, "other")
+    await make_group(transport, topic, "target")
+    got: Collector[Delivery] = Collector(TIMEOUT)
+    seen: Collector[Delivery] = Collector(TIMEOUT)
+    bystander = await transport.subscribe(other, recorder(seen), concurrency=1)
+    await transport.publish([out(topic, b"original", {"ce-id": "id-1"}, "k1")])
+    replay = out(topic, b"replayed", {"ce-id": "id-1", "x-trace": " t 1", "messagebus-attempt": "4"}, "k1")
+    await transport.publish_to_group(target, [replay])  # the target's consumer is not running
+    await transport.publish_to_group(target, [replay])
+    assert await transport.depth(target) == 3
+    consumer = await transport.subscribe(target, recorder(got), concurrency=1)
+    await got.wait_for(3)
+    await transport.publish([out(topic, b"marker")])
+    await seen.wait_until(lambda items: any(d.body == b"marker" for d in items), "the marker")
+    await got.wait_for(4)
+    await consumer.stop(0)
+    await bystander.stop(0)
+    assert [d.body for d in seen.items] == [b"original", b"marker"]
+    assert [d.body for d in got.items] == [b"original", b"replayed", b"replayed", b"marker"]
+    for delivery in got.items[1:3]:
+        assert (delivery.attempt, delivery.key) == (1, "k1")
+        assert delivery.headers == {"ce-id": "id-1", "x-trace": " t 1"}
+
+
+async def test_publish_to_group_creates_a_missing_group_and_refuses_a_queue(transport: NatsTransport) -> None:
+    """Bug caught: a replay to a group whose durable does not exist being dropped (interest
+    retention stores nothing nobody has a durable for), or a queue taken for a group."""
+    topic = fresh("late")
+    group = Destination(TOPIC, topic, "new")
+    await transport.publish_to_group(group, [out(topic, b"kept")])
+    assert await transport.depth(group) == 1
+    with pytest.raises(InvalidDestination):
+        await transport.publish_to_group(Destination(QUEUE, topic, "g"), [out(topic, b"x")])
+
+
+async def test_delete_group_removes_its_durable_and_dead_letters_only_and_is_idempotent(
+    nats_url: str, transport: NatsTransport, js: JetStreamContext
+) -> None:
+    """Bug caught: delete_group leaving the durable (its messages keep piling up) or the
+    dead-letter stream, deleting the topic's stream or another group's durable or dead
+    letters, or raising when called again."""
+    topic = fresh("mail")
+    gone, kept = Destination(TOPIC, topic, "gone"), Destination(TOPIC, topic, "kept")
+    await make_group(transport, topic, "gone")
+    await make_group(transport, topic, "kept")
+    await transport.publish([out(topic, b"1"), out(topic, b"2")])
+    await transport.publish([out(gone.dead_letter_queue, b"d"), out(kept.dead_letter_queue, b"d")])
+    await transport.delete_group(gone)
+    await transport.delete_group(gone)
+    assert await transport.depth(gone) == 0
+    assert await transport.depth(kept) == 2
+    queues = await transport.dead_letter_queues()
+    assert gone.dead_letter_queue not in queues and kept.dead_letter_queue in queues
+    stream = stream_name(topic, prefix_of(nats_url))
+    assert [c.name for c in await js.consumers_info(stream)] == ["kept"]
+    got: Collector[Delivery] = Collector(TIMEOUT)
+    consumer = await transport.subscribe(kept, recorder(got), concurrency=1)
+    await got.wait_for(2)
+    await consumer.stop(0)
+    assert [d.body for d in got.items] == [b"1", b"2"]
+
+
+async def test_a_pattern_group_is_counted_over_its_topics_and_deleted_with_its_registry_record(
+    nats_url: str, transport: NatsTransport, js: JetStreamContext
+) -> None:
+    """Bug caught: a pattern group (``tail`` of ``orders.*``) counted on no topic, replayed
+    to the pattern instead of each message's topic, or deleted leaving its durable on a
+    topic or its registry record (a topic created later would get the durable again and
+    keep messages nobody reads)."""
+    base = fresh("shop")
+    group = Destination(TOPIC, f"{base}.*", "tail")
+    prefix = prefix_of(nats_url)
+    consumer = await transport.subscribe(group, recorder(Collector()), concurrency=1)
+    await consumer.stop(0)
+    await transport.publish_to_group(group, [out(f"{base}.eu", b"1"), out(f"{base}.us", b"2")])
+    assert await transport.depth(group) == 2
+    await transport.delete_group(group)
+    await transport.delete_group(group)
+    assert await transport.depth(group) == 0
+    await transport.publish([out(f"{base}.asia", b"3")])
+    durable = pattern_durable(group)
+    for topic in ("eu", "us", "asia"):
+        names = [c.name for c in await js.consumers_info(stream_name(f"{base}.{topic}", prefix))]
+        assert durable not in names
+    registry = stream_name(REGISTRY, prefix)
+    info = await js.stream_info(registry, subjects_filter=f"{prefix}.{REGISTRY}.{durable}")
+    assert not info.state.subjects
