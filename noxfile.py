@@ -21,6 +21,9 @@ TYPED_DEPS = [
     "asyncpg>=0.29",
     "asyncpg-stubs",
     "sqlalchemy[asyncio]>=2.0",
+    # messagebus.monitor (extra monitor; both typed).
+    "starlette>=0.37",
+    "uvicorn>=0.30",
 ]
 TEST_DEPS = [
     *TYPED_DEPS,
@@ -30,6 +33,9 @@ TEST_DEPS = [
     # Interop suite (tests/interop): foreign producers and consumers on the same brokers.
     "cloudevents>=2.2",
     "faststream[kafka,rabbit,nats]>=0.7",
+    # The monitor's API tests (httpx) and its page in Debian's Chromium (no browser download).
+    "httpx>=0.27",
+    "playwright>=1.45",
 ]
 
 
