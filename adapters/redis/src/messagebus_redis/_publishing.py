@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from messagebus import MessageBusError, MessageTooLarge, PublishError
 from messagebus.transports import Backoff, Batcher, OutgoingMessage, describe_error
 
-from ._codec import Fields, encode
+from ._codec import ATTEMPT, Fields, encode
 from ._connection import Connection, logger
 from ._errors import ERRORS, is_transient
 from ._topology import TRIM, stream_key
@@ -44,10 +44,12 @@ class Publisher:
             self._send, max_entries=200, sequential=True, map_error=self._error
         )
 
-    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
-        """XADD every message; return once Redis replied for all. Raises :class:`MessageTooLarge`
-        (nothing sent), :class:`LifecycleError` (not connected), :class:`ConnectError` (Redis
-        unreachable for ``publish_timeout``) or :class:`PublishError`."""
+    async def publish(self, messages: Sequence[OutgoingMessage], to: str | None = None) -> None:
+        """XADD every message (to stream ``to`` instead of its destination's, as a first
+        attempt, when given: one group's retry stream); return once Redis replied for all.
+        Raises :class:`MessageTooLarge` (nothing sent), :class:`LifecycleError` (not
+        connected), :class:`ConnectError` (Redis unreachable for ``publish_timeout``) or
+        :class:`PublishError`."""
         limit = self._options.max_message_size
         prefix = self._options.prefix
         entries: Entries = []
@@ -57,7 +59,10 @@ class Publisher:
                     f"message to {message.destination.name!r} is {len(message.body)} bytes; this Redis transport "
                     f"allows at most {limit} (set ?max_message_size=N, up to Redis' proto-max-bulk-len)"
                 )
-            entries.append((stream_key(message.destination, prefix), encode(message)))
+            fields = encode(message)
+            if to is not None:
+                fields[ATTEMPT] = "1"
+            entries.append((to or stream_key(message.destination, prefix), fields))
         self._conn.require()
         if entries:
             await self._batcher.add(entries)

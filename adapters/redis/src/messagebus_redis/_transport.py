@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from messagebus.transports import Capabilities, Consumer, DeliveryHandler, Destination, TransportBase, TransportURL
+from collections.abc import Sequence
 
+from messagebus.transports import (
+    Capabilities,
+    Consumer,
+    DeliveryHandler,
+    Destination,
+    OutgoingMessage,
+    TransportBase,
+    TransportURL,
+)
+
+from . import _admin
 from ._connection import Connection
 from ._consuming import RedisConsumer
 from ._options import RedisOptions, load_options
 from ._publishing import Publisher
 from ._telemetry import MESSAGING_SYSTEM
-from ._topology import delete_queue
+from ._topology import declare, delete_queue
 
 __all__ = ["RedisTransport"]
 
@@ -73,6 +84,34 @@ class RedisTransport(
         :class:`LifecycleError` before ``connect``, :class:`TopologyError` or
         :class:`ConnectError` when Redis refuses or is unreachable."""
         await delete_queue(self.connection.require(), name, self.options.prefix)
+
+    async def dead_letter_queues(self) -> list[str]:
+        """The logical names of the dead-letter streams under this transport's ``prefix``,
+        sorted (``SCAN`` of every master). Raises :class:`LifecycleError` before ``connect``,
+        :class:`TopologyError` or :class:`ConnectError`."""
+        return await _admin.dead_letter_queues(self.connection.require(), self.options.prefix)
+
+    async def depth(self, source: Destination) -> int:
+        """Entries of ``source`` (a queue or a topic's group) not yet delivered: the consumer
+        group's lag on its stream and retry stream, plus delayed retries. ``0`` for a missing
+        queue or group; never creates anything. Raises :class:`InvalidDestination` (a topic
+        without a group), :class:`LifecycleError`, :class:`TopologyError` or :class:`ConnectError`."""
+        return await _admin.depth(self.connection.require(), source, self.options.prefix)
+
+    async def publish_to_group(self, source: Destination, messages: Sequence[OutgoingMessage]) -> None:
+        """Add ``messages`` to the retry stream of the one group ``source`` (created if
+        missing), as first attempts, like :meth:`publish` (confirmed, same errors). Raises
+        :class:`InvalidDestination` when ``source`` is not a topic's group."""
+        names = _admin.group_names(source, self.options.prefix, "publish_to_group")
+        await declare(self.connection.require(), names, self.options.start_from)
+        await self.publisher.publish(messages, to=names.retry)
+
+    async def delete_group(self, source: Destination) -> None:
+        """Destroy the consumer group ``source`` on its topic's stream and delete its retry
+        stream, delayed retries and dead-letter queue; the stream and other groups stay.
+        Idempotent. Raises :class:`InvalidDestination` (not a topic's group),
+        :class:`LifecycleError`, :class:`TopologyError` or :class:`ConnectError`."""
+        await _admin.delete_group(self.connection.require(), source, self.options.prefix)
 
     async def open_consumer(self, source: Destination, handler: DeliveryHandler, concurrency: int) -> Consumer:
         """One Redis consumer in the source's group, on its stream and retry stream."""
