@@ -23,6 +23,7 @@ from ._destination import Destination, DestinationKind, dead_letter_name, valida
 from ._discovery import available_schemes, load_transport
 from ._errors import MessageBusError
 from ._transport import Transport
+from .monitor import _cli as monitor_cli
 from .outbox import _cli as outbox_cli
 
 __all__ = ["main"]
@@ -48,6 +49,8 @@ examples:
   messagebus tail kafka://localhost:9092 orders.created
                                                   print messages as they pass (a throwaway group)
   messagebus publish redis://localhost orders.created '{"id": 1}' --key 1 --header region=eu
+  messagebus monitor amqp://guest:guest@localhost/
+                                                  a live web page of the message flow on 127.0.0.1:8765
   messagebus outbox migrate postgresql://localhost/app
                                                   create or upgrade the outbox/inbox tables
 
@@ -211,12 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     names.add_argument("group", nargs="?", help="a subscription group (the service name by default in code)")
     outbox_cli.add_parser(commands)
     ops_cli.add_parsers(commands)
+    monitor_cli.add_parser(commands)
     args = parser.parse_args(argv)
     try:
         if args.command == "schemes":
             print("\n".join(available_schemes()))
         elif args.command in ("dlq", "tail", "publish"):
             return ops_cli.run(args)
+        elif args.command == "monitor":
+            return monitor_cli.run(args)
         elif args.command == "outbox":
             print(outbox_cli.run(args))
         elif args.command == "names":

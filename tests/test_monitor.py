@@ -7,6 +7,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
+import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -356,3 +359,35 @@ async def test_on_rabbitmq_the_page_hides_the_password_and_the_group_goes_away()
         assert state["transport"] == "amqp://guest:***@127.0.0.1:5672/"
         assert "guest:guest" not in text
     assert await stats_kept_for(monitor) == 0
+
+
+async def test_the_command_prints_the_page_address_and_stops_on_sigint() -> None:
+    """Bug caught: ``messagebus monitor`` printing the broker password, serving no page at
+    the printed address, or not stopping (and leaving its group) on Ctrl-C."""
+    pytest.importorskip("messagebus_rabbitmq")
+    if not wait_for_port("127.0.0.1", 5672, timeout=5.0):
+        missing_broker("rabbitmq", "nothing listens on 127.0.0.1:5672")
+    url = "amqp://guest:guest@127.0.0.1:5672/"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "messagebus", "monitor", url, "--port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(30):
+            lines = [(await process.stdout.readline()).decode() for _ in range(3)]
+        assert lines[0].startswith("monitoring amqp://guest:***@127.0.0.1:5672/ (group monitor-")
+        page_url = lines[1].removeprefix("open ").strip()
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/#token=[\w-]{20,}", page_url), page_url
+        assert lines[2].strip() == f"token for replay and purge: {page_url.partition('#token=')[2]}"
+        async with httpx.AsyncClient(timeout=10.0) as http:
+            assert (await http.get(page_url.partition("#")[0])).status_code == 200
+        group = lines[0].partition("(group ")[2].partition(" ")[0]
+    finally:
+        process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            _, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    async with Bus.from_url(url, service="feeder") as feeder:
+        await feeder.publish(STATS_TOPIC, {})
+        assert await feeder.queue_depth(STATS_TOPIC, group) == 0
