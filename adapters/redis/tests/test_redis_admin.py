@@ -235,3 +235,23 @@ async def test_group_operations_refuse_a_queue_or_a_topic_without_group(transpor
             await transport.delete_group(source)
     with pytest.raises(InvalidDestination):
         await transport.depth(Destination(TOPIC, "t"))
+
+
+async def test_a_group_deleted_under_a_running_consumer_is_declared_again(
+    prefix: str, raw: aredis.Redis, transport: RedisTransport
+) -> None:
+    """Bug caught: a consumer left reading a destroyed group for ever (every read failing
+    with NOGROUP) when delete_group runs before its consumers stop: its next read declares
+    the group again and it gets what is published from then on (what the README says)."""
+    group = Destination(TOPIC, "ev", "g")
+    stream = keys(group, prefix)["stream"]
+    got: Collector[Delivery] = Collector(TIMEOUT)
+    await transport.subscribe(group, collecting(got), concurrency=1)
+    await transport.delete_group(group)
+
+    async def declared() -> bool:
+        return [g["name"] for g in await raw.xinfo_groups(stream)] == [b"g"]
+
+    await until(declared, "the running consumer declared its group again")
+    await transport.publish([message(Destination(TOPIC, "ev"), 1)])
+    assert numbers(await got.wait_for(1)) == [1]
