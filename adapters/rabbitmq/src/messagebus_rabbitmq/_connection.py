@@ -62,7 +62,9 @@ class Connection:
         return self._ready.is_set() and not self.closed
 
     @functools.cached_property
-    def _ssl_context(self) -> ssl.SSLContext | None:
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of an ``amqps://`` URL (``None`` for ``amqp://``), also used for an
+        ``https`` management API. Raises :class:`ConnectError` when a TLS file is unreadable."""
         # Built at the first connect (not cached when it raises): an unreadable file fails there.
         opts = self.options
         if self.url.scheme != "amqps":
@@ -81,7 +83,7 @@ class Connection:
     async def _open_once(self) -> aio_pika.abc.AbstractConnection:
         """Try every host of the URL once; raise the last error."""
         opts, url = self.options, self.url
-        context = self._ssl_context
+        context = self.ssl_context
         last: Exception | None = None
         for host, port in url.hosts:
             try:

@@ -30,6 +30,8 @@ class RabbitMQOptions(TransportOptions):
     certfile: str | None = None
     keyfile: str | None = None
     verify: bool = True
+    # Base URL of the management HTTP API (checked by RabbitMQTransport.load_options).
+    management_url: str | None = None
 
     @field_validator("cafile", "certfile", "keyfile")
     @classmethod

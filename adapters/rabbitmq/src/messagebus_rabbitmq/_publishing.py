@@ -8,7 +8,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import aiormq
 import aiormq.exceptions
 from pamqp.commands import Basic
 
@@ -90,8 +89,9 @@ class Publisher:
         self._channel: aiormq.abc.AbstractChannel | None = None
         self._lock = asyncio.Lock()
 
-    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
-        """See :meth:`RabbitMQTransport.publish`."""
+    async def publish(self, messages: Sequence[OutgoingMessage], queue: str | None = None) -> None:
+        """See :meth:`RabbitMQTransport.publish`. With ``queue``: to that physical queue only
+        (default exchange, ``mandatory``, declared on first use), whatever the destination."""
         limit = self.max_size
         for message in messages:
             if len(message.body) > limit:
@@ -101,11 +101,13 @@ class Publisher:
                     "is its max_message_size setting)"
                 )
         if messages:
-            await self._send([self._encode(m) for m in messages])
+            await self._send([self._encode(m, queue) for m in messages])
 
-    def _encode(self, message: OutgoingMessage) -> _Out:
+    def _encode(self, message: OutgoingMessage, queue: str | None) -> _Out:
         dest = message.destination
         props = encode_properties(message.headers, message.key)
+        if queue is not None:
+            return _Out("", queue, message.body, props)
         if dest.kind is DestinationKind.TOPIC:
             # Routing key: the logical topic name, which pattern bindings on TOPICS match.
             return _Out(physical_name(dest.name), dest.name, message.body, props)
@@ -194,9 +196,7 @@ class Publisher:
                 if len(pending) == 1:
                     try:
                         results: list[Any] = [await pending[0].publish(channel, remaining)]
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:
+                    except Exception as exc:  # not CancelledError, a BaseException
                         results = [exc]
                 else:
                     # One deadline for the whole batch rather than a timer per message.

@@ -16,12 +16,11 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-import aiormq
 import aiormq.exceptions
 from pamqp.common import FieldValue
 
 from messagebus import TopologyError
-from messagebus.transports import Destination, DestinationKind, dead_letter_name, sanitize_name
+from messagebus.transports import Destination, DestinationKind, sanitize_name
 
 from ._errors import CONFLICTS, ERRORS
 from ._options import RabbitMQOptions
@@ -32,6 +31,7 @@ __all__ = [
     "Topology",
     "bucket_for",
     "filter_exchange",
+    "logical_name",
     "physical_name",
     "physical_names",
     "queue_name",
@@ -93,6 +93,13 @@ def physical_name(logical: str) -> str:
         digest = hashlib.sha256(logical.encode()).hexdigest()[:8]
         return f"mb-{digest}-{logical}"[:MAX_NAME]
     return sanitize_name(logical, max_length=MAX_NAME, allowed=r"A-Za-z0-9._\-")
+
+
+def logical_name(physical: str) -> str | None:
+    """The logical name that :func:`physical_name` maps to ``physical``, or ``None`` when
+    there is none it can tell (a name cut and hashed)."""
+    candidates = (physical[12:], physical) if physical.startswith("mb-") else (physical,)
+    return next((c for c in candidates if physical_name(c) == physical), None)
 
 
 def filter_exchange(source: Destination) -> str:
@@ -232,13 +239,12 @@ class Topology:
         unbind = p(aiormq.Channel.queue_unbind, queue=qname, exchange=exchange, routing_key=key)
         return await self._run(connection, what, via, p(_queue_bind, queue=qname, exchange=hx, arguments=match), unbind)
 
-    async def delete(self, connection: aiormq.abc.AbstractConnection, name: str) -> None:
-        """Delete the queue of logical queue ``name`` and its dead-letter queue (missing ones
-        are no error). Raises :class:`TopologyError` when the broker refuses."""
-        names = (physical_name(name), physical_name(dead_letter_name(name, None)))
-        self.queues.difference_update(names)
-        steps = [functools.partial(aiormq.Channel.queue_delete, queue=q) for q in names]
-        await self._run(connection, f"deletion of queue {names[0]!r} and {names[1]!r}", *steps)
+    async def delete(self, connection: aiormq.abc.AbstractConnection, queues: tuple[str, ...]) -> None:
+        """Delete physical ``queues`` (missing ones are no error); a filter exchange goes with
+        its queue (auto-delete). Raises :class:`TopologyError` when the broker refuses."""
+        self.queues.difference_update(queues)
+        steps = [functools.partial(aiormq.Channel.queue_delete, queue=q) for q in queues]
+        await self._run(connection, f"deletion of queue(s) {', '.join(map(repr, queues))}", *steps)
 
     async def bucket(self, connection: aiormq.abc.AbstractConnection, bucket_ms: int) -> None:
         """Declare the delay bucket ``bucket_ms`` (once): exchange and queue :func:`retry_exchange`."""

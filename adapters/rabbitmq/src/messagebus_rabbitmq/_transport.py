@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
-import aiormq.exceptions
+import dataclasses
+from collections.abc import Sequence
+from urllib.parse import urlsplit
 
-from messagebus import InvalidOption, InvalidURL, TopologyError
+from messagebus import InvalidOption, InvalidURL
 from messagebus.transports import (
     Capabilities,
     Consumer,
     DeliveryHandler,
     Destination,
+    OutgoingMessage,
     TransportBase,
     TransportURL,
+    dead_letter_name,
     parse_options,
 )
 
+from ._admin import Admin
 from ._connection import Connection
 from ._consuming import RabbitMQConsumer
-from ._errors import ERRORS
 from ._options import RabbitMQOptions
 from ._publishing import Publisher
 from ._telemetry import MESSAGING_SYSTEM
+from ._topology import physical_name
 
 __all__ = ["RabbitMQTransport"]
 
@@ -55,12 +60,20 @@ class RabbitMQTransport(
             max_message_size=self.options.max_message_size,
         )
         connection = Connection(self.url, self.options)
-        return capabilities, connection, Publisher(connection)
+        publisher = Publisher(connection)
+        self.admin = Admin(publisher)
+        return capabilities, connection, publisher
 
     @classmethod
     def load_options(cls, url: TransportURL) -> RabbitMQOptions:
         """Raises :class:`InvalidURL` for no host, :class:`InvalidOption` for TLS options on
-        an ``amqp://`` URL or a ``keyfile`` without ``certfile``."""
+        an ``amqp://`` URL, a ``keyfile`` without ``certfile`` or a ``management_url`` with
+        credentials in it (never echoed)."""
+        management = urlsplit(url.query.get("management_url", "http://h"))
+        if management.scheme not in ("http", "https") or not management.hostname or "@" in management.netloc:
+            # Never echoed: URL rendering redacts the URL's own password, not one in an option.
+            hidden = dataclasses.replace(url, query={**url.query, "management_url": "***"}).render()
+            raise InvalidOption(f"option 'management_url' in {hidden!r}: expected http(s)://host:port, no credentials")
         where = url.render()
         if not url.hosts:
             raise InvalidURL(f"transport URL {where!r} names no host; expected amqp://user:password@host:5672/vhost")
@@ -93,11 +106,41 @@ class RabbitMQTransport(
         RabbitMQ refuses, :class:`LifecycleError` when closed, a :class:`TransportError`
         (by the adapter's error map) when the connection fails or stays down past
         ``connect_timeout``."""
-        try:
-            raw = await self.connection.wait_ready(self.options.connect_timeout)
-            await self.publisher.topology.delete(raw, name)
-        except (aiormq.exceptions.AMQPError, TimeoutError) as exc:
-            raise ERRORS.map(exc, TopologyError, f"cannot delete RabbitMQ queue {name!r}") from exc
+        queues = (physical_name(name), physical_name(dead_letter_name(name, None)))
+        await self.admin.delete(f"RabbitMQ queue {name!r}", queues)
+
+    async def dead_letter_queues(self) -> list[str]:
+        """The logical dead-letter queues of the vhost, sorted, listed by the management HTTP
+        API (``GET /api/queues/<vhost>``; AMQP cannot list queues), which needs the plugin
+        ``rabbitmq_management`` at ``management_url`` (default ``http://<host>:15672``,
+        ``https://<host>:15671`` for ``amqps://``) and a user tagged ``management`` or
+        ``monitoring``; the URL's credentials are sent. Raises :class:`TransportError`
+        naming the plugin and the option when the API cannot be reached or refuses."""
+        return await self.admin.dead_letter_queues()
+
+    async def depth(self, source: Destination) -> int:
+        """The ready count of the queue of ``source`` (a queue or a topic's group) by a passive
+        declare on a throwaway channel (messages delivered and not yet acked are not counted);
+        0 when the queue does not exist. Creates nothing. Raises :class:`InvalidDestination`
+        for a topic without a group, a :class:`TransportError` when the broker cannot be
+        reached within ``connect_timeout``."""
+        return await self.admin.depth(source)
+
+    async def publish_to_group(self, source: Destination, messages: Sequence[OutgoingMessage]) -> None:
+        """Send ``messages`` to the queue of group ``source`` only (default exchange, routing
+        key: the queue; ``mandatory`` and confirmed), declaring the queue when missing, as a
+        first attempt (a ``messagebus-attempt`` header is dropped). Raises like
+        :meth:`publish`, and :class:`InvalidDestination` for a topic without a group. A pattern
+        group's copy carries its topic (``message.destination``) in ``messagebus-topic``."""
+        await self.admin.publish_to_group(source, messages)
+
+    async def delete_group(self, source: Destination) -> None:
+        """Delete the queue of group ``source`` and its dead-letter queue; its filter exchange,
+        if any, goes with the queue (auto-delete). The delay buckets are shared: they hold no
+        object of one group. Idempotent. Given a queue, deletes it and its dead-letter queue.
+        Raises :class:`InvalidDestination` for a topic without a group, :class:`TopologyError`
+        when RabbitMQ refuses or cannot be reached."""
+        await self.admin.delete_group(source)
 
     async def open_consumer(self, source: Destination, handler: DeliveryHandler, concurrency: int) -> Consumer:
         """Declare ``source`` and consume it on a channel of its own."""
