@@ -265,12 +265,11 @@ async def replay(
             return False
         replayed += 1  # counted before the awaits: a concurrent call sees the limit taken
         try:
-            if source.kind is DestinationKind.QUEUE:
-                await transport.publish([OutgoingMessage(source, delivery.body, replay_headers(headers), delivery.key)])
-            else:
-                topic = Destination(DestinationKind.TOPIC, source.name)
-                message = OutgoingMessage(topic, delivery.body, replay_headers(headers), delivery.key)
-                await admin.publish_to_group(source, [message])
+            # The same id as the dead letter: publish_to_group keeps a broker's de-duplication
+            # by message id from taking the replay for a copy of it.
+            target = source if source.kind is DestinationKind.QUEUE else Destination(DestinationKind.TOPIC, source.name)
+            message = OutgoingMessage(target, delivery.body, replay_headers(headers), delivery.key)
+            await admin.publish_to_group(source, [message])
         except BaseException:
             replayed -= 1
             raise

@@ -207,11 +207,14 @@ class BrokerAdmin(Protocol):
     async def publish_to_group(self, source: Destination, messages: Sequence[OutgoingMessage]) -> None:
         """Store ``messages`` for the one group ``source`` of a topic (``source.group`` set)
         and for no other group: its queue, its retry topic or subject, whatever the adapter's
-        redelivery already uses; a replayed dead letter goes back this way. Each message is
-        delivered as a first attempt (``attempt == 1``) with its headers, key and body as
-        given; ``message.destination`` is the topic and is otherwise ignored. Returns once
-        the broker confirmed every message, like :meth:`Transport.publish`, and raises like it.
-        Creates the group's queue if it does not exist yet."""
+        redelivery already uses; or, for a queue ``source``, in that queue. A replayed dead
+        letter goes back this way. Each message is delivered as a first attempt
+        (``attempt == 1``) with its headers, key and body as given, and is never dropped as a
+        duplicate of the message it copies (a broker de-duplicating by message id, such as
+        JetStream's ``Nats-Msg-Id`` or SQS FIFO's deduplication id, must get a fresh one);
+        ``message.destination`` is the topic (or the queue) and is otherwise ignored. Returns
+        once the broker confirmed every message, like :meth:`Transport.publish`, and raises
+        like it. Creates the group's queue if it does not exist yet."""
         ...
 
     async def delete_group(self, source: Destination) -> None:

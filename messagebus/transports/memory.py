@@ -408,7 +408,8 @@ class MemoryBroker:
                     heapq.heapify(self._delayed)
 
     def put_to_group(self, source: Destination, messages: Sequence[OutgoingMessage]) -> None:
-        """Store ``messages`` in the queue of group ``source`` only (created if needed)."""
+        """Store ``messages`` in the queue of group ``source`` only, or in queue ``source``
+        (created if needed)."""
         queue = self.declare(source)
         with self.lock:
             for message in messages:
