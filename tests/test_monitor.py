@@ -23,6 +23,7 @@ httpx = pytest.importorskip("httpx")
 from messagebus import Bus, Retry  # noqa: E402
 from messagebus.monitor import STATS_TOPIC, Collector, Monitor  # noqa: E402
 from messagebus.monitor import _cli as monitor_cli  # noqa: E402
+from messagebus.monitor._collector import FORGET_AFTER  # noqa: E402
 from messagebus.testing import missing_broker, wait_for_port  # noqa: E402
 
 State = dict[str, Any]
@@ -128,15 +129,33 @@ def test_instances_add_up_and_a_stopped_instance_keeps_its_counts() -> None:
     assert (row["handled"], row["in_flight"], row["instances"]) == (14, 2, 1)
 
 
+def test_a_stopped_service_stays_greyed_with_its_counts_then_goes() -> None:
+    """Bug caught: a short-lived publisher (a batch job, the shop's order placer) vanishing
+    from the picture the moment it stops, or stopped services piling up forever."""
+    clock = Clock()
+    collector = Collector(clock=clock)
+    collector.ingest(body(snapshot("orders", 1.0, [], {("topic", "orders.created"): 6}, stopping=True)))
+    collector.ingest(body(snapshot("billing", 1.0, [handler("orders.created", "billing", handled=6)], stopping=True)))
+    state = collector.state()
+    assert [(s["name"], s["instances"]) for s in state["services"]] == [("billing", 0), ("orders", 0)]
+    assert state["published"][0]["messages"] == 6 and state["published"][0]["rate"] is None
+    row = row_of(state, "billing", "orders.created")
+    assert (row["handled"], row["instances"], row["dead_letter_queue"]) == (6, 0, "orders.created.billing.dlq")
+    assert len(state["graph"]["edges"]) == 2
+    clock.now += FORGET_AFTER + 1
+    state = collector.state()
+    assert state["services"] == state["handlers"] == state["published"] == []
+
+
 def test_a_silent_instance_is_dropped_after_a_few_intervals() -> None:
     """Bug caught: a crashed service (no stopping snapshot) shown as running forever."""
     clock = Clock()
     collector = Collector(clock=clock)
     collector.ingest(body(snapshot("billing", 1.0, [handler("orders", "billing")], interval=10.0)))
     clock.now += 30.0
-    assert [s["name"] for s in collector.state()["services"]] == ["billing"]
+    assert [(s["name"], s["instances"]) for s in collector.state()["services"]] == [("billing", 1)]
     clock.now += 10.0
-    assert collector.state()["services"] == []
+    assert [(s["name"], s["instances"]) for s in collector.state()["services"]] == [("billing", 0)]
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,8 @@ _MAX_NAME = 512
 #: An instance silent for this many of its own intervals (plus a margin) counts as gone.
 _STALE_INTERVALS = 3.0
 _STALE_MARGIN = 5.0
+#: A service none of whose instances runs stays on the page (greyed) this long.
+FORGET_AFTER = 600.0
 
 
 class _QueueDepth(Protocol):
@@ -85,6 +87,15 @@ class _Snapshot:
     stopping: bool
     handlers: list[_HandlerSample]
     published: dict[tuple[str, str], int]
+
+
+@dataclass(slots=True)
+class _Retired:
+    """The final counters of instances that stopped or went silent."""
+
+    dead_letter_queue: str
+    counts: dict[str, int]
+    at: float
 
 
 @dataclass(slots=True)
@@ -195,8 +206,8 @@ class Collector:
         self._clock = clock
         self._instances: dict[tuple[str, str], _Instance] = {}
         #: final counters of instances that stopped or went silent, so totals never go down
-        self._retired: dict[HandlerKey, dict[str, int]] = {}
-        self._retired_published: dict[tuple[str, str, str], int] = {}
+        self._retired: dict[HandlerKey, _Retired] = {}
+        self._retired_published: dict[tuple[str, str, str], _Retired] = {}
         self._depths: dict[tuple[str, str, str | None], int | None] = {}
         self._dead_letters: dict[str, int | None] = {}
         self._depth_errors: dict[str, str] = {}
@@ -241,13 +252,18 @@ class Collector:
         return True
 
     def _retire(self, snapshot: _Snapshot) -> None:
+        now = self._clock()
         for sample in snapshot.handlers:
-            totals = self._retired.setdefault((snapshot.service, sample.kind, sample.source, sample.group), {})
+            key = (snapshot.service, sample.kind, sample.source, sample.group)
+            retired = self._retired.setdefault(key, _Retired(sample.dead_letter_queue, dict.fromkeys(COUNTERS, 0), now))
+            retired.at = now
             for name in COUNTERS:
-                totals[name] = totals.get(name, 0) + sample.counts[name]
+                retired.counts[name] += sample.counts[name]
         for (kind, destination), messages in snapshot.published.items():
             where = (snapshot.service, kind, destination)
-            self._retired_published[where] = self._retired_published.get(where, 0) + messages
+            sent = self._retired_published.setdefault(where, _Retired("", {"messages": 0}, now))
+            sent.at = now
+            sent.counts["messages"] += messages
 
     def _expire(self, now: float) -> None:
         for key, instance in list(self._instances.items()):
@@ -255,6 +271,11 @@ class Collector:
                 log.info("service %s instance %s sent no stats for a while: counted as gone", *key)
                 del self._instances[key]
                 self._retire(instance.last)
+        live = {service for service, _ in self._instances}
+        for gone in [k for k, v in self._retired.items() if k[0] not in live and now - v.at > FORGET_AFTER]:
+            del self._retired[gone]
+        for sent in [k for k, v in self._retired_published.items() if k[0] not in live and now - v.at > FORGET_AFTER]:
+            del self._retired_published[sent]
 
     async def poll_depths(self, timeout: float = 5.0) -> None:
         """Read every handler's queue depth (a queue, or a topic group's lag) and the
@@ -327,15 +348,20 @@ class Collector:
                 rate = instance.published_rates.get((kind, destination))
                 if rate is not None:
                     out["rate"] = (out["rate"] or 0.0) + rate
-        for (service, kind, source, group), totals in self._retired.items():
-            live = handlers.get((service, kind, source, group))
-            if live is not None:  # a service with no instance left is no longer drawn
-                for name in COUNTERS:
-                    live[name] += totals.get(name, 0)
-        for (service, kind, destination), messages in self._retired_published.items():
-            sent = published.get((service, kind, destination))
-            if sent is not None:
-                sent["messages"] += messages
+        # Stopped instances keep their counts; a service with none left stays, with 0 instances.
+        for (service, kind, source, group), retired in self._retired.items():
+            services.setdefault(service, {"name": service, "instances": 0, "transport": "", "started": None})
+            sample = _HandlerSample(kind, source, group, retired.dead_letter_queue, {}, 0, None, None)
+            row = handlers.setdefault((service, kind, source, group), self._handler_row(service, sample))
+            for name in COUNTERS:
+                row[name] += retired.counts[name]
+        for (service, kind, destination), retired in self._retired_published.items():
+            services.setdefault(service, {"name": service, "instances": 0, "transport": "", "started": None})
+            sent = published.setdefault(
+                (service, kind, destination),
+                {"service": service, "kind": kind, "destination": destination, "messages": 0, "rate": None},
+            )
+            sent["messages"] += retired.counts["messages"]
         handler_rows = [handlers[k] for k in sorted(handlers, key=str)]
         published_rows = [published[k] for k in sorted(published)]
         return {
@@ -344,7 +370,7 @@ class Collector:
             "services": [services[name] for name in sorted(services)],
             "handlers": handler_rows,
             "published": published_rows,
-            "graph": _graph(handler_rows, published_rows),
+            "graph": _graph(handler_rows, published_rows, {name: s["instances"] for name, s in services.items()}),
             "dead_letters": {
                 "supported": self.admin is not None,
                 "queues": [{"name": name, "depth": depth} for name, depth in sorted(self._dead_letters.items())],
@@ -382,16 +408,21 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
-def _graph(handlers: Sequence[Mapping[str, Any]], published: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def _graph(
+    handlers: Sequence[Mapping[str, Any]], published: Sequence[Mapping[str, Any]], instances: Mapping[str, int]
+) -> dict[str, Any]:
     """Nodes (services, topics, queues, patterns) and edges: service -> topic/queue for what
     it publishes, topic/queue -> service for what it handles (labelled with the group), and
-    topic -> pattern where a pattern subscription matches a topic someone publishes."""
+    topic -> pattern where a pattern subscription matches a topic someone publishes. A
+    service node carries its number of running instances (0: stopped)."""
     nodes: dict[str, dict[str, Any]] = {}
     edges: list[dict[str, Any]] = []
 
     def node(kind: str, name: str) -> str:
         node_id = f"{kind}:{name}"
-        nodes.setdefault(node_id, {"id": node_id, "kind": kind, "name": name, "depth": None})
+        entry = nodes.setdefault(node_id, {"id": node_id, "kind": kind, "name": name, "depth": None})
+        if kind == "service":
+            entry["instances"] = instances.get(name, 0)
         return node_id
 
     for row in published:

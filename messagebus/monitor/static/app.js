@@ -151,11 +151,14 @@ function drawGraph(graph) {
   }
   for (const n of graph.nodes) {
     const p = pos.get(n.id);
-    const g = svg("g", { class: `node ${n.kind}`, "data-id": n.id, transform: `translate(${p.x},${p.y})` });
+    const stopped = n.kind === "service" && n.instances === 0;
+    const g = svg("g", { class: `node ${n.kind}${stopped ? " stopped" : ""}`, "data-id": n.id,
+      transform: `translate(${p.x},${p.y})` });
     g.append(svg("title", {}, `${n.kind} ${n.name}`));
     g.append(svg("rect", { width: BOX_W, height: BOX_H, rx: n.kind === "service" ? 10 : 2 }));
     g.append(svg("text", { x: 8, y: 17, class: "name" }, short(n.name, 24)));
     let sub = n.kind;
+    if (n.kind === "service") sub += stopped ? " \u00b7 stopped" : n.instances > 1 ? ` \u00b7 ${n.instances} instances` : "";
     if (n.depth !== null && n.depth !== undefined) sub += ` \u00b7 depth ${n.depth}`;
     g.append(svg("text", { x: 8, y: 33, class: "sub" }, sub));
     nodeLayer.append(g);
@@ -175,6 +178,7 @@ function drawHandlers(handlers) {
   const body = document.querySelector("#handlers tbody");
   body.replaceChildren(...handlers.map((h) => {
     const tr = el("tr", { "data-service": h.service, "data-source": h.source });
+    if (h.instances === 0) tr.className = "stopped";
     tr.append(el("td", {}, h.service), el("td", {}, `${h.kind} ${h.source}`), el("td", {}, h.group ?? ""));
     tr.append(countCell(h.handled, h.rates.handled, false), countCell(h.failed, h.rates.failed, true),
       countCell(h.retried, h.rates.retried, false), countCell(h.dead_lettered, h.rates.dead_lettered, true));
