@@ -186,12 +186,14 @@ def test_a_malformed_snapshot_is_dropped_whole(bad: bytes) -> None:
 
 def test_the_graph_links_publishers_topics_queues_handlers_and_dead_letters() -> None:
     """Bug caught: the picture missing an arrow (a queue's consumer, a pattern's matching
-    topic, a dead-letter queue), or pointing one the wrong way."""
+    topic, a dead-letter queue), pointing one the wrong way, or drawing a dead-letter queue
+    that a service consumes as a second, unrelated box."""
     collector = Collector(clock=Clock())
     collector.ingest(body(snapshot("orders", 1.0, [], {("topic", "orders.created"): 3, ("queue", "mail"): 1})))
     collector.ingest(body(snapshot("billing", 1.0, [handler("orders.created", "billing", handled=3, dead_lettered=1)])))
     collector.ingest(body(snapshot("audit", 1.0, [handler("orders.*", "audit", handled=3)])))
     collector.ingest(body(snapshot("mailer", 1.0, [handler("mail", kind="consume", handled=1)])))
+    collector.ingest(body(snapshot("notify", 1.0, [handler("orders.created.billing.dlq", kind="consume")])))
     graph = collector.state()["graph"]
     edges = {(e["from"], e["to"], e["kind"]) for e in graph["edges"]}
     assert edges == {
@@ -202,6 +204,7 @@ def test_the_graph_links_publishers_topics_queues_handlers_and_dead_letters() ->
         ("pattern:orders.*", "service:audit", "subscribe"),
         ("topic:orders.created", "pattern:orders.*", "match"),
         ("queue:mail", "service:mailer", "consume"),
+        ("dlq:orders.created.billing.dlq", "service:notify", "consume"),
     }
     assert {n["id"] for n in graph["nodes"]} == {e[0] for e in edges} | {e[1] for e in edges}
 

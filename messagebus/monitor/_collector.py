@@ -419,6 +419,8 @@ def _graph(
     edges: list[dict[str, Any]] = []
 
     def node(kind: str, name: str) -> str:
+        if kind == "queue" and name.endswith(".dlq"):
+            kind = "dlq"  # consumed like a queue (the shop's notifications do), drawn as what it is
         node_id = f"{kind}:{name}"
         entry = nodes.setdefault(node_id, {"id": node_id, "kind": kind, "name": name, "depth": None})
         if kind == "service":
