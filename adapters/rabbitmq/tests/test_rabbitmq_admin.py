@@ -143,6 +143,8 @@ async def test_publish_to_group_reaches_only_that_group_as_a_first_attempt(
     finally:
         for consumer in consumers:
             await consumer.stop(1.0)
+    with pytest.raises(InvalidDestination, match="no group"):
+        await transport.publish_to_group(topic(name), [message(topic(name), 9)])
 
 
 async def test_publish_to_group_is_stored_until_its_consumer_runs(
@@ -204,14 +206,40 @@ async def test_delete_group_removes_its_queues_and_nothing_of_another_group(
         await transport.delete_group(topic(name))
 
 
-async def test_unreachable_management_api_names_the_plugin_and_the_option() -> None:
+async def test_unreachable_management_api_names_the_plugin_and_the_option(rabbitmq_url: str, name: str) -> None:
     """Bug caught: an unreachable management API surfacing as a bare urllib error (or the
-    password in the message) instead of saying which plugin and option to fix."""
-    url = f"amqp://alice:pa55-secret@127.0.0.1:5672/?management_url=http://127.0.0.1:{free_port()}"
+    password in the message) instead of saying which plugin and option to fix, or taking
+    the AMQP-only operations down with it."""
+    nowhere = f"management_url=http://127.0.0.1:{free_port()}"
+    url = f"amqp://alice:pa55-secret@127.0.0.1:5672/?{nowhere}"
     with pytest.raises(TransportError) as caught:
         await RabbitMQTransport.from_url(url).dead_letter_queues()
     text = str(caught.value)
     assert "rabbitmq_management" in text and "management_url" in text and "pa55-secret" not in text
+    t = RabbitMQTransport.from_url(f"{rabbitmq_url}{'&' if '?' in rabbitmq_url else '?'}{nowhere}")
+    await t.connect()
+    try:
+        billing = group(name, "billing")  # AMQP only: no management API needed
+        await t.publish_to_group(billing, [message(topic(name), 1)])
+        assert await t.depth(billing) == 1
+        await t.delete_group(billing)
+        assert await t.depth(billing) == 0
+        with pytest.raises(TransportError, match="rabbitmq_management"):
+            await t.dead_letter_queues()
+    finally:
+        await t.close()
+
+
+async def test_management_api_is_reached_without_the_environment_proxy(
+    transport: RabbitMQTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bug caught: the queue listing sent through an ``http_proxy`` of the environment (which
+    the AMQP connection never uses), failing or leaking the credentials to the proxy."""
+    for variable in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+    for variable in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(variable, f"http://127.0.0.1:{free_port()}")
+    assert isinstance(await transport.dead_letter_queues(), list)
 
 
 async def test_refused_credentials_say_what_the_user_needs(rabbitmq_url: str) -> None:
@@ -230,6 +258,7 @@ def test_management_url_option() -> None:
     assert RabbitMQTransport.from_url("amqp://u:p@rabbit:5672/").admin.management_url == "http://rabbit:15672"
     assert RabbitMQTransport.from_url("amqps://u:p@rabbit/").admin.management_url == "https://rabbit:15671"
     assert RabbitMQTransport.from_url("amqp://u:p@[::1]/").admin.management_url == "http://[::1]:15672"
+    assert RabbitMQTransport.from_url("amqp://u:p@first:5673,second/").admin.management_url == "http://first:15672"
     given = RabbitMQTransport.from_url("amqp://u:p@rabbit/?management_url=https://mgmt:443/")
     assert given.admin.management_url == "https://mgmt:443"
     with pytest.raises(InvalidOption, match="no credentials") as caught:
