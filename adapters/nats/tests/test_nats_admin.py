@@ -152,35 +152,35 @@ async def test_depth_counts_what_a_queue_and_a_group_store_and_creates_nothing(
         await transport.depth(Destination(TOPIC, topic))
 
 
-async def test_depth_leaves_out_a_delivery_in_a_handler_and_counts_copies_for_other_groups(
+async def test_depth_counts_deliveries_in_handlers_and_handed_back_and_copies_for_other_groups(
     transport: NatsTransport,
 ) -> None:
-    """Bug caught: depth counting a message a handler holds unacked (it is taken), or the
+    """Bug caught: depth as JetStream's ``num_pending`` alone, which drops a message once
+    delivered: a dead-letter queue just looked at (peek holds, then hands back with -NAK)
+    would read 0 and the replay or purge after the look would do nothing. Also holds the
     README's claim that a group's depth includes the copies addressed to another group
-    (retries, replays: its consumer skips them when it runs) no longer holding."""
-    topic = fresh("parcels")
+    (retries, replays: its consumer skips them when it runs)."""
+    topic, queue = fresh("parcels"), fresh("looked")
+    jobs = Destination(QUEUE, queue)
+    await transport.publish([OutgoingMessage(jobs, b"%d" % i, {}, None) for i in range(3)])
+    held: Collector[Delivery] = Collector(TIMEOUT)
+    forever = asyncio.Event()
+
+    async def hold(delivery: Delivery) -> None:
+        held.add(delivery)
+        await forever.wait()
+
+    consumer = await transport.subscribe(jobs, hold, concurrency=3)
+    await held.wait_for(3)
+    try:
+        assert await transport.depth(jobs) == 3  # in handlers
+    finally:
+        await consumer.stop(0)  # hands the three back
+    assert await transport.depth(jobs) == 3
     a, b = Destination(TOPIC, topic, "a"), Destination(TOPIC, topic, "b")
     await make_group(transport, topic, "b")
-    entered, release = asyncio.Event(), asyncio.Event()
-    done: Collector[Delivery] = Collector(TIMEOUT)
-
-    async def slow(delivery: Delivery) -> None:
-        entered.set()
-        await release.wait()
-        await delivery.ack()
-        done.add(delivery)
-
-    consumer = await transport.subscribe(a, slow, concurrency=1)
-    await transport.publish([out(topic, b"%d" % i) for i in range(3)])
-    await asyncio.wait_for(entered.wait(), TIMEOUT)
-    try:
-        assert await transport.depth(a) == 2
-    finally:
-        release.set()
-        await done.wait_for(3)
-        await consumer.stop(0)
     await transport.publish_to_group(a, [out(topic, b"again")])
-    assert (await transport.depth(a), await transport.depth(b)) == (1, 4)
+    assert (await transport.depth(a), await transport.depth(b)) == (1, 1)
 
 
 async def test_publish_to_group_reaches_only_that_group_as_a_first_attempt_even_when_it_is_not_running(
@@ -215,15 +215,26 @@ async def test_publish_to_group_reaches_only_that_group_as_a_first_attempt_even_
         assert delivery.headers == {"ce-id": "id-1", "x-trace": " t 1"}
 
 
-async def test_publish_to_group_creates_a_missing_group_and_refuses_a_queue(transport: NatsTransport) -> None:
+async def test_publish_to_group_creates_a_missing_group_and_replays_to_a_queue(transport: NatsTransport) -> None:
     """Bug caught: a replay to a group whose durable does not exist being dropped (interest
-    retention stores nothing nobody has a durable for), or a queue taken for a group."""
-    topic = fresh("late")
+    retention stores nothing nobody has a durable for), a queue's replay refused, dropped as
+    a duplicate of the original (same ce-id) or kept at its old attempt, or a topic without
+    a group accepted."""
+    topic, queue = fresh("late"), fresh("work")
     group = Destination(TOPIC, topic, "new")
     await transport.publish_to_group(group, [out(topic, b"kept")])
     assert await transport.depth(group) == 1
+    jobs = Destination(QUEUE, queue)
+    await transport.publish([OutgoingMessage(jobs, b"original", {"ce-id": "job-1"}, None)])
+    headers = {"ce-id": "job-1", "messagebus-attempt": "3"}
+    await transport.publish_to_group(jobs, [OutgoingMessage(jobs, b"replayed", headers, None)])
+    got: Collector[Delivery] = Collector(TIMEOUT)
+    worker = await transport.subscribe(jobs, recorder(got), concurrency=1)
+    await got.wait_for(2)
+    await worker.stop(0)
+    assert [(d.body, d.attempt) for d in got.items] == [(b"original", 1), (b"replayed", 1)]
     with pytest.raises(InvalidDestination):
-        await transport.publish_to_group(Destination(QUEUE, topic, "g"), [out(topic, b"x")])
+        await transport.publish_to_group(Destination(TOPIC, topic), [out(topic, b"x")])
 
 
 async def test_delete_group_removes_its_durable_and_dead_letters_only_and_is_idempotent(

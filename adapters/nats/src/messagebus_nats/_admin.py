@@ -1,8 +1,8 @@
 """What the operator's tools ask of JetStream (:class:`~messagebus.transports.BrokerAdmin`).
 
 Dead-letter queues are the work-queue streams of this prefix whose subject maps back to a
-logical ``*.dlq`` name. Depth is a durable consumer's ``num_pending`` (stored, not yet
-delivered to it); a queue nobody consumed yet counts its stream's messages. A replay to one
+logical ``*.dlq`` name. Depth is a durable consumer's ``num_pending`` plus ``num_ack_pending`` (stored and
+not acked by it); a queue nobody consumed yet counts its stream's messages. A replay to one
 group is the path of a retry: a copy on the topic's subject addressed to the group's durable
 (``messagebus-for``), which every other durable acks unhandled. Deleting a group deletes its
 durable (a pattern's on every matching topic, and its registry record) and its dead-letter
@@ -71,7 +71,10 @@ async def depth(conn: Connection, source: Destination) -> int:
 
 async def _pending(js: JetStreamContext, names: Names) -> int:
     try:
-        return (await js.consumer_info(names.stream, names.consumer)).num_pending or 0
+        info = await js.consumer_info(names.stream, names.consumer)
+        # A handed-back (-NAK) message counts as ack-pending like one in a handler: both are
+        # needed, or a dead-letter queue just looked at (peek) would read 0.
+        return (info.num_pending or 0) + (info.num_ack_pending or 0)
     except NotFoundError:
         if not names.queue:
             return 0
@@ -83,15 +86,16 @@ async def _pending(js: JetStreamContext, names: Names) -> int:
 
 async def publish_to_group(publisher: Publisher, source: Destination, messages: Sequence[OutgoingMessage]) -> None:
     """See :meth:`NatsTransport.publish_to_group`."""
-    _group(source, "publish_to_group")
+    if source.kind is DestinationKind.TOPIC:
+        _group(source, "publish_to_group")
     _, topology = publisher.connection.require()
     durable = pattern_durable(source) if source.is_pattern else names_of(source).consumer
     prepared: list[Prepared] = []
     for message in messages:
-        topic = message.destination.name if source.is_pattern else source.name
-        if "*" in topic or "#" in topic:
-            raise InvalidDestination(f"a replay to pattern group {source} needs each message's topic, got {topic!r}")
-        names = replace(publisher.names(Destination(DestinationKind.TOPIC, topic)), consumer=durable)
+        name = message.destination.name if source.is_pattern else source.name
+        if "*" in name or "#" in name:
+            raise InvalidDestination(f"a replay to pattern group {source} needs each message's topic, got {name!r}")
+        names = replace(publisher.names(Destination(source.kind, name)), consumer=durable)
         _, body, wire = publisher.prepare(message)
         for internal in (DUE, headers.ATTEMPT):
             wire.pop(internal, None)  # a first attempt, due now

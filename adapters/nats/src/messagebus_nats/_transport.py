@@ -104,10 +104,11 @@ class NatsTransport(TransportBase[NatsOptions, Connection, Publisher], schemes=S
     async def publish_to_group(self, source: Destination, messages: Sequence[OutgoingMessage]) -> None:
         """Store ``messages`` on the topic's stream as copies for the durable of group
         ``source`` only (every other durable acks them unhandled, like another group's
-        retry), each an attempt 1 with a fresh ``Nats-Msg-Id`` (the same message replayed
-        twice is stored twice); creates the durable if missing; returns once JetStream acked
-        every one. A pattern group's copies go to each message's own topic. Raises like
-        :meth:`publish`, :class:`InvalidDestination` for a source that is not a topic's group."""
+        retry), or in queue ``source``; each an attempt 1 with a fresh ``Nats-Msg-Id`` (never
+        dropped as a duplicate of the original, and the same message replayed twice is
+        stored twice); creates the durable if missing; returns once JetStream acked every
+        one. A pattern group's copies go to each message's own topic. Raises like
+        :meth:`publish`, :class:`InvalidDestination` for a topic without a group."""
         await _admin.publish_to_group(self.publisher, source, messages)
 
     async def delete_group(self, source: Destination) -> None:
