@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from messagebus.transports.memory import MemoryTransport
-from samples.patterns import batch, delay, request_reply, routing
+from samples.patterns import batch, dead_letters, delay, request_reply, routing
 
 ROOT = Path(__file__).resolve().parent.parent
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -107,6 +107,15 @@ async def test_routing_without_wildcards_says_why_and_runs_the_filter_part(
     assert sorted(re.findall(r"picking (order-\d+)", out)) == ["order-2", "order-5"]
 
 
+async def test_dead_letters_are_found_replayed_to_billing_alone_and_billed(capsys: pytest.CaptureFixture[str]) -> None:
+    """Catches: the sample passing while its story breaks (the yen orders not dead-lettered,
+    the replay not reaching billing, audit handling an order twice)."""
+    assert await dead_letters.main(fresh_memory()) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert sorted(re.findall(r"billed order (\d+) \(attempt 1\)", out)) == ["1", "2", "3", "4", "5", "6"]
+    assert "replayed 2 dead letter(s)" in out
+
+
 def test_samples_run_from_the_command_line_by_url_and_by_environment() -> None:
     """Catches: a broken ``python -m samples.patterns.<name> [URL]`` entry (no main guard,
     the URL argument or MESSAGEBUS_URL ignored, the exit code not main's)."""
@@ -132,7 +141,7 @@ def test_samples_run_from_the_command_line_by_url_and_by_environment() -> None:
     assert "nosuchscheme" in by_environment.stderr
 
 
-@pytest.mark.parametrize("sample", [request_reply, delay, batch, routing], ids=lambda m: m.__name__.rsplit(".", 1)[1])
+@pytest.mark.parametrize("sample", [request_reply, delay, batch, routing, dead_letters], ids=lambda m: m.__name__.rsplit(".", 1)[1])
 async def test_sample_runs_on_rabbitmq(sample: object, capsys: pytest.CaptureFixture[str]) -> None:
     """Catches: a pattern that works on memory:// but not through RabbitMQ (reply queue,
     TTL-held delay, batch prefetch, dead letters, header filter; the pattern subscription
