@@ -141,7 +141,9 @@ def test_samples_run_from_the_command_line_by_url_and_by_environment() -> None:
     assert "nosuchscheme" in by_environment.stderr
 
 
-@pytest.mark.parametrize("sample", [request_reply, delay, batch, routing, dead_letters], ids=lambda m: m.__name__.rsplit(".", 1)[1])
+@pytest.mark.parametrize(
+    "sample", [request_reply, delay, batch, routing, dead_letters], ids=lambda m: m.__name__.rsplit(".", 1)[1]
+)
 async def test_sample_runs_on_rabbitmq(sample: object, capsys: pytest.CaptureFixture[str]) -> None:
     """Catches: a pattern that works on memory:// but not through RabbitMQ (reply queue,
     TTL-held delay, batch prefetch, dead letters, header filter; the pattern subscription
