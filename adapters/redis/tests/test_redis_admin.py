@@ -225,16 +225,34 @@ async def test_delete_group_removes_its_keys_only_and_is_idempotent(
     assert sorted(numbers(await got.wait_for(3))) == [0, 1, 2]
 
 
-async def test_group_operations_refuse_a_queue_or_a_topic_without_group(transport: RedisTransport) -> None:
-    """Bug caught: a queue or a bare topic taken for a group (publish_to_group writing to
-    the key of a group named ``messagebus``, delete_group destroying a queue's group)."""
-    for source in (Destination(QUEUE, "q"), Destination(TOPIC, "t")):
-        with pytest.raises(InvalidDestination, match="needs a topic and one of its groups"):
-            await transport.publish_to_group(source, [message(Destination(TOPIC, "t"), 1)])
-        with pytest.raises(InvalidDestination):
-            await transport.delete_group(source)
+async def test_publish_to_group_of_a_queue_stores_it_in_the_queue_as_a_first_attempt(
+    prefix: str, raw: aredis.Redis, transport: RedisTransport
+) -> None:
+    """Bug caught: a queue's replay refused or sent elsewhere than the queue (its dead
+    letters could not be replayed), or keeping a stale attempt count."""
+    queue = Destination(QUEUE, "jobs")
+    stale = {"x-trace": "t1", "messagebus-attempt": "3"}
+    await transport.publish_to_group(queue, [message(queue, 1, key="k1", headers=stale)])
+    assert await transport.depth(queue) == 1
+    assert await raw.xlen(keys(queue, prefix)["stream"]) == 1
+    got: Collector[Delivery] = Collector(TIMEOUT)
+    await transport.subscribe(queue, collecting(got), concurrency=1)
+    [replayed] = await got.wait_for(1)
+    assert (numbers([replayed]), replayed.attempt, replayed.key) == ([1], 1, "k1")
+    assert replayed.headers.get("x-trace") == "t1"
+
+
+async def test_group_operations_refuse_a_topic_without_group(transport: RedisTransport) -> None:
+    """Bug caught: a bare topic taken for a group (publish_to_group or depth reading the
+    keys of a group named ``messagebus``), or delete_group destroying a queue's group."""
+    topic = Destination(TOPIC, "t")
+    with pytest.raises(InvalidDestination, match="needs a topic and one of its groups or a queue"):
+        await transport.publish_to_group(topic, [message(topic, 1)])
     with pytest.raises(InvalidDestination):
-        await transport.depth(Destination(TOPIC, "t"))
+        await transport.depth(topic)
+    for source in (Destination(QUEUE, "q"), topic):
+        with pytest.raises(InvalidDestination, match="needs a topic and one of its groups, got"):
+            await transport.delete_group(source)
 
 
 async def test_a_group_deleted_under_a_running_consumer_is_declared_again(

@@ -23,11 +23,14 @@ __all__ = ["dead_letter_queues", "delete_group", "depth", "group_names"]
 _PAGE = 1000
 
 
-def group_names(source: Destination, prefix: str, what: str) -> Names:
-    """The names of ``source``, a topic's group. Raises :class:`InvalidDestination` for a
-    queue, a topic without a group or a pattern."""
+def group_names(source: Destination, prefix: str, what: str, *, queue: bool = False) -> Names:
+    """The names of ``source``: a topic's group, or a queue when ``queue``. Raises
+    :class:`InvalidDestination` for anything else (a topic without a group, a pattern)."""
+    if queue and source.kind is DestinationKind.QUEUE:
+        return names_for(source, prefix)
     if source.kind is not DestinationKind.TOPIC or not source.group or source.is_pattern:
-        raise InvalidDestination(f"{what} needs a topic and one of its groups, got the {source.kind} {source}")
+        allowed = "a topic and one of its groups" + (" or a queue" if queue else "")
+        raise InvalidDestination(f"{what} needs {allowed}, got the {source.kind} {source}")
     return names_for(source, prefix)
 
 
@@ -52,7 +55,7 @@ async def depth(client: Any, source: Destination, prefix: str) -> int:
     sent before its group exists count (the group will start at the stream's start); a
     missing topic group is 0. Read-only. Raises :class:`InvalidDestination` (a topic without
     a group), :class:`TopologyError` (a key of another type) or :class:`ConnectError`."""
-    names = names_for(source, prefix) if source.kind is DestinationKind.QUEUE else group_names(source, prefix, "depth")
+    names = group_names(source, prefix, "depth", queue=True)
     try:
         total = await _undelivered(client, names.stream, names.group, whole=names.queue)
         total += await _undelivered(client, names.retry, names.group, whole=True)

@@ -99,12 +99,14 @@ class RedisTransport(
         return await _admin.depth(self.connection.require(), source, self.options.prefix)
 
     async def publish_to_group(self, source: Destination, messages: Sequence[OutgoingMessage]) -> None:
-        """Add ``messages`` to the retry stream of the one group ``source`` (created if
-        missing), as first attempts, like :meth:`publish` (confirmed, same errors). Raises
-        :class:`InvalidDestination` when ``source`` is not a topic's group."""
-        names = _admin.group_names(source, self.options.prefix, "publish_to_group")
-        await declare(self.connection.require(), names, self.options.start_from)
-        await self.publisher.publish(messages, to=names.retry)
+        """Add ``messages`` as first attempts to the retry stream of the one group ``source``
+        (declared first if missing), or to the stream of the queue ``source``; confirmed and
+        raising like :meth:`publish`. Raises :class:`InvalidDestination` for a topic without
+        a group."""
+        names = _admin.group_names(source, self.options.prefix, "publish_to_group", queue=True)
+        if not names.queue:
+            await declare(self.connection.require(), names, self.options.start_from)
+        await self.publisher.publish(messages, to=names.stream if names.queue else names.retry)
 
     async def delete_group(self, source: Destination) -> None:
         """Destroy the consumer group ``source`` on its topic's stream and delete its retry
