@@ -268,7 +268,8 @@ async def test_a_pattern_group_is_counted_over_its_topics_and_deleted_with_its_r
     nats_url: str, transport: NatsTransport, js: JetStreamContext
 ) -> None:
     """Bug caught: a pattern group (``tail`` of ``orders.*``) counted on no topic, replayed
-    to the pattern instead of each message's topic, or deleted leaving its durable on a
+    to the pattern instead of each message's topic (a pattern destination must be refused),
+    or deleted leaving its durable on a
     topic or its registry record (a topic created later would get the durable again and
     keep messages nobody reads)."""
     base = fresh("shop")
@@ -278,6 +279,8 @@ async def test_a_pattern_group_is_counted_over_its_topics_and_deleted_with_its_r
     await consumer.stop(0)
     await transport.publish_to_group(group, [out(f"{base}.eu", b"1"), out(f"{base}.us", b"2")])
     assert await transport.depth(group) == 2
+    with pytest.raises(InvalidDestination, match="own topic"):
+        await transport.publish_to_group(group, [out(f"{base}.*", b"which topic?")])
     await transport.delete_group(group)
     await transport.delete_group(group)
     assert await transport.depth(group) == 0

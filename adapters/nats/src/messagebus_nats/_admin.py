@@ -94,7 +94,10 @@ async def publish_to_group(publisher: Publisher, source: Destination, messages: 
     for message in messages:
         name = message.destination.name if source.is_pattern else source.name
         if "*" in name or "#" in name:
-            raise InvalidDestination(f"a replay to pattern group {source} needs each message's topic, got {name!r}")
+            raise InvalidDestination(
+                f"JetStream keeps pattern group {source}'s messages per topic: publish_to_group needs each "
+                f"message's own topic as its destination, got {name!r}"
+            )
         names = replace(publisher.names(Destination(source.kind, name)), consumer=durable)
         _, body, wire = publisher.prepare(message)
         for internal in (DUE, headers.ATTEMPT):
