@@ -113,7 +113,7 @@ class TopicAdmin:
     """
 
     def __init__(self, admin: AIOKafkaAdminClient, *, partitions: int, replication_factor: int) -> None:
-        self._admin = admin
+        self.admin = admin
         self._partitions = partitions
         self._replication = replication_factor
         self._lock = asyncio.Lock()
@@ -130,7 +130,7 @@ class TopicAdmin:
                 return
             new = [NewTopic(t, self._partitions, self._replication) for t in missing]
             try:
-                response = await self._admin.create_topics(new)
+                response = await self.admin.create_topics(new)
             except kerr.KafkaError as exc:
                 raise errors.map(exc, TopologyError, f"cannot create Kafka topics {', '.join(missing)}") from exc
             for topic, code, *message in getattr(response, "topic_errors", []):
@@ -145,7 +145,7 @@ class TopicAdmin:
         broker allows (a refusal is logged). Raises :class:`TopologyError`."""
         self.known.difference_update(topics)
         try:
-            response = await self._admin.delete_topics(topics)
+            response = await self.admin.delete_topics(topics)
         except kerr.KafkaError as exc:
             raise errors.map(exc, TopologyError, f"cannot delete Kafka topics {', '.join(topics)}") from exc
         for topic, code, *_ in response.topic_error_codes:
@@ -153,8 +153,8 @@ class TopicAdmin:
                 error = kerr.for_code(code)()
                 raise errors.map(error, TopologyError, f"cannot delete Kafka topic {topic!r}") from error
         try:  # aiokafka's admin has no DeleteGroups call: its request, to the group's coordinator
-            node = await self._admin.find_coordinator(group)
-            answer = await self._admin._send_request(DeleteGroupsRequest([group]), node)
+            node = await self.admin.find_coordinator(group)
+            answer = await self.admin._send_request(DeleteGroupsRequest([group]), node)
             codes = [code for _, code in answer.results if code not in (0, 69)]  # 69: GROUP_ID_NOT_FOUND
             if codes:
                 raise kerr.for_code(codes[0])()

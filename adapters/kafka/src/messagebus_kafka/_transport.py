@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from messagebus import InvalidURL
+from collections.abc import Sequence
+
+from messagebus import InvalidURL, OutgoingMessage
 from messagebus.transports import Capabilities, Consumer, DeliveryHandler, Destination, TransportBase, TransportURL
 
+from . import _admin
 from ._connection import Connection
 from ._consuming import KafkaConsumer
 from ._options import KafkaOptions, load_options
 from ._publishing import HEADER_ROOM, Publisher
 from ._telemetry import MESSAGING_SYSTEM
-from ._topology import QUEUE_GROUP_PREFIX, kafka_name
 
 __all__ = ["KafkaTransport"]
 
@@ -27,6 +29,7 @@ class KafkaTransport(TransportBase[KafkaOptions, Connection, Publisher], schemes
     it was never committed (a crash, a rebalance, a cancelled handler) keeps its attempt.
     Pattern subscriptions (``orders.*``, ``orders.#``) see new matching topics within
     ``metadata_max_age_ms`` plus a group rebalance; :meth:`delete_queue` removes a queue.
+    Implements :class:`~messagebus.transports.BrokerAdmin` (dead letters, depth as lag).
     """
 
     def build(self) -> tuple[Capabilities, Connection, Publisher]:
@@ -69,6 +72,39 @@ class KafkaTransport(TransportBase[KafkaOptions, Connection, Publisher], schemes
         """Delete the topics of logical queue ``name`` (its retry topic, its dead-letter
         queue and that one's retry topic, where made) and its consumer group where the broker
         allows. Idempotent; raises :class:`TopologyError` when Kafka refuses a deletion."""
-        _, topics = self.connection.require()
-        physical = [kafka_name(name + suffix) for suffix in ("", ".retry", ".dlq", ".dlq.retry")]
-        await topics.delete(physical, kafka_name(QUEUE_GROUP_PREFIX + name))
+        await _admin.delete_queue(self.connection, name)
+
+    # -- BrokerAdmin ----------------------------------------------------------------------
+
+    async def dead_letter_queues(self) -> list[str]:
+        """The topics whose name is a logical dead-letter queue (``<topic>.<group>.dlq``,
+        ``<queue>.dlq``; a cut and hashed name is left out), sorted. Read-only. Raises
+        :class:`TopologyError` when listing fails, :class:`LifecycleError` before ``connect``."""
+        return await _admin.dead_letter_queues(self.connection)
+
+    async def depth(self, source: Destination) -> int:
+        """The lag of ``source`` (a queue, or a topic's group; a pattern group's summed over
+        its topics): end offset minus the group's committed offset, over every partition of
+        the topic and of the group's retry topic (held and in-flight records count). A
+        partition the group never committed counts from its first offset for a queue and for
+        a retry topic, and 0 for a topic group's topic (a new group starts at the end); 0 when
+        nothing exists. Read-only, creates nothing. Raises :class:`InvalidDestination` for a
+        topic without a group, :class:`TopologyError` when Kafka does not answer."""
+        return await _admin.depth(self.connection, source)
+
+    async def publish_to_group(self, source: Destination, messages: Sequence[OutgoingMessage]) -> None:
+        """Write ``messages`` to the retry topic of ``source``, a topic's group or a queue
+        (which only its group reads), as ``settle_redeliver`` writes retries but with attempt 1
+        and a due time of now; a pattern group's copies name their topic. The retry topic is
+        created if missing, and a group that has not run yet reads it from its start. Returns
+        once Kafka confirmed every one; raises like :meth:`publish`,
+        :class:`InvalidDestination` for a topic without a group."""
+        await _admin.publish_to_group(self.publisher, source, messages)
+
+    async def delete_group(self, source: Destination) -> None:
+        """Delete the retry topic and the consumer group of group ``source``, and its
+        dead-letter queue as :meth:`delete_queue` does; the topic and other groups stay.
+        Idempotent. Raises :class:`InvalidDestination` for a source that is not a topic's
+        group, :class:`TopologyError` when Kafka refuses a topic deletion (a refused group
+        deletion is logged, as for :meth:`delete_queue`)."""
+        await _admin.delete_group(self.connection, source)
