@@ -54,9 +54,18 @@ class Publisher:
                 topics.add(names.topic)
         # A queue's subscription exists from its first send, so the message waits for a consumer.
         await asyncio.gather(
-            *(topology.ensure_subscription(n.subscription, n.topic) for n in queues.values() if n.subscription),
+            *(
+                topology.ensure_subscription(n.subscription, n.topic, ordered=n.ordered)
+                for n in queues.values()
+                if n.subscription
+            ),
             *(topology.ensure_topic(t) for t in topics - queues.keys()),
         )
+        await self.confirm(items)
+
+    async def confirm(self, items: Sequence[tuple[str, bytes, dict[str, str], str]]) -> None:
+        """Send checked messages (topic, data, attributes, ordering key) to existing topics and
+        wait for every message id. Raises :class:`PublishError` / :class:`ConnectError`."""
         timeout = self._conn.options.publish_timeout
         try:
             await asyncio.wait_for(asyncio.gather(*(self.send(*item) for item in items)), timeout)

@@ -24,7 +24,7 @@ from ._codec import native_filter
 from ._errors import errors, transient_retry
 from ._options import PubSubOptions
 
-__all__ = ["RETRY_SUFFIX", "Names", "Topology", "names_for", "physical_names", "queue_names", "resource_id"]
+__all__ = ["RETRY_SUFFIX", "Names", "Topology", "names_for", "owned_names", "physical_names", "resource_id"]
 
 RETRY_SUFFIX = "~retry"
 _ALLOWED = r"A-Za-z0-9._~+%-"
@@ -46,13 +46,17 @@ def resource_id(name: str) -> str:
 
 
 class Names:
-    """Resource paths of one destination: its topic, and (for consumers) its subscriptions
-    and the Pub/Sub filter of its subscription ('' for none)."""
+    """Resource paths of one destination: its topic, and (for consumers) its subscriptions,
+    the Pub/Sub filter of its subscription ('' for none) and whether that one has message
+    ordering (``None``: the ``ordering`` option)."""
 
-    __slots__ = ("filter", "retry_subscription", "retry_topic", "subscription", "topic")
+    __slots__ = ("filter", "ordered", "retry_subscription", "retry_topic", "subscription", "topic")
 
-    def __init__(self, project: str, topic: str, subscription: str | None, filter: str = "") -> None:
+    def __init__(
+        self, project: str, topic: str, subscription: str | None, filter: str = "", ordered: bool | None = None
+    ) -> None:
         self.filter = filter
+        self.ordered = ordered
         self.topic = f"projects/{project}/topics/{resource_id(topic)}"
         self.subscription: str | None = None
         self.retry_topic: str | None = None
@@ -69,23 +73,29 @@ def names_for(project: str, destination: Destination) -> Names:
     """Paths for ``destination``: a queue has its own subscription; a topic with a group has
     ``topic.group``, with the native filter of ``destination.filter`` (a queue's filter is
     matched by the bus only: its subscription is made by its first send, before any
-    consumer says what it wants); a topic without a group (publishing) has none. Raises
+    consumer says what it wants); a topic without a group (publishing) has none. A
+    dead-letter queue (``*.dlq``) is unordered: the dead-letter tools hold a message
+    unsettled while they look at the next, which message ordering would withhold. Raises
     :class:`InvalidDestination` for an illegal name (cached once valid)."""
     validate_name(destination.name, destination.kind.value)
     if destination.group is not None:
         validate_name(destination.group, "group")
     if destination.kind is DestinationKind.QUEUE:
-        return Names(project, destination.name, destination.name)
+        return Names(
+            project, destination.name, destination.name, ordered=False if destination.name.endswith(".dlq") else None
+        )
     if destination.group:
         group = f"{destination.name}.{destination.group}"
         return Names(project, destination.name, group, native_filter(destination.filter))
     return Names(project, destination.name, None)
 
 
-def queue_names(project: str, name: str) -> tuple[Names, Names]:
-    """Paths of queue ``name`` and of its dead-letter queue. Raises :class:`InvalidDestination`."""
-    dead_letter = dead_letter_name(name, None)
-    return names_for(project, Destination(DestinationKind.QUEUE, name)), Names(project, dead_letter, dead_letter)
+def owned_names(project: str, source: Destination) -> tuple[Names, Names]:
+    """Paths of a queue or a topic's group and of its dead-letter queue. Raises
+    :class:`InvalidDestination`."""
+    names = names_for(project, source)
+    dead_letter = dead_letter_name(source.name, source.group)
+    return names, Names(project, dead_letter, dead_letter)
 
 
 def physical_names(destination: Destination, options: PubSubOptions | None = None) -> dict[str, str]:
@@ -157,7 +167,7 @@ class Topology:
         """Declare everything a consumer reads: its subscription and its retry topic/subscription."""
         assert names.subscription is not None and names.retry_topic and names.retry_subscription
         await asyncio.gather(
-            self.ensure_subscription(names.subscription, names.topic, filter=names.filter),
+            self.ensure_subscription(names.subscription, names.topic, ordered=names.ordered, filter=names.filter),
             # Retries are re-published out of order anyway; an unordered subscription keeps a
             # long-delayed retry from holding back the next retry with the same key.
             self.ensure_subscription(names.retry_subscription, names.retry_topic, ordered=False),
@@ -178,11 +188,12 @@ class Topology:
         if not task.cancelled() and task.exception() is None:
             self._done.add(path)
 
-    async def delete(self, *names: Names) -> None:
+    async def delete(self, *names: Names, shared: str | None = None) -> None:
         """Delete the subscriptions, then the topics of ``names`` (deleting a topic leaves
-        its subscriptions behind); one already gone is fine. Raises TopologyError."""
+        its subscriptions behind) except topic ``shared`` (a group's topic, which other groups
+        read); one already gone is fine. Raises TopologyError."""
         subscriptions = [p for n in names for p in (n.subscription, n.retry_subscription) if p]
-        topics = [p for n in names for p in (n.topic, n.retry_topic) if p]
+        topics = [p for n in names for p in (n.topic, n.retry_topic) if p and p != shared]
         for field, fn, paths in (
             ("subscription", self._subscriber.delete_subscription, subscriptions),
             ("topic", self._publisher.delete_topic, topics),
@@ -191,13 +202,15 @@ class Topology:
 
     async def _delete(self, field: str, fn: Callable[..., Awaitable[Any]], path: str) -> None:
         with contextlib.suppress(gexc.NotFound):
-            await self._call(f"delete {field} {path}", fn, {field: path}, gexc.NotFound)
+            await self.call(f"delete {field} {path}", fn, {field: path}, gexc.NotFound)
         self.forget(path)
 
-    async def _call(
+    async def call(
         self, what: str, fn: Callable[..., Awaitable[Any]], request: Any, keep: type[Exception] = gexc.AlreadyExists
     ) -> Any:
-        # ``keep``: the error the caller handles itself (raised as it is).
+        """``fn(request)`` with the transient retry, for up to ``connect_timeout``. Raises
+        ``keep`` as it is (the caller handles it), anything else as :class:`TopologyError` /
+        :class:`ConnectError` saying it could not ``what``."""
         try:
             timeout = self._options.connect_timeout
             return await fn(request=request, retry=transient_retry(timeout), timeout=timeout)
@@ -208,7 +221,7 @@ class Topology:
 
     async def _create_topic(self, path: str) -> None:
         with contextlib.suppress(gexc.AlreadyExists):
-            await self._call(f"create topic {path}", self._publisher.create_topic, {"name": path})
+            await self.call(f"create topic {path}", self._publisher.create_topic, {"name": path})
 
     async def _create_subscription(self, path: str, topic: str, ordered: bool, filter: str) -> None:
         sub = Subscription(
@@ -222,11 +235,11 @@ class Topology:
             message_retention_duration=duration_pb2.Duration(seconds=7 * 24 * 3600),
         )
         try:
-            await self._call(f"create subscription {path}", self._subscriber.create_subscription, sub)
+            await self.call(f"create subscription {path}", self._subscriber.create_subscription, sub)
             return
         except gexc.AlreadyExists:
             pass
-        existing = await self._call(
+        existing = await self.call(
             f"read subscription {path}", self._subscriber.get_subscription, {"subscription": path}
         )
         if existing.topic != topic:

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
-from messagebus.transports import Capabilities, Consumer, DeliveryHandler, Destination, TransportBase, TransportURL
+from collections.abc import Sequence
 
+from messagebus.transports import (
+    Capabilities,
+    Consumer,
+    DeliveryHandler,
+    Destination,
+    DestinationKind,
+    OutgoingMessage,
+    TransportBase,
+    TransportURL,
+)
+
+from . import _admin
 from ._codec import MAX_BODY
 from ._connection import Connection
 from ._consuming import PubSubConsumer
 from ._options import PubSubOptions, emulator_of, project_of
 from ._publishing import Publisher
 from ._telemetry import MESSAGING_SYSTEM
-from ._topology import names_for, queue_names
+from ._topology import names_for, owned_names
 
 __all__ = ["PubSubTransport"]
 
@@ -29,7 +41,8 @@ class PubSubTransport(
     (``topic.group`` or the queue's) and its retry topic and subscription, and keeps per-key
     order within one instance; a topic group's ``filter`` becomes the subscription's Pub/Sub
     filter (fixed at creation: a different one later is a :class:`TopologyError`).
-    ``delete_queue`` is the optional :class:`~messagebus.transports.DeleteQueue`; patterns
+    ``delete_queue`` is the optional :class:`~messagebus.transports.DeleteQueue`, and the
+    :class:`~messagebus.transports.BrokerAdmin` methods are here (``depth`` cannot count); patterns
     are not supported (``wildcards_reason``). ``Delivery.attempt`` counts ``retry`` calls only: a redelivery
     by Pub/Sub itself (an expired lease, a hand-back at stop) keeps the attempt it had.
     """
@@ -85,4 +98,36 @@ class PubSubTransport(
         topic, and those of its dead-letter queue ``name.dlq``, with the messages in them.
         Idempotent. Raises :class:`InvalidDestination` for an illegal name,
         :class:`TopologyError` / :class:`ConnectError` when Pub/Sub refuses or is unreachable."""
-        await self.connection.require().topology.delete(*queue_names(self.connection.project, name))
+        source = Destination(DestinationKind.QUEUE, name)
+        await self.connection.require().topology.delete(*owned_names(self.connection.project, source))
+
+    async def dead_letter_queues(self) -> list[str]:
+        """The logical names of the dead-letter queues in the project, sorted: subscriptions
+        ending in ``.dlq`` on the topic of the same name (ids changed by :func:`resource_id`
+        are left out). Read-only. Raises :class:`TopologyError` / :class:`ConnectError`."""
+        return await _admin.dead_letter_queues(self.connection)
+
+    async def depth(self, source: Destination) -> int | None:
+        """``0`` when neither the subscription of ``source`` (a queue or a topic's group) nor
+        its retry subscription exists, else ``None``: Pub/Sub reports a backlog only through
+        Cloud Monitoring (``num_undelivered_messages``), which neither its client library nor
+        the emulator offers. Creates nothing. Raises :class:`InvalidDestination` for a topic
+        without a group, :class:`TopologyError` / :class:`ConnectError`."""
+        return await _admin.depth(self.connection, source)
+
+    async def publish_to_group(self, source: Destination, messages: Sequence[OutgoingMessage]) -> None:
+        """Publish ``messages`` to the retry topic of group (or queue) ``source`` as attempt 1,
+        due now, declaring its retry subscription first: only that group's (queue's) consumer
+        reads it, and it keeps them until the consumer runs. Returns once Pub/Sub confirmed
+        every message. Raises :class:`InvalidDestination` for a topic without a group,
+        :class:`MessageTooLarge` before sending anything, :class:`PublishError` /
+        :class:`ConnectError` like ``publish``, :class:`TopologyError` when declaring fails."""
+        await _admin.publish_to_group(self.connection, self.publisher, source, messages)
+
+    async def delete_group(self, source: Destination) -> None:
+        """Delete group ``source``'s subscription, its retry topic and subscription, and its
+        dead-letter queue's topics and subscriptions, with their messages; the topic and other
+        groups stay. Idempotent. Stop the group's consumers first: a running one declares its
+        subscription again. Raises :class:`InvalidDestination` unless ``source`` is a topic
+        with a group, :class:`TopologyError` / :class:`ConnectError`."""
+        await _admin.delete_group(self.connection, source)
