@@ -199,6 +199,10 @@ class Poller:
 
         return await self._worker.call(poll, functools.partial(self._hand_back, request["QueueUrl"]))
 
+    async def idle(self) -> None:
+        """Return once the poll in flight (abandoned or not) and its hand-back are done."""
+        await self._worker.call(lambda: None, lambda _: None)
+
     def close(self) -> None:
         """End the thread after its poll in flight and its hand-backs (not waited for)."""
         self._worker.close()

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from messagebus import ConsumeError, DecodeError
-from messagebus.transports import AttributeValue, ConsumerBase, Delivery, DeliveryHandler, Destination
+from messagebus.transports import AttributeValue, ConsumerBase, Delivery, DeliveryHandler, Destination, DestinationKind
 
 from ._codec import decode_message
 from ._connection import Connection, Entry, Poller
@@ -45,6 +45,12 @@ class SqsConsumer(ConsumerBase):
         self.topic_arn: str | None = None
         self._conn = conn
         self._vt = options.visibility_timeout
+        # The operator's tools read a dead-letter queue holding what they read and hand it all
+        # back at stop; a poll still in flight then would take it again (a receive counted, the
+        # messages hidden until its own hand-back, or the visibility timeout after an exit).
+        # So its polls are short and its stop waits for the last one before handing back.
+        self._dead_letters = source.kind is DestinationKind.QUEUE and source.name.endswith(".dlq")
+        self._wait = min(options.wait_time, 1) if self._dead_letters else options.wait_time
         # Deliveries whose visibility the lease loop extends -> when it runs out: those held,
         # and acked ones until SQS confirmed the delete (a slow delete must not let another
         # consumer get the message meanwhile). An extension in flight is in ``_extending``.
@@ -98,7 +104,7 @@ class SqsConsumer(ConsumerBase):
             messages = await self._poller.receive(
                 QueueUrl=self.queue_url,
                 MaxNumberOfMessages=min(10, room),
-                WaitTimeSeconds=self._conn.options.wait_time,
+                WaitTimeSeconds=self._wait,
                 VisibilityTimeout=self._vt,
                 MessageAttributeNames=["All"],
                 MessageSystemAttributeNames=["All"],
@@ -159,7 +165,11 @@ class SqsConsumer(ConsumerBase):
             raise
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
-        """Make the messages visible again at once (visibility 0)."""
+        """Make the messages visible again at once (visibility 0); at the stop of a
+        dead-letter queue's consumer, once its last poll returned (at most a second)."""
+        if self._dead_letters and self.stopping.is_set() and self._poller is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poller.idle(), self._wait + 5.0)
         results = await asyncio.gather(*(self._set_visibility(d, 0) for d in deliveries), return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed and self._queue_missing(failed[0]) is None:

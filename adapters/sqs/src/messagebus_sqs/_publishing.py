@@ -42,13 +42,14 @@ def _fifo_id(value: str) -> str:
     return "h-" + hashlib.sha256(value.encode()).hexdigest()
 
 
-def encode_entry(message: OutgoingMessage, options: SqsOptions) -> tuple[Entry, int]:
+def encode_entry(message: OutgoingMessage, options: SqsOptions, *, replay: bool = False) -> tuple[Entry, int]:
     """The batch entry of ``message`` and its size as SQS counts it. Raises
     :class:`MessageTooLarge` or :class:`UnsupportedFeature` (a key on a standard destination
     with ``strict_keys``). A delayed message (``messagebus-deliver-at``) to a standard queue
     gets ``DelaySeconds`` (the seconds until due, rounded up, at most SQS's 900): received no
     earlier, and held by the consumer beyond 15 minutes. FIFO queues take no per-message delay
-    and SNS topics none at all: there the consumers hold it. Pure but for the clock."""
+    and SNS topics none at all: there the consumers hold it. A ``replay`` gets a fresh FIFO
+    deduplication id. Pure but for the clock."""
     dest = message.destination
     if len(message.body) > MAX_BODY_SIZE:
         raise MessageTooLarge(
@@ -75,8 +76,9 @@ def encode_entry(message: OutgoingMessage, options: SqsOptions) -> tuple[Entry, 
         entry["DelaySeconds"] = min(900, max(0, math.ceil(int(due) / 1000 - time.time())))
     if options.fifo:
         # A message without an id (a foreign producer's) gets a fresh one: a constant would
-        # make SQS drop every later message as a duplicate for five minutes.
-        dedup = _fifo_id(message.id) if message.id else uuid.uuid4().hex
+        # make SQS drop every later message as a duplicate for five minutes; so would the
+        # message's own id for a dead letter replayed within five minutes of its delivery.
+        dedup = _fifo_id(message.id) if message.id and not replay else uuid.uuid4().hex
         entry["MessageGroupId"] = _fifo_id(message.key) if message.key is not None else dedup
         entry["MessageDeduplicationId"] = dedup
     return entry, wire.size
@@ -91,11 +93,11 @@ class Publisher:
         self._consumers = consumers
         self._resolving: dict[tuple[str, str], asyncio.Future[str]] = {}
 
-    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
-        """See :meth:`SqsTransport.publish`."""
+    async def publish(self, messages: Sequence[OutgoingMessage], *, replay: bool = False) -> None:
+        """See :meth:`SqsTransport.publish`; ``replay``: see :func:`encode_entry`."""
         self._conn.require()
         options = self._conn.options
-        prepared = [(m.destination, *encode_entry(m, options), m.key is not None) for m in messages]
+        prepared = [(m.destination, *encode_entry(m, options, replay=replay), m.key is not None) for m in messages]
         if not prepared:
             return
         batchers: dict[Destination, Batcher[Entry, Entry]] = {}

@@ -5,6 +5,7 @@ the connection runs them on its thread pool."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import threading
 from typing import Any
@@ -38,6 +39,29 @@ def topic_name(logical: str, *, prefix: str = "", fifo: bool = False) -> str:
 def _physical(logical: str, prefix: str, fifo: bool, max_length: int) -> str:
     suffix = _FIFO if fifo else ""
     return prefix + sanitize_name(logical, max_length=max_length - len(prefix) - len(suffix)) + suffix
+
+
+def logical_dead_letter(physical: str, *, prefix: str = "", fifo: bool = False) -> str | None:
+    """The logical dead-letter queue name (``<...>.dlq``) whose :func:`queue_name` under
+    ``prefix``/``fifo`` is ``physical``, or ``None``: another queue, or a name cut to fit
+    (its hash cannot be inverted). A logical name's only character SQS refuses is ``.``
+    (made ``-`` and hashed), so each ``-`` is tried as either; beyond 12 of them (4,096
+    candidates) the name is given up. Pure."""
+    suffix = _FIFO if fifo else ""
+    if not physical.startswith(prefix) or not physical.endswith(suffix):
+        return None
+    stem, dlq, digest = physical[len(prefix) : len(physical) - len(suffix)].rpartition("-dlq-")
+    dashes = [i for i, c in enumerate(stem) if c == "-"]
+    if not stem or not dlq or len(digest) != 8 or len(dashes) > 12:
+        return None
+    for dots in itertools.product("-.", repeat=len(dashes)):
+        chars = list(stem)
+        for i, c in zip(dashes, dots, strict=True):
+            chars[i] = c
+        logical = "".join(chars) + ".dlq"
+        if queue_name(logical, prefix=prefix, fifo=fifo) == physical:
+            return logical
+    return None
 
 
 def is_topic(destination: Destination) -> bool:
@@ -102,9 +126,7 @@ class Topology:
         """Create (if needed) the queue for ``logical`` and return its URL; ``fresh`` declares it
         again even if cached (it was found missing). Raises TopologyError."""
         if fresh:
-            with self._lock:
-                self.queues.pop(logical, None)
-                self._subscribed = {s for s in self._subscribed if f"{s[0]}.{s[1]}" != logical}
+            self._forget(logical)
         url = self.queues.get(logical)
         if url is not None:
             return url
@@ -126,6 +148,13 @@ class Topology:
         with self._lock:
             self.queues[logical] = url
         return url
+
+    def _forget(self, logical: str) -> str | None:
+        """Drop the cached URL of queue ``logical`` (returned) and, for a group's queue, its
+        subscription, so that the next use declares both again."""
+        with self._lock:
+            self._subscribed = {s for s in self._subscribed if f"{s[0]}.{s[1]}" != logical}
+            return self.queues.pop(logical, None)
 
     def topic_arn(self, logical: str, *, fresh: bool = False) -> str:
         """Create (if needed) the SNS topic for ``logical`` and return its ARN; ``fresh`` declares
@@ -202,10 +231,9 @@ class Topology:
         raise conflict
 
     def delete_queue(self, logical: str) -> None:
-        """Delete the queue of ``logical`` with its messages; a missing queue is no error.
-        Raises TopologyError."""
-        with self._lock:
-            url = self.queues.pop(logical, None)
+        """Delete the queue of ``logical`` with its messages (and forget it, with its
+        subscription if it is a group's); a missing queue is no error. Raises TopologyError."""
+        url = self._forget(logical)
         name = queue_name(logical, prefix=self._queue_prefix, fifo=self.fifo)
         try:
             url = url or str(self._sqs.get_queue_url(QueueName=name)["QueueUrl"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from messagebus.transports import (
@@ -10,12 +11,14 @@ from messagebus.transports import (
     Consumer,
     DeliveryHandler,
     Destination,
+    OutgoingMessage,
     TransportBase,
     TransportURL,
     dead_letter_name,
     validate_name,
 )
 
+from . import _admin
 from ._codec import MAX_BODY_SIZE
 from ._connection import Connection
 from ._consuming import SqsConsumer
@@ -96,3 +99,32 @@ class SqsTransport(TransportBase[SqsOptions, Connection, Publisher], schemes=("s
         topology = self.connection.require()
         for logical in (name, dead_letter_name(name, None)):
             await self.connection.run(topology.delete_queue, logical)
+
+    async def dead_letter_queues(self) -> list[str]:
+        """The logical names of the dead-letter queues under ``queue_prefix`` (of this
+        transport's kind, standard or FIFO), sorted, from ``ListQueues``; a queue name cut
+        to fit, or with more than 12 ``-``/``.`` before ``.dlq``, is left out. Raises
+        :class:`TopologyError` when AWS refuses."""
+        return await _admin.dead_letter_queues(self.connection)
+
+    async def depth(self, source: Destination) -> int:
+        """SQS's ``ApproximateNumberOfMessages`` of the queue of ``source`` (a queue or a
+        topic's group): visible messages, approximate; those held by a consumer or waiting
+        out a retry delay are not counted. ``0`` for a missing queue, which is not created.
+        Raises :class:`InvalidDestination` for a topic without group, :class:`TopologyError`."""
+        return await _admin.depth(self.connection, source)
+
+    async def publish_to_group(self, source: Destination, messages: Sequence[OutgoingMessage]) -> None:
+        """Send ``messages`` straight to the SQS queue of ``source``, a queue or a topic's
+        group (created if missing, not subscribed), as SNS's raw delivery would: no other
+        group gets them. A FIFO message gets a fresh deduplication id (a replay is no
+        duplicate). Raises like :meth:`publish`, and :class:`InvalidDestination` for a topic
+        without group."""
+        await _admin.publish_to_group(self.publisher, source, messages)
+
+    async def delete_group(self, source: Destination) -> None:
+        """Unsubscribe the group's queue from its SNS topic, then delete the queue and its
+        dead-letter queue with their messages. The topic and other groups are left alone.
+        Idempotent; raises :class:`InvalidDestination` for a source that is no group,
+        :class:`TopologyError` when AWS refuses."""
+        await _admin.delete_group(self.connection, source)
