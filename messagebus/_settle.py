@@ -8,6 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from time import perf_counter
 from typing import Any
 
 from . import _headers as h
@@ -20,6 +21,7 @@ from ._middleware import Handler
 from ._retry import Retry
 from ._serialization import is_structured, read_structured
 from ._signals import Nack, Reject
+from ._stats import HandlerStats
 from ._transport import DeliveryHandler, DeliveryLike
 
 __all__ = ["Outcome", "SettleCallback", "Settlement", "Settler", "log_fields", "on_settled"]
@@ -134,7 +136,9 @@ class Settler:
     A cancelled handler (stop grace ran out) is never settled: the transport redelivers it.
     No exception raised while settling takes the consumer slot out of service: it is logged
     and the delivery handed back for redelivery. A handler running longer than
-    ``warn_after`` seconds is logged once as a warning (``None``: never).
+    ``warn_after`` seconds is logged once as a warning (``None``: never). ``stats``, when
+    given, counts what the chain did (see :class:`HandlerStats`); held and filtered-out
+    messages are not counted.
     """
 
     __slots__ = (
@@ -149,6 +153,7 @@ class Settler:
         "_on_dead_letter",
         "_publish",
         "_retry",
+        "_stats",
         "_system",
         "_warn_after",
         "_watching",
@@ -165,7 +170,9 @@ class Settler:
         warn_after: float | None = None,
         on_dead_letter: DeadLetterHook | None = None,
         filtered: Callable[[], None] | None = None,
+        stats: HandlerStats | None = None,
     ) -> None:
+        self._stats = stats
         self._filter = source.filter
         self._filtered = filtered
         self._on_dead_letter = on_dead_letter
@@ -217,6 +224,10 @@ class Settler:
             inflight[envelope] = self._epoch
             if not self._watching:
                 self._arm_watchdog()
+        stats = self._stats
+        if stats is not None:
+            stats.in_flight += 1
+        began = perf_counter() if stats is not None else 0.0
         try:
             try:
                 content_type = headers.get(h.CE_CONTENT_TYPE)
@@ -226,18 +237,28 @@ class Settler:
             except Exception as error:  # every outcome is settled; CancelledError passes through
                 if inflight is not None:
                     inflight.pop(envelope, None)
+                if stats is not None:
+                    stats.record(perf_counter() - began)
+                    if not isinstance(error, Nack):  # a Nack asks for a redelivery: not a failure
+                        stats.failed += 1
                 settlement = await self._failed(delivery, envelope, error)
             else:
                 if inflight is not None:
                     inflight.pop(envelope, None)
+                if stats is not None:
+                    stats.record(perf_counter() - began)
                 try:
                     await delivery.ack()
                     acked = True
+                    if stats is not None:
+                        stats.handled += 1
                 except MessageBusError:
                     logger.warning("ack failed; the broker will redeliver", exc_info=True, extra=log_fields(envelope))
                 except Exception:
                     logger.exception("ack failed unexpectedly; the broker will redeliver", extra=log_fields(envelope))
         finally:
+            if stats is not None:
+                stats.in_flight -= 1
             if inflight is not None:
                 inflight.pop(envelope, None)
             observers = envelope._take_observers()
@@ -307,6 +328,8 @@ class Settler:
                 if first:
                     carried[h.FIRST_FAILURE] = first
                 await delivery.retry(error.delay, carried)
+                if self._stats is not None:
+                    self._stats.retried += 1
                 # A zero-delay Nack redelivers at once; yield so that a handler that nacks
                 # forever cannot starve other work (or stop()) on this event loop.
                 await asyncio.sleep(0)
@@ -327,6 +350,8 @@ class Settler:
                 if nacks:
                     carried[h.NACKS] = str(nacks)
                 await delivery.retry(delay, carried)
+                if self._stats is not None:
+                    self._stats.retried += 1
                 return Settlement(Outcome.RETRY, attempt, delay=delay, error=error)
             await self._dead_letter(delivery, envelope, error, failures, fields)
             return Settlement(Outcome.DEAD_LETTER, attempt, dead_letter_queue=self._dlq.name, error=error)
@@ -376,6 +401,8 @@ class Settler:
             # Not dead-lettered, so not acked: it comes back and is dead-lettered then.
             await delivery.retry(self._retry.delay(max(failures, 1)), {})
             raise
+        if self._stats is not None:
+            self._stats.dead_lettered += 1
         if self._on_dead_letter is not None:
             try:
                 await self._on_dead_letter(envelope, error)
