@@ -10,7 +10,7 @@ from messagebus_kafka import KafkaTransport
 from test_kafka_transport import TIMEOUT, Collector, msg, queue, topic
 
 from messagebus import Bus, InvalidDestination, Retry
-from messagebus.transports import BrokerAdmin, Destination, OutgoingMessage
+from messagebus.transports import BrokerAdmin, Delivery, Destination, OutgoingMessage
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = TIMEOUT) -> None:
@@ -168,6 +168,38 @@ async def test_delete_group_removes_only_that_group(transport: KafkaTransport, u
     assert f"{unique}.b.dlq" in await transport.dead_letter_queues()
     assert await transport.depth(b) == 3
     assert await transport.depth(queue(f"{unique}.b.dlq")) == 1
+
+
+async def test_a_dead_letter_queue_reader_hands_back_without_undoing_a_later_ack(kafka_url: str, unique: str) -> None:
+    """Bug caught: a tool that holds one dead letter and takes the next one of its partition
+    (a replay by id) getting the taken one back, because the group's commit cannot pass the
+    held record; or the held one lost by the hand-back."""
+    t = KafkaTransport.from_url(kafka_url + "&partitions=1")  # both records in one partition
+    await t.connect()
+    try:
+        dlq = queue(f"{unique}.g.dlq")
+        await t.publish([msg(dlq, b"held"), msg(dlq, b"taken")])  # keyless: no per-key lane
+        forever = asyncio.Event()
+
+        async def hold_or_take(d: Delivery) -> None:
+            if d.body == b"taken":
+                await d.ack()
+            else:
+                await forever.wait()
+
+        got = Collector(hold_or_take)
+        consumer = await t.subscribe(dlq, got, concurrency=2)
+        await got.wait_for(lambda: len(got.items) == 2)
+        await consumer.stop(0.0)  # cancels the held one: handed back
+        assert await t.depth(dlq) == 1
+        again = Collector()
+        consumer = await t.subscribe(dlq, again, concurrency=2)
+        await again.wait_for(lambda: len(again.items) == 1)
+        await consumer.stop(5)
+        assert [(d.body, d.attempt) for d in again.items] == [(b"held", 2)]
+        assert await t.depth(dlq) == 0
+    finally:
+        await t.close()
 
 
 async def test_admin_calls_refuse_a_topic_without_a_group(transport: KafkaTransport, unique: str) -> None:

@@ -22,7 +22,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
@@ -125,6 +125,8 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
         self.inline = concurrency == 1
         #: A pattern subscription (deliveries name their topic)
         self.pattern = names.pattern is not None
+        #: A dead-letter queue (read by the operator's tools, which hand back what they only looked at)
+        self.dead_letters = source.kind is DestinationKind.QUEUE and source.name.endswith(".dlq")
         self._max_records = o.fetch_max_records
         self._revoke_wait = o.rebalance_timeout_ms / 2000
         self._consumer: AIOKafkaConsumer | None = None
@@ -174,9 +176,12 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
         await self._publisher.send_record(self.names.retry_topic, record.value, record.key, wire)
         self.settle_ack(delivery)
 
-    def release(self, deliveries: Sequence[Delivery]) -> None:
+    def release(self, deliveries: Sequence[Delivery]) -> Awaitable[Any] | None:
         """Nothing to send: an unsettled record stays uncommitted, so the group gets it again
-        after a rebalance or restart (commits never pass it)."""
+        after a rebalance or restart (commits never pass it). A dead-letter queue's records
+        are re-queued instead (to its retry topic as a redelivery, then settled): a tool that
+        looked at some and took one behind them (a replay by id) must not get that one back."""
+        return asyncio.gather(*(self.settle_redeliver(d, 0.0, {}) for d in deliveries)) if self.dead_letters else None
 
     # -- starting and rebalancing --------------------------------------------------------
 
