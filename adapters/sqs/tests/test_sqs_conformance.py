@@ -15,25 +15,8 @@ from messagebus.testing.transport_kit import TransportKit
 SCALE = 0.02
 
 
-#: Races of the kit with SQS, reported to the kit's owner: the test stops the queue's consumer
-#: and replays a dead letter into that queue at once; the stopped consumer's long poll still
-#: in flight (boto3 cannot cancel it: README, Stop) may take the replayed message and hand it
-#: back, which SQS counts as a receive, so it arrives as attempt 2, not the 1 asserted.
-KIT_RACES = {"test_dead_letters_replay_by_id_then_purge"}
-
-
-def _mark_kit_races(request: pytest.FixtureRequest) -> None:
-    if request.node.originalname in KIT_RACES:
-        reason = "kit race: a stopped consumer's long poll takes the replayed message (attempt 2)"
-        request.node.add_marker(pytest.mark.xfail(reason=reason, raises=AssertionError, strict=False))
-
-
 class TestSqsConformance(TransportConformance):
     """Standard (unordered) SNS topics and SQS queues."""
-
-    @pytest.fixture(autouse=True)
-    def _kit_races(self, request: pytest.FixtureRequest) -> None:
-        _mark_kit_races(request)
 
     @pytest.fixture
     def target(self, moto_endpoint: str, prefix: str, request: pytest.FixtureRequest) -> ConformanceTarget:
@@ -82,7 +65,6 @@ class TestSqsFifoConformance(TransportConformance):
             pytest.skip("volume/fault test: run by TestSqsConformance; too slow on moto's FIFO queues")
         if request.node.originalname in FIFO_KNOWN_OPEN:
             pytest.skip("open finding 5 of docs/faults.md: intermittent PublishError in a FIFO outage")
-        _mark_kit_races(request)
 
     @pytest.fixture
     def target(self, moto_endpoint: str, prefix: str) -> ConformanceTarget:
