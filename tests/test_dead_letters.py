@@ -3,7 +3,6 @@ show is in the kit (messagebus/testing/_dead_letters_kit.py); the commands in te
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
@@ -14,6 +13,7 @@ from messagebus import (
     ConfigurationError,
     Envelope,
     LifecycleError,
+    PublishError,
     Reject,
     Retry,
     UnsupportedFeature,
@@ -26,12 +26,6 @@ from messagebus.transports.memory import MemoryBroker, MemoryTransport
 
 def _broker() -> MemoryBroker:
     return MemoryBroker.named(f"dlq-{uuid.uuid4().hex[:8]}")
-
-
-async def _until(predicate: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.001)
 
 
 async def test_a_dead_letter_whose_headers_name_another_source_is_left_in_place() -> None:
@@ -68,13 +62,15 @@ async def test_replay_reaches_a_group_that_is_not_running_and_a_second_failure_k
 
     async with service() as bus:
         await bus.publish(topic, {"n": 1})
-        await _until(lambda: broker.pending("orders.created.billing.dlq") == 1)
+        await broker.wait_idle()
+        assert broker.pending("orders.created.billing.dlq") == 1
     ops = Bus(MemoryTransport(broker), service="ops")
     async with ops:
         assert await ops.replay_dead_letters("orders.created.billing.dlq") == 1
         assert broker.pending(topic, "billing") == 1, "the replay was not stored for the stopped group"
     async with service():
-        await _until(lambda: broker.pending("orders.created.billing.dlq") == 1)
+        await broker.wait_idle()
+        assert broker.pending("orders.created.billing.dlq") == 1
     async with ops_bus(broker) as ops:
         [again] = await ops.peek_dead_letters("orders.created.billing.dlq")
     assert again.wire_headers[DLQ_REPLAYED], "dlq-replayed dropped by the second dead-lettering"
@@ -93,7 +89,7 @@ async def test_bad_names_limits_and_states_are_refused_at_the_edge() -> None:
         await bus.peek_dead_letters("a.dlq")
     async with bus:
         for call in (bus.peek_dead_letters, bus.replay_dead_letters, bus.purge_dead_letters):
-            with pytest.raises(ConfigurationError, match="ending in '.dlq'"):
+            with pytest.raises(ConfigurationError, match=r"ending in '\.dlq'"):
                 await call("orders.created.billing")
         for limit in (0, -1, True, "3"):
             with pytest.raises(ConfigurationError, match="limit"):
@@ -132,3 +128,40 @@ def test_show_cuts_long_bodies_unless_full_and_escapes_control_characters() -> N
     assert "10000 bytes in all; --full shows everything" in short and len(short) < 5_000
     assert "x" * 10_000 in render(envelope, full=True)
     assert "\x1b" not in short and "\x07" not in short and "\\x1b]0;owned\\x07" in short
+
+
+class _FailingReplay(MemoryTransport):
+    """Refuses the third replay, like a broker that did not confirm it."""
+
+    replays = 0
+
+    async def publish_to_group(self, source: Destination, messages: Any) -> None:
+        self.replays += 1
+        if self.replays == 3:
+            raise PublishError("not confirmed (test)")
+        await super().publish_to_group(source, messages)
+
+
+async def test_a_replay_that_is_not_confirmed_keeps_its_dead_letter() -> None:
+    """Bug caught: a dead letter removed before (or although) its replay was confirmed: the
+    one whose replay failed, and those not reached yet, must still be in the queue."""
+    broker = _broker()
+    queue = "jobs"
+    failing = Bus(MemoryTransport(broker), service="w", retry=Retry(max_attempts=1))
+
+    @failing.consume(queue)
+    async def refuse(job: dict[str, Any]) -> None:
+        raise Reject("no")
+
+    async with failing:
+        for n in range(5):
+            await failing.send(queue, {"n": n})
+        await broker.wait_idle()
+        assert broker.pending("jobs.dlq") == 5
+    async with Bus(_FailingReplay(broker), service="ops") as ops:
+        with pytest.raises(PublishError, match="not confirmed"):
+            await ops.replay_dead_letters("jobs.dlq")
+        replayed = broker.pending(queue)
+        kept = len(await ops.peek_dead_letters("jobs.dlq"))
+    assert kept == 5 - replayed, f"{replayed} replayed but {kept} kept of 5: dead letters lost"
+    assert replayed == 2
