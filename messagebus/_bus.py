@@ -40,6 +40,7 @@ from ._request import Replies, past_reply_by, reply_by
 from ._retry import Retry
 from ._serialization import JSON, Decoder, decoder_for, encode, type_name
 from ._settle import Settler
+from ._stats import BusStats, check_stats_interval
 from ._transport import Consumer, PublishAttributes, ReadyConsumer, Transport
 
 __all__ = ["Bus", "BusState"]
@@ -91,7 +92,10 @@ class Bus:
     past it, it logs a warning naming those not ready and returns (they go on joining, and
     what is published meanwhile is not lost). Raises :class:`ConfigurationError` for a
     ``retry`` that is not a :class:`Retry`, or a ``slow_handler_warning`` or
-    ``ready_timeout`` that is not a positive number.
+    ``ready_timeout`` that is not a positive number. Every ``stats_interval`` seconds (and
+    once after start and once while stopping) the bus publishes its per-handler counts on
+    the ``messagebus.stats`` topic for ``messagebus monitor`` (``None``: never; see
+    docs/observability.md); any other value than a number > 0 raises ConfigurationError.
     """
 
     def __init__(
@@ -105,6 +109,7 @@ class Bus:
         url: TransportURL | None = None,
         slow_handler_warning: float | None = 60.0,
         ready_timeout: float = 30.0,
+        stats_interval: float | None = 10.0,
     ) -> None:
         self.service = validate_name(service, "service")
         self.transport = transport
@@ -127,6 +132,8 @@ class Bus:
         self._slow_handler_warning = slow_handler_warning
         self._ready_timeout = _seconds(ready_timeout, "ready_timeout")
         self._url = url
+        interval = check_stats_interval(stats_interval)
+        self._stats = None if interval is None else BusStats(self.service, transport, interval)
         system = transport.messaging_system
         server = self._telemetry_server()
         attributes_for = transport.publish_attributes if isinstance(transport, PublishAttributes) else None
@@ -322,6 +329,7 @@ class Bus:
                     warn_after=self._slow_handler_warning,
                     on_dead_letter=self._reply_failure if reg.source.kind is DestinationKind.QUEUE else None,
                     filtered=filtered_counter(system, reg.source.name, reg.source.group) if reg.source.filter else None,
+                    stats=self._stats.handler(reg.source) if self._stats is not None else None,
                 )
                 # A batch subscription holds `batch` messages per batch in flight, plus one
                 # batch filling while the calls run (else the broker idles between batches).
@@ -334,6 +342,8 @@ class Bus:
             self._state = BusState.NEW
             raise
         self._state = BusState.RUNNING
+        if self._stats is not None:
+            self._stats.start()
 
     def _innermost(self, reg: _Registration) -> Handler:
         where = str(reg.source)
@@ -423,7 +433,12 @@ class Bus:
                 # After the consumers: a handler finishing in the grace may still make a request.
                 await self._replies.close(grace)
         finally:
-            await self.transport.close()
+            try:
+                if self._stats is not None:
+                    # After the handlers: the last snapshot has the final counts.
+                    await self._stats.stop()
+            finally:
+                await self.transport.close()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -748,6 +763,8 @@ class Bus:
             raise
         except Exception as exc:  # a transport bug must not leak a bare client error
             raise PublishError(f"publishing to {messages[0].destination.name!r} failed: {exc!r}") from exc
+        if self._stats is not None:
+            self._stats.count_published(messages)
 
 
 def _seconds(value: object, what: str) -> float:
