@@ -36,7 +36,13 @@ def error_message(error: BaseException) -> str:
 
 
 def dead_letter_headers(
-    headers: Mapping[str, str], *, destination: str, group: str | None, error: BaseException, attempts: int
+    headers: Mapping[str, str],
+    *,
+    destination: str,
+    group: str | None,
+    error: BaseException,
+    attempts: int,
+    topic: str | None = None,
 ) -> dict[str, str]:
     """The headers of a dead-lettered copy: the original ones (without retry bookkeeping)
     plus ``dlq-destination``, ``dlq-group``, ``dlq-error-type``, ``dlq-error-message``,
@@ -61,4 +67,6 @@ def dead_letter_headers(
             h.DLQ_LAST_FAILURE: now,
         }
     )
+    if topic and topic != destination:
+        out[h.DLQ_TOPIC] = topic
     return out

@@ -267,7 +267,9 @@ async def replay(
         try:
             # The same id as the dead letter: publish_to_group keeps a broker's de-duplication
             # by message id from taking the replay for a copy of it.
-            target = source if source.kind is DestinationKind.QUEUE else Destination(DestinationKind.TOPIC, source.name)
+            # A pattern group's dead letter goes back as a message of the topic it came from.
+            topic = headers.get(h.DLQ_TOPIC) or source.name
+            target = source if source.kind is DestinationKind.QUEUE else Destination(DestinationKind.TOPIC, topic)
             message = OutgoingMessage(target, delivery.body, replay_headers(headers), delivery.key)
             await admin.publish_to_group(source, [message])
         except BaseException:

@@ -57,6 +57,7 @@ __all__ = [
     "DELIVER_AT",
     "DLQ_LAST_FAILURE",
     "DLQ_REPLAYED",
+    "DLQ_TOPIC",
     "FIRST_FAILURE",
     "HELD",
     "KEY",
@@ -118,6 +119,8 @@ DLQ_FIRST_FAILURE = "dlq-first-failure"
 DLQ_LAST_FAILURE = "dlq-last-failure"
 #: When a dead letter was last replayed (ISO 8601 UTC); kept if the message fails again.
 DLQ_REPLAYED = "dlq-replayed"
+#: The topic a pattern subscription's dead letter was published to (``dlq-destination`` is the pattern).
+DLQ_TOPIC = "dlq-topic"
 
 #: Prefixes of the logical headers messagebus sets itself; :attr:`Envelope.headers` leaves
 #: them out.

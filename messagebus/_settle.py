@@ -392,7 +392,12 @@ class Settler:
             extra=fields,
         )
         headers = dead_letter_headers(
-            delivery.headers, destination=self._name, group=self._group, error=error, attempts=failures
+            delivery.headers,
+            destination=self._name,
+            group=self._group,
+            error=error,
+            attempts=failures,
+            topic=delivery.topic,
         )
         message = OutgoingMessage(self._dlq, delivery.body, headers, delivery.key)
         try:

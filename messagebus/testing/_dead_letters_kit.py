@@ -147,6 +147,36 @@ class DeadLetterTests:
             assert await worker.peek_dead_letters(dlq) == []
         assert len(handled.items) == 1, "a replay by id sent more than the one asked for"
 
+    async def test_dead_letters_of_a_pattern_group_replay_with_their_topic(
+        self, target: ConformanceTarget, buses: BusFactory
+    ) -> None:
+        """Catches a pattern subscription's dead letter that cannot be replayed (it named only
+        the pattern, not the topic it came from) or comes back as a message of the pattern."""
+        if not target.capabilities.wildcards:
+            pytest.skip("no wildcard subscriptions on this transport")
+        base = _name("dlqpat")
+        topic = f"{base}.created"
+        dlq = f"{base}._star_.audit.dlq"
+        service = buses("audit")
+        failing = True
+        seen: Collector[Envelope] = Collector(target.timeout)
+
+        @service.subscribe(f"{base}.*", group="audit")
+        async def audit(event: dict[str, Any], envelope: Envelope) -> None:
+            if failing:
+                raise Reject("refused by the test")
+            seen.add(envelope)
+
+        async with service:
+            await service.publish(topic, {"n": 1})
+            await _depth_reaches(service, dlq, 1, target.timeout)
+            [letter] = await service.peek_dead_letters(dlq)
+            failing = False
+            assert await service.replay_dead_letters(dlq) == 1
+            [got] = await seen.wait_for(1)
+        assert got.id == letter.id and got.attempt == 1
+        assert got.destination == topic, "a replayed pattern dead letter lost its topic"
+
     @pytest.mark.faults
     async def test_dead_letters_replay_survives_a_connection_cut(
         self, target: ConformanceTarget, buses: BusFactory

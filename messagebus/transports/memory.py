@@ -412,8 +412,11 @@ class MemoryBroker:
         (created if needed)."""
         queue = self.declare(source)
         with self.lock:
+            topic = None
             for message in messages:
-                queue.put(_Stored(message.body, dict(message.headers), message.key))
+                if source.is_pattern:  # the copy names the topic it was published to
+                    topic = message.destination.name
+                queue.put(_Stored(message.body, dict(message.headers), message.key, topic=topic))
 
     def delete_group(self, source: Destination) -> None:
         """Drop the queue of group ``source`` and its dead-letter queue with their messages."""

@@ -294,28 +294,19 @@ async def test_a_pattern_group_is_counted_over_its_topics_and_deleted_with_its_r
     assert not info.state.subjects
 
 
-async def test_a_pattern_groups_dead_letter_replay_is_refused_and_kept(nats_url: str) -> None:
-    """Bug caught: the README's limit no longer holding as stated. The core replays a
-    pattern group's dead letter with the pattern as destination (the dead letter does not
-    say which topic it came from), and JetStream keeps the group's messages per topic: the
-    replay must fail with InvalidDestination and leave the dead letter in place, never
-    publish it to some topic stream where the handler would see a wrong topic."""
+async def test_a_pattern_group_copy_naming_only_the_pattern_is_refused(nats_url: str) -> None:
+    """Bug caught: the README's limit no longer holding as stated. JetStream keeps a pattern
+    group's messages per topic stream, so a copy for a pattern group must name the topic it
+    came from (the core takes it from ``dlq-topic``); one naming only the pattern (a dead
+    letter stored before that header existed) must fail with InvalidDestination, never be
+    published to some topic stream where the handler would see a wrong topic."""
     base = fresh("fleet")
     pattern = f"{base}.*"
     bus = Bus.from_url(f"{nats_url}&pattern_interval=0.2", service="ops")
-    dlq = Destination(TOPIC, pattern, "ops").dead_letter_queue
-
-    @bus.subscribe(pattern, group="ops")
-    async def track(data: int) -> None:
-        raise Reject("bad position")
-
+    source = Destination(TOPIC, pattern, "ops")
     async with bus:
-        await bus.publish(f"{base}.truck", 1)
-
-        async def listed() -> bool:
-            return any(q.name == dlq and q.depth == 1 for q in await bus.dead_letter_queues())
-
-        await until(listed, f"the dead letter in {dlq}")
+        admin = bus.transport
+        assert isinstance(admin, BrokerAdmin)
+        copy = OutgoingMessage(Destination(TOPIC, pattern), b"1", {"ce-id": "x"}, None)
         with pytest.raises(InvalidDestination, match="own topic"):
-            await bus.replay_dead_letters(dlq)
-        assert len(await bus.peek_dead_letters(dlq)) == 1
+            await admin.publish_to_group(source, [copy])
