@@ -146,6 +146,7 @@ class Bus:
         self._registrations: list[_Registration] = []
         self._sources: set[Destination] = set()
         self._consumers: list[Consumer] = []
+        self._settlers: list[Settler] = []
         self._stopping: asyncio.Task[None] | None = None
         self._names: set[str] = set()
         self._types: dict[type, str] = {}
@@ -334,6 +335,7 @@ class Bus:
                 # A batch subscription holds `batch` messages per batch in flight, plus one
                 # batch filling while the calls run (else the broker idles between batches).
                 concurrency = (reg.concurrency + 1) * reg.batch if reg.batch else reg.concurrency
+                self._settlers.append(settler)
                 consumer = await self.transport.subscribe(reg.source, settler.handle, concurrency=concurrency)
                 self._consumers.append(consumer)
             await self._wait_ready()
@@ -426,6 +428,8 @@ class Bus:
 
     async def _shutdown(self, grace: float) -> None:
         consumers, self._consumers = self._consumers, []
+        running = sum(s.running for s in self._settlers)
+        cancelled = sum(s.cancelled for s in self._settlers)
         try:
             if consumers:
                 await asyncio.gather(*(c.stop(grace) for c in consumers))
@@ -439,6 +443,17 @@ class Bus:
                     await self._stats.stop()
             finally:
                 await self.transport.close()
+        if consumers:
+            cancelled = sum(s.cancelled for s in self._settlers) - cancelled
+            logger.info(
+                "%r stopped: of %d handler call(s) running at stop, %d finished within the %gs grace and %d were "
+                "cancelled (not acked: the broker redelivers them)",
+                self,
+                running,
+                max(running - cancelled, 0),
+                grace,
+                cancelled,
+            )
 
     async def __aenter__(self) -> Self:
         await self.start()

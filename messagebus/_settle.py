@@ -157,6 +157,8 @@ class Settler:
         "_system",
         "_warn_after",
         "_watching",
+        "cancelled",
+        "running",
     )
 
     def __init__(
@@ -173,6 +175,10 @@ class Settler:
         stats: HandlerStats | None = None,
     ) -> None:
         self._stats = stats
+        #: Handler calls running now, and how many were cancelled (by a stop's grace timeout):
+        #: the bus's stop log line reports them.
+        self.running = 0
+        self.cancelled = 0
         self._filter = source.filter
         self._filtered = filtered
         self._on_dead_letter = on_dead_letter
@@ -228,6 +234,7 @@ class Settler:
         if stats is not None:
             stats.in_flight += 1
         began = perf_counter() if stats is not None else 0.0
+        self.running += 1
         try:
             try:
                 content_type = headers.get(h.CE_CONTENT_TYPE)
@@ -256,7 +263,11 @@ class Settler:
                     logger.warning("ack failed; the broker will redeliver", exc_info=True, extra=log_fields(envelope))
                 except Exception:
                     logger.exception("ack failed unexpectedly; the broker will redeliver", extra=log_fields(envelope))
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
         finally:
+            self.running -= 1
             if stats is not None:
                 stats.in_flight -= 1
             if inflight is not None:

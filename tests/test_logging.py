@@ -51,7 +51,8 @@ async def test_records_about_a_message_carry_its_fields_and_no_payload(
         await dead.wait_for(2)
         await wait_idle(producer)
 
-    records = [r for r in caplog.records if r.name.startswith("messagebus")]
+    # Records about the bus itself (its stop line) name the Bus, not a message.
+    records = [r for r in caplog.records if r.name.startswith("messagebus") and not r.getMessage().startswith("Bus(")]
     assert len(records) >= 3, [r.getMessage() for r in records]  # a retry warning and two dead-letter errors
     ids = {e.id for e in seen.items}
     for record in records:
@@ -143,3 +144,43 @@ async def test_a_failing_settle_callback_is_logged_with_the_message_fields(
     assert record.messaging_message_id == envelope.id
     assert record.messaging_destination == "jobs"
     assert SECRET not in rendered(record)
+
+
+async def test_stop_logs_one_info_line_with_finished_and_cancelled_handler_calls(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Bug caught (issue 18): a stop that says nothing about the work it cut short: the INFO
+    line must count the handler calls that finished within the grace and those cancelled."""
+    import asyncio
+
+    from messagebus.transports.memory import MemoryBroker, MemoryTransport
+
+    caplog.set_level(logging.INFO, logger="messagebus")
+    bus = Bus(MemoryTransport(MemoryBroker.named("stop-log")), service="stopper")
+    started: Collector[int] = Collector(5.0)
+    gate = asyncio.Event()
+
+    @bus.consume("stop-log-jobs", concurrency=3)
+    async def work(job: dict[str, Any]) -> None:
+        started.add(job["n"])
+        if job["n"] == 0:
+            await asyncio.Event().wait()  # never finishes: cancelled by the grace timeout
+        await gate.wait()
+
+    async with bus:
+        for n in range(3):
+            await bus.send("stop-log-jobs", {"n": n})
+        await started.wait_for(3)
+        # The quick calls finish once their consumer is stopping, inside the grace.
+        stopping: asyncio.Event = bus._consumers[0].stopping  # type: ignore[attr-defined]
+
+        async def open_gate() -> None:
+            await stopping.wait()
+            gate.set()
+
+        opener = asyncio.create_task(open_gate())
+        await bus.stop(grace=0.2)
+        await opener
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "stopped" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "of 3 handler call(s) running at stop, 2 finished within the 0.2s grace and 1 were cancelled" in lines[0]
