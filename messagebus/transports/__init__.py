@@ -22,6 +22,7 @@ from .._error_map import ErrorMap, ErrorRule, describe_error
 from .._headers import from_wire, to_wire
 from .._message import AttributeValue, OutgoingMessage
 from .._request import REPLY_QUEUE_PATTERN, is_reply_queue
+from .._stats import STATS_TOPIC
 from .._transport import (
     BrokerAdmin,
     Capabilities,
@@ -59,6 +60,7 @@ __all__ = [
     "OutgoingMessage",
     "PublishAttributes",
     "REPLY_QUEUE_PATTERN",
+    "STATS_TOPIC",
     "ReadyConsumer",
     "Transport",
     "TransportBase",

@@ -192,3 +192,22 @@ async def test_a_foreign_entry_is_delivered_and_one_without_body_dead_lettered(
         [envelope] = await got.wait_for(1)
         await dead.wait_for(1)
     assert (envelope.id, envelope.type) == ("foreign-1", "Thing")
+
+
+async def test_the_stats_stream_keeps_only_recent_snapshots(redis_url: str, raw: aredis.Redis) -> None:
+    """Bug caught: ``messagebus.stats`` growing for ever (every bus adds a snapshot every 10 s
+    and nothing reads a topic stream empty on Redis without maxlen or retention), while other
+    topic streams must keep what they were given."""
+    from messagebus_redis._publishing import STATS_KEEP
+
+    from messagebus.transports import STATS_TOPIC, OutgoingMessage
+
+    prefix = fresh_prefix()
+    url = url_for(redis_url, prefix)
+    async with Bus.from_url(url, service="p", stats_interval=None) as bus:
+        stats = Destination(TOPIC, STATS_TOPIC)
+        for _ in range(STATS_KEEP * 2 // 500):
+            await bus.transport.publish([OutgoingMessage(stats, b"{}", {})] * 500)
+        await bus.publish_many("ev", [{"n": i} for i in range(50)])
+    assert await raw.xlen(names(TOPIC, STATS_TOPIC, prefix)["stream"]) < STATS_KEEP * 1.2
+    assert await raw.xlen(names(TOPIC, "ev", prefix)["stream"]) == 50

@@ -10,7 +10,15 @@ import time
 from collections.abc import Sequence
 
 from messagebus import MessageBusError, MessageTooLarge, PublishError
-from messagebus.transports import Backoff, Batcher, OutgoingMessage, describe_error
+from messagebus.transports import (
+    STATS_TOPIC,
+    Backoff,
+    Batcher,
+    Destination,
+    DestinationKind,
+    OutgoingMessage,
+    describe_error,
+)
 
 from ._codec import ATTEMPT, Fields, encode
 from ._connection import Connection, logger
@@ -22,6 +30,9 @@ __all__ = ["Publisher"]
 Entries = list[tuple[str, Fields]]
 #: Seconds between two trims of one topic stream.
 TRIM_EVERY = 1.0
+#: Entries the ``messagebus.stats`` stream keeps (about): every bus adds one every 10 s, and a
+#: stream without maxlen or retention options would otherwise grow for ever.
+STATS_KEEP = 1_000
 
 
 class Publisher:
@@ -40,6 +51,7 @@ class Publisher:
             )
         )
         self._trimmed: dict[str, float] = {}
+        self._stats_stream = stream_key(Destination(DestinationKind.TOPIC, STATS_TOPIC), o.prefix)
         self._batcher: Batcher[Entries, None] = Batcher(
             self._send, max_entries=200, sequential=True, map_error=self._error
         )
@@ -94,7 +106,10 @@ class Publisher:
             pipe = client.pipeline(transaction=False)
             for batch in batches:
                 for stream, fields in batch:
-                    pipe.xadd(stream, fields)  # type: ignore[arg-type]
+                    if stream == self._stats_stream:
+                        pipe.xadd(stream, fields, maxlen=STATS_KEEP, approximate=True)  # type: ignore[arg-type]
+                    else:
+                        pipe.xadd(stream, fields)  # type: ignore[arg-type]
             for stream in trims:
                 pipe.eval(TRIM, 1, stream, *self._trim_args or ())
             try:
