@@ -5,7 +5,8 @@ Receiving leases messages, in the order they became visible (so a redelivery que
 what is already waiting, and a zero-delay ``Nack`` loop starves nothing): it stamps them with
 a fresh receipt and hides them for ``visibility_timeout`` seconds. Only the oldest message of
 a key can be received, so a key's messages are handled one at a time in publish order, across
-every consumer of the group (and a retried message holds back the rest of its key). An
+every consumer of the group (and a retried message holds back the rest of its key); not in a
+dead-letter queue, whose tools hold what they look at and must still see the rest. An
 ack deletes the row, a redelivery makes it visible again after the delay, a hand-back makes
 it visible now; each matches the receipt, so a consumer whose lease ran out settles nothing.
 ``attempt`` counts every receive, so broker redeliveries (a hand-back, a lease that ran out)
@@ -29,6 +30,7 @@ from ._codec import SkeletonMessage, decode_headers, encode_headers
 from ._connection import Connection
 from ._errors import ERRORS, LeaseLost
 from ._telemetry import delivery_attributes
+from ._topology import is_dead_letter_queue
 
 __all__ = ["SkeletonConsumer"]
 
@@ -41,7 +43,7 @@ UPDATE messages SET deliveries = deliveries + 1, visible_at = :until, receipt = 
 WHERE id IN (
     SELECT m.id FROM messages AS m
     WHERE m.queue = :queue AND m.visible_at <= :now
-      AND (m.key IS NULL OR NOT EXISTS (
+      AND (NOT :ordered OR m.key IS NULL OR NOT EXISTS (
           SELECT 1 FROM messages AS e WHERE e.queue = m.queue AND e.key = m.key AND e.id < m.id))
     ORDER BY m.visible_at, m.id LIMIT :room)
 RETURNING id, body, headers, key, deliveries
@@ -50,7 +52,9 @@ RETURNING id, body, headers, key, deliveries
 
 def _take(db: sqlite3.Connection, queue: str, receipt: str, room: int, lease: float) -> list[Row]:
     now = time.time()
-    rows = db.execute(_TAKE, {"queue": queue, "receipt": receipt, "room": room, "now": now, "until": now + lease})
+    ordered = not is_dead_letter_queue(queue)
+    values = {"queue": queue, "receipt": receipt, "room": room, "now": now, "until": now + lease, "ordered": ordered}
+    rows = db.execute(_TAKE, values)
     return sorted(rows.fetchall())  # RETURNING gives no order; a key's rows are in id order
 
 

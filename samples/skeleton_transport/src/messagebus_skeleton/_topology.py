@@ -14,7 +14,7 @@ from messagebus.transports import Destination, DestinationKind, dead_letter_name
 
 from ._options import SkeletonOptions
 
-__all__ = ["SCHEMA", "declare", "physical_names", "queue_name", "queues_for"]
+__all__ = ["SCHEMA", "declare", "is_dead_letter_queue", "physical_names", "queue_name", "queues_for"]
 
 SCHEMA = """
 PRAGMA journal_mode = WAL;
@@ -46,6 +46,12 @@ def queue_name(destination: Destination) -> str:
     if destination.kind is DestinationKind.QUEUE:
         return destination.name
     return f"{destination.name}:{destination.group or ''}"
+
+
+def is_dead_letter_queue(queue: str) -> bool:
+    """Whether physical queue ``queue`` is a dead-letter queue (``<topic>.<group>.dlq`` or
+    ``<queue>.dlq``; a group's queue ``topic:group`` never is, whatever the group). Pure."""
+    return queue.endswith(".dlq") and ":" not in queue
 
 
 def physical_names(destination: Destination, options: SkeletonOptions | None = None) -> dict[str, str]:
