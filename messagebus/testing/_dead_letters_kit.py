@@ -18,7 +18,7 @@ import pytest
 
 from .. import Bus, Envelope, MessageBusError, Reject
 from .._headers import DLQ_ERROR_TYPE, DLQ_REPLAYED
-from ..transports import BrokerAdmin
+from ..transports import BrokerAdmin, Destination, DestinationKind
 from ._collect import Collector
 from ._faults import _needs_proxy
 from ._proxy import TcpProxy
@@ -146,6 +146,43 @@ class DeadLetterTests:
             assert await worker.purge_dead_letters(dlq) == 2
             assert await worker.peek_dead_letters(dlq) == []
         assert len(handled.items) == 1, "a replay by id sent more than the one asked for"
+
+    async def test_dead_letters_depth_and_delete_group(self, target: ConformanceTarget, buses: BusFactory) -> None:
+        """Catches a depth that counts another group's messages or creates what it asks
+        about, and a delete_group (``messagebus tail``'s clean-up) that leaves the group to
+        fill up, touches another group, or fails the second time."""
+        topic = _name("depth")
+        made = buses("maker")
+
+        @made.subscribe(topic, group="kept")
+        async def kept(event: dict[str, Any]) -> None: ...
+
+        @made.subscribe(topic, group="gone")
+        async def gone(event: dict[str, Any]) -> None: ...
+
+        async with made:
+            pass  # both groups exist from here on, with no consumer
+        operator = buses("operator")
+        async with operator:
+            admin = operator.transport
+            assert isinstance(admin, BrokerAdmin)
+            assert await operator.queue_depth(_name("nothing"), "g") == 0
+            await operator.publish_many(topic, [{"n": i} for i in range(3)])
+            assert await operator.queue_depth(topic, "kept") in (3, None)
+            await admin.delete_group(Destination(DestinationKind.TOPIC, topic, "gone"))
+            await admin.delete_group(Destination(DestinationKind.TOPIC, topic, "gone"))
+            await operator.publish(topic, {"n": 3})
+            assert await operator.queue_depth(topic, "gone") == 0, "the deleted group still fills"
+            assert await operator.queue_depth(topic, "kept") in (4, None)
+        got: Collector[int] = Collector(target.timeout)
+        again = buses("maker")
+
+        @again.subscribe(topic, group="kept")
+        async def count(event: dict[str, Any]) -> None:
+            got.add(event["n"])
+
+        async with again:
+            assert sorted(await got.wait_for(4)) == [0, 1, 2, 3], "delete_group took messages of another group"
 
     async def test_dead_letters_of_a_pattern_group_replay_with_their_topic(
         self, target: ConformanceTarget, buses: BusFactory
