@@ -186,14 +186,16 @@ def test_a_malformed_snapshot_is_dropped_whole(bad: bytes) -> None:
 
 def test_the_graph_links_publishers_topics_queues_handlers_and_dead_letters() -> None:
     """Bug caught: the picture missing an arrow (a queue's consumer, a pattern's matching
-    topic, a dead-letter queue), pointing one the wrong way, or drawing a dead-letter queue
-    that a service consumes as a second, unrelated box."""
+    topic, a dead-letter queue), pointing one the wrong way, drawing a dead-letter queue
+    that a service consumes as a second, unrelated box, or no box for a service that has not
+    published or handled anything yet."""
     collector = Collector(clock=Clock())
     collector.ingest(body(snapshot("orders", 1.0, [], {("topic", "orders.created"): 3, ("queue", "mail"): 1})))
     collector.ingest(body(snapshot("billing", 1.0, [handler("orders.created", "billing", handled=3, dead_lettered=1)])))
     collector.ingest(body(snapshot("audit", 1.0, [handler("orders.*", "audit", handled=3)])))
     collector.ingest(body(snapshot("mailer", 1.0, [handler("mail", kind="consume", handled=1)])))
     collector.ingest(body(snapshot("notify", 1.0, [handler("orders.created.billing.dlq", kind="consume")])))
+    collector.ingest(body(snapshot("idle", 1.0)))
     graph = collector.state()["graph"]
     edges = {(e["from"], e["to"], e["kind"]) for e in graph["edges"]}
     assert edges == {
@@ -206,7 +208,7 @@ def test_the_graph_links_publishers_topics_queues_handlers_and_dead_letters() ->
         ("queue:mail", "service:mailer", "consume"),
         ("dlq:orders.created.billing.dlq", "service:notify", "consume"),
     }
-    assert {n["id"] for n in graph["nodes"]} == {e[0] for e in edges} | {e[1] for e in edges}
+    assert {n["id"] for n in graph["nodes"]} == {e[0] for e in edges} | {e[1] for e in edges} | {"service:idle"}
 
 
 # -- the web app on a real server ------------------------------------------------------------

@@ -427,6 +427,8 @@ def _graph(
             entry["instances"] = instances.get(name, 0)
         return node_id
 
+    for service in instances:
+        node("service", service)  # drawn before it publishes or handles anything
     for row in published:
         edges.append(
             {
