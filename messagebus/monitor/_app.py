@@ -269,7 +269,8 @@ class Monitor:
         self.group = f"monitor-{uuid.uuid4().hex[:8]}"
         self.depth_interval = depth_interval
         self.push_interval = push_interval
-        self.bus = Bus(load_transport(self.url), service=self.group, url=self.url, **_quiet_bus_options())
+        # The monitor's own bus publishes no stats: it is no service of the system it watches.
+        self.bus = Bus(load_transport(self.url), service=self.group, url=self.url, stats_interval=None)
         admin = self.bus if isinstance(self.bus.transport, BrokerAdmin) else None
         self.collector = Collector(admin, transport=str(self.url), ignore_services=[self.group])
         self._closing = asyncio.Event()
@@ -367,10 +368,3 @@ class Monitor:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-
-def _quiet_bus_options() -> dict[str, Any]:
-    # The monitor's own bus publishes no stats of itself (a Bus without the option has none).
-    import inspect
-
-    return {"stats_interval": None} if "stats_interval" in inspect.signature(Bus.__init__).parameters else {}

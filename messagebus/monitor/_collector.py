@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .._destination import matches_pattern
+from .._stats import STATS_TOPIC
 
 __all__ = ["COUNTERS", "Collector", "DeadLetterAdmin", "HandlerKey", "STATS_TOPIC"]
 
 log = logging.getLogger("messagebus.monitor")
 
-#: The control topic every Bus publishes its stats snapshot to (``messagebus._stats``).
-STATS_TOPIC = "messagebus.stats"
 #: The cumulative per-handler counters of a snapshot, in the order the page shows them.
 COUNTERS = ("handled", "failed", "retried", "dead_lettered")
 _MAX_NAME = 512
