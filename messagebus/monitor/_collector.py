@@ -32,7 +32,7 @@ _MAX_NAME = 512
 _STALE_INTERVALS = 3.0
 _STALE_MARGIN = 5.0
 #: A service none of whose instances runs stays on the page (greyed) this long.
-FORGET_AFTER = 600.0
+FORGET_AFTER = 300.0
 
 
 class _QueueDepth(Protocol):

@@ -4,7 +4,7 @@
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
-const BOX_W = 170, BOX_H = 42, COL_W = 290, ROW_H = 64, PAD = 24;
+const BOX_W = 165, BOX_H = 42, COL_W = 265, ROW_H = 60, PAD = 24;
 let token = "";
 let peeking = null;
 
