@@ -128,10 +128,15 @@ class Connection:
 
 
 async def quietly(step: Awaitable[Any]) -> None:
-    """Await a cleanup step, logging instead of raising (close and stop paths)."""
+    """Await a cleanup step, logging instead of raising (close and stop paths). Raises
+    :class:`asyncio.CancelledError` only when the calling task itself is being cancelled."""
     try:
         await step
     except asyncio.CancelledError:
-        raise
+        # aiokafka's consumer.stop() re-raises the cancellation of its own fetch task when that
+        # fetch was backing off a cut connection (aiokafka#647): not a cancellation of ours.
+        if (task := asyncio.current_task()) is None or task.cancelling():
+            raise
+        logger.debug("cleanup step ended by a cancellation inside aiokafka")
     except Exception as exc:
         logger.debug("cleanup step failed: %r", exc)

@@ -189,13 +189,8 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
         """Start the aiokafka consumer and the fetch/commit tasks (the group join goes on in
         the background). Raises :class:`ConnectError`."""
         o = self._connection.options
-        same: tuple[str, ...] = (
-            "session_timeout_ms",
-            "heartbeat_interval_ms",
-            "rebalance_timeout_ms",
-            "max_poll_interval_ms",
-        )
-        same += ("fetch_max_wait_ms", "max_partition_fetch_bytes", "metadata_max_age_ms")
+        same: tuple[str, ...] = ("session_timeout_ms", "heartbeat_interval_ms", "rebalance_timeout_ms")
+        same += ("max_poll_interval_ms", "fetch_max_wait_ms", "max_partition_fetch_bytes", "metadata_max_age_ms")
         consumer = AIOKafkaConsumer(
             **self._connection.client_kwargs(),
             **{name: getattr(o, name) for name in same},
@@ -516,4 +511,9 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._commit(list(self._parts.values())), timeout)
             await quietly(asyncio.wait_for(consumer.stop(), timeout))
+            # A stop() that ended early (aiokafka#647, see quietly; or timed out) skipped the rest
+            # of its cleanup: cancel the fetches it left and close the client (no-ops otherwise).
+            for fetch in consumer._fetcher._pending_tasks:
+                fetch.cancel()
+            await quietly(consumer._client.close())
             self._parts.clear()
