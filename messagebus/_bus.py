@@ -431,18 +431,20 @@ class Bus:
         running = sum(s.running for s in self._settlers)
         cancelled = sum(s.cancelled for s in self._settlers)
         try:
-            if consumers:
-                await asyncio.gather(*(c.stop(grace) for c in consumers))
+            try:
+                if consumers:
+                    await asyncio.gather(*(c.stop(grace) for c in consumers))
+            finally:
+                if self._stats is not None:
+                    # After the handlers: the last snapshot has the final counts. Before the
+                    # reply queue goes: a publish after its deletion can make Kafka's client
+                    # ask for it again in a metadata request, which re-creates it.
+                    await self._stats.stop()
             if self._replies is not None:
                 # After the consumers: a handler finishing in the grace may still make a request.
                 await self._replies.close(grace)
         finally:
-            try:
-                if self._stats is not None:
-                    # After the handlers: the last snapshot has the final counts.
-                    await self._stats.stop()
-            finally:
-                await self.transport.close()
+            await self.transport.close()
         if consumers:
             cancelled = sum(s.cancelled for s in self._settlers) - cancelled
             logger.info(
