@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from messagebus_pubsub import PubSubTransport
 from pubsub_helpers import Admin, Emulator, crashable_emulator, url_for
 
 from messagebus.testing import free_port, missing_broker, wait_for_port
@@ -87,3 +88,12 @@ async def admin(pubsub_emulator: str) -> AsyncIterator[Admin]:
     a = Admin(pubsub_emulator)
     yield a
     await a.close()
+
+
+@pytest.fixture
+async def transport(pubsub_url: str) -> AsyncIterator[PubSubTransport]:
+    """A connected transport on the test emulator, closed after the test."""
+    t = PubSubTransport.from_url(TransportURL.parse(pubsub_url))
+    await t.connect()
+    yield t
+    await t.close()

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import uuid
 from pathlib import Path
 
 import grpc
@@ -19,6 +20,8 @@ from messagebus_pubsub import resource_id
 
 from messagebus.testing import free_port, missing_broker, wait_for_port
 from messagebus.testing._brokers import BrokerProcess
+from messagebus.testing._collect import Collector
+from messagebus.transports import Delivery, Destination, OutgoingMessage
 
 PROJECT = "messagebus-test"
 # Short ack deadline: a message lost with a dropped stream comes back within seconds.
@@ -61,6 +64,22 @@ class Admin:
         """Close both clients."""
         await self.publisher.transport.close()
         await self.subscriber.transport.close()
+
+
+def out(dest: Destination, body: bytes, key: str | None = None, **headers: str) -> OutgoingMessage:
+    """An outgoing message to ``dest`` with a fresh ``ce-id`` and ``headers``."""
+    return OutgoingMessage(dest, body, {"ce-id": uuid.uuid4().hex, **headers}, key)
+
+
+class Inbox:
+    """A delivery handler that records deliveries and acks them."""
+
+    def __init__(self) -> None:
+        self.got: Collector[Delivery] = Collector(30.0)
+
+    async def __call__(self, delivery: Delivery) -> None:
+        self.got.add(delivery)
+        await delivery.ack()
 
 
 def url_for(emulator_host: str, **extra: str) -> str:

@@ -4,13 +4,11 @@ a replay to one group, a group deleted) against the emulator."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from google.api_core import exceptions as gexc
 from messagebus_pubsub import PubSubTransport, resource_id
-from pubsub_helpers import PROJECT, Admin
+from pubsub_helpers import PROJECT, Admin, Inbox, out
 
 from messagebus import Bus, InvalidDestination, Reject
 from messagebus._consumer import UnorderedHandler
@@ -21,34 +19,9 @@ from messagebus.transports import (
     DeliveryLike,
     Destination,
     DestinationKind,
-    OutgoingMessage,
-    TransportURL,
 )
 
 TOPIC, QUEUE = DestinationKind.TOPIC, DestinationKind.QUEUE
-
-
-@pytest.fixture
-async def transport(pubsub_url: str) -> AsyncIterator[PubSubTransport]:
-    t = PubSubTransport.from_url(TransportURL.parse(pubsub_url))
-    await t.connect()
-    yield t
-    await t.close()
-
-
-def out(dest: Destination, body: bytes, key: str | None = None, **headers: str) -> OutgoingMessage:
-    return OutgoingMessage(dest, body, {"ce-id": uuid.uuid4().hex, **headers}, key)
-
-
-class Inbox:
-    """A delivery handler that records deliveries and acks them."""
-
-    def __init__(self) -> None:
-        self.got: Collector[Delivery] = Collector(30.0)
-
-    async def __call__(self, delivery: Delivery) -> None:
-        self.got.add(delivery)
-        await delivery.ack()
 
 
 async def stored(admin: Admin, *subscriptions: str) -> list[bytes]:

@@ -5,29 +5,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from messagebus_pubsub import PubSubTransport, _consuming, resource_id
 from messagebus_pubsub._codec import native_filter
-from pubsub_helpers import Admin
+from pubsub_helpers import Admin, out
 
 from messagebus import Bus, Envelope, InvalidDestination, TopologyError, UnsupportedFeature
 from messagebus.testing._collect import Collector
-from messagebus.transports import Delivery, Destination, DestinationKind, OutgoingMessage, TransportURL
-
-
-@pytest.fixture
-async def transport(pubsub_url: str) -> AsyncIterator[PubSubTransport]:
-    t = PubSubTransport.from_url(TransportURL.parse(pubsub_url))
-    await t.connect()
-    yield t
-    await t.close()
-
-
-def out(dest: Destination, body: bytes, key: str | None = None, **headers: str) -> OutgoingMessage:
-    return OutgoingMessage(dest, body, {"ce-id": uuid.uuid4().hex, **headers}, key)
-
+from messagebus.transports import Delivery, Destination, DestinationKind
 
 # -- native filters ---------------------------------------------------------------------------
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from google.api_core import exceptions as gexc
 from messagebus_pubsub import PubSubTransport, resource_id
-from pubsub_helpers import PROJECT, Admin, url_for
+from pubsub_helpers import PROJECT, Admin, Inbox, out, url_for
 
 from messagebus import (
     Bus,
@@ -28,34 +26,11 @@ from messagebus import (
 )
 from messagebus.testing import TcpProxy, free_port
 from messagebus.testing._collect import Collector
-from messagebus.transports import Delivery, Destination, DestinationKind, OutgoingMessage, TransportURL
+from messagebus.transports import Delivery, Destination, DestinationKind, TransportURL
 
 
 def transport_for(url: str) -> PubSubTransport:
     return PubSubTransport.from_url(TransportURL.parse(url))
-
-
-@pytest.fixture
-async def transport(pubsub_url: str) -> AsyncIterator[PubSubTransport]:
-    t = transport_for(pubsub_url)
-    await t.connect()
-    yield t
-    await t.close()
-
-
-def out(dest: Destination, body: bytes, key: str | None = None, **headers: str) -> OutgoingMessage:
-    return OutgoingMessage(dest, body, {"ce-id": uuid.uuid4().hex, **headers}, key)
-
-
-class Inbox:
-    """A delivery handler that records deliveries and acks them."""
-
-    def __init__(self) -> None:
-        self.got: Collector[Delivery] = Collector(30.0)
-
-    async def __call__(self, delivery: Delivery) -> None:
-        self.got.add(delivery)
-        await delivery.ack()
 
 
 # -- topology -------------------------------------------------------------------------------
