@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import nats
 import pytest
-from nats_helpers import delete_streams, private_server, shared_server
+from nats.js import JetStreamContext
+from nats_helpers import HOST, PORT, delete_streams, private_server, shared_server
 
 from messagebus.testing._brokers import BrokerProcess
 from messagebus.transports import TransportURL
@@ -33,3 +35,11 @@ def nats_crash_server() -> Iterator[BrokerProcess]:
             yield server
         finally:
             server.close()
+
+
+@pytest.fixture
+async def js() -> AsyncIterator[JetStreamContext]:
+    """JetStream on the shared server through a client of its own, to inspect streams."""
+    client = await nats.connect(f"nats://{HOST}:{PORT}")
+    yield client.jetstream()
+    await client.close()

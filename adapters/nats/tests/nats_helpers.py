@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import nats
 
 from messagebus.testing import free_port, missing_broker, wait_for_port
 from messagebus.testing._brokers import BrokerProcess
+from messagebus.transports import TransportURL
 
 HOST, PORT = "127.0.0.1", 4222
 #: Test timings: a lost ack is redelivered after 5 s, a dead connection noticed within ~6 s.
 TEST_OPTIONS = "ack_wait=5&pull_expires=2&ping_interval=2&max_outstanding_pings=2"
+#: How long a test waits for the broker or a delivery before it fails.
+TIMEOUT = 30.0
 
 
 def shared_server() -> str:
@@ -20,6 +26,19 @@ def shared_server() -> str:
     if not wait_for_port(HOST, PORT, timeout=5):
         missing_broker("nats", f"nothing listens on {HOST}:{PORT} (start nats-server -js)")
     return f"nats://{HOST}:{PORT}?prefix=t{uuid.uuid4().hex[:8]}&{TEST_OPTIONS}"
+
+
+def prefix_of(url: str) -> str:
+    """The name prefix of the test URL ``url``."""
+    return str(TransportURL.parse(url).query["prefix"])
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Poll the broker-side condition ``check()`` until it holds (``TIMEOUT`` at most)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
 
 
 async def delete_streams(prefix: str) -> None:

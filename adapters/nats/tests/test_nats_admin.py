@@ -6,30 +6,20 @@ test on names of its own under the session's prefix."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import nats
 import pytest
 from messagebus_nats import NatsTransport
 from messagebus_nats._topology import REGISTRY, pattern_durable, stream_name
 from nats.js import JetStreamContext
-from nats_helpers import HOST, PORT
+from nats_helpers import TIMEOUT, prefix_of, until
 
 from messagebus import Bus, InvalidDestination, Reject
 from messagebus.testing import Collector
-from messagebus.transports import BrokerAdmin, Delivery, Destination, DestinationKind, OutgoingMessage, TransportURL
+from messagebus.transports import BrokerAdmin, Delivery, Destination, DestinationKind, OutgoingMessage
 
 QUEUE, TOPIC = DestinationKind.QUEUE, DestinationKind.TOPIC
-TIMEOUT = 30.0
-
-
-@pytest.fixture
-async def js() -> AsyncIterator[JetStreamContext]:
-    client = await nats.connect(f"nats://{HOST}:{PORT}")
-    yield client.jetstream()
-    await client.close()
 
 
 @pytest.fixture
@@ -40,10 +30,6 @@ async def transport(nats_url: str) -> AsyncIterator[NatsTransport]:
     await transport.close()
 
 
-def prefix_of(url: str) -> str:
-    return str(TransportURL.parse(url).query["prefix"])
-
-
 def fresh(what: str) -> str:
     return f"{what}{uuid.uuid4().hex[:8]}"
 
@@ -51,14 +37,6 @@ def fresh(what: str) -> str:
 def out(name: str, body: bytes, headers: dict[str, str] | None = None, key: str | None = None) -> OutgoingMessage:
     kind = QUEUE if name.endswith(".dlq") else TOPIC
     return OutgoingMessage(Destination(kind, name), body, headers or {}, key)
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll the broker-side condition ``check()`` until it holds."""
-    deadline = time.monotonic() + TIMEOUT
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def layout(js: JetStreamContext, prefix: str) -> dict[str, list[str]]:

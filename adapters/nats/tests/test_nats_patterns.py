@@ -9,33 +9,19 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import nats
-import pytest
 from messagebus_nats import NatsTransport, physical_names
 from messagebus_nats._options import NatsOptions
 from messagebus_nats._topology import pattern_durable, stream_name
 from nats.js import JetStreamContext
-from nats_helpers import HOST, PORT
+from nats_helpers import TIMEOUT, prefix_of, until
 
 from messagebus import Bus, Envelope, Retry
 from messagebus.testing import Collector
-from messagebus.transports import Destination, DestinationKind, OutgoingMessage, TransportURL
+from messagebus.transports import Destination, DestinationKind, OutgoingMessage
 
 QUEUE, TOPIC = DestinationKind.QUEUE, DestinationKind.TOPIC
-TIMEOUT = 30.0
-
-
-@pytest.fixture
-async def js() -> AsyncIterator[JetStreamContext]:
-    client = await nats.connect(f"nats://{HOST}:{PORT}")
-    yield client.jetstream()
-    await client.close()
-
-
-def prefix_of(url: str) -> str:
-    return str(TransportURL.parse(url).query["prefix"])
 
 
 def names(url: str, kind: DestinationKind, name: str, group: str | None = None) -> dict[str, str]:
@@ -45,14 +31,6 @@ def names(url: str, kind: DestinationKind, name: str, group: str | None = None) 
 
 async def streams(js: JetStreamContext, prefix: str) -> set[str]:
     return {i.config.name for i in await js.streams_info() if i.config.name and i.config.name.startswith(prefix)}
-
-
-async def until(check: object, what: str) -> None:
-    """Poll the broker-side condition ``check()`` (an awaitable factory) until it holds."""
-    deadline = time.monotonic() + TIMEOUT
-    while not await check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def fresh(what: str) -> str:
