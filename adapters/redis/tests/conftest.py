@@ -4,10 +4,11 @@ set), a private crashable one, and the cleanup of this session's keys."""
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
+import redis.asyncio as aredis
 from redis_helpers import SESSION_PREFIX, private_redis, shared_url
 
 from messagebus.testing import free_port
@@ -39,3 +40,11 @@ def redis_crash_server() -> Iterator[BrokerProcess]:
             yield server
         finally:
             server.close()
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aredis.Redis]:
+    """A plain client on the shared server, to look at keys the adapter made."""
+    client = aredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()

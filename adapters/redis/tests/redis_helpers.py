@@ -7,6 +7,8 @@ import os
 import shutil
 import uuid
 
+import redis.asyncio as aredis
+
 from messagebus.testing import missing_broker, wait_for_port
 from messagebus.testing._brokers import BrokerProcess
 from messagebus.transports import TransportURL
@@ -43,6 +45,11 @@ def with_options(url: str, options: str) -> str:
 def url_for(base: str, prefix: str | None = None, extra: str = "") -> str:
     """The URL a test uses: the test timings and a fresh key prefix."""
     return with_options(base, f"{TEST_OPTIONS}&prefix={prefix or fresh_prefix()}" + (f"&{extra}" if extra else ""))
+
+
+async def keys_of(raw: aredis.Redis, prefix: str) -> set[str]:
+    """Every key under ``prefix`` on the server ``raw`` talks to."""
+    return {k.decode() async for k in raw.scan_iter(match=f"{prefix}*", count=1000)}
 
 
 def private_redis(base: str, port: int) -> BrokerProcess:

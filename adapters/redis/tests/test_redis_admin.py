@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aredis
 from messagebus_redis import RedisTransport, _admin, physical_names
 from messagebus_redis._options import RedisOptions
-from redis_helpers import fresh_prefix, url_for
+from redis_helpers import fresh_prefix, keys_of, url_for
 
 from messagebus import Bus, InvalidDestination, Retry
 from messagebus.testing import Collector
@@ -23,13 +23,6 @@ from messagebus.transports import BrokerAdmin, Delivery, Destination, Destinatio
 QUEUE = DestinationKind.QUEUE
 TOPIC = DestinationKind.TOPIC
 TIMEOUT = 30.0
-
-
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[aredis.Redis]:
-    client = aredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
@@ -49,10 +42,6 @@ def keys(destination: Destination, prefix: str) -> dict[str, str]:
     return physical_names(destination, RedisOptions.model_validate({"prefix": prefix}))
 
 
-async def keys_of(raw: aredis.Redis, prefix: str) -> set[str]:
-    return {k.decode() async for k in raw.scan_iter(match=f"{prefix}*", count=1000)}
-
-
 async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
     deadline = time.monotonic() + TIMEOUT
     while not await check():
@@ -66,6 +55,16 @@ def collecting(got: Collector[Delivery]) -> Callable[[Delivery], Awaitable[None]
         await delivery.ack()
 
     return handle
+
+
+async def read_one(transport: RedisTransport, source: Destination, target: Destination) -> None:
+    """Consume ``source`` until message 0, published to ``target``, is acked, then stop: the
+    group exists and has read its stream up to that entry."""
+    got: Collector[Delivery] = Collector(TIMEOUT)
+    consumer = await transport.subscribe(source, collecting(got), concurrency=1)
+    await transport.publish([message(target, 0)])
+    await got.wait_for(1)
+    await consumer.stop(1.0)
 
 
 def numbers(deliveries: list[Delivery]) -> list[int]:
@@ -118,11 +117,7 @@ async def test_depth_counts_stored_messages_of_a_queue_and_a_group_and_creates_n
     assert await keys_of(raw, prefix) == set(), "asking for a depth created keys"
     await transport.publish([message(queue, i) for i in range(3)])
     assert await transport.depth(queue) == 3
-    got: Collector[Delivery] = Collector(TIMEOUT)
-    consumer = await transport.subscribe(group, collecting(got), concurrency=1)
-    await transport.publish([message(topic, 0)])
-    await got.wait_for(1)
-    await consumer.stop(1.0)
+    await read_one(transport, group, topic)
     await transport.publish([message(topic, i) for i in range(1, 5)])
     assert await transport.depth(group) == 4
     assert await transport.depth(other) == 0, "a group that does not exist has a depth"
@@ -138,11 +133,7 @@ async def test_depth_counts_when_redis_cannot_tell_the_lag(
     monkeypatch.setattr(_admin, "_PAGE", 2)
     queue = Destination(QUEUE, "work")
     names = keys(queue, prefix)
-    got: Collector[Delivery] = Collector(TIMEOUT)
-    consumer = await transport.subscribe(queue, collecting(got), concurrency=1)
-    await transport.publish([message(queue, 0)])
-    await got.wait_for(1)
-    await consumer.stop(1.0)
+    await read_one(transport, queue, queue)
     await transport.publish([message(queue, i) for i in range(1, 7)])
     second = (await raw.xrange(names["stream"], count=2))[1][0]
     await raw.xdel(names["stream"], second)  # a hole in what the group has not read

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aredis
 from messagebus_redis import RedisTransport, physical_names
 from messagebus_redis._options import RedisOptions
-from redis_helpers import fresh_prefix, url_for
+from redis_helpers import fresh_prefix, keys_of, url_for
 
 from messagebus import Bus, Envelope, UnsupportedFeature
 from messagebus.testing import Collector
@@ -23,19 +22,8 @@ QUEUE = DestinationKind.QUEUE
 TIMEOUT = 30.0
 
 
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[aredis.Redis]:
-    client = aredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 def queue_keys(name: str, prefix: str) -> dict[str, str]:
     return physical_names(Destination(QUEUE, name), RedisOptions.model_validate({"prefix": prefix}))
-
-
-async def keys_of(raw: aredis.Redis, prefix: str) -> set[str]:
-    return {k.decode() async for k in raw.scan_iter(match=f"{prefix}*", count=1000)}
 
 
 async def test_a_bus_that_made_requests_leaves_no_reply_stream_after_stop(redis_url: str, raw: aredis.Redis) -> None:
