@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import uuid
 from urllib.parse import urlsplit
 
 from messagebus.testing import missing_broker, wait_for_port
+from messagebus.transports import Destination, DestinationKind, OutgoingMessage
+from messagebus.transports import headers as h
 
 
 def make_url(endpoint: str, prefix: str, **options: object) -> str:
@@ -22,6 +25,20 @@ def make_url(endpoint: str, prefix: str, **options: object) -> str:
     query.update(options)
     text = "&".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in query.items())
     return f"sqs://?{text}"
+
+
+def queue(name: str) -> Destination:
+    """The queue ``name``."""
+    return Destination(DestinationKind.QUEUE, name)
+
+
+def message(
+    dest: Destination, body: bytes, headers: dict[str, str] | None = None, key: str | None = None
+) -> OutgoingMessage:
+    """A message to ``dest`` with a fresh CloudEvents id and the required CloudEvents headers,
+    ``headers`` added (or overriding them)."""
+    wire = {h.CE_ID: uuid.uuid4().hex, h.CE_SOURCE: "tests", h.CE_TYPE: "t", h.CE_SPECVERSION: "1.0"}
+    return OutgoingMessage(dest, body, {**wire, **(headers or {})}, key)
 
 
 def endpoint_port(endpoint: str) -> int:

@@ -4,7 +4,6 @@ group, deleting a group; against moto's server."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -12,11 +11,10 @@ from typing import Any
 import pytest
 from messagebus_sqs import SqsTransport, queue_name
 from messagebus_sqs._topology import logical_dead_letter
-from sqs_helpers import make_url
+from sqs_helpers import make_url, message, queue
 
 from messagebus import Bus, InvalidDestination, Retry
-from messagebus.transports import BrokerAdmin, Delivery, Destination, DestinationKind, OutgoingMessage
-from messagebus.transports import headers as h
+from messagebus.transports import BrokerAdmin, Delivery, Destination, DestinationKind
 
 TIMEOUT = 30.0
 TOPIC = Destination(DestinationKind.TOPIC, "orders.created")
@@ -24,17 +22,6 @@ TOPIC = Destination(DestinationKind.TOPIC, "orders.created")
 
 def group(name: str, topic: str = TOPIC.name) -> Destination:
     return Destination(DestinationKind.TOPIC, topic, name)
-
-
-def queue(name: str) -> Destination:
-    return Destination(DestinationKind.QUEUE, name)
-
-
-def message(
-    dest: Destination, body: bytes, headers: dict[str, str] | None = None, key: str | None = None
-) -> OutgoingMessage:
-    wire = {h.CE_ID: uuid.uuid4().hex, h.CE_SOURCE: "tests", h.CE_TYPE: "t", h.CE_SPECVERSION: "1.0"}
-    return OutgoingMessage(dest, body, {**wire, **(headers or {})}, key)
 
 
 async def declare_group(transport: SqsTransport, source: Destination) -> None:

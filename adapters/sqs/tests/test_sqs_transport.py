@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from messagebus_sqs import MAX_BODY_SIZE, SqsTransport, physical_names, queue_name, topic_name
-from sqs_helpers import endpoint_port, make_url
+from sqs_helpers import endpoint_port, make_url, message, queue
 
 from messagebus import MessageTooLarge, PublishError, UnsupportedFeature
 from messagebus.testing import TcpProxy
@@ -27,18 +26,6 @@ def topic(name: str) -> Destination:
 
 def group(name: str, grp: str) -> Destination:
     return Destination(DestinationKind.TOPIC, name, grp)
-
-
-def queue(name: str) -> Destination:
-    return Destination(DestinationKind.QUEUE, name)
-
-
-def message(
-    dest: Destination, body: bytes, headers: dict[str, str] | None = None, key: str | None = None
-) -> OutgoingMessage:
-    wire = {h.CE_ID: uuid.uuid4().hex, h.CE_SOURCE: "tests", h.CE_TYPE: "t", h.CE_SPECVERSION: "1.0"}
-    wire.update(headers or {})
-    return OutgoingMessage(dest, body, wire, key)
 
 
 class Inbox:
