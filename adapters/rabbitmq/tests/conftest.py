@@ -19,7 +19,7 @@ from typing import Any
 
 import aiormq
 import pytest
-from messagebus_rabbitmq import physical_name, queue_name
+from messagebus_rabbitmq import RabbitMQTransport, physical_name, queue_name
 from messagebus_rabbitmq._topology import TOPICS, Topology, filter_exchange
 from rmq_helpers import DEFAULT_URL, private_rabbitmq
 
@@ -118,6 +118,17 @@ def _delete_test_objects() -> Iterator[None]:
 def name() -> str:
     """A unique logical name prefix for one test (the broker is shared)."""
     return f"t.rmq.{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def transport(rabbitmq_url: str) -> AsyncIterator[RabbitMQTransport]:
+    """A connected transport on the test broker, closed after the test."""
+    t = RabbitMQTransport.from_url(rabbitmq_url)
+    await t.connect()
+    try:
+        yield t
+    finally:
+        await t.close()
 
 
 @pytest.fixture

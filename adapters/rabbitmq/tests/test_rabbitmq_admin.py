@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from messagebus_rabbitmq import RabbitMQTransport, physical_name
@@ -17,16 +16,6 @@ from messagebus import Bus, Envelope, InvalidDestination, InvalidOption, Reject,
 from messagebus.testing import free_port
 from messagebus.transports import BrokerAdmin, Delivery, Destination, DestinationKind, TransportURL
 from messagebus.transports import headers as h
-
-
-@pytest.fixture
-async def transport(rabbitmq_url: str) -> AsyncIterator[RabbitMQTransport]:
-    t = RabbitMQTransport.from_url(rabbitmq_url)
-    await t.connect()
-    try:
-        yield t
-    finally:
-        await t.close()
 
 
 async def stored(t: RabbitMQTransport, source: Destination) -> None:
