@@ -4,10 +4,8 @@ entries, guarded trimming, queues deleting what they acked, history, foreign ent
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 import redis.asyncio as aredis
 from messagebus_redis import physical_names
 from messagebus_redis._options import RedisOptions
@@ -19,13 +17,6 @@ from messagebus.transports import Destination, DestinationKind
 
 QUEUE = DestinationKind.QUEUE
 TOPIC = DestinationKind.TOPIC
-
-
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[aredis.Redis]:
-    client = aredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 def names(kind: DestinationKind, name: str, prefix: str, group: str | None = None) -> dict[str, str]:
