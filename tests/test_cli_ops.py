@@ -18,8 +18,9 @@ import pytest
 
 from messagebus import Bus, Envelope, Reject, Retry
 from messagebus.__main__ import main
+from messagebus._discovery import load_transport
 from messagebus.testing import missing_broker, wait_for_port
-from messagebus.transports import TransportURL
+from messagebus.transports import BrokerAdmin, DeleteQueue, Destination, DestinationKind, TransportURL
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,6 +49,20 @@ def url(request: pytest.FixtureRequest) -> str:
 
 def _name(prefix: str) -> str:
     return f"cli.{prefix}.{uuid.uuid4().hex[:8]}"
+
+
+async def _remove(url: str, *, queues: tuple[str, ...] = (), groups: tuple[tuple[str, str], ...] = ()) -> None:
+    """Delete what a test made on a shared broker (a queue goes with its dead-letter queue)."""
+    transport = load_transport(TransportURL.parse(url))
+    await transport.connect()
+    try:
+        assert isinstance(transport, DeleteQueue) and isinstance(transport, BrokerAdmin)
+        for queue in queues:
+            await transport.delete_queue(queue)
+        for topic, group in groups:
+            await transport.delete_group(Destination(DestinationKind.TOPIC, topic, group))
+    finally:
+        await transport.close()
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -135,6 +150,7 @@ def test_dlq_commands_list_show_replay_one_and_purge(url: str, capsys: pytest.Ca
     assert code == 0 and "purged 2 dead letter(s)" in out
     _, out, _ = run_cli(capsys, "dlq", "show", url, dlq)
     assert f"{dlq} is empty" in out
+    asyncio.run(_remove(url, queues=(queue,)))
 
 
 def test_dlq_commands_refuse_a_name_that_is_not_a_dead_letter_queue(capsys: pytest.CaptureFixture[str]) -> None:
@@ -167,6 +183,7 @@ def test_publish_command_sends_json_with_key_and_headers(url: str, capsys: pytes
     assert code == 2 and "not valid JSON" in err
     code, _, err = run_cli(capsys, "publish", url, queue, "{}", "--header", "novalue")
     assert code == 2 and "NAME=VALUE" in err
+    asyncio.run(_remove(url, queues=(queue,)))
 
 
 async def _publish(url: str, topic: str, payloads: list[Any]) -> None:
@@ -231,3 +248,4 @@ def test_tail_prints_messages_takes_nothing_from_groups_and_leaves_nothing(broke
     asyncio.run(_publish(url, topic, [{"n": 3}]))
     assert asyncio.run(_depth(url, topic, "billing")) == 3, "tail took messages from group billing"
     assert asyncio.run(_depth(url, topic, group)) == 0, "the tail's group was left behind"
+    asyncio.run(_remove(url, groups=((topic, "billing"),)))
