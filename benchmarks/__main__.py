@@ -31,6 +31,7 @@ ORDER = [
     "nats",
     "outbox",
     "patterns",
+    "operating",
 ]
 SECTIONS = ["summary", *ORDER]
 

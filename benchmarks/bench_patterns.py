@@ -790,13 +790,13 @@ AREAS = [
 ]
 
 
-def by_area(stats: pstats.Stats) -> dict[str, float]:
-    """Seconds of own time (tottime) per area of :data:`AREAS` ("other": the rest, e.g.
-    builtins such as the selector's poll)."""
+def by_area(stats: pstats.Stats, areas_of: list[tuple[str, str]] = AREAS) -> dict[str, float]:
+    """Seconds of own time (tottime) per area of ``areas_of`` (path fragment, label; first
+    match wins; "other": the rest, e.g. builtins such as the selector's poll)."""
     areas: dict[str, float] = {}
     raw: dict[tuple[str, int, str], tuple[int, int, float, float, object]] = stats.stats  # type: ignore[attr-defined]
     for (filename, _, function), (_, _, own, _, _) in raw.items():
-        where = next((label for fragment, label in AREAS if fragment in filename), None)
+        where = next((label for fragment, label in areas_of if fragment in filename), None)
         if where is None:
             where = "select/epoll (waiting)" if "poll" in function else "other (builtins, stdlib)"
         areas[where] = areas.get(where, 0.0) + own
