@@ -106,8 +106,10 @@ async def publish_to_group(publisher: Publisher, source: Destination, messages: 
         # Its own id: the original's (ce-id) would make JetStream drop a replay as a duplicate.
         wire[MSG_ID] = uuid.uuid4().hex
         prepared.append((names, body, wire))
-    for names in {p[0] for p in prepared}:
+    for names in {p[0] for p in prepared} - topology.replay_durables:
         await topology.ensure_consumer(names)  # the group keeps it even when it is not running
+        # Once per connection: a JetStream request per replayed message cost two thirds of a replay.
+        topology.replay_durables.add(names)
     await publisher.send(prepared)
 
 
@@ -115,6 +117,7 @@ async def delete_group(conn: Connection, source: Destination) -> None:
     """See :meth:`NatsTransport.delete_group`."""
     _group(source, "delete_group")
     js, topology = conn.require()
+    topology.replay_durables.clear()
     try:
         for names in await _durables(conn, source):
             with contextlib.suppress(NotFoundError):

@@ -124,6 +124,8 @@ class Topology:
         self._locks: dict[str, asyncio.Lock] = {}
         #: Streams known to exist (read it for the fast path; never modify it).
         self.known: set[str] = set()
+        #: Durables a replay made sure of on this connection (dropped when a group is deleted).
+        self.replay_durables: set[Names] = set()
 
     async def ensure_stream(self, names: Names) -> None:
         """Create the stream of ``names`` unless known. Raises :class:`TopologyError`."""
