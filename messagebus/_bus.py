@@ -32,6 +32,7 @@ from ._errors import (
     RequestTimeout,
     UnsupportedFeature,
 )
+from ._evolution import CE_DATASCHEMA, Upcaster, Upcasters, dataschema_for
 from ._handler import UserHandler, bind_batch_handler, bind_handler, may_reply
 from ._message import Envelope, OutgoingMessage
 from ._middleware import Handler, Middleware, PublishFn, PublishMiddleware, compose
@@ -49,6 +50,7 @@ logger = logging.getLogger("messagebus")
 
 H = TypeVar("H", bound=UserHandler)
 T = TypeVar("T")
+U = TypeVar("U", bound=Upcaster)
 
 _SPECVERSION = "1.0"
 
@@ -149,7 +151,8 @@ class Bus:
         self._settlers: list[Settler] = []
         self._stopping: asyncio.Task[None] | None = None
         self._names: set[str] = set()
-        self._types: dict[type, str] = {}
+        self._types: dict[type, tuple[str, str | None]] = {}
+        self._upcasters = Upcasters()
         self._replies: Replies | None = None
         self._decoders: dict[Any, Decoder] = {}
         base: PublishFn = self._publish_to_transport
@@ -260,6 +263,17 @@ class Bus:
         source = Destination(DestinationKind.QUEUE, validate_name(queue, "queue"))
         return self._register(source, concurrency, retry, middleware, batch, batch_timeout)
 
+    def upcaster(self, model: type[Any], *, from_version: int) -> Callable[[U], U]:
+        """Decorator: register ``fn(data: dict) -> dict`` turning a message of ``model`` at
+        schema version ``from_version`` into one at ``from_version + 1`` (a pure function of
+        the JSON object; see docs/evolution.md). Chained before a handler of ``model``
+        validates an older message. Raises :class:`ConfigurationError` when ``model`` is not
+        a pydantic model, ``from_version`` is not in ``1 .. model.schema_version - 1`` or
+        already has an upcaster; :class:`LifecycleError` once the bus has started."""
+        if self._state is not BusState.NEW:
+            raise LifecycleError(f"cannot register an upcaster on a {self._state.value} bus; register before start()")
+        return self._upcasters.register(model, from_version)
+
     def _register(
         self,
         source: Destination,
@@ -293,9 +307,9 @@ class Bus:
         def decorator(fn: H) -> H:
             # Validate now, not at start.
             if batch is None:
-                bind_handler(fn, str(source))
+                bind_handler(fn, str(source), self._upcasters)
             else:
-                bind_batch_handler(fn, str(source))
+                bind_batch_handler(fn, str(source), self._upcasters)
             self._sources.add(source)
             self._registrations.append(
                 _Registration(source, fn, concurrency, retry, chain, batch, float(batch_timeout))
@@ -350,11 +364,11 @@ class Bus:
     def _innermost(self, reg: _Registration) -> Handler:
         where = str(reg.source)
         if reg.batch is not None:
-            decode, call = bind_batch_handler(reg.handler, where)
+            decode, call = bind_batch_handler(reg.handler, where, self._upcasters)
             return BatchCollector(
                 decode, call, reg.batch, reg.batch_timeout, where, concurrency=reg.concurrency
             ).handler()
-        handler = bind_handler(reg.handler, where)
+        handler = bind_handler(reg.handler, where, self._upcasters)
         if reg.source.kind is DestinationKind.QUEUE and may_reply(reg.handler):
             return self._replying(handler)
         return handler
@@ -752,9 +766,10 @@ class Bus:
             raise ConfigurationError(f"message key must be a str or None, got {type(key).__name__}")
         body, content_type = encode(payload)
         cls = type(payload)
-        kind = self._types.get(cls)
-        if kind is None:
-            kind = self._types[cls] = type_name(payload)
+        known = self._types.get(cls)
+        if known is None:
+            known = self._types[cls] = (type_name(payload), dataschema_for(cls))
+        kind, schema = known
         wire = {
             h.CE_ID: id or os.urandom(16).hex(),
             h.CE_SOURCE: self.service,
@@ -763,6 +778,8 @@ class Bus:
             h.CE_TIME: now or datetime.now(UTC).isoformat(),
             h.CE_CONTENT_TYPE: content_type,
         }
+        if schema is not None:
+            wire[CE_DATASCHEMA] = schema
         if headers:
             wire.update(headers if checked else h.validate_headers(headers))
         if due is not None:

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, get_args, get_origin, get_type_hints
 
 from ._errors import InvalidHandler
+from ._evolution import Upcasters
 from ._headers import CE_CONTENT_TYPE
 from ._message import Envelope
 from ._middleware import Handler
@@ -63,7 +64,9 @@ def _signature(fn: UserHandler, where: str) -> tuple[str, list[inspect.Parameter
     return name, params, hints
 
 
-def bind_batch_handler(fn: UserHandler, where: str) -> tuple[Callable[[Envelope], object], BatchFn]:
+def bind_batch_handler(
+    fn: UserHandler, where: str, upcasters: Upcasters | None = None
+) -> tuple[Callable[[Envelope], object], BatchFn]:
     """For ``batch=N``: ``fn(items: list[T])`` or ``fn(items: list[T], envelopes:
     list[Envelope])``. Returns ``(decode one envelope's body as T, call fn with a batch)``.
     Raises :class:`InvalidHandler` when the first parameter is not annotated ``list[T]``."""
@@ -77,9 +80,12 @@ def bind_batch_handler(fn: UserHandler, where: str) -> tuple[Callable[[Envelope]
         )
     (item_type,) = get_args(annotation) or (Any,)
     decode_body = decoder_for(item_type)
+    versioned = (upcasters or Upcasters()).decoder(item_type)
 
-    def decode(envelope: Envelope) -> object:
+    def decode_plain(envelope: Envelope) -> object:
         return decode_body(envelope.body, envelope.wire_headers.get(CE_CONTENT_TYPE, JSON))
+
+    decode: Callable[[Envelope], object] = decode_plain if versioned is None else versioned
 
     if len(params) > 1:
 
@@ -96,9 +102,10 @@ def bind_batch_handler(fn: UserHandler, where: str) -> tuple[Callable[[Envelope]
     return decode, call
 
 
-def bind_handler(fn: UserHandler, where: str) -> Handler:
+def bind_handler(fn: UserHandler, where: str, upcasters: Upcasters | None = None) -> Handler:
     """Turn ``fn`` into ``Handler(envelope)``: decode the body by its first parameter's
-    annotation, pass an ``Envelope`` parameter if it has one. Raises :class:`InvalidHandler`."""
+    annotation, pass an ``Envelope`` parameter if it has one. A versioned model (see
+    :mod:`messagebus._evolution`) decodes through ``upcasters``. Raises :class:`InvalidHandler`."""
     name, params, hints = _signature(fn, where)
 
     def is_envelope(p: inspect.Parameter) -> bool:
@@ -115,6 +122,18 @@ def bind_handler(fn: UserHandler, where: str) -> Handler:
         return envelope_only
     decode = decoder_for(hints.get(first.name, Any))
     with_envelope = len(params) > 1 and is_envelope(params[1])
+    versioned = (upcasters or Upcasters()).decoder(hints.get(first.name, Any))
+    if versioned is not None:
+        # Only versioned models read the version header; the plain calls below stay as they are.
+        decode_envelope = versioned
+
+        def call_versioned(envelope: Envelope) -> Awaitable[None]:
+            result: Awaitable[None] = (
+                fn(decode_envelope(envelope), envelope) if with_envelope else fn(decode_envelope(envelope))
+            )
+            return result
+
+        return call_versioned
 
     # Plain functions that hand back the user's coroutine: no frame of their own per message.
     # A body that does not decode raises DecodeError from the call itself, before anything
