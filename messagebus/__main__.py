@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
+from . import _compat as schema_cli
 from . import _ops_cli as ops_cli
 from ._bus import Bus
 from ._config import TransportURL
@@ -53,6 +54,8 @@ examples:
                                                   a live web page of the message flow on 127.0.0.1:8765
   messagebus outbox migrate postgresql://localhost/app
                                                   create or upgrade the outbox/inbox tables
+  messagebus schema check shop.v1:Order shop.events:Order --mode full
+                                                  is the model change compatible? exit 1 if not
 
 The transport URL of 'run' comes from the Bus itself (Bus.from_env reads MESSAGEBUS_URL).
 Exit status: 0 on success, 1 when 'dlq replay --id' did not find every id, 2 on a usage or
@@ -215,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     outbox_cli.add_parser(commands)
     ops_cli.add_parsers(commands)
     monitor_cli.add_parser(commands)
+    schema_cli.add_parser(commands)
     args = parser.parse_args(argv)
     try:
         if args.command == "schemes":
@@ -223,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             return ops_cli.run(args)
         elif args.command == "monitor":
             return monitor_cli.run(args)
+        elif args.command == "schema":
+            return schema_cli.run(args)
         elif args.command == "outbox":
             print(outbox_cli.run(args))
         elif args.command == "names":

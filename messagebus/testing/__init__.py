@@ -4,6 +4,7 @@ be idle, a fault-injecting TCP proxy, broker helpers, and the conformance kit
 
 from .._bus import Bus
 from .._clock import ManualClock
+from .._compat import Mode, SchemaSource, check_compatibility
 from ..transports.memory import MemoryBroker, MemoryTransport
 from ._brokers import brokers_required, free_port, missing_broker, wait_for_port
 from ._collect import Collector
@@ -14,6 +15,7 @@ __all__ = [
     "ManualClock",
     "MemoryBroker",
     "TcpProxy",
+    "assert_compatible",
     "brokers_required",
     "free_port",
     "missing_broker",
@@ -30,3 +32,14 @@ async def wait_idle(bus: Bus, timeout: float = 10.0) -> None:
     if not isinstance(transport, MemoryTransport):
         raise TypeError(f"wait_idle needs a memory:// bus; {bus!r} runs on {transport.messaging_system}")
     await transport.broker.wait_idle(timeout)
+
+
+def assert_compatible(old: SchemaSource, new: SchemaSource, mode: Mode = "backward") -> None:
+    """Assert that changing a message model from ``old`` to ``new`` (model classes or JSON
+    Schemas) breaks no consumer in ``mode``: ``"backward"`` (consumers on NEW read messages
+    written with OLD), ``"forward"`` (consumers on OLD read NEW's) or ``"full"`` (both). Raises
+    :class:`AssertionError` listing each breaking change, :class:`ValueError` for another mode.
+    See :func:`messagebus._compat.check_compatibility` and docs/evolution.md."""
+    report = check_compatibility(old, new)
+    if not report.compatible(mode):
+        raise AssertionError(report.explain(mode))
