@@ -24,6 +24,9 @@ TYPED_DEPS = [
     # messagebus.monitor (extra monitor; both typed).
     "starlette>=0.37",
     "uvicorn>=0.30",
+    # messagebus asyncapi --format yaml (extra asyncapi); stubs for mypy.
+    "pyyaml>=6",
+    "types-PyYAML",
 ]
 TEST_DEPS = [
     *TYPED_DEPS,

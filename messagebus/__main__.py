@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
+from . import _asyncapi as asyncapi_cli
 from . import _compat as schema_cli
 from . import _ops_cli as ops_cli
 from ._bus import Bus
@@ -56,6 +57,8 @@ examples:
                                                   create or upgrade the outbox/inbox tables
   messagebus schema check shop.v1:Order shop.events:Order --mode full
                                                   is the model change compatible? exit 1 if not
+  messagebus asyncapi myservice.app:bus -o asyncapi.yaml
+                                                  the service's AsyncAPI 3.0 document (no I/O)
 
 The transport URL of 'run' comes from the Bus itself (Bus.from_env reads MESSAGEBUS_URL).
 Exit status: 0 on success, 1 when 'dlq replay --id' did not find every id, 2 on a usage or
@@ -219,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     ops_cli.add_parsers(commands)
     monitor_cli.add_parser(commands)
     schema_cli.add_parser(commands)
+    asyncapi_cli.add_parser(commands)
     args = parser.parse_args(argv)
     try:
         if args.command == "schemes":
@@ -229,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             return monitor_cli.run(args)
         elif args.command == "schema":
             return schema_cli.run(args)
+        elif args.command == "asyncapi":
+            return asyncapi_cli.run(args, _load_bus, _UsageError)
         elif args.command == "outbox":
             print(outbox_cli.run(args))
         elif args.command == "names":

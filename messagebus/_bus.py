@@ -146,6 +146,8 @@ class Bus:
         )
         self._state = BusState.NEW
         self._registrations: list[_Registration] = []
+        # What the service says it publishes and sends: documentation (AsyncAPI), no runtime effect.
+        self._declared: list[tuple[Destination, Any]] = []
         self._sources: set[Destination] = set()
         self._consumers: list[Consumer] = []
         self._settlers: list[Settler] = []
@@ -262,6 +264,22 @@ class Bus:
         :meth:`subscribe`."""
         source = Destination(DestinationKind.QUEUE, validate_name(queue, "queue"))
         return self._register(source, concurrency, retry, middleware, batch, batch_timeout)
+
+    def publishes(self, topic: str, message_type: Any) -> None:
+        """Declare that this service publishes ``message_type`` messages to ``topic``: a send
+        operation in :func:`messagebus._asyncapi.asyncapi_document` (``messagebus asyncapi``). Documentation
+        only: publishing is neither required nor checked. Declaring the same pair twice is a
+        no-op; allowed in any state. Raises :class:`InvalidDestination` for an illegal name."""
+        self._declare(Destination(DestinationKind.TOPIC, validate_name(topic, "topic")), message_type)
+
+    def sends(self, queue: str, message_type: Any) -> None:
+        """Declare that this service sends ``message_type`` messages to work queue ``queue``;
+        like :meth:`publishes`."""
+        self._declare(Destination(DestinationKind.QUEUE, validate_name(queue, "queue")), message_type)
+
+    def _declare(self, destination: Destination, message_type: Any) -> None:
+        if (destination, message_type) not in self._declared:
+            self._declared.append((destination, message_type))
 
     def upcaster(self, model: type[Any], *, from_version: int) -> Callable[[U], U]:
         """Decorator: register ``fn(data: dict) -> dict`` turning a message of ``model`` at
