@@ -174,16 +174,19 @@ class _Compare:
         return [schema]
 
     def value(self, reader: Schema, writer: Schema, path: str) -> None:
-        reader_ref, writer_ref = str(reader.get("$ref", "")), str(writer.get("$ref", ""))
-        if reader_ref and writer_ref:
-            if (reader_ref, writer_ref) in self.seen:
-                return  # a recursive model: this pair is being compared further up
-            self.seen.add((reader_ref, writer_ref))
-        reader = self.resolve(self.reader_root, reader)
-        writer = self.resolve(self.writer_root, writer)
-        readers = [self.resolve(self.reader_root, r) for r in self.alternatives(reader)]
-        for written in (self.resolve(self.writer_root, w) for w in self.alternatives(writer)):
-            self.one(readers, written, path)
+        pair = (str(reader.get("$ref", "")), str(writer.get("$ref", "")))
+        if pair in self.seen:
+            return  # a recursive model: this pair is being compared further up
+        if pair[0] and pair[1]:
+            self.seen.add(pair)  # the refs being compared, from the root down to here
+        try:
+            reader = self.resolve(self.reader_root, reader)
+            writer = self.resolve(self.writer_root, writer)
+            readers = [self.resolve(self.reader_root, r) for r in self.alternatives(reader)]
+            for written in (self.resolve(self.writer_root, w) for w in self.alternatives(writer)):
+                self.one(readers, written, path)
+        finally:
+            self.seen.discard(pair)
 
     def one(self, readers: list[Schema], written: Schema, path: str) -> None:
         """``written`` (one alternative of the writer) must be read by some reader alternative."""
