@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from messagebus.transports.memory import MemoryTransport
-from samples.patterns import batch, dead_letters, delay, request_reply, routing
+from samples.patterns import batch, dead_letters, delay, request_reply, routing, schema_evolution
 
 ROOT = Path(__file__).resolve().parent.parent
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -116,6 +116,16 @@ async def test_dead_letters_are_found_replayed_to_billing_alone_and_billed(capsy
     assert "replayed 2 dead letter(s)" in out
 
 
+async def test_schema_evolution_upcasts_v1_and_dead_letters_v3(capsys: pytest.CaptureFixture[str]) -> None:
+    """Catches: the sample passing while its story breaks (the v1 order not upcast, the v2
+    one changed, the v3 one handled or retried instead of dead-lettered with its reason)."""
+    assert await schema_evolution.main(fresh_memory()) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "billed o-1: 12.50 EUR" in out and "billed o-2: 9.90 USD" in out and "billed o-3" not in out
+    assert "dead letter after attempt 1: OrderPlaced: message is schema version 3" in out
+    assert "OrderPlacedV1 -> OrderPlaced: not backward compatible" in out
+
+
 def test_samples_run_from_the_command_line_by_url_and_by_environment() -> None:
     """Catches: a broken ``python -m samples.patterns.<name> [URL]`` entry (no main guard,
     the URL argument or MESSAGEBUS_URL ignored, the exit code not main's)."""
@@ -142,7 +152,9 @@ def test_samples_run_from_the_command_line_by_url_and_by_environment() -> None:
 
 
 @pytest.mark.parametrize(
-    "sample", [request_reply, delay, batch, routing, dead_letters], ids=lambda m: m.__name__.rsplit(".", 1)[1]
+    "sample",
+    [request_reply, delay, batch, routing, dead_letters, schema_evolution],
+    ids=lambda m: m.__name__.rsplit(".", 1)[1],
 )
 async def test_sample_runs_on_rabbitmq(sample: object, capsys: pytest.CaptureFixture[str]) -> None:
     """Catches: a pattern that works on memory:// but not through RabbitMQ (reply queue,
