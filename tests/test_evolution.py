@@ -292,3 +292,20 @@ async def test_upcaster_after_start_and_bad_schema_version_are_refused() -> None
     async with bus:
         with pytest.raises(LifecycleError, match="before start"):
             bus.upcaster(OrderV2, from_version=1)
+
+
+async def test_an_upcaster_returning_no_dict_dead_letters_saying_so() -> None:
+    """Bug caught: an upcaster's non-dict result validated (a list or None reaching pydantic
+    with a confusing error) instead of a reason naming the upcaster and what it returned."""
+    bus = Bus.from_url(fresh_memory(), service="billing")
+
+    @bus.upcaster(OrderV2, from_version=1)
+    def to_list(data: dict[str, Any]) -> dict[str, Any]:
+        return [data]  # type: ignore[return-value]
+
+    @bus.consume("orders")
+    async def bill(order: OrderV2) -> None:
+        raise AssertionError("never called")
+
+    letter = await dead_letter_of(bus, "orders", lambda b: b.send("orders", OrderV1(id=1, amount=1)))
+    assert "to_list from version 1 returned a list, not a dict" in letter.wire_headers[DLQ_ERROR_MESSAGE]
