@@ -16,9 +16,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from messagebus import Bus, Envelope
+from messagebus import Bus, Envelope, TransportURL
 from messagebus.__main__ import main
-from messagebus._asyncapi import asyncapi_document, render
+from messagebus._asyncapi import _servers, asyncapi_document, render
 from samples.shop import services
 
 VALIDATOR = Path(__file__).parent / "asyncapi"
@@ -98,6 +98,9 @@ def _small_bus(url: str = "memory://") -> Bus:
     @bus.subscribe("orders.*", group="audit")
     async def on_any(envelope: Envelope) -> None: ...
 
+    @bus.subscribe("payments.#", group="audit")
+    async def on_payment(payment: dict[str, float], envelope: Envelope) -> None: ...
+
     @bus.consume("quotes")
     async def quote(request: PriceRequest) -> Quote | None:
         return None
@@ -161,6 +164,7 @@ def test_channels_operations_and_payloads_of_a_small_bus() -> None:
     assert {k: v["address"] for k, v in channels.items()} == {
         "orders.created": "orders.created",
         "orders._star_": "orders.*",
+        "payments._hash_": "payments.#",
         "quotes": "quotes",
         "quotes.reply": None,
         "audits": "audits",
@@ -172,6 +176,7 @@ def test_channels_operations_and_payloads_of_a_small_bus() -> None:
     assert set(operations) == {
         "receive.orders.created.pricing",
         "receive.orders._star_.audit",
+        "receive.payments._hash_.audit",
         "receive.quotes",
         "receive.audits",
         "send.orders.created",
@@ -184,6 +189,9 @@ def test_channels_operations_and_payloads_of_a_small_bus() -> None:
     assert created["x-messagebus-group"] == "pricing"
     assert created["x-messagebus-filter"] == {"region": "eu"}
     assert "region=eu" in created["description"]
+    assert "on_order" in created["description"]
+    assert "dead-lettered to queue 'orders.created.pricing.dlq'" in created["description"]
+    assert "batches of up to 10" in operations["receive.audits"]["description"]
     assert created["messages"] == [{"$ref": "#/channels/orders.created/messages/Order"}]
     assert operations["receive.orders._star_.audit"]["x-messagebus-group"] == "audit"
     assert operations["send.orders.created"]["action"] == "send"
@@ -244,6 +252,36 @@ def test_credentials_never_in_the_document(url: str, secrets: list[str], server:
     if "k2:9093" in url:
         assert doc["servers"]["broker-2"]["host"] == "k2:9093"
         assert options["sasl_mechanism"] == "PLAIN"
+
+
+@pytest.mark.parametrize(
+    ("url", "protocol"),
+    [("sqs://localhost:4566?region=eu-west-1", "sqs"), ("pubsub://localhost:8085?project=shop", "googlepubsub")],
+)
+def test_server_protocol_is_asyncapi_s_name_for_the_scheme(url: str, protocol: str) -> None:
+    """Bug caught: the URL scheme written as the protocol where AsyncAPI names it otherwise
+    (pubsub is googlepubsub), which tools then do not recognise."""
+    servers, _ = _servers(TransportURL.parse(url))
+    assert servers["broker"]["protocol"] == protocol
+
+
+def test_user_names_and_secret_options_are_dropped_and_others_kept() -> None:
+    """Bug caught: a user name or password given as a query option (Kafka's sasl_username,
+    sasl_password) written into the document."""
+    url = "kafka://k:9092?sasl_username=dave&sasl_password=pw-9&api_key=k-1&client_id=shop&ssl_keyfile=/k.pem"
+    servers, _ = _servers(TransportURL.parse(url))
+    assert servers["broker"]["x-messagebus-options"] == {"client_id": "shop", "ssl_keyfile": "/k.pem"}
+
+
+async def test_declarations_change_nothing_at_run_time() -> None:
+    """Bug caught: bus.publishes/bus.sends turned into a check (refusing an undeclared topic
+    or type) or refused once the bus runs, though they are documentation only."""
+    bus = _small_bus()
+    async with bus:
+        bus.publishes("later", Quote)
+        await bus.publish("undeclared", Audit(what="x"))
+        await bus.publish("orders.created", Audit(what="not an Order"))
+    assert "send.later" in asyncapi_document(bus)["operations"]
 
 
 def test_yaml_and_json_are_the_same_document() -> None:
