@@ -162,10 +162,19 @@ class Upcasters:
         def reason(version: int, why: str) -> str:
             return f"{name}: message is schema version {version}, the handler reads version {target}; {why} ({known})"
 
+        # A topic carries few distinct dataschema values: parse each once (bounded, so that
+        # a stream of garbage values cannot grow it).
+        versions: dict[str | None, int] = {}
+
         def decode(envelope: Envelope) -> Any:
             headers = envelope.wire_headers
             content_type = headers.get(CE_CONTENT_TYPE, JSON)
-            version = message_version(headers.get(CE_DATASCHEMA))
+            dataschema = headers.get(CE_DATASCHEMA)
+            version = versions.get(dataschema)
+            if version is None:
+                version = message_version(dataschema)
+                if len(versions) < 64:
+                    versions[dataschema] = version
             if version == target:
                 return plain(envelope.body, content_type)
             if version > target:
