@@ -61,8 +61,8 @@ examples:
                                                   the service's AsyncAPI 3.0 document (no I/O)
 
 The transport URL of 'run' comes from the Bus itself (Bus.from_env reads MESSAGEBUS_URL).
-Exit status: 0 on success, 1 when 'dlq replay --id' did not find every id, 2 on a usage or
-configuration error (also a broker that cannot be reached)."""
+Exit status: 0 on success, 1 when 'dlq replay --id' did not find every id or 'schema check' found
+a breaking change, 2 on a usage or configuration error (also a broker that cannot be reached)."""
 
 
 _UsageError = ops_cli.UsageError
