@@ -44,13 +44,21 @@ async def page() -> Any:
 async def test_the_page_shows_the_flow_and_replays_a_dead_letter(page: Any) -> None:
     """Bug caught: services or topics missing from the picture, counts that do not move while
     messages flow, a dead letter that never shows or does not replay from the page, or a
-    message body (or a service name from a forged snapshot) inserted as markup and run."""
+    message body (or a service name from a forged snapshot) inserted as markup and run; the
+    graph's last column drawn outside its box on a narrow window, a cut node name with no
+    tooltip naming it whole, an empty dead-letter queue shown before the toggle asks for it
+    (or never shown after) or listed above one that holds messages."""
     expect = playwright.expect
     url = f"memory://browser-{uuid.uuid4().hex[:8]}"
     handled: list[str] = []
     replayed = asyncio.Event()
     orders = Bus.from_url(url, service="orders", stats_interval=0.2)
     billing = Bus.from_url(url, service="billing", stats_interval=0.2, retry=Retry(max_attempts=1))
+    refunds = Bus.from_url(url, service="refunds", stats_interval=0.2, retry=Retry(max_attempts=1))
+
+    @refunds.subscribe("refunds.requested")
+    async def refund(request: dict[str, Any]) -> None:
+        raise RuntimeError("refunds are down")
 
     @billing.subscribe("orders.created")
     async def bill(order: dict[str, Any]) -> None:
@@ -61,7 +69,9 @@ async def test_the_page_shows_the_flow_and_replays_a_dead_letter(page: Any) -> N
         if order.get("fail"):
             replayed.set()
 
-    async with Monitor(url, port=0, depth_interval=0.2, push_interval=0.2) as monitor, orders, billing:
+    async with Monitor(url, port=0, depth_interval=0.2, push_interval=0.2) as monitor, orders, billing, refunds:
+        # Narrower than the graph's natural width (four columns, about 1,000 px).
+        await page.set_viewport_size({"width": 860, "height": 900})
         await page.goto(monitor.page_url)
         graph = page.locator("#graph")
         for node in ("service:orders", "service:billing", "topic:orders.created"):
@@ -102,3 +112,34 @@ async def test_the_page_shows_the_flow_and_replays_a_dead_letter(page: Any) -> N
         await expect(dlq.locator("td.depth")).to_have_text("0")
         await expect(handled_cell).to_have_text("6")
         assert await page.evaluate("typeof window.__pwned") == "undefined"
+
+        # A non-empty dead-letter queue shows, first; the one just emptied waits behind the toggle.
+        await orders.publish("refunds.requested", {"id": "r-1"})
+        full_name = "refunds.requested.refunds.dlq"
+        full = page.locator(f'#dlq-list tr[data-queue="{full_name}"]')
+        await expect(full.locator("td.depth")).to_have_text("1")
+        await expect(full).to_be_visible()
+        await expect(page.locator("#dlq-list tbody tr").first).to_have_attribute("data-queue", full_name)
+        await expect(dlq).to_be_hidden()
+        toggle = page.locator("#dlq-empty-toggle")
+        await expect(toggle).to_have_text("show 1 empty")
+        await toggle.click()
+        await expect(dlq).to_be_visible()
+        await expect(dlq.locator("button.purge")).to_be_visible()
+        await expect(toggle).to_have_text("hide 1 empty")
+
+        # The whole picture fits its box, the last column included; cut names are whole on hover.
+        last = graph.locator(f'g.node[data-id="dlq:{full_name}"]')
+        await expect(last).to_be_visible()
+        outside = await page.evaluate(
+            """() => {
+                const box = document.querySelector(".graph-wrap").getBoundingClientRect();
+                return [...document.querySelectorAll("#graph g.node")].filter((n) => {
+                    const r = n.getBoundingClientRect();
+                    return r.left < box.left || r.right > box.right || r.top < box.top || r.bottom > box.bottom;
+                }).map((n) => n.dataset.id);
+            }"""
+        )
+        assert outside == []
+        assert await last.locator("text.name").text_content() == "refunds.requested.refun\u2026"
+        assert await last.locator("title").text_content() == f"dlq {full_name}"

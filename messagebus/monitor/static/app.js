@@ -4,9 +4,11 @@
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
-const BOX_W = 165, BOX_H = 42, COL_W = 265, ROW_H = 60, PAD = 24;
+const BOX_W = 165, BOX_H = 42, COL_W = 265, ROW_H = 60, PAD = 24, MIN_SCALE = 0.75;
 let token = "";
 let peeking = null;
+let showEmpty = false;
+let lastDead = null;
 
 function el(tag, attrs, text) {
   const node = document.createElement(tag);
@@ -109,9 +111,11 @@ function drawGraph(graph) {
   const width = PAD * 2 + Math.max(0, columns - 1) * COL_W + BOX_W;
   const height = PAD * 2 + (rows - 1) * ROW_H + BOX_H + 40;
   root.replaceChildren();
-  root.setAttribute("width", width);
-  root.setAttribute("height", height);
+  // Scaled to the width of its box, never above natural size and never below MIN_SCALE (text
+  // would be unreadable): below that the box scrolls sideways (app.css, .graph-wrap).
   root.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  root.style.maxWidth = `${width}px`;
+  root.style.minWidth = `${Math.round(width * MIN_SCALE)}px`;
   const defs = svg("defs");
   const marker = svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5,
     markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" });
@@ -154,6 +158,7 @@ function drawGraph(graph) {
     const stopped = n.kind === "service" && n.instances === 0;
     const g = svg("g", { class: `node ${n.kind}${stopped ? " stopped" : ""}`, "data-id": n.id,
       transform: `translate(${p.x},${p.y})` });
+    // The box shows 24 characters; the whole name is in the tooltip (textContent, not markup).
     g.append(svg("title", {}, `${n.kind} ${n.name}`));
     g.append(svg("rect", { width: BOX_W, height: BOX_H, rx: n.kind === "service" ? 10 : 2 }));
     g.append(svg("text", { x: 8, y: 17, class: "name" }, short(n.name, 24)));
@@ -189,27 +194,51 @@ function drawHandlers(handlers) {
   }));
 }
 
+function dlqRow(q) {
+  const tr = el("tr", { "data-queue": q.name });
+  if (q.depth === 0) tr.className = "empty";
+  tr.append(el("td", {}, q.name), el("td", { class: "num depth" }, q.depth ?? "?"));
+  const actions = el("td");
+  const peek = el("button", { type: "button", class: "peek" }, "peek");
+  peek.addEventListener("click", () => showPeek(q.name));
+  const replay = el("button", { type: "button", class: "replay" }, "replay all");
+  replay.addEventListener("click", () => act(q.name, "replay", {}));
+  const purge = el("button", { type: "button", class: "purge" }, "purge");
+  purge.addEventListener("click", () => {
+    if (confirm(`Delete every message in ${q.name}?`)) act(q.name, "purge", null);
+  });
+  actions.append(peek, replay, purge);
+  tr.append(actions);
+  return tr;
+}
+
 function drawDeadLetters(dead) {
+  lastDead = dead;
   const note = document.getElementById("dlq-note");
   note.textContent = dead.supported ? (dead.queues.length ? "" : "No dead-letter queues on the broker.")
     : "This transport cannot list dead-letter queues.";
+  // A shared broker has dozens of empty dead-letter queues: the ones holding messages come
+  // first (deepest first), unknown depths next, and the empty ones wait behind the toggle.
+  const order = (q) => (q.depth === null || q.depth === undefined ? -1 : q.depth);
+  const queues = [...dead.queues].sort((a, b) => order(b) - order(a) || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const empty = queues.filter((q) => q.depth === 0).length;
   const body = document.querySelector("#dlq-list tbody");
-  body.replaceChildren(...dead.queues.map((q) => {
-    const tr = el("tr", { "data-queue": q.name });
-    tr.append(el("td", {}, q.name), el("td", { class: "num depth" }, q.depth ?? "?"));
-    const actions = el("td");
-    const peek = el("button", { type: "button", class: "peek" }, "peek");
-    peek.addEventListener("click", () => showPeek(q.name));
-    const replay = el("button", { type: "button", class: "replay" }, "replay all");
-    replay.addEventListener("click", () => act(q.name, "replay", {}));
-    const purge = el("button", { type: "button", class: "purge" }, "purge");
-    purge.addEventListener("click", () => {
-      if (confirm(`Delete every message in ${q.name}?`)) act(q.name, "purge", null);
-    });
-    actions.append(peek, replay, purge);
-    tr.append(actions);
+  body.replaceChildren(...queues.map((q) => {
+    const tr = dlqRow(q);
+    tr.hidden = q.depth === 0 && !showEmpty;
     return tr;
   }));
+  const toggle = document.getElementById("dlq-empty-toggle");
+  toggle.hidden = empty === 0;
+  toggle.textContent = `${showEmpty ? "hide" : "show"} ${empty} empty`;
+  toggle.setAttribute("aria-expanded", String(showEmpty));
+}
+
+function initDeadLetterToggle() {
+  document.getElementById("dlq-empty-toggle").addEventListener("click", () => {
+    showEmpty = !showEmpty;
+    if (lastDead) drawDeadLetters(lastDead);
+  });
 }
 
 function setStatus(text, bad) {
@@ -277,4 +306,5 @@ function connect() {
 }
 
 initToken();
+initDeadLetterToggle();
 connect();
