@@ -136,7 +136,13 @@ def test_shop_documents_pass_the_asyncapi_parser(validate: Validate) -> None:
     assert _errors(report) == {}
     assert status == 0
     payments = documents["payments"]
-    assert list(payments["operations"]) == ["receive.orders.created.payments"]
+    assert list(payments["operations"]) == ["receive.orders.created.payments", "send.payments.completed"]
+    assert list(documents["orders"]["operations"]) == ["send.orders.created"]
+    assert set(documents["shipping"]["operations"]) == {
+        "receive.payments.completed.shipping",
+        "send.orders.shipped",
+        "send.emails",
+    }
     assert payments["channels"]["orders.created"]["address"] == "orders.created"
     assert payments["components"]["schemas"]["OrderCreated"]["required"] == ["order_id", "customer", "email", "total"]
     notifications = documents["notifications"]

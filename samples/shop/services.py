@@ -30,7 +30,9 @@ class PaymentGatewayDown(Exception):
 
 def build_orders(url: str, log: Log) -> Bus:
     """The order service only publishes; see :func:`place_orders`."""
-    return Bus.from_url(url, service="orders")
+    bus = Bus.from_url(url, service="orders")
+    bus.publishes(ORDERS_CREATED, OrderCreated)  # for its AsyncAPI document
+    return bus
 
 
 async def place_orders(bus: Bus, orders: list[OrderCreated], log: Log) -> None:
@@ -46,6 +48,7 @@ def build_payments(url: str, log: Log) -> Bus:
     """Charges cards. The gateway fails the first attempt of every third order (retried with
     backoff); card 0000 is declined (rejected: dead-lettered at once)."""
     bus = Bus.from_url(url, service="payments", retry=Retry(max_attempts=3, initial_delay=0.05, jitter=0.0))
+    bus.publishes(PAYMENTS_COMPLETED, PaymentCompleted)
 
     @bus.subscribe(ORDERS_CREATED, concurrency=4)
     async def charge(order: OrderCreated, envelope: Envelope) -> None:
@@ -68,6 +71,8 @@ def build_payments(url: str, log: Log) -> Bus:
 def build_shipping(url: str, log: Log) -> Bus:
     """Ships paid orders and asks notifications to email the customer."""
     bus = Bus.from_url(url, service="shipping")
+    bus.publishes(ORDERS_SHIPPED, OrderShipped)
+    bus.sends(EMAILS, SendEmail)
 
     @bus.subscribe(PAYMENTS_COMPLETED, concurrency=4)
     async def ship(payment: PaymentCompleted) -> None:
