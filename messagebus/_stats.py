@@ -173,6 +173,7 @@ class BusStats:
     __slots__ = (
         "_failing",
         "_queues",
+        "_stopped",
         "_task",
         "_topics",
         "_transport",
@@ -195,6 +196,7 @@ class BusStats:
         self._queues: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._stopped = False
 
     def handler(self, source: Destination) -> HandlerStats:
         """New counters for the handler of ``source``, included in every snapshot."""
@@ -262,19 +264,20 @@ class BusStats:
         task, self._task = self._task, None
         if task is None:
             return
+        self._stopped = True
         task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # the caller was cancelled, not only the task
+        # Bounded, never `await task`: a transport's publish may turn the cancel into an
+        # error, which _publish logs; the loop then ends at its next check of _stopped
+        # instead of sleeping and publishing for ever (a stop that never returned, on NATS).
+        await asyncio.wait({task}, timeout=STOP_TIMEOUT)
         await self._publish(stopping=True, timeout=STOP_TIMEOUT)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopped:
             # Bounded by the interval: a hung broker call must not pile up snapshots.
             await self._publish(stopping=False, timeout=self.interval)
+            if self._stopped:
+                return
             await asyncio.sleep(self.interval)
 
     async def _publish(self, *, stopping: bool, timeout: float) -> None:

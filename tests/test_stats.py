@@ -384,3 +384,34 @@ async def test_stats_on_rabbitmq(rabbitmq_url: str) -> None:
     assert published(last) == {("queue", queue): 5}
     envelope = next(e for s, e in seen.items if s["service"] == service)
     assert envelope.type == STATS_TYPE and envelope.content_type == "application/json"
+
+
+class _CancelSwallowingTransport(MemoryTransport):
+    """A stats publish that hangs and, when cancelled, raises a PublishError instead (as a
+    broker client that turns every failure of a send into its own error does)."""
+
+    entered: asyncio.Event
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        if messages[0].destination.name != STATS_TOPIC:
+            await super().publish(messages)
+            return
+        self.entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            from messagebus import PublishError
+
+            raise PublishError("cancelled (test)") from None
+
+
+async def test_stop_returns_when_the_stats_publish_swallows_its_cancel() -> None:
+    """Bug caught: stop() waiting for the stats task after cancelling it while the transport
+    turned the cancel into an error: the loop went on sleeping and publishing, and stop (and
+    with it `async with bus`) never returned (seen on NATS in CI)."""
+    transport = _CancelSwallowingTransport(MemoryBroker.named(f"swallow-{uuid.uuid4().hex[:8]}"))
+    transport.entered = asyncio.Event()
+    bus = Bus(transport, service="svc", stats_interval=0.05)
+    await bus.start()
+    await asyncio.wait_for(transport.entered.wait(), 5)
+    await asyncio.wait_for(bus.stop(grace=1), 15)

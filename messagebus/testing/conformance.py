@@ -114,7 +114,8 @@ class TransportConformance(FaultTests, CrashFaultTests, HeaderLimitTests, Patter
         yield make
         for bus in reversed(made):
             if bus.state in (BusState.RUNNING, BusState.STOPPING):
-                await bus.stop(grace=5)
+                # Bounded: a stop that hangs fails the test here instead of the whole run.
+                await asyncio.wait_for(bus.stop(grace=5), 60)
 
     def capabilities(self, target: ConformanceTarget) -> Any:
         return target.capabilities
