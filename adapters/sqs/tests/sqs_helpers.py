@@ -89,3 +89,12 @@ class MotoServer:
         """Stop the server and start a fresh one on the same port; returns once it listens."""
         await asyncio.to_thread(self.stop)
         await asyncio.to_thread(self.start)
+
+
+def topic_arns(sns: object) -> list[str]:
+    """Every SNS topic ARN, all pages (moto, like SNS, lists 100 a page: a session's tests
+    make more than that)."""
+    arns: list[str] = []
+    for page in sns.get_paginator("list_topics").paginate():  # type: ignore[attr-defined]
+        arns.extend(t["TopicArn"] for t in page["Topics"])
+    return arns

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from messagebus_sqs import SqsTransport, queue_name
 from messagebus_sqs._topology import logical_dead_letter
-from sqs_helpers import make_url, message, queue
+from sqs_helpers import make_url, message, queue, topic_arns
 
 from messagebus import Bus, InvalidDestination, Retry
 from messagebus.transports import BrokerAdmin, Delivery, Destination, DestinationKind
@@ -110,7 +110,7 @@ async def test_depth_counts_a_queue_and_a_group_and_a_missing_one_is_0_and_not_c
     assert await transport.depth(queue("never")) == 0
     assert await transport.depth(group("nobody")) == 0
     assert queue_names(sqs, prefix) == []
-    assert [t for t in sns.list_topics()["Topics"] if prefix in t["TopicArn"]] == []
+    assert [arn for arn in topic_arns(sns) if prefix in arn] == []
     await declare_group(transport, group("g1"))
     await declare_group(transport, group("g2"))
     await transport.publish([message(TOPIC, b"t%d" % i) for i in range(3)])
@@ -184,7 +184,7 @@ async def test_delete_group_removes_its_queue_subscription_and_dead_letters_only
     await transport.publish([message(queue(d.dead_letter_queue), b"dead") for d in (gone, kept)])
     await wait_depth(transport, gone, 2)
     await wait_depth(transport, kept, 2)
-    topics_before = sns.list_topics()["Topics"]
+    topics_before = topic_arns(sns)
 
     await transport.delete_group(gone)
     await transport.delete_group(gone)
@@ -193,8 +193,8 @@ async def test_delete_group_removes_its_queue_subscription_and_dead_letters_only
     assert await transport.depth(gone) == 0
     assert await transport.dead_letter_queues() == ["orders.created.g2.dlq"]
     assert await transport.depth(kept) == 2
-    assert sns.list_topics()["Topics"] == topics_before
-    [topic_arn] = [t["TopicArn"] for t in topics_before if prefix in t["TopicArn"]]
+    assert topic_arns(sns) == topics_before
+    [topic_arn] = [arn for arn in topics_before if prefix in arn]
     subscriptions = sns.list_subscriptions_by_topic(TopicArn=topic_arn)["Subscriptions"]
     assert [s["Endpoint"].rsplit(":", 1)[1] for s in subscriptions] == [
         n for n in queue_names(sqs, prefix) if "g2" in n and "dlq" not in n

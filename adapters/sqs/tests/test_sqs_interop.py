@@ -21,6 +21,7 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from messagebus_sqs import SqsTransport, physical_names
 from messagebus_sqs._codec import MAX_ATTRIBUTES, PACKED, decode_message
+from sqs_helpers import topic_arns
 
 from messagebus import Bus, Envelope
 from messagebus.testing import Collector
@@ -49,7 +50,7 @@ async def _queue_url(sqs: Any, sqs_url: str, queue: str) -> str:
 async def _topic_arn(sns: Any, sqs_url: str, topic: str) -> str:
     """The ARN of the SNS topic behind messagebus topic ``topic`` (it exists)."""
     suffix = ":" + _names(sqs_url, DestinationKind.TOPIC, topic)["topic"]
-    return next(t["TopicArn"] for t in (await _call(sns.list_topics))["Topics"] if t["TopicArn"].endswith(suffix))
+    return next(arn for arn in await asyncio.to_thread(topic_arns, sns) if arn.endswith(suffix))
 
 
 async def _queue_arn(sqs: Any, url: str) -> str:

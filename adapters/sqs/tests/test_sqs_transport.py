@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from messagebus_sqs import MAX_BODY_SIZE, SqsTransport, physical_names, queue_name, topic_name
-from sqs_helpers import endpoint_port, make_url, message, queue
+from sqs_helpers import endpoint_port, make_url, message, queue, topic_arns
 
 from messagebus import MessageTooLarge, PublishError, UnsupportedFeature
 from messagebus.testing import TcpProxy
@@ -471,7 +471,7 @@ async def test_physical_names_are_the_names_the_transport_declares(
         await consumer.stop(5)
         names = physical_names(source, transport.options)
         assert set(names) == {"topic", "queue", "dead_letter"}
-        topics = [t["TopicArn"] for t in sns.list_topics()["Topics"]]
+        topics = topic_arns(sns)
         assert any(arn.endswith(":" + names["topic"]) for arn in topics), names["topic"]
         for role in ("queue", "dead_letter"):
             assert sqs.get_queue_url(QueueName=names[role])["QueueUrl"], role
