@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,6 +41,7 @@ from ._retry import Retry
 from ._serialization import JSON, Decoder, decoder_for, encode, type_name
 from ._settle import Settler
 from ._stats import BusStats, check_stats_interval
+from ._stop_signals import stop_on_signals
 from ._transport import Consumer, PublishAttributes, ReadyConsumer, Transport
 
 __all__ = ["Bus", "BusState"]
@@ -502,23 +502,14 @@ class Bus:
         """Start (unless already running), run until SIGINT or SIGTERM (or cancellation), then
         stop gracefully with ``grace``. Logs one INFO record once it is running. Raises
         :class:`LifecycleError` on a stopped bus."""
-        loop = asyncio.get_running_loop()
         stopped = asyncio.Event()
-        installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, stopped.set)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
-                pass
         try:
-            if self._state is not BusState.RUNNING:
-                await self.start()
-            logger.info("%r running; SIGINT or SIGTERM stops it", self)
-            await stopped.wait()
+            with stop_on_signals(stopped):
+                if self._state is not BusState.RUNNING:
+                    await self.start()
+                logger.info("%r running; SIGINT or SIGTERM stops it", self)
+                await stopped.wait()
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
             await self.stop(grace)
 
     # -- operating: dead letters and depths -------------------------------------------------

@@ -13,9 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
-from collections.abc import Iterator
 from typing import Any, TextIO
 
 from ._bus import Bus
@@ -23,6 +21,7 @@ from ._dead_letters import admin_of, check_dead_letter_queue, origin
 from ._destination import Destination, DestinationKind, validate_name
 from ._discovery import load_transport
 from ._message import Envelope
+from ._stop_signals import stop_on_signals
 
 __all__ = ["UsageError", "add_parsers", "printable", "render", "run"]
 
@@ -219,21 +218,6 @@ async def _dlq(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
-    loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread, or Windows
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-    try:
-        yield
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-
-
 async def _tail(args: argparse.Namespace, out: TextIO) -> None:
     group = f"tail-{os.urandom(4).hex()}"
     bus = Bus.from_url(args.url, service=_SERVICE)
@@ -250,7 +234,7 @@ async def _tail(args: argparse.Namespace, out: TextIO) -> None:
             stop.set()
 
     source = Destination(DestinationKind.TOPIC, args.topic, group)
-    with _stop_on_signals(stop):
+    with stop_on_signals(stop):
         await bus.start()
         try:
             print(f"tailing {args.topic} (group {group}); Ctrl-C stops", file=sys.stderr, flush=True)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from typing import Any
+
+from .._stop_signals import stop_on_signals
 
 __all__ = ["add_parser", "run"]
 
@@ -65,17 +66,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
             return 2
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         try:
-            print(f"monitoring {monitor.url} (group {monitor.group} on messagebus.stats)")
-            print(f"open {monitor.page_url}")
-            print(f"token for replay and purge: {monitor.token}", flush=True)
-            await stop.wait()
+            with stop_on_signals(stop):
+                print(f"monitoring {monitor.url} (group {monitor.group} on messagebus.stats)")
+                print(f"open {monitor.page_url}")
+                print(f"token for replay and purge: {monitor.token}", flush=True)
+                await stop.wait()
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
             await monitor.stop()
         return 0
 
