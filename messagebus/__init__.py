@@ -42,6 +42,7 @@ from ._errors import (
     TransportNotFound,
     UnsupportedFeature,
 )
+from ._history import StartFrom
 from ._message import Envelope, OutgoingMessage
 from ._middleware import Handler, Middleware, PublishFn, PublishMiddleware
 from ._retry import Retry
@@ -82,6 +83,7 @@ __all__ = [
     "RequestTimeout",
     "Retry",
     "SerializationError",
+    "StartFrom",
     "TopologyError",
     "TransportError",
     "TransportNotFound",

@@ -33,14 +33,16 @@ from ._errors import (
 )
 from ._evolution import CE_DATASCHEMA, Upcaster, Upcasters, dataschema_for
 from ._handler import UserHandler, bind_batch_handler, bind_handler, may_reply
+from ._history import StartFrom, position
 from ._message import Envelope, OutgoingMessage
 from ._middleware import Handler, Middleware, PublishFn, PublishMiddleware, compose
 from ._observability import default_consume_middleware, default_publish_middleware, filtered_counter
+from ._replay import caught_up
 from ._request import Replies, past_reply_by, reply_by
 from ._retry import Retry
 from ._serialization import JSON, Decoder, decoder_for, encode, type_name
 from ._settle import Settler
-from ._stats import BusStats, check_stats_interval
+from ._stats import BusStats, HandlerStats, check_stats_interval
 from ._stop_signals import stop_on_signals
 from ._transport import Consumer, PublishAttributes, ReadyConsumer, Transport
 
@@ -148,7 +150,7 @@ class Bus:
         self._registrations: list[_Registration] = []
         # What the service says it publishes and sends: documentation (AsyncAPI), no runtime effect.
         self._declared: list[tuple[Destination, Any]] = []
-        self._sources: set[Destination] = set()
+        self._sources: set[tuple[DestinationKind, str, str | None]] = set()
         self._consumers: list[Consumer] = []
         self._settlers: list[Settler] = []
         self._stopping: asyncio.Task[None] | None = None
@@ -215,6 +217,7 @@ class Bus:
         batch: int | None = None,
         batch_timeout: float = 0.5,
         filter: dict[str, str] | None = None,
+        start_from: StartFrom = "latest",
     ) -> Callable[[H], H]:
         """Decorator: handle every message published to ``topic``, as subscription ``group``
         (default: the service name). Instances of one group compete; each group gets every
@@ -228,23 +231,35 @@ class Bus:
         in ``messagebus.filtered.messages``. ``batch=N`` calls the handler with a
         ``list[T]`` of up to N messages (a partial batch ``batch_timeout`` seconds after its
         first message); ``concurrency`` is then the number of batch calls at once.
+        ``start_from`` is where the group starts when the broker creates it: ``"latest"``
+        (messages published from then on), ``"earliest"`` (every message the broker still
+        retains for the topic) or an aware ``datetime`` (those published at or after it, by
+        their ``ce-time``); for a group that exists it is ignored (logged at INFO).
 
         Raises :class:`LifecycleError` after start, :class:`InvalidDestination`,
         :class:`InvalidHandler`, :class:`InvalidHeaders` (a filter name), or
-        :class:`ConfigurationError` for a duplicate or a bad ``batch``/``batch_timeout``;
-        :class:`UnsupportedFeature` for a pattern on a transport without wildcards."""
+        :class:`ConfigurationError` for a duplicate, a bad ``batch``/``batch_timeout`` or
+        ``start_from``; :class:`UnsupportedFeature` for a pattern on a transport without
+        wildcards, or a ``start_from`` other than latest on one without history."""
         name = validate_pattern(topic, "topic")
+        group_name = validate_name(group if group is not None else self.service, "group")
         source = Destination(
             DestinationKind.TOPIC,
             name,
-            validate_name(group if group is not None else self.service, "group"),
+            group_name,
             _filter(filter, name),
+            position(start_from, f"{name} (group {group_name})"),
         )
         capabilities = self.transport.capabilities
         if source.is_pattern and not capabilities.wildcards:
             raise UnsupportedFeature(
                 f"{self.transport.messaging_system} cannot subscribe to the pattern {name!r}: "
                 f"{capabilities.wildcards_reason}; subscribe to each topic by name"
+            )
+        if source.start_from is not None and not capabilities.history:
+            raise UnsupportedFeature(
+                f"{self.transport.messaging_system} cannot start group {group_name!r} of {name!r} "
+                f"from {start_from!r}: {capabilities.history_reason}; only start_from='latest' works here"
             )
         return self._register(source, concurrency, retry, middleware, batch, batch_timeout)
 
@@ -310,7 +325,8 @@ class Bus:
             raise ConfigurationError(f"concurrency for {source} must be an int >= 1, got {concurrency!r}")
         if retry is not None and not isinstance(retry, Retry):
             raise ConfigurationError(f"retry for {source} must be a messagebus.Retry, got {type(retry).__name__}")
-        if source in self._sources:
+        # One handler per group, whatever its filter or start: two would compete for its messages.
+        if (source.kind, source.name, source.group) in self._sources:
             raise ConfigurationError(
                 f"{source} already has a handler on this bus; one handler per topic and group "
                 "(use another group to get a second copy of each message)"
@@ -328,7 +344,7 @@ class Bus:
                 bind_handler(fn, str(source), self._upcasters)
             else:
                 bind_batch_handler(fn, str(source), self._upcasters)
-            self._sources.add(source)
+            self._sources.add((source.kind, source.name, source.group))
             self._registrations.append(
                 _Registration(source, fn, concurrency, retry, chain, batch, float(batch_timeout))
             )
@@ -349,21 +365,8 @@ class Bus:
         self._state = BusState.STARTING
         try:
             await self.transport.connect()
-            system = self.transport.messaging_system
             for reg in self._registrations:
-                chain = compose(self._innermost(reg), self._middleware + reg.middleware)
-                settler = Settler(
-                    reg.source,
-                    chain,
-                    reg.retry or self.retry,
-                    # Dead-letter copies go through the publish middleware: a send span and metric.
-                    self._publish,
-                    system,
-                    warn_after=self._slow_handler_warning,
-                    on_dead_letter=self._reply_failure if reg.source.kind is DestinationKind.QUEUE else None,
-                    filtered=filtered_counter(system, reg.source.name, reg.source.group) if reg.source.filter else None,
-                    stats=self._stats.handler(reg.source) if self._stats is not None else None,
-                )
+                settler = self._settler(reg)
                 # A batch subscription holds `batch` messages per batch in flight, plus one
                 # batch filling while the calls run (else the broker idles between batches).
                 concurrency = (reg.concurrency + 1) * reg.batch if reg.batch else reg.concurrency
@@ -378,6 +381,21 @@ class Bus:
         self._state = BusState.RUNNING
         if self._stats is not None:
             self._stats.start()
+
+    def _settler(self, reg: _Registration, stats: HandlerStats | None = None) -> Settler:
+        system = self.transport.messaging_system
+        return Settler(
+            reg.source,
+            compose(self._innermost(reg), self._middleware + reg.middleware),
+            reg.retry or self.retry,
+            # Dead-letter copies go through the publish middleware: a send span and metric.
+            self._publish,
+            system,
+            warn_after=self._slow_handler_warning,
+            on_dead_letter=self._reply_failure if reg.source.kind is DestinationKind.QUEUE else None,
+            filtered=filtered_counter(system, reg.source.name, reg.source.group) if reg.source.filter else None,
+            stats=stats or (self._stats.handler(reg.source) if self._stats is not None else None),
+        )
 
     def _innermost(self, reg: _Registration) -> Handler:
         where = str(reg.source)
@@ -562,6 +580,57 @@ class Bus:
         ``wait`` seconds without one); returns how many. Raises like :meth:`peek_dead_letters`."""
         self._check_running("purge dead letters")
         return await _dead_letters.purge(self.transport, queue, wait=_seconds(wait, "wait"))
+
+    # -- history -------------------------------------------------------------------------------
+
+    async def replay(
+        self,
+        topic: str,
+        handler: UserHandler,
+        *,
+        start_from: StartFrom = "earliest",
+        group: str | None = None,
+        concurrency: int = 1,
+        idle: float = 2.0,
+    ) -> int:
+        """Run ``handler`` (typed like a :meth:`subscribe` handler) over ``topic``'s history
+        in a FRESH group, to rebuild a projection; return how many messages it handled.
+
+        The group (default: a throwaway ``replay-<hex>``, deleted at the end; a ``group`` you
+        name is kept, so a service can go on consuming it live) is created at ``start_from``
+        and read until it has caught up: its depth (:meth:`BrokerAdmin.depth`) is 0 with no
+        handler call running, or, where the broker does not tell the depth, after ``idle``
+        seconds without a message. Live groups of the topic are never touched. A failing
+        message is retried and dead-lettered as in any group. Raises
+        :class:`LifecycleError` unless the bus runs, :class:`UnsupportedFeature` on a
+        transport without history or :class:`BrokerAdmin`, :class:`ConfigurationError` for a
+        bad argument, and what ``subscribe`` raises; cancelling it stops the replay."""
+        self._check_running("replay history")
+        name = self._name(topic, "topic")
+        chosen = validate_name(group, "group") if group is not None else f"replay-{os.urandom(6).hex()}"
+        source = Destination(DestinationKind.TOPIC, name, chosen, (), position(start_from, f"{name} (replay)"))
+        if source.start_from is None:
+            raise ConfigurationError("replay needs start_from='earliest' or a datetime ('latest' has no history)")
+        admin = _dead_letters.admin_of(self.transport)
+        capabilities = self.transport.capabilities
+        if not capabilities.history:
+            raise UnsupportedFeature(
+                f"{self.transport.messaging_system} cannot replay {name!r}: {capabilities.history_reason}"
+            )
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise ConfigurationError(f"concurrency for the replay of {name!r} must be an int >= 1, got {concurrency!r}")
+        wait = _seconds(idle, "idle")
+        # Not this bus's reported handler stats: its own counters tell when it has caught up.
+        stats = HandlerStats(source)
+        settler = self._settler(_Registration(source, handler, concurrency, None, ()), stats)
+        consumer = await self.transport.subscribe(source, settler.handle, concurrency=concurrency)
+        try:
+            await caught_up(admin, source, stats, wait)
+        finally:
+            await consumer.stop(5.0)
+            if group is None:
+                await admin.delete_group(source)
+        return stats.handled
 
     # -- publishing ------------------------------------------------------------------------
 

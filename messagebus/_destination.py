@@ -6,8 +6,12 @@ import hashlib
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from ._errors import InvalidDestination
+
+if TYPE_CHECKING:
+    from ._history import Position
 
 __all__ = [
     "Destination",
@@ -38,13 +42,17 @@ class Destination:
     ``group`` is ``None`` for queues and for publishing to a topic. A subscription's
     ``name`` may be a pattern (:attr:`is_pattern`: ``*`` one dot-separated segment, ``#``
     any number of them); ``filter`` holds the header equalities a subscription's messages
-    must match (sorted pairs; empty: every message). Immutable and hashable.
+    must match (sorted pairs; empty: every message); ``start_from`` is where a subscription
+    group starts when the broker creates it (``None``: the transport's default, the latest
+    message; ``"earliest"``; an aware UTC ``datetime``; see ``messagebus._history``).
+    Immutable and hashable.
     """
 
     kind: DestinationKind
     name: str
     group: str | None = None
     filter: tuple[tuple[str, str], ...] = ()
+    start_from: Position = None
 
     @property
     def is_pattern(self) -> bool:

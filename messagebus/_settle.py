@@ -7,6 +7,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from time import perf_counter
 from typing import Any
@@ -16,6 +17,7 @@ from ._dead_letter import dead_letter_headers, error_message, error_type_name, u
 from ._delay import remaining
 from ._destination import Destination, DestinationKind
 from ._errors import DecodeError, MessageBusError
+from ._history import stamped_before
 from ._message import Envelope, OutgoingMessage, delivered_envelope
 from ._middleware import Handler
 from ._retry import Retry
@@ -131,7 +133,8 @@ class Settler:
 
     Before the chain: a delayed message not yet due is handed back to the transport's
     delayed redelivery until it is (``Envelope.attempt`` does not count those holds); a
-    message that does not match ``filter`` (header equalities) is acked unhandled.
+    message that does not match ``filter`` (header equalities) is acked unhandled, and so is
+    one stamped (``ce-time``) before the group's ``start_from`` time.
 
     A cancelled handler (stop grace ran out) is never settled: the transport redelivers it.
     No exception raised while settling takes the consumer slot out of service: it is logged
@@ -153,6 +156,7 @@ class Settler:
         "_on_dead_letter",
         "_publish",
         "_retry",
+        "_since",
         "_stats",
         "_system",
         "_warn_after",
@@ -180,6 +184,7 @@ class Settler:
         self.running = 0
         self.cancelled = 0
         self._filter = source.filter
+        self._since = source.start_from if isinstance(source.start_from, datetime) else None
         self._filtered = filtered
         self._on_dead_letter = on_dead_letter
         self._name = source.name
@@ -214,6 +219,10 @@ class Settler:
             attempt -= held
         if self._filter and not self._matches(headers):
             await self._skip(delivery)
+            return
+        if self._since is not None and stamped_before(headers, self._since):
+            # A broker's seek by time is coarse: the exact start is cut here (not counted as filtered).
+            await self._skip(delivery, count=False)
             return
         key = delivery.key
         if key is None:
@@ -288,8 +297,8 @@ class Settler:
         except MessageBusError:
             logger.warning("holding a delayed message failed; the broker will redeliver it", exc_info=True)
 
-    async def _skip(self, delivery: DeliveryLike) -> None:
-        if self._filtered is not None:
+    async def _skip(self, delivery: DeliveryLike, *, count: bool = True) -> None:
+        if count and self._filtered is not None:
             self._filtered()
         try:
             await delivery.ack()

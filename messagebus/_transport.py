@@ -52,6 +52,11 @@ class Capabilities:
       also of topics made after it started (within the time the adapter's README states).
       Without it the bus raises :class:`UnsupportedFeature` at registration.
     - ``wildcards_reason``: why not, named in that error (``"SNS topics are separate ..."``).
+    - ``history``: ``subscribe`` honours :attr:`Destination.start_from` when it creates a
+      group (``"earliest"``: every retained message of the topic; a time: those from it on,
+      or from somewhat earlier: the bus skips deliveries stamped before it). Without it the
+      bus raises :class:`UnsupportedFeature` at registration for any ``start_from`` but latest.
+    - ``history_reason``: why not, named in that error.
     """
 
     ordering: bool = True
@@ -63,6 +68,8 @@ class Capabilities:
     network: bool = True
     wildcards: bool = False
     wildcards_reason: str = "its adapter does not map subscription patterns"
+    history: bool = False
+    history_reason: str = "its adapter does not read retained messages"
 
 
 @runtime_checkable
@@ -272,8 +279,10 @@ class Transport(Protocol):
         per-key order when ``capabilities.ordering``. Messages are settled by the handler.
         ``source.filter`` (header equalities) may be matched by the broker where it can
         (the bus matches it again, so an adapter may ignore it); a pattern ``source.name``
-        comes only when ``capabilities.wildcards``. Raises :class:`TopologyError` when the
-        declaration conflicts with what exists."""
+        comes only when ``capabilities.wildcards``. A group this call creates starts at
+        ``source.start_from`` (only when ``capabilities.history``; ``None``: the latest); for a
+        group that existed it is ignored, said by ``messagebus._history.log_ignored``. Raises
+        :class:`TopologyError` when the declaration conflicts with what exists."""
         ...
 
 

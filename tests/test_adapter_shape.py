@@ -28,8 +28,9 @@ MODULES = {
 }
 #: Logical lines of code of one adapter (docstrings, comments and blank lines not counted):
 #: the budget of a thin mapping. The docstrings that state each contract are not held against it.
-#: 1,000 until issue 18 added ``BrokerAdmin`` (four read/redeliver/delete methods, in ``_admin``).
-CODE_LINES_LIMIT = 1_100
+#: 1,000 until issue 18 added ``BrokerAdmin`` (four read/redeliver/delete methods, in ``_admin``);
+#: 1,100 until issue 20 added history (a new group positioned at ``start_from``).
+CODE_LINES_LIMIT = 1_200
 
 
 def code_lines(path: Path) -> int:

@@ -35,6 +35,8 @@ class ConformanceTarget:
       here. The broker says whether confirmed messages survive (``keeps_messages``).
     - ``transport``: builds the transport for a URL instead of the transport registered for
       its scheme (a transport under development, or the kit's own deliberately broken ones).
+    - ``history_url``: the URL the history tests use, with the broker's opt-in for keeping a
+      topic's history (RabbitMQ streams, Pub/Sub topic retention); default :attr:`url`.
     """
 
     url: str
@@ -44,6 +46,7 @@ class ConformanceTarget:
     scale: float = 1.0
     transport: Callable[[str], Transport] | None = None
     crash_broker: Callable[[], CrashableBroker] | None = None
+    history_url: str | None = None
 
     def count(self, n: int, minimum: int = 10) -> int:
         """``n`` scaled, at least ``minimum``."""

@@ -67,6 +67,7 @@ from ._crash import CrashFaultTests
 from ._dead_letters_kit import DeadLetterTests
 from ._faults import FaultTests
 from ._header_kit import HeaderLimitTests
+from ._history_kit import HistoryTests
 from ._patterns_kit import PatternTests
 from ._proxy import TcpProxy
 from ._target import ConformanceTarget
@@ -88,7 +89,9 @@ def _names(prefix: str) -> str:
     return f"conf.{prefix}.{uuid.uuid4().hex[:10]}"
 
 
-class TransportConformance(FaultTests, CrashFaultTests, HeaderLimitTests, PatternTests, DeadLetterTests):
+class TransportConformance(
+    FaultTests, CrashFaultTests, HeaderLimitTests, PatternTests, DeadLetterTests, HistoryTests
+):
     """Base class holding the conformance tests; subclass it and define a ``target`` fixture."""
 
     pytestmark = [pytest.mark.asyncio]

@@ -18,8 +18,11 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from threading import get_ident
 from typing import Any, ClassVar
+
+from pydantic import Field
 
 from .._clock import Clock, SystemClock
 from .._config import TransportOptions, TransportURL, parse_options
@@ -27,21 +30,30 @@ from .._consumer import ConsumerBase, check_concurrency
 from .._delivery import Delivery
 from .._destination import Destination, DestinationKind, dead_letter_name, matches_pattern
 from .._errors import ConnectError, InvalidDestination, LifecycleError, MessageTooLarge
+from .._history import log_ignored
 from .._message import OutgoingMessage
 from .._transport import Capabilities, Consumer, DeliveryHandler
 
 __all__ = ["MemoryBroker", "MemoryOptions", "MemoryTransport"]
 
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+DEFAULT_HISTORY = 1000
 
 
 class MemoryOptions(TransportOptions):
     """Query options of ``memory://NAME?...``.
 
     - ``max_message_size``: largest body in bytes (default 1 MiB, like a modest broker).
+    - ``history``: messages the broker retains per topic for groups created with
+      ``start_from`` (default 1,000; 0 keeps none). The oldest go first.
+    - ``history_age``: seconds a retained message is kept (default: no limit).
+
+    The history options apply to the broker behind the URL's name (the last bus built sets them).
     """
 
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_message_size: int = Field(DEFAULT_MAX_MESSAGE_SIZE, ge=1)
+    history: int = Field(DEFAULT_HISTORY, ge=0)
+    history_age: float | None = Field(None, gt=0)
 
 
 @dataclass(slots=True)
@@ -246,6 +258,10 @@ class MemoryBroker:
         self._queues: dict[str, _MemQueue] = {}
         self._delayed: list[tuple[float, int, _MemQueue, _Stored]] = []
         self._seq = itertools.count()
+        #: per topic: (sequence, wall-clock seconds, broker-clock seconds, message), oldest first
+        self._history: dict[str, deque[tuple[int, float, float, _Stored]]] = {}
+        self.history_size = DEFAULT_HISTORY
+        self.history_age: float | None = None
 
     @classmethod
     def named(cls, name: str = "", *, clock: Clock | None = None) -> MemoryBroker:
@@ -280,12 +296,50 @@ class MemoryBroker:
                     else:
                         queues, matching = [self._queue(dest.name)], []
                 stored = _Stored(message.body, message.headers, message.key)
+                if dest.kind is DestinationKind.TOPIC and self.history_size:
+                    self._retain(dest.name, stored)
                 for queue in queues:
                     queue.put(stored)
                 if matching:
                     copy = _Stored(message.body, message.headers, message.key, topic=dest.name)
                     for queue in matching:
                         queue.put(copy)
+
+    def _retain(self, topic: str, stored: _Stored) -> None:
+        log = self._history.get(topic)
+        if log is None:
+            log = self._history[topic] = deque(maxlen=self.history_size)
+        log.append((next(self._seq), time.time(), self.clock.now(), stored))
+
+    def retained(self, source: Destination) -> list[_Stored]:
+        """The messages a group created at ``source.start_from`` starts with, oldest first:
+        what the topic (or each topic a pattern matches) retains, from the start time on."""
+        with self.lock:
+            oldest = self.clock.now() - self.history_age if self.history_age is not None else None
+            since = source.start_from.timestamp() if isinstance(source.start_from, datetime) else None
+            picked: list[tuple[int, _Stored]] = []
+            for topic, log in self._history.items():
+                if not (matches_pattern(source.name, topic) if source.is_pattern else topic == source.name):
+                    continue
+                while log and oldest is not None and log[0][2] < oldest:
+                    log.popleft()
+                for seq, wall, _, stored in log:
+                    if since is None or wall >= since:
+                        copy = (
+                            _Stored(stored.body, stored.headers, stored.key, topic=topic)
+                            if source.is_pattern
+                            else stored
+                        )
+                        picked.append((seq, copy))
+            return [stored for _, stored in sorted(picked, key=lambda pair: pair[0])]
+
+    def set_history(self, size: int, age: float | None) -> None:
+        """Retain up to ``size`` messages per topic (0: none), each for ``age`` seconds of the
+        broker clock (``None``: no limit). Thread-safe."""
+        with self.lock:
+            self.history_size, self.history_age = size, age
+            for topic, log in list(self._history.items()):
+                self._history[topic] = deque(log, maxlen=size) if size else deque(maxlen=0)
 
     def _matching(self, topic: str) -> list[_MemQueue]:
         return [
@@ -327,15 +381,22 @@ class MemoryBroker:
         return queue
 
     def declare(self, source: Destination) -> _MemQueue:
-        """The queue behind ``source``, created if needed (a group starts empty)."""
+        """The queue behind ``source``, created if needed: a group starts empty, or with the
+        retained messages from its ``start_from`` (copied under the lock, so no message
+        published meanwhile is missed or doubled); an existing group ignores ``start_from``."""
         with self.lock:
             if source.kind is DestinationKind.QUEUE:
                 return self._queue(source.name)
             groups = (self._patterns if source.is_pattern else self._topics).setdefault(source.name, {})
             group = source.group or ""
             queue = groups.get(group)
-            if queue is None:
-                queue = groups[group] = _MemQueue(self, f"{source.name}.{group}")
+            if queue is not None:
+                log_ignored(source, "memory")
+                return queue
+            queue = groups[group] = _MemQueue(self, f"{source.name}.{group}")
+            if source.start_from is not None:
+                for stored in self.retained(source):
+                    queue.put(stored)
             return queue
 
     def attach(self, queue: _MemQueue, consumer: _MemConsumer) -> None:
@@ -436,6 +497,7 @@ class MemoryBroker:
             self._patterns.clear()
             self._queues.clear()
             self._delayed.clear()
+            self._history.clear()
 
 
 class MemoryTransport:
@@ -457,6 +519,7 @@ class MemoryTransport:
             max_message_size=max_message_size,
             network=False,
             wildcards=True,
+            history=True,
         )
         self._max = max_message_size
         self._connected = False
@@ -464,10 +527,14 @@ class MemoryTransport:
 
     @classmethod
     def from_url(cls, url: TransportURL) -> MemoryTransport:
-        """Build from ``memory://NAME?max_message_size=N``. Raises :class:`InvalidOption`."""
+        """Build from ``memory://NAME?max_message_size=N&history=N&history_age=S`` (see
+        :class:`MemoryOptions`). Raises :class:`InvalidOption`."""
         options = parse_options(url, MemoryOptions)
         name = url.host or url.path.strip("/")
-        return cls(MemoryBroker.named(name), max_message_size=options.max_message_size)
+        broker = MemoryBroker.named(name)
+        if "history" in url.query or "history_age" in url.query:
+            broker.set_history(options.history, options.history_age)
+        return cls(broker, max_message_size=options.max_message_size)
 
     async def connect(self) -> None:
         """Mark connected. Idempotent."""
