@@ -25,6 +25,8 @@ def _target(url: str, request: pytest.FixtureRequest) -> ConformanceTarget:
         via_proxy=lambda host, port: f"nats://{host}:{port}?prefix={prefix}&{TEST_OPTIONS}",
         timeout=30.0,
         crash_broker=crash_broker,
+        # Interest streams drop what every group acked: history needs limits retention.
+        history_url=f"{url}&retention=limits&max_age=3600",
     )
 
 

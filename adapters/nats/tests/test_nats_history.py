@@ -1,20 +1,25 @@
-"""History of new groups (``start_from``) on the shared nats-server, counting messages.
+"""History of new groups (the URL option ``start_from`` and a subscription's own
+``Destination.start_from``) on the shared nats-server, counting messages.
 
 A topic stream keeps a message only while some group still has to ack it (interest
 retention), so each test first makes a ``keeper`` group that acks nothing: what is published
 then stays in the stream for the new group to find, or not, according to ``start_from``.
+With ``retention=limits`` a stream keeps messages every group acked (the history of new groups).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from messagebus_nats import NatsTransport
 
-from messagebus import InvalidOption
+from messagebus import InvalidOption, TopologyError
+from messagebus._history import Position
 from messagebus.transports import Delivery, Destination, DestinationKind, OutgoingMessage
 
 TIMEOUT = 30.0
@@ -25,9 +30,15 @@ def out(dest: Destination, body: bytes) -> OutgoingMessage:
 
 
 async def history(
-    url: str, start_from: str | None, old: int = 10, new: int = 10, made_with: str | None = None
+    url: str,
+    start_from: str | None,
+    old: int = 10,
+    new: int = 10,
+    made_with: str | None = None,
+    position: Position | str = None,
 ) -> tuple[int, int, int, int]:
-    """Publish ``old`` messages, then subscribe a new group (``start_from``; made first with
+    """Publish ``old`` messages, then subscribe a new group (URL option ``start_from``, its
+    own ``position``; ``"cut"`` for either: a time after the old ones; made first with
     ``made_with`` if given) and publish ``new``; returns (old handled, new lost, duplicated,
     unexpected) once every new one came. With concurrency 1 in stream order, an old message
     handed to the group comes first."""
@@ -53,11 +64,14 @@ async def history(
         keeper = await writer.subscribe(Destination(DestinationKind.TOPIC, name, "keeper"), keep, concurrency=1)
         await keeper.stop(0)
         await writer.publish([out(topic, body) for body in olds])
-        if start_from == "cut":  # a time after every old message was stored, before any new one
-            start_from = str(int(time.time() * 1000) + 1)
+        if "cut" in (start_from, position):  # a time after every old message was stored, before any new one
+            cut = int(time.time() * 1000) + 1
             # The wall clock must pass the cut (no event tells that): a condition, not a guessed delay.
-            while time.time() * 1000 < int(start_from) + 1:  # noqa: ASYNC110
+            while time.time() * 1000 < cut + 1:  # noqa: ASYNC110
                 await asyncio.sleep(0.001)
+            start_from = str(cut) if start_from == "cut" else start_from
+            position = datetime.fromtimestamp(cut / 1000, UTC) if position == "cut" else position
+        assert position != "cut"
         if made_with is not None:
             first = NatsTransport.from_url(f"{url}&start_from={made_with}")
             await first.connect()
@@ -68,7 +82,8 @@ async def history(
                 await first.close()
         reader = NatsTransport.from_url(url + (f"&start_from={start_from}" if start_from else ""))
         await reader.connect()
-        consumer = await reader.subscribe(Destination(DestinationKind.TOPIC, name, "late"), handle, concurrency=1)
+        late = Destination(DestinationKind.TOPIC, name, "late", start_from=position)
+        consumer = await reader.subscribe(late, handle, concurrency=1)
         await writer.publish([out(topic, body) for body in news])
         while not set(news) <= set(handled):
             arrived.clear()
@@ -116,3 +131,87 @@ def test_a_bad_start_from_is_refused_before_any_io(nats_url: str, value: str) ->
     everything): the error names the option and what is allowed."""
     with pytest.raises(InvalidOption, match="start_from"):
         NatsTransport.from_url(f"{nats_url}&start_from={value}")
+
+
+@pytest.mark.parametrize(("option", "position", "old"), [("now", "earliest", 10), ("earliest", "cut", 0)])
+async def test_a_subscriptions_start_from_overrides_the_url_option(
+    nats_url: str, option: str, position: str, old: int
+) -> None:
+    """Bug caught: ``Destination.start_from`` not reaching the durable's deliver policy (the
+    URL option wins: history lost with ``earliest``, everything replayed for a time), or a
+    time read in the wrong unit; nothing lost, doubled or unexpected."""
+    assert await history(nats_url, option, position=position) == (old, 0, 0, 0)
+
+
+async def test_an_existing_durable_ignores_a_subscriptions_start_from_and_says_so(
+    nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bug caught: a subscription's ``start_from`` applied to a durable that exists (JetStream
+    refuses the change: TopologyError, or history replayed) or ignored without the log line."""
+    with caplog.at_level(logging.INFO, logger="messagebus"):
+        assert await history(nats_url, None, made_with="now", position="earliest") == (0, 0, 0, 0)
+    assert "nats group 'late'" in caplog.text and "start_from=earliest ignored" in caplog.text
+
+
+async def test_limits_retention_keeps_history_and_a_fresh_groups_depth_counts_it(nats_url: str) -> None:
+    """Bug caught: ``retention=limits``/``max_age``/``max_msgs`` not reaching the topic
+    stream (interest drops what no group owes: no history), ``history`` claimed without it,
+    pattern subscriptions that look for interest streams only (they would find no topic), a
+    stream of the other retention silently used,
+    or a fresh history group whose depth does not count what it will read (a replay would
+    end at once)."""
+    assert not NatsTransport.from_url(nats_url).capabilities.history
+    transport = NatsTransport.from_url(f"{nats_url}&retention=limits&max_age=600&max_msgs=5")
+    assert transport.capabilities.history
+    topic = Destination(DestinationKind.TOPIC, f"lim{uuid.uuid4().hex[:8]}")
+    await transport.connect()
+    try:
+        await transport.publish([out(topic, str(i).encode()) for i in range(7)])  # no group owes them
+        js, topology = transport.connection.require()
+        fresh = Destination(DestinationKind.TOPIC, topic.name, "fresh", start_from="earliest")
+        names = transport.publisher.names(fresh)
+        config = (await js.stream_info(names.stream)).config
+        assert (config.retention, config.max_age, config.max_msgs) == ("limits", 600, 5)
+        assert not await topology.ensure_consumer(names, "earliest")
+        assert await transport.depth(fresh) == 5
+        assert list(await topology.matching(topic.name)) == [topic.name]  # what a pattern subscription lists
+        plain = NatsTransport.from_url(nats_url)
+        await plain.connect()
+        try:
+            with pytest.raises(TopologyError, match="other settings"):
+                await plain.publish([out(topic, b"x")])
+        finally:
+            await plain.close()
+    finally:
+        await transport.close()
+
+
+async def test_a_pattern_group_starts_at_its_start_from_once(nats_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Bug caught: a pattern group's ``start_from`` not reaching its registry record (its
+    durables start at now: history lost), or applied again when the group is recorded
+    already (the log line missing); nothing lost, doubled or unexpected."""
+    base = f"pat{uuid.uuid4().hex[:8]}"
+    transport = NatsTransport.from_url(f"{nats_url}&retention=limits&max_age=600")
+    handled: list[bytes] = []
+    arrived = asyncio.Event()
+
+    async def handle(delivery: Delivery) -> None:
+        handled.append(delivery.body)
+        await delivery.ack()
+        arrived.set()
+
+    await transport.connect()
+    try:
+        await transport.publish([out(Destination(DestinationKind.TOPIC, f"{base}.{t}"), t.encode()) for t in "ab"])
+        pattern = Destination(DestinationKind.TOPIC, f"{base}.*", "audit", start_from="earliest")
+        consumer = await transport.subscribe(pattern, handle, concurrency=1)
+        while len(handled) < 2:
+            arrived.clear()
+            await asyncio.wait_for(arrived.wait(), TIMEOUT)
+        await consumer.stop(5)
+        with caplog.at_level(logging.INFO, logger="messagebus"):
+            await (await transport.subscribe(pattern, handle, concurrency=1)).stop(5)
+    finally:
+        await transport.close()
+    assert sorted(handled) == [b"a", b"b"]
+    assert "start_from=earliest ignored" in caplog.text

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import cast
 
 import pytest
-from pubsub_helpers import url_via
+from pubsub_helpers import url_for, url_via
 
 from messagebus.testing._brokers import CrashableBroker
 from messagebus.testing.conformance import ConformanceTarget, TransportConformance
@@ -28,6 +28,8 @@ class TestPubSubConformance(TransportConformance):
             scale=0.2,
             # An emulator of its own that the crash tests kill; started only when they ask.
             crash_broker=lambda: cast(CrashableBroker, request.getfixturevalue("pubsub_crash_emulator")),
+            # History needs topic retention; the emulator cannot seek an ordered subscription.
+            history_url=url_for(pubsub_emulator, topic_retention="1h", ordering="false"),
         )
 
 

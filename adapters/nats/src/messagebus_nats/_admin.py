@@ -26,7 +26,7 @@ from ._codec import DUE, FOR, MSG_ID
 from ._connection import Connection
 from ._errors import ERRORS
 from ._publishing import Prepared, Publisher
-from ._topology import Names, names_of, pattern_durable
+from ._topology import Names, names_of, pattern_durable, start_of
 
 __all__ = ["dead_letter_queues", "delete_group", "depth", "publish_to_group"]
 
@@ -107,7 +107,7 @@ async def publish_to_group(publisher: Publisher, source: Destination, messages: 
         wire[MSG_ID] = uuid.uuid4().hex
         prepared.append((names, body, wire))
     for names in {p[0] for p in prepared} - topology.replay_durables:
-        await topology.ensure_consumer(names)  # the group keeps it even when it is not running
+        await topology.ensure_consumer(names, start_of(source.start_from))  # kept when it is not running
         # Once per connection: a JetStream request per replayed message cost two thirds of a replay.
         topology.replay_durables.add(names)
     await publisher.send(prepared)

@@ -24,6 +24,11 @@ class NatsOptions(TransportOptions):
     )
     storage: Literal["file", "memory"] = Field("file", description="JetStream storage of the streams it creates")
     replicas: int = Field(1, ge=1, le=5, description="replicas of the streams it creates")
+    retention: Literal["interest", "limits"] = Field(
+        "interest", description="topic streams keep a message until every group acked it, or to max_age/max_msgs"
+    )
+    max_age: float | None = Field(None, gt=0, le=10 * 365 * 86_400, description="seconds a topic stream keeps one")
+    max_msgs: int | None = Field(None, ge=1, description="most messages a topic stream keeps")
     ack_wait: float = Field(30.0, ge=1, le=43_200, description="seconds before an unacked delivery is redelivered")
     max_deliver: int = Field(-1, ge=-1, description="JetStream's delivery limit per message (-1: none)")
     start_from: str = Field("now", pattern=r"^(now|earliest|\d{1,15})$", description="now, earliest or Unix ms")

@@ -1,7 +1,9 @@
 """Logical destinations -> JetStream streams, subjects and durable consumers; declarations.
 
-Topic ``T``: subject ``P.T`` (``P`` the prefix) in stream ``P_T`` with interest retention;
-group ``G``: the durable pull consumer ``G`` on it (from ``start_from`` when it is made).
+Topic ``T``: subject ``P.T`` (``P`` the prefix) in stream ``P_T`` with interest retention
+(``retention=limits``: kept to ``max_age``/``max_msgs``, the history of new groups);
+group ``G``: the durable pull consumer ``G`` on it (from the subscription's ``start_from``, else
+the URL option's, when it is made).
 Queue ``Q``: subject ``P.Q`` in work-queue stream ``P_Q``, durable ``messagebus-queue``.
 Dead letters are queues. Topics and queues share one name space (the README has more).
 
@@ -19,7 +21,7 @@ import contextlib
 import json
 import logging
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -27,6 +29,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolic
 from nats.js.errors import APIError, NotFoundError
 
 from messagebus import TopologyError
+from messagebus._history import Position, log_ignored
 from messagebus.transports import Destination, DestinationKind, dead_letter_name, matches_pattern, sanitize_name
 
 from ._errors import ERRORS
@@ -92,6 +95,15 @@ def pattern_durable(source: Destination) -> str:
     return stream_name(source.dead_letter_queue.removesuffix(".dlq"))
 
 
+def start_of(position: Position) -> str | None:
+    """A subscription's ``start_from`` in the URL option's terms: ``earliest``, a Unix time in
+    ms (rounded down: JetStream delivers from it, never after the time), or ``None`` (keep the
+    option). Pure."""
+    if isinstance(position, datetime):
+        return str((position - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1))
+    return position
+
+
 def physical_names(destination: Destination, options: NatsOptions | None = None) -> dict[str, str]:
     """Role -> JetStream name for ``destination``: ``stream`` and ``subject`` always; for a
     queue or a topic's group also ``consumer`` (the durable), ``dead_letter_stream`` and
@@ -137,6 +149,7 @@ class Topology:
                 return
             o = self._options
             registry = names is self.registry
+            topic = not names.queue and not registry
             config = StreamConfig(
                 name=names.stream,
                 subjects=[names.subject],
@@ -144,14 +157,16 @@ class Topology:
                 if registry
                 else RetentionPolicy.WORK_QUEUE
                 if names.queue
-                else RetentionPolicy.INTEREST,
+                else RetentionPolicy(o.retention),
                 max_msgs_per_subject=1 if registry else -1,
+                max_age=o.max_age if topic else None,
+                max_msgs=o.max_msgs if topic else None,
                 storage=StorageType.FILE if o.storage == "file" else StorageType.MEMORY,
                 num_replicas=o.replicas,
             )
             try:
                 await self._js.add_stream(config)
-                if not names.queue and not registry:  # before anything is published to it
+                if topic:  # before anything is published to it
                     for source, since in await self.patterns():
                         if matches_pattern(source.name, topic_of(names.subject, o.prefix)):
                             await self._add_consumer(replace(names, consumer=pattern_durable(source)), since)
@@ -174,17 +189,21 @@ class Topology:
 
     async def register(self, source: Destination) -> str:
         """Record pattern subscription ``source`` in the registry unless it is there; returns
-        its start (``start_from``, or the first record's time in Unix ms for ``now``)."""
+        its start (its ``start_from`` when this records it, else the option's; the first record's
+        time in Unix ms for ``now``). A recorded one ignores ``source.start_from`` (logged)."""
         await self.ensure_stream(self.registry)
         subject = self.registry.subject.replace("*", pattern_durable(source))
         body = json.dumps({"pattern": source.name, "group": source.group}).encode()
+        start = start_of(source.start_from) or self._options.start_from
         try:
-            with contextlib.suppress(APIError):  # 10071: recorded already (the first time stays)
+            try:
                 await self._js.publish(subject, body, headers={"Nats-Expected-Last-Subject-Sequence": "0"})
+            except APIError:  # 10071: recorded already (the first time stays)
+                log_ignored(source, "nats")
+                start = self._options.start_from
             first = await self._js.get_last_msg(self.registry.stream, subject)
         except Exception as exc:
             raise ERRORS.map(exc, TopologyError, f"cannot record pattern {source} in {subject!r}") from exc
-        start = self._options.start_from
         return str(int(first.time.timestamp() * 1000)) if start == "now" and first.time else start
 
     async def patterns(self) -> list[tuple[Destination, str]]:
@@ -203,11 +222,12 @@ class Topology:
                 since = str(int(msg.time.timestamp() * 1000)) if msg.time else "now"
                 out.append((source, since if self._options.start_from == "now" else self._options.start_from))
 
-    async def matching(self, pattern: str, retention: str = "interest") -> dict[str, Names]:
-        """Topic -> names of every topic stream (``retention="workqueue"``: queue stream) of
+    async def matching(self, pattern: str, retention: str | None = None) -> dict[str, Names]:
+        """Topic -> names of every topic stream (of the ``retention`` option; ``"workqueue"``: queue stream) of
         this prefix whose logical name matches ``pattern`` (streams listed by the server,
         filtered by subject; those of the other kind and foreign streams left out)."""
         prefix = self._options.prefix
+        retention = retention or self._options.retention
         head = pattern.split("#")[0].rstrip(".")
         # "#" is NATS ">" (one token or more) after the head; "orders.#" also matches "orders".
         filters = [f"{head}.>" if head else ">", *([head] if head and pattern.endswith(".#") else [])]
@@ -241,22 +261,24 @@ class Topology:
                     queue = retention == "workqueue"
                     out[topic] = Names(config["name"], subjects[0], QUEUE_CONSUMER if queue else "", queue)
 
-    async def ensure_consumer(self, names: Names, start: str | None = None) -> None:
+    async def ensure_consumer(self, names: Names, start: str | None = None) -> bool:
         """Create the durable pull consumer of ``names`` (idempotent). A queue's consumer gets
         every message, a new group those from ``start`` (default ``start_from``); an existing
-        one keeps its start."""
+        one keeps its start. Returns whether a group's durable existed already."""
         await self.ensure_stream(names)
-        await self._add_consumer(names, start)
+        return await self._add_consumer(names, start)
 
-    async def _add_consumer(self, names: Names, start: str | None = None) -> None:
+    async def _add_consumer(self, names: Names, start: str | None = None) -> bool:
         start = "earliest" if names.queue else start or self._options.start_from
         policy = {"now": DeliverPolicy.NEW, "earliest": DeliverPolicy.ALL}.get(start, DeliverPolicy.BY_START_TIME)
         at = None if start.isalpha() else datetime.fromtimestamp(int(start) / 1000, UTC)
+        existed = False
         try:
             if not names.queue:  # JetStream cannot move an existing durable: it keeps its start
                 with contextlib.suppress(NotFoundError):
                     old = (await self._js.consumer_info(names.stream, names.consumer)).config
                     policy, at = old.deliver_policy or policy, old.opt_start_time
+                    existed = True
             config = ConsumerConfig(
                 durable_name=names.consumer,
                 ack_policy=AckPolicy.EXPLICIT,
@@ -271,3 +293,4 @@ class Topology:
         except Exception as exc:
             what = f"cannot create the durable consumer {names.consumer!r} of stream {names.stream!r}"
             raise ERRORS.map(exc, TopologyError, what) from exc
+        return existed

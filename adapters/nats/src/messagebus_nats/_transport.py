@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from messagebus._history import log_ignored
 from messagebus.transports import (
     Capabilities,
     Consumer,
@@ -22,7 +23,7 @@ from ._consuming import NatsConsumer, PatternConsumer
 from ._options import SCHEMES, NatsOptions, load_options
 from ._publishing import Publisher
 from ._telemetry import MESSAGING_SYSTEM
-from ._topology import names_of
+from ._topology import names_of, start_of
 
 __all__ = ["NatsTransport"]
 
@@ -49,6 +50,12 @@ class NatsTransport(TransportBase[NatsOptions, Connection, Publisher], schemes=S
             consumer_groups=True,
             max_message_size=self.options.max_message_size,
             network=True,
+            # A new durable starts by deliver policy, but an interest stream drops what every group acked.
+            history=self.options.retention == "limits",
+            history_reason=(
+                "its topic streams use interest retention (a message is dropped once every group acked it); "
+                "add retention=limits (and max_age / max_msgs) to the URL to keep a topic's history"
+            ),
             wildcards=True,  # a durable per matching topic stream, new topics within pattern_interval
         )
         connection = Connection(self.url, self.options)
@@ -68,8 +75,9 @@ class NatsTransport(TransportBase[NatsOptions, Connection, Publisher], schemes=S
             await topology.delete(names_of(Destination(DestinationKind.QUEUE, queue), self.options.prefix))
 
     async def open_consumer(self, source: Destination, handler: DeliveryHandler, concurrency: int) -> Consumer:
-        """Declare the stream and durable pull consumer of ``source``, then start consuming;
-        a pattern source gets a :class:`PatternConsumer`."""
+        """Declare the stream and durable pull consumer of ``source`` (a new one at
+        ``source.start_from``, else the URL option's; one that exists keeps its start, said by
+        ``log_ignored``), then start consuming; a pattern source gets a :class:`PatternConsumer`."""
         _, topology = self.connection.require()
         if source.is_pattern:
             pattern = PatternConsumer(self.connection, self.publisher, source, handler, concurrency)
@@ -80,7 +88,8 @@ class NatsTransport(TransportBase[NatsOptions, Connection, Publisher], schemes=S
                 raise
             return pattern
         consumer = NatsConsumer(self.connection, self.publisher, source, handler, concurrency)
-        await topology.ensure_consumer(consumer.names)
+        if await topology.ensure_consumer(consumer.names, start_of(source.start_from)):
+            log_ignored(source, "nats")
         await consumer.start_consuming()
         return consumer
 

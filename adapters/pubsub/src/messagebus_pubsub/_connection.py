@@ -114,7 +114,8 @@ class Connection:
             sub_channel = SubscriberGrpcAsyncIOTransport.create_channel(_API_HOST, **kw)
         publisher = PublisherAsyncClient(transport=PublisherGrpcAsyncIOTransport(channel=pub_channel))
         subscriber = SubscriberAsyncClient(transport=SubscriberGrpcAsyncIOTransport(channel=sub_channel))
-        return Clients(publisher, subscriber, Topology(publisher, subscriber, self.options, self.where))
+        topology = Topology(publisher, subscriber, self.options, self.where, self.emulator_host is not None)
+        return Clients(publisher, subscriber, topology)
 
     async def close(self) -> None:
         """Close both channels. Idempotent; never raises for an already-broken connection."""

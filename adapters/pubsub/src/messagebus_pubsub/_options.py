@@ -7,7 +7,7 @@ import os
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from messagebus import InvalidOption, InvalidURL
 from messagebus.transports import TransportOptions, TransportURL
@@ -24,6 +24,10 @@ _PROJECT = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
 # name segment and a URL host can both carry.
 _EMULATOR_PROJECT = re.compile(r"[A-Za-z0-9._~+-]{1,100}")
 _HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})")
+_SPAN = re.compile(r"(\d{1,9})([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+#: Pub/Sub's limits of a topic's message retention, in seconds: 10 minutes to 31 days.
+MIN_RETENTION, MAX_RETENTION = 600, 31 * 86400
 
 
 def _host_port(value: str | None) -> str | None:
@@ -34,6 +38,18 @@ def _host_port(value: str | None) -> str | None:
     if match is None or not 0 < int(match.group(1)) < 65536:
         raise ValueError("expected host:port such as 127.0.0.1:8085")
     return value
+
+
+def _retention(value: object) -> int | None:
+    """Seconds of ``value`` (``7d``, ``12h``, ``90m``, ``600s`` or plain seconds; ``None`` if
+    empty) within Pub/Sub's limits; raises ``ValueError``."""
+    if value is None or value == "":
+        return None
+    match = _SPAN.fullmatch(str(value).strip().lower())
+    seconds = int(match.group(1)) * _UNITS[match.group(2)] if match else 0
+    if not MIN_RETENTION <= seconds <= MAX_RETENTION:
+        raise ValueError("expected a span from 10m to 31d (Pub/Sub's limits), such as 7d, 12h, 90m or 3600s")
+    return seconds
 
 
 class PubSubOptions(TransportOptions):
@@ -52,6 +68,10 @@ class PubSubOptions(TransportOptions):
     - ``connect_timeout``: seconds ``connect()`` and declarations may take before failing.
     - ``publish_timeout``: seconds a publish may wait for the broker's confirmation.
     - ``batch_max_messages`` / ``batch_max_latency``: the publisher's batching.
+    - ``topic_retention``: how long Pub/Sub keeps a topic's messages (``7d``, ``12h``, ``90m``,
+      ``600s``; 10m to 31d), set on the topics this transport declares (an existing topic's
+      shorter or missing retention is raised to it, never lowered). It turns on history:
+      ``subscribe(start_from=...)``. Default: none (no history).
     """
 
     emulator_host: Annotated[str | None, AfterValidator(_host_port)] = None
@@ -63,6 +83,7 @@ class PubSubOptions(TransportOptions):
     publish_timeout: float = Field(default=60.0, gt=0, le=3600)
     batch_max_messages: int = Field(default=100, ge=1, le=1000)
     batch_max_latency: float = Field(default=0.01, ge=0, le=10)
+    topic_retention: Annotated[int | None, BeforeValidator(_retention)] = None
 
 
 def project_of(url: TransportURL) -> str:

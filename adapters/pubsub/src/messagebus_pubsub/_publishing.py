@@ -59,7 +59,7 @@ class Publisher:
                 for n in queues.values()
                 if n.subscription
             ),
-            *(topology.ensure_topic(t) for t in topics - queues.keys()),
+            *(topology.ensure_topic(t, retained=True) for t in topics - queues.keys()),
         )
         await self.confirm(items)
 

@@ -10,25 +10,31 @@ import contextlib
 import functools
 import hashlib
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.protobuf import duration_pb2
 from google.pubsub_v1 import PublisherAsyncClient, SubscriberAsyncClient
-from google.pubsub_v1.types import ExpirationPolicy, Subscription
+from google.pubsub_v1.types import ExpirationPolicy, Subscription, Topic
 
-from messagebus import TopologyError
+from messagebus import MessageBusError, TopologyError
+from messagebus._history import Position, log_ignored
 from messagebus.transports import Destination, DestinationKind, dead_letter_name, sanitize_name, validate_name
 
 from ._codec import native_filter
 from ._errors import errors, transient_retry
-from ._options import PubSubOptions
+from ._options import MAX_RETENTION, PubSubOptions
+from ._telemetry import MESSAGING_SYSTEM
 
 __all__ = ["RETRY_SUFFIX", "Names", "Topology", "names_for", "owned_names", "physical_names", "resource_id"]
 
 RETRY_SUFFIX = "~retry"
 _ALLOWED = r"A-Za-z0-9._~+%-"
 _MAX = 255
+# A seek by time goes this much earlier: Pub/Sub's publish time is its own clock, ``ce-time``
+# the producer's (the bus skips what is stamped before the start, so earlier is harmless).
+_CLOCK_SKEW = timedelta(seconds=10)
 
 
 def resource_id(name: str) -> str:
@@ -47,16 +53,24 @@ def resource_id(name: str) -> str:
 
 class Names:
     """Resource paths of one destination: its topic, and (for consumers) its subscriptions,
-    the Pub/Sub filter of its subscription ('' for none) and whether that one has message
-    ordering (``None``: the ``ordering`` option)."""
+    the Pub/Sub filter of its subscription ('' for none), whether that one has message
+    ordering (``None``: the ``ordering`` option) and whether the topic keeps history (a
+    logical topic's does with ``topic_retention``; a queue's and a retry topic's never)."""
 
-    __slots__ = ("filter", "ordered", "retry_subscription", "retry_topic", "subscription", "topic")
+    __slots__ = ("filter", "ordered", "retained", "retry_subscription", "retry_topic", "subscription", "topic")
 
     def __init__(
-        self, project: str, topic: str, subscription: str | None, filter: str = "", ordered: bool | None = None
+        self,
+        project: str,
+        topic: str,
+        subscription: str | None,
+        filter: str = "",
+        ordered: bool | None = None,
+        retained: bool = False,
     ) -> None:
         self.filter = filter
         self.ordered = ordered
+        self.retained = retained
         self.topic = f"projects/{project}/topics/{resource_id(topic)}"
         self.subscription: str | None = None
         self.retry_topic: str | None = None
@@ -86,8 +100,8 @@ def names_for(project: str, destination: Destination) -> Names:
         )
     if destination.group:
         group = f"{destination.name}.{destination.group}"
-        return Names(project, destination.name, group, native_filter(destination.filter))
-    return Names(project, destination.name, None)
+        return Names(project, destination.name, group, native_filter(destination.filter), retained=True)
+    return Names(project, destination.name, None, retained=True)
 
 
 def owned_names(project: str, source: Destination) -> tuple[Names, Names]:
@@ -124,12 +138,18 @@ class Topology:
     """
 
     def __init__(
-        self, publisher: PublisherAsyncClient, subscriber: SubscriberAsyncClient, options: PubSubOptions, where: str
+        self,
+        publisher: PublisherAsyncClient,
+        subscriber: SubscriberAsyncClient,
+        options: PubSubOptions,
+        where: str,
+        emulated: bool = False,
     ) -> None:
         self._publisher = publisher
         self._subscriber = subscriber
         self._options = options
         self._where = where
+        self._emulated = emulated
         self._done: set[str] = set()
         self._sub_topics: dict[str, tuple[str, str]] = {}  # subscription -> (topic, filter)
         self._pending: dict[str, asyncio.Task[None]] = {}
@@ -145,29 +165,51 @@ class Topology:
         self._done.discard(path)
         self._sub_topics.pop(path, None)
 
-    async def ensure_topic(self, path: str) -> None:
-        """Create topic ``path`` unless it exists. Raises TopologyError / ConnectError."""
-        await self._once(path, lambda: self._create_topic(path))
+    async def ensure_topic(self, path: str, retained: bool = False) -> None:
+        """Create topic ``path`` unless it exists; a ``retained`` one keeps its messages for
+        ``topic_retention`` (an existing one's shorter retention is raised to it, never lowered:
+        another service may want more). Raises TopologyError / ConnectError."""
+        retention = self._options.topic_retention if retained else None
+        await self._once(path, lambda: self._create_topic(path, retention))
 
     async def ensure_subscription(
-        self, path: str, topic: str, *, ordered: bool | None = None, filter: str = ""
+        self,
+        path: str,
+        topic: str,
+        *,
+        ordered: bool | None = None,
+        filter: str = "",
+        retained: bool = False,
+        source: Destination | None = None,
     ) -> None:
         """Create subscription ``path`` on ``topic`` with Pub/Sub filter ``filter`` (declaring
         the topic first) unless it exists; an existing one must be attached to ``topic`` and
-        have that filter (Pub/Sub cannot change it). Raises TopologyError."""
+        have that filter (Pub/Sub cannot change it). One this call creates is sought to
+        ``source.start_from``; for one that exists that is ignored and logged. Raises TopologyError."""
         known = self._sub_topics.get(path)
         if known is not None and known != (topic, filter):
             raise _clash(path, known[0], topic) if known[0] != topic else _refilter(path, known[1], filter)
-        await self.ensure_topic(topic)
+        await self.ensure_topic(topic, retained)
         want_order = self._options.ordering if ordered is None else ordered
-        await self._once(path, lambda: self._create_subscription(path, topic, want_order, filter))
+        if path in self._done and source is not None:
+            log_ignored(source, MESSAGING_SYSTEM)
+        retains = retained and self._options.topic_retention is not None
+        await self._once(path, lambda: self._create_subscription(path, topic, want_order, filter, source, retains))
         self._sub_topics[path] = (topic, filter)
 
-    async def ensure_consumer(self, names: Names) -> None:
-        """Declare everything a consumer reads: its subscription and its retry topic/subscription."""
+    async def ensure_consumer(self, names: Names, source: Destination | None = None) -> None:
+        """Declare everything a consumer reads: its subscription (sought to
+        ``source.start_from`` if this creates it) and its retry topic/subscription."""
         assert names.subscription is not None and names.retry_topic and names.retry_subscription
         await asyncio.gather(
-            self.ensure_subscription(names.subscription, names.topic, ordered=names.ordered, filter=names.filter),
+            self.ensure_subscription(
+                names.subscription,
+                names.topic,
+                ordered=names.ordered,
+                filter=names.filter,
+                retained=names.retained,
+                source=source,
+            ),
             # Retries are re-published out of order anyway; an unordered subscription keeps a
             # long-delayed retry from holding back the next retry with the same key.
             self.ensure_subscription(names.retry_subscription, names.retry_topic, ordered=False),
@@ -219,11 +261,43 @@ class Topology:
         except Exception as exc:
             raise errors.map(exc, TopologyError, f"cannot {what} at {self._where}") from exc
 
-    async def _create_topic(self, path: str) -> None:
-        with contextlib.suppress(gexc.AlreadyExists):
-            await self.call(f"create topic {path}", self._publisher.create_topic, {"name": path})
+    async def _create_topic(self, path: str, retention: int | None) -> None:
+        kept = {"message_retention_duration": duration_pb2.Duration(seconds=retention)} if retention else {}
+        try:
+            await self.call(f"create topic {path}", self._publisher.create_topic, Topic(name=path, **kept))
+            return
+        except gexc.AlreadyExists:
+            if not retention:
+                return
+        existing = await self.call(f"read topic {path}", self._publisher.get_topic, {"topic": path})
+        if existing.message_retention_duration.total_seconds() < retention:
+            request = {"topic": Topic(name=path, **kept), "update_mask": {"paths": ["message_retention_duration"]}}
+            await self.call(f"set the retention of topic {path}", self._publisher.update_topic, request)
 
-    async def _create_subscription(self, path: str, topic: str, ordered: bool, filter: str) -> None:
+    def _start(self, start: Position, created: datetime, retains: bool, ordered: bool) -> datetime | None:
+        # Where a subscription just created must be sought to, if anywhere.
+        if start == "earliest":
+            return created - timedelta(seconds=MAX_RETENTION)  # Pub/Sub's longest: all it keeps
+        if start is not None:
+            return start - _CLOCK_SKEW
+        # The emulator (not Pub/Sub) hands a new subscription its topic's retained messages; it
+        # cannot seek an ordered one (501), so that one gets them (the README says so).
+        return created if self._emulated and retains and not ordered else None
+
+    async def _seek(self, path: str, moment: datetime) -> None:
+        try:
+            what = f"seek subscription {path} to {moment.isoformat()}"
+            await self.call(what, self._subscriber.seek, {"subscription": path, "time": moment})
+        except MessageBusError:
+            # Kept, it would start at the latest and the next subscribe would ignore start_from.
+            with contextlib.suppress(MessageBusError):
+                await self._delete("subscription", self._subscriber.delete_subscription, path)
+            raise
+
+    async def _create_subscription(
+        self, path: str, topic: str, ordered: bool, filter: str, source: Destination | None, retains: bool
+    ) -> None:
+        created = datetime.now(UTC)
         sub = Subscription(
             name=path,
             topic=topic,
@@ -236,9 +310,14 @@ class Topology:
         )
         try:
             await self.call(f"create subscription {path}", self._subscriber.create_subscription, sub)
-            return
         except gexc.AlreadyExists:
-            pass
+            if source is not None:
+                log_ignored(source, MESSAGING_SYSTEM)
+        else:
+            moment = self._start(source.start_from if source is not None else None, created, retains, ordered)
+            if moment is not None:
+                await self._seek(path, moment)
+            return
         existing = await self.call(
             f"read subscription {path}", self._subscriber.get_subscription, {"subscription": path}
         )

@@ -50,6 +50,7 @@ class PubSubTransport(
     def build(self) -> tuple[Capabilities, Connection, Publisher]:
         """Capabilities (persistence only on the real service), the clients, the publisher."""
         connection = Connection(project_of(self.url), emulator_of(self.options, self.url), self.options)
+        emulated = connection.emulator_host is not None
         capabilities = Capabilities(
             ordering=self.options.ordering,
             # Not shown to hold: on the emulator, when an instance leaves its group, the next
@@ -57,12 +58,19 @@ class PubSubTransport(
             # (docs/faults.md, finding 6). Order within one instance holds.
             ordering_across_instances=False,
             # Pub/Sub stores messages durably; the emulator keeps them in memory only.
-            persistence=connection.emulator_host is None,
+            persistence=not emulated,
             max_message_size=MAX_BODY,
             wildcards_reason=(
                 "Pub/Sub topics are separate: a subscription is attached to exactly one topic, and Pub/Sub "
                 "has no topic hierarchy or pattern subscription (subscribe to each topic, or publish to one "
                 "topic and subscribe with filter= on a header)"
+            ),
+            # The emulator answers Seek on a subscription with message ordering "501 Unimplemented".
+            history=self.options.topic_retention is not None and not (emulated and self.options.ordering),
+            history_reason=(
+                "the Pub/Sub emulator cannot seek a subscription with message ordering: add ordering=false to the URL"
+                if emulated and self.options.topic_retention
+                else "Pub/Sub keeps a topic's messages only with topic retention: add topic_retention=7d to the URL"
             ),
         )
         return capabilities, connection, Publisher(connection)
@@ -85,10 +93,12 @@ class PubSubTransport(
         return self.connection.emulator_host
 
     async def open_consumer(self, source: Destination, handler: DeliveryHandler, concurrency: int) -> Consumer:
-        """Declare the source's subscription and its retry topic and subscription, then pull."""
+        """Declare the source's subscription (one this creates is sought to
+        ``source.start_from``; for one that exists that is logged as ignored) and its retry
+        topic and subscription, then pull."""
         topology = self.connection.require().topology
         names = names_for(self.connection.project, source)
-        await topology.ensure_consumer(names)
+        await topology.ensure_consumer(names, source)
         consumer = PubSubConsumer(self.connection, self.publisher, names, handler, concurrency)
         consumer.start()
         return consumer

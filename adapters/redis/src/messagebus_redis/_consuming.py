@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 from redis import exceptions as rex
 
 from messagebus import ConsumeError
+from messagebus._history import log_ignored
 from messagebus.transports import (
     AttributeValue,
     Backoff,
@@ -65,7 +66,7 @@ class RedisConsumer(ConsumerBase):
         capacity = max(concurrency, conn.options.prefetch)
         super().__init__(handler, concurrency, name=f"{names.stream}/{names.group}", log=logger, capacity=capacity)
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._conn = conn
+        self._conn, self._source = conn, source
         self._options = o = conn.options
         # redis-py's command stubs type replies as unions of every shape: read them as Any.
         self._client: Any = conn.require()
@@ -85,8 +86,11 @@ class RedisConsumer(ConsumerBase):
         )
 
     async def start_consuming(self) -> None:
-        """Create the group (if new) and start reading. Raises :class:`TopologyError`."""
-        await declare(self._client, self.names, self._options.start_from)
+        """Create the group (if new: at the source's ``start_from``, else the URL option's;
+        one that exists is kept where it is, said by ``log_ignored``) and start reading.
+        Raises :class:`TopologyError`."""
+        if await declare(self._client, self.names, self._options.start_from, self._source.start_from):
+            log_ignored(self._source, "redis")
         self.start()
         fetching = self.fetch_loop(self._fetch, describe_error=self._fetch_error, backoff=Backoff(0.1, 2.0))
         self.spawn(fetching, name=f"redis-read-{self.name}", loop=True)

@@ -4,7 +4,8 @@ scripts that keep multi-key steps atomic.
 Mapping (``P`` is the ``prefix`` option, ``mb:`` by default):
 
 - topic ``T``: the stream ``P t:{T}``; its group ``G`` is the consumer group ``G`` on it,
-  created at ``start_from`` (default: the stream's end when the group is first subscribed);
+  created at the subscription's ``start_from``, else the URL option ``start_from`` (default:
+  the stream's end when the group is first subscribed);
 - queue ``Q``: the stream ``P q:{Q}`` with the one consumer group ``messagebus``, created at
   the stream's start (messages sent before the first consumer wait); acked entries are
   deleted;
@@ -19,11 +20,13 @@ one read may touch them together. Logical names cannot hold ``{``, ``}`` or ``:`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis import exceptions as rex
 
 from messagebus import TopologyError
+from messagebus._history import Position
 from messagebus.transports import Destination, DestinationKind, dead_letter_name
 
 from ._errors import ERRORS
@@ -92,23 +95,35 @@ def physical_names(destination: Destination, options: RedisOptions | None = None
     }
 
 
-def start_id(start_from: str) -> str:
-    """The XGROUP CREATE id of a ``start_from`` option value."""
+def start_id(start_from: str, position: Position = None) -> str:
+    """The XGROUP CREATE id of a subscription's ``position`` (``None``: the ``start_from``
+    option value). A group delivers the entries after its id, so a time ``t`` becomes the last
+    id of the millisecond before ``t``: entries stored at or after ``t`` by the server's clock
+    come (those of ``t``'s own millisecond stamped before it are skipped by the core). Pure."""
+    if position == "earliest":
+        return "0"
+    if isinstance(position, datetime):
+        ms = (position - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+        return f"{ms - 1}-{2**64 - 1}" if ms > 0 else "0"
     return {"now": "$", "earliest": "0"}.get(start_from, start_from)
 
 
-async def declare(client: Any, names: Names, start_from: str) -> None:
-    """Create the group on its stream (at ``start_from``; a queue's at its start) and on its
-    retry stream, with the streams. An existing group is kept where it is. Raises
+async def declare(client: Any, names: Names, start_from: str, position: Position = None) -> bool:
+    """Create the group on its stream (at ``position``, else at the ``start_from`` option; a
+    queue's at its start) and on its retry stream, with the streams. An existing group is kept
+    where it is. Returns whether the group existed on its stream. Raises
     :class:`TopologyError` (a key of another type, no permission) or :class:`ConnectError`."""
-    for stream, start in ((names.stream, "0" if names.queue else start_id(start_from)), (names.retry, "0")):
+    existed = False
+    for stream, start in ((names.stream, "0" if names.queue else start_id(start_from, position)), (names.retry, "0")):
         try:
             await client.xgroup_create(stream, names.group, id=start, mkstream=True)
         except rex.ResponseError as exc:
             if not str(exc).startswith("BUSYGROUP"):
                 raise ERRORS.map(exc, TopologyError, f"cannot create group {names.group!r} on {stream!r}") from exc
+            existed = existed or stream == names.stream
         except rex.RedisError as exc:
             raise ERRORS.map(exc, TopologyError, f"cannot create group {names.group!r} on {stream!r}") from exc
+    return existed
 
 
 async def delete_queue(client: Any, name: str, prefix: str) -> None:

@@ -54,6 +54,7 @@ class RedisTransport(
             consumer_groups=True,
             max_message_size=self.options.max_message_size,
             network=True,
+            history=True,  # a new group is created at an entry id (README: trimming bounds it)
             wildcards_reason=(
                 "each Redis topic is a stream of its own (mb:t:{topic}) and a consumer group reads one "
                 "stream; Redis has no group across streams, and this adapter does not scan for matching "
@@ -105,7 +106,7 @@ class RedisTransport(
         a group."""
         names = _admin.group_names(source, self.options.prefix, "publish_to_group", queue=True)
         if not names.queue:
-            await declare(self.connection.require(), names, self.options.start_from)
+            await declare(self.connection.require(), names, self.options.start_from, source.start_from)
         await self.publisher.publish(messages, to=names.stream if names.queue else names.retry)
 
     async def delete_group(self, source: Destination) -> None:
