@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "schemes":
             print("\n".join(available_schemes()))
-        elif args.command in ("dlq", "tail", "publish"):
+        elif args.command in ("dlq", "tail", "publish", "replay"):
             return ops_cli.run(args)
         elif args.command == "monitor":
             return monitor_cli.run(args)

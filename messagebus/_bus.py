@@ -625,6 +625,9 @@ class Bus:
         settler = self._settler(_Registration(source, handler, concurrency, None, ()), stats)
         consumer = await self.transport.subscribe(source, settler.handle, concurrency=concurrency)
         try:
+            if isinstance(consumer, ReadyConsumer):
+                # A Kafka group still joining reads nothing: that is no sign of having caught up.
+                await asyncio.wait_for(consumer.ready(), self._ready_timeout)
             await caught_up(admin, source, stats, wait)
         finally:
             await consumer.stop(5.0)

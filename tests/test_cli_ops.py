@@ -249,3 +249,56 @@ def test_tail_prints_messages_takes_nothing_from_groups_and_leaves_nothing(broke
     assert asyncio.run(_depth(url, topic, "billing")) == 3, "tail took messages from group billing"
     assert asyncio.run(_depth(url, topic, group)) == 0, "the tail's group was left behind"
     asyncio.run(_remove(url, groups=((topic, "billing"),)))
+
+
+@pytest.mark.parametrize("name", ["memory", "redis"])
+def test_replay_prints_history_from_a_point_and_a_named_group_goes_on_from_there(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bug caught: `messagebus replay` that starts at the latest message (prints nothing of
+    the history), does not end once caught up, takes messages from a live group, or deletes
+    a group the user named (the next replay with it would start over)."""
+    url = broker_url(name)
+    topic = _name("replay")
+    live: list[int] = []
+
+    async def publish() -> None:
+        bus = Bus.from_url(url, service="cli-test")
+
+        @bus.subscribe(topic, group="live")
+        async def keep(event: dict[str, Any]) -> None:
+            live.append(int(event["n"]))
+
+        async with bus:
+            await bus.publish_many(topic, [{"n": n} for n in range(3)], key="k")
+            for _ in range(600):  # until the live group has them (an event would need the handler's loop)
+                if len(live) == 3:
+                    break
+                await asyncio.sleep(0.05)
+
+    asyncio.run(publish())
+    group = _name("kept").replace(".", "-")
+    try:
+        code, out, _ = run_cli(capsys, "replay", url, topic, "--from", "1h", "--group", group, "--idle", "0.5")
+        assert code == 0, out
+        assert out.count("--- ") == 3 and '"n": 2' in out, out
+        assert f"replayed 3 message(s) of {topic} from " in out and f"group {group} kept" in out
+        code, out, _ = run_cli(capsys, "replay", url, topic, "--group", group, "--idle", "0.5")
+        assert code == 0 and "replayed 0 message(s)" in out, out  # the kept group went on from its place
+        code, out, _ = run_cli(capsys, "replay", url, topic, "--idle", "0.5")
+        assert "replayed 3 message(s)" in out, out  # a throwaway group: the whole history again
+    finally:
+        asyncio.run(_remove(url, groups=((topic, "live"), (topic, group))))
+    assert sorted(live) == [0, 1, 2]
+
+
+def test_replay_refuses_latest_a_bad_time_and_a_broker_without_history(capsys: pytest.CaptureFixture[str]) -> None:
+    """Bug caught: `--from latest` waiting for nothing, a typo in --from read as some other
+    time, and a broker that keeps no history answering with an empty replay instead of why."""
+    code, _, err = run_cli(capsys, "replay", "memory://cli-ops", "t", "--from", "latest")
+    assert code == 2 and "--from latest has no history" in err
+    code, _, err = run_cli(capsys, "replay", "memory://cli-ops", "t", "--from", "yesterday")
+    assert code == 2 and "span back from now (90s, 15m, 2h, 7d)" in err
+    url = broker_url("rabbitmq")
+    code, _, err = run_cli(capsys, "replay", url, "t")
+    assert code != 0 and "cannot replay 't'" in err and "history" in err, err

@@ -56,6 +56,9 @@ class SqsTransport(TransportBase[SqsOptions, Connection, Publisher], schemes=("s
             max_message_size=MAX_BODY_SIZE,
             wildcards_reason="SNS has no wildcard subscriptions: each SNS topic is a separate resource subscribed "
             "by its exact ARN, so a pattern (and topics made after it) cannot be subscribed on the broker",
+            history_reason="SNS stores no message: it pushes each one to the SQS queues subscribed at that moment, "
+            "so a group's queue created later has nothing to start from (SQS deletes what was consumed); keep "
+            "history elsewhere (an outbox table, S3 via Firehose) or use a broker that retains topics",
         )
         return capabilities, connection, Publisher(connection, self.consumers)
 
