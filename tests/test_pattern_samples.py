@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 
 from messagebus.transports.memory import MemoryTransport
-from samples.patterns import batch, dead_letters, delay, request_reply, routing, schema_evolution
+from samples.patterns import batch, dead_letters, delay, event_sourcing, request_reply, routing, schema_evolution
 
 ROOT = Path(__file__).resolve().parent.parent
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
+REDIS_URL = "redis://127.0.0.1:6379/0"
 Main = Callable[..., Awaitable[int]]
 
 
@@ -167,3 +168,77 @@ async def test_sample_runs_on_rabbitmq(sample: object, capsys: pytest.CaptureFix
     assert "OK: every promise of the pattern kept" in out
     if sample is routing:
         assert "no wildcard subscription here: rabbitmq" in out or ".orders.paid: order-2 (eu)" in out
+
+
+EVENT_SOURCING_STORY = [
+    "read-model | balances: acc-1=71.25, acc-2=20.00, acc-3=7.00",
+    "read-model | restarted: the balances in memory are gone",
+    "read-model | rebuilt from history: acc-1=71.25, acc-2=20.00, acc-3=7.00",
+    "read-model | live again: acc-1=71.25, acc-2=30.00, acc-3=5.00",
+    "operator   | bus.replay handled 11 events: acc-1=71.25, acc-2=30.00, acc-3=5.00",
+    "OK: every promise of the pattern kept",
+]
+
+
+def assert_event_sourcing_story(out: str) -> None:
+    lines = [line for line in out.splitlines() if line in EVENT_SOURCING_STORY]
+    assert lines == EVENT_SOURCING_STORY, out
+    assert "FAILED" not in out
+
+
+async def test_event_sourcing_rebuilds_the_read_model_from_history(capsys: pytest.CaptureFixture[str]) -> None:
+    """Bug caught: the event-sourcing sample passing while its story breaks: the restarted
+    read model's new group starting at the latest message (nothing rebuilt), a rebuild that
+    doubles, drops or reorders events, the live group getting an event again, the events
+    after the rebuild not reaching it, or Bus.replay rebuilding other balances or counting
+    wrong."""
+    assert await event_sourcing.main(fresh_memory()) == 0, capsys.readouterr().out
+    assert_event_sourcing_story(capsys.readouterr().out)
+
+
+async def test_event_sourcing_rebuilds_on_redis(capsys: pytest.CaptureFixture[str]) -> None:
+    """Bug caught: a rebuild from history that works on memory:// but not on a real broker
+    (the new group not created at the first stream entry, Bus.replay never catching up or
+    counting wrong, the live group disturbed). Fresh names per run."""
+    pytest.importorskip("messagebus_redis")
+    assert await event_sourcing.main(REDIS_URL) == 0, capsys.readouterr().out
+    assert_event_sourcing_story(capsys.readouterr().out)
+
+
+async def test_event_sourcing_without_history_says_why_and_exits_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bug caught: the sample crashing with a traceback (or claiming success) on a broker
+    that keeps no history, instead of printing the UnsupportedFeature reason and returning
+    2. The transport is memory:// declaring no history."""
+    build = MemoryTransport.from_url
+
+    def without_history(url: object) -> MemoryTransport:
+        transport = build(url)  # type: ignore[arg-type]
+        transport.capabilities = dataclasses.replace(
+            transport.capabilities, history=False, history_reason="this test's broker forgets"
+        )
+        return transport
+
+    monkeypatch.setattr(MemoryTransport, "from_url", staticmethod(without_history))
+    assert await event_sourcing.main(fresh_memory()) == event_sourcing.UNSUPPORTED
+    out = capsys.readouterr().out
+    assert "cannot rebuild from history here: memory cannot start group 'balances-v2'" in out
+    assert "this test's broker forgets" in out
+    assert "UNSUPPORTED: this broker keeps no history" in out
+    assert "OK: every promise" not in out and "rebuilt from history" not in out
+
+
+def test_event_sourcing_runs_from_the_command_line_by_url() -> None:
+    """Bug caught: a broken ``python -m samples.patterns.event_sourcing URL`` entry (no main
+    guard, the URL argument ignored, the exit code not main's)."""
+
+    def run(url: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "samples.patterns.event_sourcing", url]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    good = run("memory://cli-event-sourcing")
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert_event_sourcing_story(good.stdout)
+    bad = run("nosuchscheme://nowhere")
+    assert bad.returncode != 0 and "nosuchscheme" in bad.stderr
