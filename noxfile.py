@@ -51,7 +51,7 @@ def tests(session: nox.Session) -> None:
     """The whole suite: core, conformance on every transport, adapters, samples, faults."""
     install_project(session)
     session.install(*TEST_DEPS)
-    session.run("pytest", *(session.posargs or ["-q"]))
+    session.run("pytest", *(session.posargs or ["-q", "--durations=30"]))
 
 
 @nox.session

@@ -14,6 +14,7 @@ it (a redelivery's ``_Stored``, a consumer's ordering flag): they are test fixtu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -238,6 +239,24 @@ class LostHandBackTransport(MemoryTransport):
         return consumer
 
 
+class HistoryIgnoredTransport(MemoryTransport):
+    """Bug: ``start_from`` dropped on the way to the broker (issue 20: a new group that
+    starts at the latest message whatever it asked: the rebuild reads no history)."""
+
+    async def subscribe(self, source: Destination, handler: DeliveryHandler, *, concurrency: int) -> Consumer:
+        return await super().subscribe(dataclasses.replace(source, start_from=None), handler, concurrency=concurrency)
+
+
+class RewindingTransport(MemoryTransport):
+    """Bug: ``start_from`` applied to a group that exists (its consumers rewound: every
+    retained message handled again)."""
+
+    async def subscribe(self, source: Destination, handler: DeliveryHandler, *, concurrency: int) -> Consumer:
+        if source.start_from is not None:
+            self.broker.delete_group(source)
+        return await super().subscribe(source, handler, concurrency=concurrency)
+
+
 BROKEN: dict[str, type[MemoryTransport]] = {
     "healthy": MemoryTransport,
     "unordered": UnorderedTransport,
@@ -248,6 +267,8 @@ BROKEN: dict[str, type[MemoryTransport]] = {
     "replay_after_reconnect": ReplayAfterReconnectTransport,
     "replay_to_topic": ReplayToTopicTransport,
     "lost_hand_back": LostHandBackTransport,
+    "history_ignored": HistoryIgnoredTransport,
+    "rewinding": RewindingTransport,
 }
 
 
@@ -292,6 +313,12 @@ MUST_FAIL: dict[str, list[str]] = {
         "Bus::test_dead_letters_replay_goes_to_the_failed_group_only",
         "Bus::test_dead_letters_replay_by_id_then_purge",
     ],
+    "history_ignored": [
+        "Bus::test_history_earliest_replays_retained_messages_to_a_new_group_only",
+        "Bus::test_history_from_a_time_starts_at_that_time",
+        "Bus::test_history_replay_helper_rebuilds_without_touching_live_groups",
+    ],
+    "rewinding": ["Bus::test_history_start_is_ignored_for_a_group_that_exists"],
 }
 
 _KIT_CLASSES = """

@@ -56,6 +56,17 @@ def _assert_exactly(got: Collector[tuple[int, str]], expected: list[int], what: 
     )
 
 
+def _producer_and_live_group(
+    buses: BusFactory, url: str, topic: str, timeout: float
+) -> tuple[Bus, Bus, Collector[tuple[int, str]]]:
+    """A producer, and a bus with the group ``live`` on ``topic`` recording what it gets (a
+    group that exists all along: the history must never be handed to it again)."""
+    live: Collector[tuple[int, str]] = Collector(timeout)
+    first = buses("live", url=url)
+    first.subscribe(topic, group="live")(_recorder(live))
+    return buses("producer", url=url), first, live
+
+
 async def _publish(bus: Bus, topic: str, numbers: range) -> None:
     # One key: the transports that keep order keep it for history too (a projection needs it).
     await bus.publish_many(topic, [{"n": n} for n in numbers], key="history")
@@ -73,11 +84,8 @@ class HistoryTests:
         url = _history(target)
         topic = _name("hist")
         n = target.count(20)
-        live: Collector[tuple[int, str]] = Collector(target.timeout)
         rebuilt: Collector[tuple[int, str]] = Collector(target.timeout)
-        producer = buses("producer", url=url)
-        first = buses("live", url=url)
-        first.subscribe(topic, group="live")(_recorder(live))
+        producer, first, live = _producer_and_live_group(buses, url, topic, target.timeout)
         async with producer, first:
             await _publish(producer, topic, range(n))
             await live.wait_for(n)
@@ -105,11 +113,8 @@ class HistoryTests:
         url = _history(target)
         topic = _name("histtime")
         before, after = range(10), range(10, 20)
-        live: Collector[tuple[int, str]] = Collector(target.timeout)
         since: Collector[tuple[int, str]] = Collector(target.timeout)
-        producer = buses("producer", url=url)
-        first = buses("live", url=url)
-        first.subscribe(topic, group="live")(_recorder(live))
+        producer, first, live = _producer_and_live_group(buses, url, topic, target.timeout)
         async with producer, first:
             await _publish(producer, topic, before)
             await live.wait_for(len(before))
@@ -131,11 +136,8 @@ class HistoryTests:
         rewound: everything handled again), or ignored silently (no log line saying so)."""
         url = _history(target)
         topic = _name("histexists")
-        live: Collector[tuple[int, str]] = Collector(target.timeout)
         got: Collector[tuple[int, str]] = Collector(target.timeout)
-        producer = buses("producer", url=url)
-        first = buses("live", url=url)
-        first.subscribe(topic, group="live")(_recorder(live))
+        producer, first, live = _producer_and_live_group(buses, url, topic, target.timeout)
         async with producer, first:
             await _publish(producer, topic, range(5))  # before the group exists: never its own
             await live.wait_for(5)
@@ -179,11 +181,8 @@ class HistoryTests:
         url = _history(target)
         topic = _name("histreplay")
         n = target.count(20)
-        live: Collector[tuple[int, str]] = Collector(target.timeout)
         seen: list[int] = []
-        producer = buses("producer", url=url)
-        first = buses("live", url=url)
-        first.subscribe(topic, group="live")(_recorder(live))
+        producer, first, live = _producer_and_live_group(buses, url, topic, target.timeout)
 
         async def project(event: dict[str, Any]) -> None:
             seen.append(int(event["n"]))
