@@ -22,7 +22,7 @@ from messagebus import InvalidDestination, TopologyError, TransportError
 from messagebus.transports import Destination, DestinationKind, OutgoingMessage, TransportURL
 from messagebus.transports import headers as h
 
-from ._connection import close_quietly
+from ._connection import close_quietly, open_channel
 from ._errors import ERRORS
 from ._publishing import TOPIC, Publisher
 from ._topology import logical_name, physical_name, queue_name
@@ -84,7 +84,7 @@ class Admin:
         try:
             raw = await self.conn.wait_ready(self.conn.options.connect_timeout)
             # A throwaway channel: a missing queue closes it (NOT_FOUND), and nothing is declared.
-            channel = await raw.channel(publisher_confirms=False)
+            channel = await open_channel(raw, confirms=False)
             try:
                 return (await channel.queue_declare(qname, passive=True)).message_count or 0
             except aiormq.exceptions.ChannelNotFoundEntity:

@@ -21,7 +21,7 @@ from messagebus.transports import Backoff, TransportURL
 from ._errors import error_map, is_transient_connect_error
 from ._options import RabbitMQOptions
 
-__all__ = ["CLOSE_TIMEOUT", "Connection", "close_quietly"]
+__all__ = ["CLOSE_TIMEOUT", "Connection", "close_quietly", "open_channel"]
 
 logger = logging.getLogger("messagebus.rabbitmq")
 
@@ -30,6 +30,19 @@ logger = logging.getLogger("messagebus.rabbitmq")
 CLOSE_TIMEOUT = 5.0
 
 Opener = Callable[[aiormq.abc.AbstractConnection], Awaitable[None]]
+
+
+async def open_channel(
+    raw: aiormq.abc.AbstractConnection, *, confirms: bool, **kwargs: Any
+) -> aiormq.abc.AbstractChannel:
+    """Open a channel on ``raw`` (publisher confirms on or off). Every channel of the adapter
+    is opened here. Raises what aiormq raises (mapped by the caller)."""
+    # An unbounded frame buffer: with aiormq's default of 10, a channel closed after a
+    # cancelled basic.consume still receives deliveries until the broker's close-ok, nobody
+    # reads them, and its full buffer blocks the connection's one reader: every channel of
+    # the connection hangs until the heartbeat gives up (minutes). Deliveries stay bounded by
+    # the prefetch, confirms by the publishes in flight.
+    return await raw.channel(publisher_confirms=confirms, frame_buffer_size=0, **kwargs)
 
 
 async def close_quietly(closable: Any) -> None:
