@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import cast
 
 import pytest
+from test_rabbitmq_history import _delete_history_streams  # noqa: F401  (a fixture: streams removed)
 
 from messagebus.testing._brokers import CrashableBroker
 from messagebus.testing.conformance import ConformanceTarget, TransportConformance
@@ -30,6 +31,8 @@ class TestRabbitMQConformance(TransportConformance):
             upstream=upstream,
             via_proxy=via_proxy,
             timeout=30.0,
+            # History is an opt-in on RabbitMQ: each topic's messages kept in a stream.
+            history_url=f"{rabbitmq_url}{'&' if '?' in rabbitmq_url else '?'}history=1h",
             # A private node the crash tests may kill; started only when one of them asks.
             crash_broker=lambda: cast(CrashableBroker, request.getfixturevalue("rabbitmq_crash_node")),
         )

@@ -30,7 +30,7 @@ from ._errors import errors
 from ._publishing import Publisher
 from ._topology import QUEUE_GROUP_PREFIX, SubscriptionNames, kafka_name, subscription_names
 
-__all__ = ["dead_letter_queues", "delete_group", "delete_queue", "depth", "publish_to_group"]
+__all__ = ["dead_letter_queues", "delete_group", "delete_queue", "depth", "end_offsets", "publish_to_group"]
 
 _Leaders = dict[int, list[TopicPartition]]
 #: A topic that is a dead-letter queue: a logical name ending in ``.dlq`` (a cut and hashed
@@ -63,13 +63,7 @@ async def depth(connection: Connection, source: Destination) -> int:
         if names.pattern is not None:  # its regex matches its retry topic too
             wanted = [t for t in await admin.list_topics() if re.match(names.pattern, t)]
         leaders = await _leaders(admin, wanted)
-        listed = await _ask(admin, leaders, lambda t: OffsetRequest(-1, 0, t), lambda tp: (tp.partition, -1), 1)
-        # Tansu answers ListOffsets "latest" with its last batch's base offset + 1: a Fetch
-        # from there reads the true end, the high watermark (no records at all on Kafka).
-        # Its max_wait is 1 ms: Tansu answers a 0 ms Fetch with no partition at all.
-        ends = await _ask(
-            admin, leaders, lambda t: FetchRequest(1, 0, 1, 0, t), lambda tp: (tp.partition, listed[tp], 1), 0
-        )
+        ends = await _ends(admin, leaders)
         starts = await _ask(admin, leaders, lambda t: OffsetRequest(-1, 0, t), lambda tp: (tp.partition, -2), 1)
         committed = await admin.list_consumer_group_offsets(names.group_id, partitions=list(ends))
     except kerr.KafkaError as exc:
@@ -77,10 +71,28 @@ async def depth(connection: Connection, source: Destination) -> int:
     total = 0
     for tp, end in ends.items():
         done = committed[tp].offset if tp in committed else -1
-        if done < 0 and source.kind is DestinationKind.TOPIC and tp.topic != names.retry_topic:
+        fresh = done < 0 and source.kind is DestinationKind.TOPIC and tp.topic != names.retry_topic
+        if fresh and source.start_from is None:
             continue  # a topic group without a commit starts at the topic's end, not its history
         total += max(end - max(done, starts[tp]), 0)
     return total
+
+
+async def end_offsets(connection: Connection, topics: list[str]) -> dict[TopicPartition, int]:
+    """The true end (high watermark) of every partition of those of ``topics`` that exist.
+    Raises ``KafkaError``."""
+    admin = connection.require()[1].admin
+    return await _ends(admin, await _leaders(admin, topics))
+
+
+async def _ends(admin: AIOKafkaAdminClient, leaders: _Leaders) -> dict[TopicPartition, int]:
+    listed = await _ask(admin, leaders, lambda t: OffsetRequest(-1, 0, t), lambda tp: (tp.partition, -1), 1)
+    # Tansu answers ListOffsets "latest" with its last batch's base offset + 1: a Fetch
+    # from there reads the true end, the high watermark (no records at all on Kafka).
+    # Its max_wait is 1 ms: Tansu answers a 0 ms Fetch with no partition at all.
+    return await _ask(
+        admin, leaders, lambda t: FetchRequest(1, 0, 1, 0, t), lambda tp: (tp.partition, listed[tp], 1), 0
+    )
 
 
 async def _leaders(admin: AIOKafkaAdminClient, topics: list[str]) -> _Leaders:

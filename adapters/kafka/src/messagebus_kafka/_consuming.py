@@ -23,12 +23,14 @@ import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka import errors as kerr
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from messagebus._history import Position, log_ignored
 from messagebus.transports import (
     AttributeValue,
     Backoff,
@@ -41,8 +43,9 @@ from messagebus.transports import (
     is_reply_queue,
 )
 
+from ._admin import end_offsets
 from ._codec import DUE, TOPIC, RecordHeaders, encode_headers
-from ._connection import quietly
+from ._connection import Connection, quietly
 from ._publishing import Publisher
 from ._telemetry import delivery_attributes
 from ._topology import subscription_names
@@ -101,6 +104,29 @@ def _delivery(source: KafkaConsumer, st: _Partition, record: _Record, attempt: i
     text = key.decode("utf-8", "replace") if key is not None else None
     wire = RecordHeaders(record.headers, record.timestamp)
     return Delivery(source, record, value if value is not None else b"", wire, text, attempt, st, topic)
+
+
+async def _start_offsets(
+    connection: Connection, consumer: AIOKafkaConsumer, tps: list[TopicPartition], start: Position
+) -> dict[TopicPartition, int]:
+    """Where a new topic group starts on each of ``tps``: the end now (``None``), the first
+    retained offset (``"earliest"``), or the first record stamped at or after ``start``; the end
+    where none is (Tansu answers that with timestamp -1 rather than no offset)."""
+    if start == "earliest":
+        return dict(await consumer.beginning_offsets(tps))
+    # The high watermark: Tansu's ListOffsets "latest" can point into the last batch. Where
+    # that raw lookup fails (a new topic without a leader yet), aiokafka's, which retries.
+    try:
+        ends = await end_offsets(connection, sorted({tp.topic for tp in tps}))
+    except kerr.KafkaError:
+        ends = {}
+    if missing := [tp for tp in tps if tp not in ends]:
+        ends.update(await consumer.end_offsets(missing))
+    if start is None:
+        return {tp: ends[tp] for tp in tps}
+    at_ms = (start - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)  # exact: no float
+    found = await consumer.offsets_for_times(dict.fromkeys(tps, at_ms))
+    return {tp: ends[tp] if at is None or at.timestamp < 0 else at.offset for tp, at in found.items()}
 
 
 class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[misc]
@@ -209,8 +235,13 @@ class KafkaConsumer(ConsumerBase, ConsumerRebalanceListener):  # type: ignore[mi
                 topics = [t for t in await consumer.topics() if re.match(names.pattern, t) and t != names.retry_topic]
             tps = [TopicPartition(t, p) for t in topics for p in sorted(await producer.partitions_for(t))]
             if source.kind is DestinationKind.TOPIC and source.group and tps:
-                # A new group starts where the topics end now, not at their history (see subscribe).
-                self._start_offsets = dict(await consumer.end_offsets(tps))
+                # Taken before subscribe returns: a new group sees every message published after.
+                self._start_offsets = await _start_offsets(self._connection, consumer, tps, source.start_from)
+                if source.start_from is not None:  # the group exists if it committed anywhere
+                    admin = self._connection.require()[1].admin
+                    done = await admin.list_consumer_group_offsets(self.group_id, partitions=tps)
+                    if any(o.offset >= 0 for o in done.values()):
+                        log_ignored(source, "kafka")
         except Exception as exc:
             await quietly(consumer.stop())
             raise self._connection.connect_error(exc) from exc

@@ -24,8 +24,9 @@ class KafkaTransport(TransportBase[KafkaOptions, Connection, Publisher], schemes
     The lifecycle of :class:`~messagebus.transports.TransportBase`. ``publish`` is confirmed
     with ``acks=all``, every size (body, key and headers against ``max_request_size``)
     checked before anything is sent, topics created on demand. A topic group seen for the
-    first time starts at the topic's end as of ``subscribe``; a queue's group at the earliest
-    message. ``Delivery.attempt`` counts retries only: a record the group gets again because
+    first time starts at the topic's end as of ``subscribe`` (or at ``start_from``: the first
+    retained offset, or the first record stamped at or after a time); a queue's group at the
+    earliest message. ``Delivery.attempt`` counts retries only: a record the group gets again because
     it was never committed (a crash, a rebalance, a cancelled handler) keeps its attempt.
     Pattern subscriptions (``orders.*``, ``orders.#``) see new matching topics within
     ``metadata_max_age_ms`` plus a group rebalance; :meth:`delete_queue` removes a queue.
@@ -37,7 +38,7 @@ class KafkaTransport(TransportBase[KafkaOptions, Connection, Publisher], schemes
         connection and the publisher."""
         connection = Connection(self.url, self.options)
         return (
-            Capabilities(max_message_size=self.options.max_request_size - HEADER_ROOM, wildcards=True),
+            Capabilities(max_message_size=self.options.max_request_size - HEADER_ROOM, wildcards=True, history=True),
             connection,
             Publisher(connection),
         )
@@ -87,9 +88,11 @@ class KafkaTransport(TransportBase[KafkaOptions, Connection, Publisher], schemes
         its topics): end offset minus the group's committed offset, over every partition of
         the topic and of the group's retry topic (held and in-flight records count). A
         partition the group never committed counts from its first offset for a queue and for
-        a retry topic, and 0 for a topic group's topic (a new group starts at the end); 0 when
-        nothing exists. Read-only, creates nothing. Raises :class:`InvalidDestination` for a
-        topic without a group, :class:`TopologyError` when Kafka does not answer."""
+        a retry topic, and 0 for a topic group's topic (a new group starts at the end) unless
+        ``source.start_from`` is set: then from the topic's first offset (for a time, an upper
+        bound until the group's first commit, made as it joins); 0 when nothing exists.
+        Read-only, creates nothing. Raises :class:`InvalidDestination` for a topic without a
+        group, :class:`TopologyError` when Kafka does not answer."""
         return await _admin.depth(self.connection, source)
 
     async def publish_to_group(self, source: Destination, messages: Sequence[OutgoingMessage]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from pydantic import Field, field_validator
 
@@ -32,6 +33,16 @@ class RabbitMQOptions(TransportOptions):
     verify: bool = True
     # Base URL of the management HTTP API (checked by RabbitMQTransport.load_options).
     management_url: str | None = None
+    #: Opt-in history: each topic's messages are kept this long in a RabbitMQ stream
+    #: (``x-max-age``), which ``subscribe(start_from=...)`` reads when it creates a group.
+    history: str | None = Field(None, description="max age of a topic's history: 7D, 12h, 30m, 1Y ...")
+
+    @field_validator("history")
+    @classmethod
+    def _max_age(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[1-9][0-9]*[YMDhms]", value):
+            raise ValueError("expected a number and a unit Y, M, D, h, m or s (RabbitMQ's x-max-age), e.g. 7D or 12h")
+        return value
 
     @field_validator("cafile", "certfile", "keyfile")
     @classmethod

@@ -16,7 +16,7 @@ from messagebus.transports import Delivery, DestinationKind, OutgoingMessage
 from messagebus.transports import headers as h
 
 from ._codec import encode_properties, header_frame_size
-from ._connection import Connection
+from ._connection import Connection, open_channel
 from ._errors import ERRORS, REFUSED, RETRYABLE
 from ._topology import Topology, bucket_for, physical_name, retry_exchange
 
@@ -39,10 +39,7 @@ class _Out:
     def __init__(
         self, exchange: str, routing_key: str, body: bytes, properties: Basic.Properties, bucket: int = 0
     ) -> None:
-        self.exchange = exchange
-        self.routing_key = routing_key
-        self.body = body
-        self.properties = properties
+        self.exchange, self.routing_key, self.body, self.properties = exchange, routing_key, body, properties
         # Queue messages (default exchange) and retries must reach a queue: returned if not.
         self.mandatory = exchange == "" or bucket > 0
         self.bucket = bucket
@@ -83,6 +80,8 @@ class Publisher:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.topology = Topology()
+        if conn.options.history is not None:
+            self.topology.history = {"x-queue-type": "stream", "x-max-age": conn.options.history}
         self.max_size = conn.options.max_message_size
         self.timeout = conn.options.publish_timeout
         self._frame_cap: int | None = None
@@ -132,7 +131,7 @@ class Publisher:
             channel = self._channel
             if channel is None or channel.is_closed:
                 raw = await self.conn.wait_ready(timeout)
-                channel = self._channel = await raw.channel(publisher_confirms=True, on_return_raises=True)
+                channel = self._channel = await open_channel(raw, confirms=True, on_return_raises=True)
             return channel
 
     def _check_frames(self, pending: Sequence[_Out], raw: aiormq.abc.AbstractConnection) -> None:

@@ -22,6 +22,7 @@ from pamqp.common import FieldValue
 from messagebus import TopologyError
 from messagebus.transports import Destination, DestinationKind, sanitize_name
 
+from ._connection import open_channel
 from ._errors import CONFLICTS, ERRORS
 from ._options import RabbitMQOptions
 
@@ -36,6 +37,7 @@ __all__ = [
     "physical_names",
     "queue_name",
     "retry_exchange",
+    "side_name",
 ]
 
 _Step = Callable[[aiormq.Channel], Awaitable[Any]]
@@ -107,6 +109,12 @@ def filter_exchange(source: Destination) -> str:
     return sanitize_name(f"messagebus:filter:{queue_name(source)}", max_length=MAX_NAME, allowed=r"A-Za-z0-9._:\-")
 
 
+def side_name(kind: str, name: str) -> str:
+    """The name of a helper object of kind ``kind`` for the exchange or queue ``name``
+    (``messagebus:<kind>:<name>``: the colon keeps it apart from every logical name)."""
+    return sanitize_name(f"messagebus:{kind}:{name}", max_length=MAX_NAME, allowed=r"A-Za-z0-9._:\-")
+
+
 def queue_name(source: Destination) -> str:
     """The physical queue consumed for ``source`` (``T.G`` for a subscription, ``Q`` for a queue)."""
     if source.kind is DestinationKind.TOPIC:
@@ -145,6 +153,8 @@ class Topology:
         self.queues: set[str] = set()
         self._lock = asyncio.Lock()
         self._channel: aiormq.Channel | None = None
+        #: Arguments of each topic's history stream (``None``: no history kept).
+        self.history: dict[str, FieldValue] | None = None
 
     def forget(self, exchange: str, routing_key: str) -> None:
         """Drop the cached declaration behind a publish that came back unroutable or hit a
@@ -164,7 +174,7 @@ class Topology:
                 return
             ch = self._channel
             if ch is None or ch.is_closed or ch.connection is not connection:
-                ch = self._channel = cast(aiormq.Channel, await connection.channel(publisher_confirms=False))
+                ch = self._channel = cast(aiormq.Channel, await open_channel(connection, confirms=False))
             try:
                 for step in steps:
                     await step(ch)
@@ -178,11 +188,19 @@ class Topology:
 
     async def exchange(self, connection: aiormq.abc.AbstractConnection, name: str) -> None:
         """Declare the durable topic exchange ``name`` (once), the shared :data:`TOPICS` and
-        the ``#`` binding of ``name`` to it. Raises :class:`TopologyError`."""
-        declare = functools.partial(_exchange_declare, exchange=name, exchange_type="topic", durable=True)
-        bind = functools.partial(_exchange_bind, destination=TOPICS, source=name, routing_key="#")
-        steps = (declare, _declare_topics, bind) if name != TOPICS else (_declare_topics,)
+        the ``#`` binding of ``name`` to it; with history on, also its history stream
+        ``side_name("history", name)`` (a stream queue bound with ``#``: it keeps the topic's
+        messages from the first on). Raises :class:`TopologyError`."""
+        p = functools.partial
+        declare = p(_exchange_declare, exchange=name, exchange_type="topic", durable=True)
+        bind = p(_exchange_bind, destination=TOPICS, source=name, routing_key="#")
+        steps: tuple[_Step, ...] = (declare, _declare_topics, bind) if name != TOPICS else (_declare_topics,)
         what = f"topic exchange {name!r} (type topic, durable) bound to {TOPICS!r}"
+        if self.history is not None and name != TOPICS:
+            stream = side_name("history", name)
+            declare_stream = p(_queue_declare, queue=stream, durable=True, arguments=self.history)
+            steps += (declare_stream, p(_queue_bind, queue=stream, exchange=name, routing_key="#"))
+            what += f" and its history stream {stream!r} (arguments {self.history})"
         await self._declare(connection, self.exchanges, name, what, *steps)
 
     async def queue(self, connection: aiormq.abc.AbstractConnection, name: str) -> None:
@@ -250,12 +268,8 @@ class Topology:
         """Declare the delay bucket ``bucket_ms`` (once): exchange and queue :func:`retry_exchange`."""
         name = retry_exchange(bucket_ms)
         args: dict[str, FieldValue] = {"x-message-ttl": bucket_ms, "x-dead-letter-exchange": ""}
-        await self._declare(
-            connection,
-            self.exchanges,
-            name,
-            f"retry queue {name!r} (durable, arguments {args})",
-            functools.partial(_exchange_declare, exchange=name, exchange_type="fanout", durable=True),
-            functools.partial(_queue_declare, queue=name, durable=True, arguments=args),
-            functools.partial(_queue_bind, queue=name, exchange=name, routing_key=""),
-        )
+        p, what = functools.partial, f"retry queue {name!r} (durable, arguments {args})"
+        declare = p(_exchange_declare, exchange=name, exchange_type="fanout", durable=True)
+        queue = p(_queue_declare, queue=name, durable=True, arguments=args)
+        bind = p(_queue_bind, queue=name, exchange=name)  # routing key "": the fanout ignores it
+        await self._declare(connection, self.exchanges, name, what, declare, queue, bind)

@@ -48,7 +48,9 @@ class RabbitMQTransport(
     refused a message. ``subscribe`` declares the source and consumes it with prefetch = the
     ``prefetch`` option, else the concurrency. ``Delivery.attempt`` counts retries and
     broker redeliveries (a message redelivered after a lost connection or a crash comes
-    with ``attempt + 1``).
+    with ``attempt + 1``). With ``history=<max age>`` in the URL each topic's messages are
+    kept in a RabbitMQ stream and ``subscribe`` honours ``source.start_from`` for a group it
+    creates (see the README's "History"); without it ``capabilities.history`` is false.
     """
 
     def build(self) -> tuple[Capabilities, Connection, Publisher]:
@@ -58,6 +60,11 @@ class RabbitMQTransport(
             ordering_across_instances=False,
             wildcards=True,
             max_message_size=self.options.max_message_size,
+            history=self.options.history is not None,
+            history_reason=(
+                "RabbitMQ queues drop a message once consumed; add history=<max age, e.g. 7D> to the URL "
+                "to keep each topic's history in a RabbitMQ stream"
+            ),
         )
         connection = Connection(self.url, self.options)
         publisher = Publisher(connection)
