@@ -20,6 +20,7 @@ from .._destination import (
 from .._dispatch import WorkerPool
 from .._error_map import ErrorMap, ErrorRule, describe_error
 from .._headers import from_wire, to_wire
+from .._history import Position, log_ignored
 from .._message import AttributeValue, OutgoingMessage
 from .._request import REPLY_QUEUE_PATTERN, is_reply_queue
 from .._stats import STATS_TOPIC
@@ -58,6 +59,7 @@ __all__ = [
     "ErrorMap",
     "ErrorRule",
     "OutgoingMessage",
+    "Position",
     "PublishAttributes",
     "REPLY_QUEUE_PATTERN",
     "ReadyConsumer",
@@ -73,6 +75,7 @@ __all__ = [
     "from_wire",
     "headers",
     "is_reply_queue",
+    "log_ignored",
     "matches_pattern",
     "parse_options",
     "sanitize_name",

@@ -30,7 +30,6 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka import errors as kerr
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from messagebus._history import Position, log_ignored
 from messagebus.transports import (
     AttributeValue,
     Backoff,
@@ -39,8 +38,10 @@ from messagebus.transports import (
     DeliveryHandler,
     Destination,
     DestinationKind,
+    Position,
     headers,
     is_reply_queue,
+    log_ignored,
 )
 
 from ._admin import end_offsets

@@ -29,8 +29,15 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolic
 from nats.js.errors import APIError, NotFoundError
 
 from messagebus import TopologyError
-from messagebus._history import Position, log_ignored
-from messagebus.transports import Destination, DestinationKind, dead_letter_name, matches_pattern, sanitize_name
+from messagebus.transports import (
+    Destination,
+    DestinationKind,
+    Position,
+    dead_letter_name,
+    log_ignored,
+    matches_pattern,
+    sanitize_name,
+)
 
 from ._errors import ERRORS
 from ._options import NatsOptions

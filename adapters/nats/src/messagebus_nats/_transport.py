@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from messagebus._history import log_ignored
 from messagebus.transports import (
     Capabilities,
     Consumer,
@@ -15,6 +14,7 @@ from messagebus.transports import (
     TransportBase,
     TransportURL,
     dead_letter_name,
+    log_ignored,
 )
 
 from . import _admin

@@ -19,8 +19,15 @@ from google.pubsub_v1 import PublisherAsyncClient, SubscriberAsyncClient
 from google.pubsub_v1.types import ExpirationPolicy, Subscription, Topic
 
 from messagebus import MessageBusError, TopologyError
-from messagebus._history import Position, log_ignored
-from messagebus.transports import Destination, DestinationKind, dead_letter_name, sanitize_name, validate_name
+from messagebus.transports import (
+    Destination,
+    DestinationKind,
+    Position,
+    dead_letter_name,
+    log_ignored,
+    sanitize_name,
+    validate_name,
+)
 
 from ._codec import native_filter
 from ._errors import errors, transient_retry

@@ -19,8 +19,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
 from messagebus import ConsumeError, UnsupportedFeature
-from messagebus._history import log_ignored
-from messagebus.transports import AttributeValue, ConsumerBase, Delivery, DeliveryHandler, Destination
+from messagebus.transports import AttributeValue, ConsumerBase, Delivery, DeliveryHandler, Destination, log_ignored
 from messagebus.transports import headers as h
 
 from ._codec import attempt_of, decode_headers

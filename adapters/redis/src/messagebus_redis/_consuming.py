@@ -25,7 +25,6 @@ from typing import Any, NamedTuple
 from redis import exceptions as rex
 
 from messagebus import ConsumeError
-from messagebus._history import log_ignored
 from messagebus.transports import (
     AttributeValue,
     Backoff,
@@ -35,6 +34,7 @@ from messagebus.transports import (
     DeliveryHandler,
     Destination,
     describe_error,
+    log_ignored,
 )
 
 from ._codec import decode

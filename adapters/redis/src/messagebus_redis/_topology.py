@@ -26,8 +26,7 @@ from typing import Any
 from redis import exceptions as rex
 
 from messagebus import TopologyError
-from messagebus._history import Position
-from messagebus.transports import Destination, DestinationKind, dead_letter_name
+from messagebus.transports import Destination, DestinationKind, Position, dead_letter_name
 
 from ._errors import ERRORS
 from ._options import RedisOptions
