@@ -89,9 +89,7 @@ def _names(prefix: str) -> str:
     return f"conf.{prefix}.{uuid.uuid4().hex[:10]}"
 
 
-class TransportConformance(
-    FaultTests, CrashFaultTests, HeaderLimitTests, PatternTests, DeadLetterTests, HistoryTests
-):
+class TransportConformance(FaultTests, CrashFaultTests, HeaderLimitTests, PatternTests, DeadLetterTests, HistoryTests):
     """Base class holding the conformance tests; subclass it and define a ``target`` fixture."""
 
     pytestmark = [pytest.mark.asyncio]
