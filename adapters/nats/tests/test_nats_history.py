@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -23,6 +24,10 @@ from messagebus._history import Position
 from messagebus.transports import Delivery, Destination, DestinationKind, OutgoingMessage
 
 TIMEOUT = 30.0
+
+
+async def _ack(delivery: Delivery) -> None:
+    await delivery.ack()
 
 
 def out(dest: Destination, body: bytes) -> OutgoingMessage:
@@ -178,8 +183,14 @@ async def test_limits_retention_keeps_history_and_a_fresh_groups_depth_counts_it
         plain = NatsTransport.from_url(nats_url)
         await plain.connect()
         try:
-            with pytest.raises(TopologyError, match="other settings"):
-                await plain.publish([out(topic, b"x")])
+            # A bus with the default retention publishes to the limits stream as it is.
+            await plain.publish([out(topic, b"x")])
+            assert (await js.stream_info(names.stream)).state.messages == 5  # still max_msgs, kept
+            # The other way round: a stream made with interest retention keeps no history.
+            other = Destination(DestinationKind.TOPIC, f"int{uuid.uuid4().hex[:8]}")
+            await plain.publish([out(other, b"y")])
+            with pytest.raises(TopologyError, match=r"interest retention .* keeps no history"):
+                await transport.subscribe(replace(other, group="g", start_from="earliest"), _ack, concurrency=1)
         finally:
             await plain.close()
     finally:

@@ -143,6 +143,8 @@ class Topology:
         self._locks: dict[str, asyncio.Lock] = {}
         #: Streams known to exist (read it for the fast path; never modify it).
         self.known: set[str] = set()
+        #: Topic streams another bus made with interest retention: no history for new groups.
+        self.without_history: set[str] = set()
         #: Durables a replay made sure of on this connection (dropped when a group is deleted).
         self.replay_durables: set[Names] = set()
 
@@ -172,7 +174,21 @@ class Topology:
                 num_replicas=o.replicas,
             )
             try:
-                await self._js.add_stream(config)
+                try:
+                    await self._js.add_stream(config)
+                except APIError as exc:
+                    # A topic stream another bus made with other retention or limits serves as it
+                    # is: publishing and consuming need only its subject (history needs limits).
+                    if not (topic and exc.err_code == 10058):
+                        raise
+                    made = (await self._js.stream_info(names.stream)).config
+                    if made.subjects != config.subjects:
+                        raise
+                    if made.retention == RetentionPolicy.INTEREST and o.retention == "limits":
+                        self.without_history.add(names.stream)
+                    logger.info("nats stream %s exists with other settings (%s); used as it is", names.stream, made)
+                    self.known.add(names.stream)
+                    return
                 if topic:  # before anything is published to it
                     for source, since in await self.patterns():
                         if matches_pattern(source.name, topic_of(names.subject, o.prefix)):
@@ -271,8 +287,16 @@ class Topology:
     async def ensure_consumer(self, names: Names, start: str | None = None) -> bool:
         """Create the durable pull consumer of ``names`` (idempotent). A queue's consumer gets
         every message, a new group those from ``start`` (default ``start_from``); an existing
-        one keeps its start. Returns whether a group's durable existed already."""
+        one keeps its start. Returns whether a group's durable existed already. Raises
+        :class:`TopologyError` for a ``start`` on a stream with interest retention (made by a
+        bus without ``retention=limits``: it kept nothing for a new group)."""
         await self.ensure_stream(names)
+        if start is not None and names.stream in self.without_history:
+            raise TopologyError(
+                f"cannot start a new group of stream {names.stream!r} from {start}: the stream was made with "
+                "interest retention (by a bus without retention=limits) and keeps no history; delete the "
+                "stream or give every bus of this topic the same retention option"
+            )
         return await self._add_consumer(names, start)
 
     async def _add_consumer(self, names: Names, start: str | None = None) -> bool:
