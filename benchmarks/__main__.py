@@ -32,6 +32,7 @@ ORDER = [
     "outbox",
     "patterns",
     "operating",
+    "history",
 ]
 SECTIONS = ["summary", *ORDER]
 
