@@ -15,6 +15,7 @@ from typing import Any, Self, TypeVar, cast, overload
 from . import _dead_letters
 from . import _headers as h
 from ._batch import BatchCollector
+from ._checks import positive_int
 from ._config import TransportURL
 from ._dead_letter import error_message, error_type_name
 from ._dead_letters import QueueDepth
@@ -321,8 +322,7 @@ class Bus:
                 f"cannot register a handler for {source} on a {self._state.value} bus; "
                 "register every handler before start()"
             )
-        if not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigurationError(f"concurrency for {source} must be an int >= 1, got {concurrency!r}")
+        positive_int(concurrency, f"concurrency for {source}")
         if retry is not None and not isinstance(retry, Retry):
             raise ConfigurationError(f"retry for {source} must be a messagebus.Retry, got {type(retry).__name__}")
         # One handler per group, whatever its filter or start: two would compete for its messages.
@@ -331,10 +331,8 @@ class Bus:
                 f"{source} already has a handler on this bus; one handler per topic and group "
                 "(use another group to get a second copy of each message)"
             )
-        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-            raise ConfigurationError(
-                f"batch for {source} must be an int >= 1 (the most messages per call), got {batch!r}"
-            )
+        if batch is not None:
+            positive_int(batch, f"batch for {source}", "an int >= 1 (the most messages per call)")
         _seconds(batch_timeout, f"batch_timeout for {source}")
         chain = tuple(middleware)
 
@@ -617,8 +615,7 @@ class Bus:
             raise UnsupportedFeature(
                 f"{self.transport.messaging_system} cannot replay {name!r}: {capabilities.history_reason}"
             )
-        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-            raise ConfigurationError(f"concurrency for the replay of {name!r} must be an int >= 1, got {concurrency!r}")
+        positive_int(concurrency, f"concurrency for the replay of {name!r}")
         wait = _seconds(idle, "idle")
         # Not this bus's reported handler stats: its own counters tell when it has caught up.
         stats = HandlerStats(source)

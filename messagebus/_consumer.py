@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, cast
 
 from ._backoff import Backoff, sleep_unless
+from ._checks import positive_int
 from ._delivery import Delivery
 from ._dispatch import WorkerPool
-from ._errors import ConfigurationError
 from ._message import AttributeValue
 from ._transport import DeliveryHandler, DeliveryLike
 
@@ -30,9 +30,7 @@ _NO_ATTRIBUTES: Mapping[str, AttributeValue] = {}
 
 def check_concurrency(concurrency: object, what: str) -> int:
     """``concurrency`` if it is an int >= 1 (not a bool); else :class:`ConfigurationError`."""
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise ConfigurationError(f"concurrency of {what} must be an int >= 1, got {concurrency!r}")
-    return concurrency
+    return positive_int(concurrency, f"concurrency of {what}")
 
 
 class UnorderedHandler:

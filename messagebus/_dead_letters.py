@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from . import _headers as h
+from ._checks import positive_int
 from ._consumer import UnorderedHandler, check_concurrency
 from ._dead_letter import utc_now
 from ._destination import Destination, DestinationKind
@@ -74,9 +75,7 @@ def check_dead_letter_queue(name: object) -> str:
 def _check_limit(limit: object, what: str) -> int | None:
     if limit is None:
         return None
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ConfigurationError(f"{what} must be an int >= 1 (or None for all), got {limit!r}")
-    return limit
+    return positive_int(limit, what, "an int >= 1 (or None for all)")
 
 
 def origin(dead_letter_queue: str, headers: Mapping[str, str]) -> Destination | None:

@@ -24,6 +24,7 @@ from urllib.parse import quote
 import pydantic_core
 from pydantic import BaseModel, ValidationError
 
+from ._checks import positive_int
 from ._errors import ConfigurationError, DecodeError
 from ._headers import CE_CONTENT_TYPE
 from ._message import Envelope
@@ -67,11 +68,7 @@ def schema_version(model: type) -> int:
             "'schema_version: ClassVar[int] = N' so it is not part of the message"
         )
     version = getattr(model, "schema_version", 1)
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ConfigurationError(
-            f"{getattr(model, '__qualname__', model)!r}.schema_version must be an int >= 1, got {version!r}"
-        )
-    return version
+    return positive_int(version, f"{getattr(model, '__qualname__', model)!r}.schema_version")
 
 
 def dataschema_for(cls: type) -> str | None:

@@ -524,3 +524,14 @@ def test_ready_timeout_must_be_positive_seconds(bad: Any) -> None:
 
 async def _noop(data: dict[str, Any]) -> None:
     return None
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5, "2"])
+def test_concurrency_and_batch_must_be_ints_of_at_least_one(bad: object) -> None:
+    """Bug caught: ``concurrency=True`` (a bool is an int) accepted as one worker, or a float
+    or string count taken at registration and failing later, deep in the worker pool."""
+    bus = Bus.from_url("memory://", service="svc")
+    with pytest.raises(ConfigurationError, match=r"concurrency for orders \(group svc\) must be an int >= 1"):
+        bus.subscribe("orders", concurrency=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"batch for orders \(group svc\) must be an int >= 1"):
+        bus.subscribe("orders", batch=bad)  # type: ignore[arg-type]
