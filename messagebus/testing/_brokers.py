@@ -139,6 +139,8 @@ class BrokerProcess:
         self.cwd = cwd
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen[bytes] | None = None
+        #: The exit status of the last start that ended while starting (None: none did).
+        self.exit_status: int | None = None
 
     def __repr__(self) -> str:
         state = f"pid {self.proc.pid}" if self.proc is not None and self.proc.poll() is None else "not running"
@@ -163,10 +165,19 @@ class BrokerProcess:
         """True while the started process has not exited."""
         return self.proc is not None and self.proc.poll() is None
 
-    def start_sync(self) -> None:
-        """Start the server (unless running) and wait until ``port`` accepts connections."""
+    def start_sync(self, attempts: int = 3) -> None:
+        """Start the server (unless running) and wait until ``port`` accepts connections. A
+        server that exits while starting is started again, up to ``attempts`` times in all
+        (a JVM broker restarted on the port of one just killed has been seen to die at once,
+        writing nothing); then :func:`missing_broker` with its exit status and log."""
+        for attempt in range(1, attempts + 1):
+            if self._start_once(last=attempt == attempts):
+                return
+            print(f"\n{self.name}: exited while starting (status {self.exit_status}); starting it again")
+
+    def _start_once(self, *, last: bool) -> bool:
         if self.running():
-            return
+            return True
         with open(self.log_path, "ab") as log:
             self.proc = SPAWNER.submit(
                 subprocess.Popen,
@@ -181,10 +192,19 @@ class BrokerProcess:
             ).result()
         deadline = time.monotonic() + self.start_timeout
         while not wait_for_port("127.0.0.1", self.port, timeout=0.5):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                why = "exited" if self.proc.poll() is not None else f"did not listen within {self.start_timeout}s"
+            self.exit_status = self.proc.poll()
+            if self.exit_status is not None and not last:
+                self.proc = None
+                return False
+            if self.exit_status is not None or time.monotonic() > deadline:
+                why = (
+                    f"exited with status {self.exit_status}"
+                    if self.exit_status is not None
+                    else f"did not listen within {self.start_timeout}s"
+                )
                 self.kill_sync()
                 missing_broker(self.name, f"{self.command[0]} {why} on port {self.port}; {self.log_tail()}")
+        return True
 
     def kill_sync(self) -> None:
         """SIGKILL the serving process and reap it; nothing if it is not running."""
