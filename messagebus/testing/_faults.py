@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ _QUICK_DETECTION: dict[str, str] = {
     "amqp": "heartbeat=2",
     "amqps": "heartbeat=2",
     "sqs": "read_timeout=5",
+    "kafka": "request_timeout_ms=5000",
 }
 
 #: How long the outage test keeps the broker unreachable.
@@ -61,9 +63,13 @@ def _name(prefix: str) -> str:
 
 
 def _with_options(url: str, options: str) -> str:
+    """``url`` with the query ``options`` added; one the URL already has takes their value."""
     if not options:
         return url
-    return f"{url}{'&' if '?' in url else '?'}{options}"
+    base, _, query = url.partition("?")
+    merged = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+    merged.update(urllib.parse.parse_qsl(options, keep_blank_values=True))
+    return f"{base}?{urllib.parse.urlencode(merged, safe=':/')}"
 
 
 def _item(n: int, run: str = "f") -> dict[str, Any]:
