@@ -70,6 +70,7 @@ __all__ = [
     "RESERVED_PREFIXES",
     "from_wire",
     "iso_utc",
+    "produced_at",
     "to_wire",
     "validate_headers",
     "with_broker_defaults",
@@ -234,6 +235,18 @@ def with_broker_defaults(
     if new_time is not None:
         out[CE_TIME] = new_time
     return out
+
+
+def produced_at(headers: Mapping[str, str]) -> datetime | None:
+    """The CloudEvents ``time`` (``ce-time``) of a message's headers as written (naive when
+    the producer named no zone), or ``None`` when missing or unreadable. Pure."""
+    value = headers.get(CE_TIME)
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
 
 
 def iso_utc(time: datetime | float) -> str | None:

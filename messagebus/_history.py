@@ -78,12 +78,8 @@ def parse_position(text: str) -> Position:
 def stamped_before(headers: Mapping[str, str], since: datetime) -> bool:
     """Whether a delivery's ``ce-time`` is before ``since`` (so a group started at ``since``
     skips it). A message with no readable time is not: it is delivered. Pure."""
-    stamp = headers.get(h.CE_TIME)
-    if not stamp:
-        return False
-    try:
-        moment = datetime.fromisoformat(stamp)
-    except ValueError:
+    moment = h.produced_at(headers)
+    if moment is None:
         return False
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)

@@ -192,13 +192,7 @@ class Envelope:
     @property
     def timestamp(self) -> datetime | None:
         """When the message was produced (CloudEvents ``time``), or ``None`` if unknown."""
-        value = self.wire_headers.get(h.CE_TIME)
-        if not value:
-            return None
-        try:
-            return datetime.fromisoformat(value)
-        except ValueError:
-            return None
+        return h.produced_at(self.wire_headers)
 
     @property
     def headers(self) -> dict[str, str]:
